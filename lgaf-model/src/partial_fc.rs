@@ -1,0 +1,226 @@
+//! Partial FC (insightface PartialFC_V2, spec section 3): the classifier's class centres are
+//! sharded by contiguous class range; each rank scores the (global) batch against its
+//! centres, and the softmax cross-entropy is computed with all-reduced row maxima and
+//! denominators. With `sample_rate < 1` a rank keeps every positive centre of the batch plus
+//! uniformly sampled negatives; only sampled centres and their momentum are updated.
+//!
+//! At world size 1 this is exactly a margin softmax over all classes.
+
+use std::sync::Arc;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::collective::{Collective, SingleProcess};
+use crate::margin::CombinedMargin;
+
+/// The classes one rank owns: `[start, start + len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassRange {
+    pub start: i64,
+    pub len: i64,
+}
+
+impl ClassRange {
+    /// Rank r of W owns `[C/W*r + min(r, C%W), +C/W + (r < C%W))`.
+    pub fn of_rank(num_classes: i64, rank: i64, world_size: i64) -> Self {
+        let base = num_classes / world_size;
+        let rem = num_classes % world_size;
+        Self {
+            start: base * rank + rank.min(rem),
+            len: base + i64::from(rank < rem),
+        }
+    }
+
+    pub fn end(&self) -> i64 {
+        self.start + self.len
+    }
+}
+
+/// What one forward pass of the classifier leaves for the backward pass and the update.
+#[derive(Debug)]
+pub struct PfcForward {
+    /// Mean cross-entropy over the global batch (detached scalar).
+    pub loss: Tensor,
+    /// `sum(logits * dloss/dlogits)`: backpropagating it gives the exact loss gradient to
+    /// the embeddings and to `sampled_weight`, with no custom autograd function.
+    pub surrogate: Tensor,
+    /// Local row indices of the centres used this step, sorted.
+    pub sampled: Tensor,
+    /// Leaf tensor of the used centres; its `.grad()` is the centres' gradient.
+    pub sampled_weight: Tensor,
+}
+
+pub struct PartialFc {
+    range: ClassRange,
+    sample_rate: f64,
+    margin: CombinedMargin,
+    /// Centres of this rank's classes [len, D], fp32.
+    pub weight: Tensor,
+    /// SGD momentum of the centres, same shape.
+    pub momentum: Tensor,
+    collective: Arc<dyn Collective>,
+}
+
+impl std::fmt::Debug for PartialFc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartialFc")
+            .field("range", &self.range)
+            .field("sample_rate", &self.sample_rate)
+            .field("margin", &self.margin)
+            .finish()
+    }
+}
+
+impl PartialFc {
+    /// Fresh centres, N(0, 0.01) as insightface initialises them.
+    pub fn new(
+        range: ClassRange,
+        embedding_size: i64,
+        sample_rate: f64,
+        margin: CombinedMargin,
+        device: Device,
+    ) -> Self {
+        let weight = Tensor::randn([range.len, embedding_size], (Kind::Float, device)) * 0.01;
+        let momentum = weight.zeros_like();
+        Self {
+            range,
+            sample_rate,
+            margin,
+            weight,
+            momentum,
+            collective: Arc::new(SingleProcess),
+        }
+    }
+
+    pub fn set_collective(&mut self, collective: Arc<dyn Collective>) {
+        self.collective = collective;
+    }
+
+    pub fn range(&self) -> ClassRange {
+        self.range
+    }
+
+    /// Number of centres a step uses when sampling (at least the batch's positives).
+    pub fn num_sample(&self) -> i64 {
+        (self.sample_rate * self.range.len as f64) as i64
+    }
+
+    /// Scores the global batch `embeddings` [B, D] (not yet normalised, requires grad) with
+    /// `labels` [B] (global class ids) against this rank's centres.
+    pub fn forward(&self, embeddings: &Tensor, labels: &Tensor) -> PfcForward {
+        let device = self.weight.device();
+        let labels = labels.to_device(device).to_kind(Kind::Int64);
+        let in_range = labels
+            .ge(self.range.start)
+            .logical_and(&labels.lt(self.range.end()));
+        let local = (&labels - self.range.start).where_self(&in_range, &labels.full_like(-1));
+
+        let (sampled, local) = self.sample(&local, &in_range);
+        let sampled_weight = if self.sample_rate >= 1.0 {
+            self.weight.detach()
+        } else {
+            self.weight.index_select(0, &sampled)
+        }
+        .set_requires_grad(true);
+
+        let (cos, loss, grad_logits) = tch::autocast(false, || {
+            let emb = embeddings.to_kind(Kind::Float);
+            let norm_emb = normalize(&emb);
+            let norm_w = normalize(&sampled_weight);
+            let logits = self.margin.logits(&norm_emb.matmul(&norm_w.tr()), &local);
+            let (loss, grad) = tch::no_grad(|| self.softmax_cross_entropy(&logits, &local));
+            (logits, loss, grad)
+        });
+        PfcForward {
+            loss,
+            surrogate: (cos * grad_logits).sum(Kind::Float),
+            sampled,
+            sampled_weight,
+        }
+    }
+
+    /// Keeps every positive class plus uniformly drawn negatives (PartialFC_V2's rule) and
+    /// remaps local labels into the sampled set. Without sampling: all rows, labels as given.
+    fn sample(&self, local: &Tensor, in_range: &Tensor) -> (Tensor, Tensor) {
+        let device = self.weight.device();
+        if self.sample_rate >= 1.0 {
+            return (
+                Tensor::arange(self.range.len, (Kind::Int64, device)),
+                local.shallow_clone(),
+            );
+        }
+        let positives = local.masked_select(in_range);
+        let (positives, _, _) = positives.unique_dim(0, true, false, false);
+        let num_sample = self.num_sample();
+        let sampled = if num_sample > positives.size()[0] {
+            let mut score = Tensor::rand([self.range.len], (Kind::Float, device));
+            let _ = score.index_fill_(0, &positives, 2.0);
+            let (_, index) = score.topk(num_sample, 0, true, false);
+            index.sort(0, false).0
+        } else {
+            positives
+        };
+        let remapped = local.searchsorted(&sampled, false, false, "left", None::<Tensor>);
+        (sampled, remapped.where_self(in_range, &local.full_like(-1)))
+    }
+
+    /// Distributed softmax cross-entropy: returns (mean loss, dloss/dlogits). Rows whose
+    /// target lives on another rank contribute their denominator here and their target there.
+    fn softmax_cross_entropy(&self, logits: &Tensor, local: &Tensor) -> (Tensor, Tensor) {
+        let batch = logits.size()[0] as f64;
+        let row_max = self
+            .collective
+            .all_reduce_max(&logits.amax(&[1i64][..], true));
+        let exp = (logits - &row_max).exp();
+        let denom =
+            self.collective
+                .all_reduce_sum(&exp.sum_dim_intlist(&[1i64][..], true, None::<Kind>));
+        let prob = exp / &denom;
+
+        let has_target = local.ge(0);
+        let index = local.clamp_min(0).unsqueeze(1);
+        let target_logit = logits
+            .gather(1, &index, false)
+            .where_self(&has_target.unsqueeze(1), &row_max.zeros_like());
+        let target_logit = self.collective.all_reduce_sum(&target_logit);
+        let loss = (denom.log() + &row_max - target_logit).mean(Kind::Float);
+
+        let one_hot = prob.zeros_like().scatter_value(1, &index, 1.0)
+            * has_target.unsqueeze(1).to_kind(Kind::Float);
+        (loss, (prob - one_hot) / batch)
+    }
+
+    /// SGD with momentum and weight decay on the sampled centres only (PyTorch's update
+    /// rule: g += wd*w; m = mu*m + g; w -= lr*m). `grad_scale` divides the gradient (the
+    /// loss scale under fp16).
+    pub fn step(
+        &mut self,
+        fwd: &PfcForward,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        grad_scale: f64,
+    ) {
+        let grad = fwd.sampled_weight.grad();
+        if !grad.defined() {
+            return;
+        }
+        tch::no_grad(|| {
+            let w = self.weight.index_select(0, &fwd.sampled);
+            let m = self.momentum.index_select(0, &fwd.sampled);
+            let g = grad / grad_scale + &w * weight_decay;
+            let m = m * momentum + g;
+            let w = w - &m * lr;
+            let _ = self.weight.index_copy_(0, &fwd.sampled, &w);
+            let _ = self.momentum.index_copy_(0, &fwd.sampled, &m);
+        });
+    }
+}
+
+/// Row-wise L2 normalisation (`F.normalize`, eps 1e-12).
+pub fn normalize(x: &Tensor) -> Tensor {
+    let norm = x
+        .norm_scalaropt_dim(2.0, &[1i64][..], true)
+        .clamp_min(1e-12);
+    x / norm
+}

@@ -1,0 +1,163 @@
+//! Weights as safetensors, with PyTorch's names: a state dict exported from PyTorch
+//! (`num_batches_tracked` included) loads unchanged, and ours loads into PyTorch.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+use crate::error::{ModelError, Result};
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        _ => return None,
+    })
+}
+
+fn dtype_of(kind: Kind) -> Dtype {
+    match kind {
+        Kind::Double => Dtype::F64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        _ => Dtype::F32,
+    }
+}
+
+/// Raw little-endian bytes of a CPU-contiguous copy of `t`.
+fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+    let numel = t.numel();
+    let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut bytes, numel);
+    bytes
+}
+
+/// Writes every variable and buffer of `vs`, sorted by name, with `metadata` in the header.
+pub fn save(vs: &VarStore, path: &Path, metadata: &HashMap<String, String>) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    save_tensors(&named, path, metadata)
+}
+
+/// Writes named tensors (any device, float or integer kinds) as one safetensors file.
+pub fn save_tensors(
+    named: &[(String, Tensor)],
+    path: &Path,
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    let file_err = |message: String| ModelError::WeightsFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = named
+        .iter()
+        .map(|(name, t)| {
+            let shape = t.size().iter().map(|&d| d as usize).collect();
+            (name.clone(), dtype_of(t.kind()), shape, tensor_bytes(t))
+        })
+        .collect();
+    let views = data
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.as_str(), v))
+                .map_err(|e| file_err(format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = (!metadata.is_empty()).then(|| metadata.clone());
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| file_err(e.to_string()))?;
+    }
+    // Write to a temporary name and rename, so a crash never leaves a half-written file.
+    let tmp = path.with_extension("safetensors.partial");
+    safetensors::serialize_to_file(views, meta, &tmp).map_err(|e| file_err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))
+}
+
+/// Reads all tensors of a safetensors file onto the CPU, keeping their dtypes.
+pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let file_err = |message: String| ModelError::WeightsFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| file_err(e.to_string()))?;
+    let mut out = Vec::with_capacity(st.len());
+    for (name, view) in st.tensors() {
+        let kind = kind_of(view.dtype()).ok_or_else(|| ModelError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            found: format!("{:?}", view.dtype()),
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+        out.push((name, t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Reads the header metadata of a safetensors file.
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let file_err = |message: String| ModelError::WeightsFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| file_err(e.to_string()))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// Loads a safetensors file into `vs`, strictly: every model tensor must be present with
+/// the same shape, and the file may hold nothing else. Dtypes are converted.
+pub fn load(vs: &mut VarStore, path: &Path) -> Result<()> {
+    let file: HashMap<String, Tensor> = read_tensors(path)?.into_iter().collect();
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let expected = var.size();
+        let src = file.get(name).ok_or_else(|| ModelError::MissingTensor {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            expected: expected.clone(),
+        })?;
+        if src.size() != expected {
+            return Err(ModelError::ShapeMismatch {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                expected,
+                found: src.size(),
+            });
+        }
+    }
+    let mut extra: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
+    if !extra.is_empty() {
+        extra.sort();
+        let shown: Vec<&str> = extra.iter().take(8).map(|s| s.as_str()).collect();
+        return Err(ModelError::UnexpectedTensors {
+            path: path.to_path_buf(),
+            count: extra.len(),
+            names: shown.join(", "),
+        });
+    }
+    tch::no_grad(|| {
+        for (name, var) in &vars {
+            let src = file[name].to_device(var.device()).to_kind(var.kind());
+            var.shallow_clone().copy_(&src);
+        }
+    });
+    Ok(())
+}
