@@ -65,3 +65,27 @@ impl GradScaler {
         finite
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_gradients_skip_the_step_and_halve_the_scale() {
+        let mut s = GradScaler {
+            growth_interval: 2,
+            ..Default::default()
+        };
+        let good = [Tensor::from_slice(&[1.0f32, 2.0])];
+        let bad = [Tensor::from_slice(&[1.0f32, f32::INFINITY])];
+        let nan = [Tensor::from_slice(&[f32::NAN])];
+        assert!(GradScaler::all_finite(&good));
+        assert!(!GradScaler::all_finite(&bad) && !GradScaler::all_finite(&nan));
+        assert!(!s.update(false));
+        assert_eq!(s.scale, 32768.0);
+        assert!(s.update(true));
+        assert!(s.update(true));
+        assert_eq!(s.scale, 65536.0);
+        assert_eq!(s.good_steps, 0);
+    }
+}

@@ -145,3 +145,156 @@ impl Lgf {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::VarStore;
+    use tch::Device;
+
+    fn lgf(norm_grad: bool) -> (VarStore, Lgf) {
+        let vs = VarStore::new(Device::Cpu);
+        let cfg = LgfConfig {
+            norm_grad,
+            ..Default::default()
+        };
+        let lgf = Lgf::new(vs.root() / "lgf", &cfg);
+        (vs, lgf)
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    }
+
+    fn set(t: &Tensor, v: [f32; 2]) {
+        tch::no_grad(|| t.shallow_clone().copy_(&Tensor::from_slice(&v)));
+    }
+
+    #[test]
+    fn attention_matches_hand_computed_values() {
+        let (_vs, lgf) = lgf(false);
+        // Buffers (20, 20) and (100, 100); h = 0.333.
+        let norms = Tensor::from_slice(&[
+            20.0f32, 20.0, // both at the mean: z_hat (1, 1)
+            320.5, 20.0, // local 3 std above: 0.333*300.5/100.001 = 1.00066 -> clipped at 2
+            70.0, 20.0, // 0.333*50/100.001 = 0.166498 -> (1.166498, 1)
+            20.0, -1000.0, // global far below: clipped at 0 -> (1, 0)
+        ])
+        .view([4, 2]);
+        let gamma = values(&lgf.attention(&norms));
+        let zl = 1.0 + 0.333 * 50.0 / 100.001;
+        let expected = [
+            0.5,
+            0.5,
+            2.0 / 3.0,
+            1.0 / 3.0,
+            zl / (zl + 1.0),
+            1.0 / (zl + 1.0),
+            1.0,
+            0.0,
+        ];
+        for (g, e) in gamma.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-6, "{gamma:?} vs {expected:?}");
+        }
+    }
+
+    #[test]
+    fn zero_sum_gives_equal_weights_and_finite_gradients() {
+        let (_vs, lgf) = lgf(true);
+        set(&lgf.norm_mean, [500.0, 500.0]);
+        // Both norms far below the mean: z_hat = (0, 0).
+        let norms = Tensor::from_slice(&[1.0f32, 2.0])
+            .view([1, 2])
+            .set_requires_grad(true);
+        let gamma = lgf.attention(&norms);
+        assert_eq!(values(&gamma), vec![0.5, 0.5]);
+        gamma.select(1, 0).sum(Kind::Float).backward();
+        assert!(values(&norms.grad()).iter().all(|g| g.is_finite()));
+    }
+
+    #[test]
+    fn training_updates_the_ema_from_the_batch_before_use() {
+        let (_vs, lgf) = lgf(false);
+        // Local rows have norms 3 and 4 (vectors (3,0), (0,4)); global rows 6 and 8.
+        let local = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 4.0]).view([2, 2]);
+        let global = Tensor::from_slice(&[6.0f32, 0.0, 0.0, 8.0]).view([2, 2]);
+        let fused = lgf.forward_t(&local, &global, true);
+        // mean_l = 3.5, std_l = sqrt(((3-3.5)^2+(4-3.5)^2)/1) = 0.70711; global 7 and 1.41421.
+        let expect_mean = [0.01 * 3.5 + 0.99 * 20.0, 0.01 * 7.0 + 0.99 * 20.0];
+        let expect_std = [
+            0.01 * 0.5f64.sqrt() + 0.99 * 100.0,
+            0.01 * 2.0f64.sqrt() + 0.99 * 100.0,
+        ];
+        for (got, want) in values(&lgf.norm_mean).iter().zip(expect_mean) {
+            assert!((got - want).abs() < 1e-5, "mean {got} vs {want}");
+        }
+        for (got, want) in values(&lgf.norm_std).iter().zip(expect_std) {
+            assert!((got - want).abs() < 1e-4, "std {got} vs {want}");
+        }
+        // The weights were computed with the *updated* buffers.
+        let norms = Tensor::from_slice(&[3.0f32, 6.0, 4.0, 8.0]).view([2, 2]);
+        assert!(fused
+            .gamma
+            .allclose(&lgf.attention(&norms), 1e-6, 1e-7, false));
+        let with_initial = {
+            let (_vs, fresh) = super::tests::lgf(false);
+            fresh.attention(&norms)
+        };
+        assert!(!fused.gamma.allclose(&with_initial, 1e-6, 1e-7, false));
+        // kappa = gamma_l * local + gamma_g * global.
+        let g = values(&fused.gamma);
+        let k = values(&fused.kappa);
+        assert!((k[0] - (g[0] * 3.0 + g[1] * 6.0)).abs() < 1e-5);
+        assert!((k[3] - (g[2] * 4.0 + g[3] * 8.0)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn eval_mode_reads_but_never_updates_the_buffers() {
+        let (_vs, lgf) = lgf(false);
+        let local = Tensor::randn([8, 16], (Kind::Float, Device::Cpu));
+        let global = Tensor::randn([8, 16], (Kind::Float, Device::Cpu));
+        let _ = lgf.forward_t(&local, &global, false);
+        assert_eq!(values(&lgf.norm_mean), vec![20.0, 20.0]);
+        assert_eq!(values(&lgf.norm_std), vec![100.0, 100.0]);
+    }
+
+    #[test]
+    fn a_single_sample_keeps_the_std() {
+        let (_vs, lgf) = lgf(false);
+        let x = Tensor::ones([1, 4], (Kind::Float, Device::Cpu));
+        let _ = lgf.forward_t(&x, &x, true);
+        assert_eq!(values(&lgf.norm_std), vec![100.0, 100.0]);
+        assert!((values(&lgf.norm_mean)[0] - (0.01 * 2.0 + 0.99 * 20.0)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn detaching_the_norms_changes_the_gradient() {
+        let grad_of = |norm_grad: bool| {
+            let (_vs, lgf) = lgf(norm_grad);
+            // Centre the statistics near these norms so nothing is clipped.
+            set(&lgf.norm_mean, [5.0, 5.0]);
+            set(&lgf.norm_std, [2.0, 2.0]);
+            let local = Tensor::from_slice(&[3.0f32, 4.0])
+                .view([1, 2])
+                .set_requires_grad(true);
+            let global = Tensor::from_slice(&[6.0f32, 0.0]).view([1, 2]);
+            let fused = lgf.forward_t(&local, &global, false);
+            fused.kappa.sum(Kind::Float).backward();
+            (values(&local.grad()), values(&fused.gamma)[0])
+        };
+        let (detached, gamma_l) = grad_of(false);
+        let (through, _) = grad_of(true);
+        // Detached: d(sum kappa)/d local = gamma_l exactly.
+        assert!(
+            detached.iter().all(|g| (g - gamma_l).abs() < 1e-6),
+            "{detached:?}"
+        );
+        assert!(
+            detached
+                .iter()
+                .zip(&through)
+                .any(|(a, b)| (a - b).abs() > 1e-4),
+            "{detached:?} vs {through:?}"
+        );
+    }
+}

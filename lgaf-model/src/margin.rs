@@ -87,3 +87,52 @@ impl CombinedMargin {
         cos.scatter(1, &index, &with_margin) * self.scale
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    fn logits(margin: CombinedMargin, cos: &[f32], labels: &[i64]) -> Vec<f64> {
+        let c = labels.len() as i64;
+        let cos = Tensor::from_slice(cos).view([c, -1]);
+        let out = margin.logits(&cos, &Tensor::from_slice(labels));
+        Vec::<f64>::try_from(out.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    }
+
+    #[test]
+    fn cosface_subtracts_m3_from_the_target_only() {
+        let out = logits(CombinedMargin::cosface(), &[0.5, 0.2, -0.3, 0.9], &[0, 1]);
+        let want = [0.1 * 64.0, 0.2 * 64.0, -0.3 * 64.0, 0.5 * 64.0];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-4, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn arcface_adds_m2_to_the_angle() {
+        // theta = acos(0.5) = pi/3; cos(pi/3 + 0.5) = 0.0235963.
+        let out = logits(CombinedMargin::arcface(), &[0.5, 0.5], &[0]);
+        assert!((out[0] - 0.0235963 * 64.0).abs() < 1e-3, "{out:?}");
+        assert!((out[1] - 32.0).abs() < 1e-4);
+        // Past pi the angle is capped: theta = acos(-0.99) = 3.0007, + 0.5 > pi -> cos = -1.
+        let out = logits(CombinedMargin::arcface(), &[-0.99, 0.0], &[0]);
+        assert!((out[0] + 64.0).abs() < 1e-3, "{out:?}");
+    }
+
+    #[test]
+    fn combined_margin_and_missing_targets() {
+        let m = CombinedMargin::parse("combined:0.9,0.4,0.15", 32.0).unwrap();
+        let theta = 0.3f64.acos();
+        let want = ((0.9 * theta + 0.4).cos() - 0.15) * 32.0;
+        // Row 1 has no target among these columns (label -1): unchanged.
+        let out = logits(m, &[0.3, 0.1, 0.3, 0.1], &[0, -1]);
+        assert!((out[0] - want).abs() < 1e-4, "{out:?} vs {want}");
+        assert!((out[2] - 0.3 * 32.0).abs() < 1e-4);
+        // Cosines outside [-1, 1] (rounding) are clamped first.
+        let out = logits(CombinedMargin::cosface(), &[1.0001, 0.0], &[1]);
+        assert!((out[0] - 64.0).abs() < 1e-4);
+        assert!(CombinedMargin::parse("combined:1,2", 64.0).is_err());
+        assert!(CombinedMargin::parse("sphereface", 64.0).is_err());
+    }
+}

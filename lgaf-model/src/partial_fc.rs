@@ -224,3 +224,128 @@ pub fn normalize(x: &Tensor) -> Tensor {
         .clamp_min(1e-12);
     x / norm
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(sample_rate: f64, classes: i64) -> (PartialFc, Tensor, Tensor) {
+        tch::manual_seed(7);
+        let pfc = PartialFc::new(
+            ClassRange::of_rank(classes, 0, 1),
+            8,
+            sample_rate,
+            CombinedMargin::cosface(),
+            Device::Cpu,
+        );
+        let emb = Tensor::randn([6, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let labels = Tensor::from_slice(&[3i64, 0, 17, 3, 9, 11]);
+        (pfc, emb, labels)
+    }
+
+    #[test]
+    fn class_ranges_partition_the_classes() {
+        for (classes, world) in [(10, 3), (205_990, 8), (7, 7), (5, 8)] {
+            let mut next = 0;
+            for rank in 0..world {
+                let r = ClassRange::of_rank(classes, rank, world);
+                assert_eq!(r.start, next, "{classes}/{world} rank {rank}");
+                next = r.end();
+            }
+            assert_eq!(next, classes);
+        }
+        assert_eq!(
+            ClassRange::of_rank(10, 0, 3),
+            ClassRange { start: 0, len: 4 }
+        );
+        assert_eq!(
+            ClassRange::of_rank(10, 2, 3),
+            ClassRange { start: 7, len: 3 }
+        );
+    }
+
+    #[test]
+    fn full_rate_equals_plain_softmax_cross_entropy() {
+        let (pfc, emb, labels) = setup(1.0, 20);
+        let fwd = pfc.forward(&emb, &labels);
+        fwd.surrogate.backward();
+        let ours_grad = emb.grad().copy();
+
+        // Reference: the same margin logits through libtorch's cross-entropy and autograd.
+        let emb2 = emb.detach().set_requires_grad(true);
+        let w = pfc.weight.detach().set_requires_grad(true);
+        let cos = normalize(&emb2).matmul(&normalize(&w).tr());
+        let logits = CombinedMargin::cosface().logits(&cos, &labels);
+        let loss = logits.cross_entropy_for_logits(&labels);
+        loss.backward();
+        assert!(fwd.loss.allclose(&loss.detach(), 1e-5, 1e-6, false));
+        assert!(ours_grad.allclose(&emb2.grad(), 1e-5, 1e-7, false));
+        assert!(fwd
+            .sampled_weight
+            .grad()
+            .allclose(&w.grad(), 1e-5, 1e-7, false));
+    }
+
+    #[test]
+    fn sampling_keeps_every_positive_and_remaps_labels() {
+        let (pfc, emb, labels) = setup(0.25, 40);
+        assert_eq!(pfc.num_sample(), 10);
+        let local = labels.shallow_clone();
+        let in_range = labels.ge(0);
+        let (sampled, remapped) = pfc.sample(&local, &in_range);
+        assert_eq!(sampled.size(), vec![10]);
+        // Sorted, unique, and the remapped label points back at the true class.
+        let s = Vec::<i64>::try_from(&sampled).unwrap();
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "{s:?}");
+        let back = sampled.index_select(0, &remapped);
+        assert!(back.equal(&labels));
+        // The loss over the sampled centres is finite and updates only those rows.
+        let fwd = pfc.forward(&emb, &labels);
+        fwd.surrogate.backward();
+        let before = pfc.weight.copy();
+        let mut pfc = pfc;
+        pfc.step(&fwd, 0.1, 0.9, 5e-4, 1.0);
+        let changed = (&pfc.weight - before)
+            .abs()
+            .sum_dim_intlist(&[1i64][..], false, None::<Kind>)
+            .gt(0.0);
+        let changed_rows = Vec::<i64>::try_from(changed.nonzero().flatten(0, -1)).unwrap();
+        let used = Vec::<i64>::try_from(&fwd.sampled).unwrap();
+        assert!(
+            changed_rows.iter().all(|r| used.contains(r)),
+            "{changed_rows:?} vs {used:?}"
+        );
+        assert!(f64::try_from(&fwd.loss).unwrap().is_finite());
+        let momentum_rows = pfc
+            .momentum
+            .abs()
+            .sum_dim_intlist(&[1i64][..], false, None::<Kind>)
+            .gt(0.0)
+            .nonzero()
+            .size()[0];
+        assert_eq!(momentum_rows, changed_rows.len() as i64);
+    }
+
+    #[test]
+    fn too_many_positives_keeps_just_the_positives() {
+        let (pfc, _, labels) = setup(0.05, 40); // num_sample 2 < 5 distinct positives
+        let (sampled, _) = pfc.sample(&labels, &labels.ge(0));
+        assert_eq!(
+            Vec::<i64>::try_from(&sampled).unwrap(),
+            vec![0, 3, 9, 11, 17]
+        );
+    }
+
+    #[test]
+    fn step_follows_pytorch_sgd() {
+        let (mut pfc, emb, labels) = setup(1.0, 20);
+        let fwd = pfc.forward(&emb, &labels);
+        fwd.surrogate.backward();
+        let grad = fwd.sampled_weight.grad().copy();
+        let w0 = pfc.weight.copy();
+        pfc.step(&fwd, 0.1, 0.9, 5e-4, 2.0);
+        let g = grad / 2.0 + &w0 * 5e-4;
+        assert!(pfc.momentum.allclose(&g, 1e-6, 1e-8, false));
+        assert!(pfc.weight.allclose(&(w0 - g * 0.1), 1e-6, 1e-8, false));
+    }
+}
