@@ -123,39 +123,43 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
 /// the same shape, and the file may hold nothing else. Dtypes are converted.
 pub fn load(vs: &mut VarStore, path: &Path) -> Result<()> {
     let file: HashMap<String, Tensor> = read_tensors(path)?.into_iter().collect();
+    assign(vs, &file, path)
+}
+
+/// Copies `tensors` into `vs` with [`load`]'s checks; `source` names them in errors.
+pub fn assign(vs: &mut VarStore, tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
     let vars = vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     for name in names {
-        let var = &vars[name];
-        let expected = var.size();
-        let src = file.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: path.to_path_buf(),
+        let expected = vars[name].size();
+        let src = tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+            path: source.to_path_buf(),
             name: name.clone(),
             expected: expected.clone(),
         })?;
         if src.size() != expected {
             return Err(ModelError::ShapeMismatch {
-                path: path.to_path_buf(),
+                path: source.to_path_buf(),
                 name: name.clone(),
                 expected,
                 found: src.size(),
             });
         }
     }
-    let mut extra: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
+    let mut extra: Vec<&String> = tensors.keys().filter(|k| !vars.contains_key(*k)).collect();
     if !extra.is_empty() {
         extra.sort();
         let shown: Vec<&str> = extra.iter().take(8).map(|s| s.as_str()).collect();
         return Err(ModelError::UnexpectedTensors {
-            path: path.to_path_buf(),
+            path: source.to_path_buf(),
             count: extra.len(),
             names: shown.join(", "),
         });
     }
     tch::no_grad(|| {
         for (name, var) in &vars {
-            let src = file[name].to_device(var.device()).to_kind(var.kind());
+            let src = tensors[name].to_device(var.device()).to_kind(var.kind());
             var.shallow_clone().copy_(&src);
         }
     });
