@@ -1,0 +1,272 @@
+//! The training configuration: TOML file + `LGAF__SECTION__KEY` environment overrides, on
+//! top of embedded defaults (every key is listed, with its default, in
+//! `configs/train.toml`).
+
+use std::path::{Path, PathBuf};
+
+use lgaf_model::amp::Precision;
+use lgaf_model::margin::CombinedMargin;
+use lgaf_model::{Arch, Fusion, ModelConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, WorkerError};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub loss: LossConfig,
+    pub data: DataConfig,
+    pub train: TrainLoopConfig,
+    pub optim: OptimConfig,
+    pub checkpoint: CheckpointConfig,
+    pub eval: EvalConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    /// `cosface` (paper default), `arcface`, or `combined:m1,m2,m3`.
+    pub name: String,
+    pub scale: f64,
+    /// Partial-FC sample rate: 1.0 uses every class centre each step.
+    pub sample_rate: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            name: "cosface".into(),
+            scale: 64.0,
+            sample_rate: 1.0,
+        }
+    }
+}
+
+impl LossConfig {
+    pub fn margin(&self) -> Result<CombinedMargin> {
+        CombinedMargin::parse(&self.name, self.scale).map_err(|message| WorkerError::Config {
+            key: "loss.name",
+            message,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyntheticConfig {
+    pub seed: u64,
+    /// Training identities (ids 0..identities).
+    pub identities: usize,
+    pub images_per_identity: usize,
+    /// Probability that a training image carries a nuisance factor.
+    pub nuisance_prob: f32,
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            identities: 200,
+            images_per_identity: 40,
+            nuisance_prob: 0.5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Per-process batch size.
+    pub batch_size: usize,
+    /// Batches prepared ahead of the trainer.
+    pub prefetch: usize,
+    pub synthetic: SyntheticConfig,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            prefetch: 4,
+            synthetic: SyntheticConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainLoopConfig {
+    pub epochs: usize,
+    /// Stop after this many steps in total (0: run all epochs).
+    pub max_steps: u64,
+    pub seed: u64,
+    /// `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).
+    pub device: String,
+    /// `fp32`, or `fp16` (CUDA autocast with dynamic loss scaling).
+    pub precision: Precision,
+    /// NHWC activations and conv weights on CUDA.
+    pub channels_last: bool,
+    /// Log a line every this many steps.
+    pub log_every: u64,
+    /// Show the progress bar on a terminal.
+    pub progress: bool,
+}
+
+impl Default for TrainLoopConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 26,
+            max_steps: 0,
+            seed: 0,
+            device: "auto".into(),
+            precision: Precision::Fp32,
+            channels_last: true,
+            log_every: 50,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Epochs at which the learning rate is multiplied by `lr_decay`.
+    pub lr_steps: Vec<f64>,
+    pub lr_decay: f64,
+    /// Linear warm-up from 0, in epochs (fractions allowed).
+    pub warmup_epochs: f64,
+    /// Global gradient-norm clip of the network (not the class centres); 0 disables.
+    pub clip_grad_norm: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            lr_steps: vec![12.0, 20.0, 24.0],
+            lr_decay: 0.1,
+            warmup_epochs: 0.0,
+            clip_grad_norm: 5.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory of the run's checkpoints; a run started again on it resumes.
+    pub dir: PathBuf,
+    /// Commit a checkpoint every this many steps (0: only at epoch ends).
+    pub every_steps: u64,
+    /// Committed checkpoints to keep.
+    pub keep_last: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("runs/default"),
+            every_steps: 1000,
+            keep_last: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Verify held-out synthetic identities every this many steps (0: only at the end).
+    pub every_steps: u64,
+    /// Held-out identities (ids after the training ones).
+    pub identities: u32,
+    /// Verification pairs (half same, half different).
+    pub pairs: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            every_steps: 0,
+            identities: 100,
+            pairs: 600,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Embedded defaults, then `file` (if any), then `LGAF__SECTION__KEY` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let defaults = config::Config::try_from(&TrainConfig::default())?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(WorkerError::Config {
+                    key: "--config",
+                    message: format!("{}: no such file", path.display()),
+                });
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("LGAF")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("model.kernels")
+                .with_list_parse_key("optim.lr_steps")
+                .try_parsing(true),
+        );
+        let cfg: TrainConfig = builder.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.loss.margin()?;
+        let bad = |key, message: String| Err(WorkerError::Config { key, message });
+        if !(self.loss.sample_rate > 0.0 && self.loss.sample_rate <= 1.0) {
+            return bad(
+                "loss.sample_rate",
+                format!("{} is outside (0, 1]", self.loss.sample_rate),
+            );
+        }
+        if self.data.batch_size == 0 {
+            return bad("data.batch_size", "must be at least 1".into());
+        }
+        let s = &self.data.synthetic;
+        if s.identities < 2 || s.images_per_identity == 0 {
+            return bad(
+                "data.synthetic",
+                "needs at least 2 identities with at least 1 image".into(),
+            );
+        }
+        if s.identities * s.images_per_identity < self.data.batch_size {
+            return bad("data.batch_size", "is larger than the dataset".into());
+        }
+        if self.train.epochs == 0 {
+            return bad("train.epochs", "must be at least 1".into());
+        }
+        if self.eval.pairs < 20 || self.eval.identities < 2 {
+            return bad(
+                "eval",
+                "needs at least 20 pairs of at least 2 identities".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.model.arch
+    }
+
+    pub fn fusion(&self) -> Fusion {
+        self.model.fusion
+    }
+}

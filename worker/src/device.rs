@@ -1,0 +1,38 @@
+//! Device selection and the tensor layout of input batches.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Result, WorkerError};
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        "auto" => Ok(Device::cuda_if_available()),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| WorkerError::Device(other.to_string())),
+    }
+}
+
+/// HWC RGB8 images, `count` of them back to back -> normalised [B, 3, 112, 112] float on
+/// `device`: `(x / 255 - 0.5) / 0.5`. The uint8 batch crosses to the device before the
+/// conversion (a quarter of the bytes of float).
+pub fn images_to_tensor(rgb: &[u8], count: usize, side: usize, device: Device) -> Tensor {
+    let t = Tensor::from_slice(rgb)
+        .view([count as i64, side as i64, side as i64, 3])
+        .to_device(device);
+    t.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 127.5 - 1.0
+}
+
+/// Channels-last (NHWC strides) view of a 4-D tensor, as `x.to(memory_format=torch.channels_last)`.
+/// tch has no memory-format argument; permuting a NHWC-contiguous copy back gives the strides.
+pub fn channels_last(x: &Tensor) -> Tensor {
+    if x.dim() != 4 {
+        return x.shallow_clone();
+    }
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}

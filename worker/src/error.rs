@@ -1,0 +1,39 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("config: `{key}`: {message}")]
+    Config { key: &'static str, message: String },
+
+    #[error("config: {0}")]
+    ConfigSource(#[from] config::ConfigError),
+
+    #[error(transparent)]
+    Model(#[from] lgaf_model::ModelError),
+
+    #[error(transparent)]
+    Data(#[from] lgaf_data::DataError),
+
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("device `{0}`: expected cpu, cuda, cuda:N or auto")]
+    Device(String),
+
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O error.
+pub fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> WorkerError {
+    let path = path.into();
+    move |source| WorkerError::Io { path, source }
+}

@@ -1,0 +1,16 @@
+//! The training side of LGAF-Train: configuration, the batch loader, the single-process
+//! trainer, checkpoints, evaluation, and the `lgaf` command-line tool built on them.
+
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod loader;
+pub mod optim;
+pub mod progress;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use error::{Result, WorkerError};
+pub use trainer::{StepReport, Trainer};

@@ -1,0 +1,77 @@
+//! Terminal output: a progress bar that log lines print above instead of through.
+
+use std::io::Write;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+static BAR: OnceLock<ProgressBar> = OnceLock::new();
+
+/// Log writer that suspends the progress bar while a line is written.
+#[derive(Clone, Copy)]
+pub struct BarAwareStderr;
+
+pub struct LineWriter(Vec<u8>);
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        let line = std::mem::take(&mut self.0);
+        let write = || {
+            let _ = std::io::stderr().write_all(&line);
+        };
+        match BAR.get() {
+            Some(bar) if !bar.is_finished() => bar.suspend(write),
+            _ => write(),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for BarAwareStderr {
+    type Writer = LineWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        LineWriter(Vec::new())
+    }
+}
+
+/// `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(BarAwareStderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The training progress bar (hidden when stderr is not a terminal or `enabled` is false).
+pub fn training_bar(total: u64, position: u64, enabled: bool) -> ProgressBar {
+    let bar = if enabled {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps | {msg} | ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(position);
+    bar.reset_eta();
+    bar.enable_steady_tick(Duration::from_millis(250));
+    let _ = BAR.set(bar.clone());
+    bar
+}

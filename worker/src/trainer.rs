@@ -1,0 +1,368 @@
+//! The single-process trainer: one model replica on the CPU or one GPU, the Partial-FC head
+//! at world size 1, SGD with the paper's schedule, fp16 loss scaling, checkpoints and resume.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lgaf_model::amp::{GradScaler, Precision};
+use lgaf_model::partial_fc::{ClassRange, PartialFc};
+use lgaf_model::{weights, Lgaf};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+use tracing::{info, info_span};
+
+use crate::checkpoint::{CheckpointStore, Loaded, TrainState};
+use crate::config::TrainConfig;
+use crate::device::{channels_last, images_to_tensor, parse_device};
+use crate::error::{Result, WorkerError};
+use crate::eval::HeldOut;
+use crate::loader::{steps_per_epoch, synth_config, Batch, Loader};
+use crate::optim::{clip_factor, learning_rate, Sgd};
+use lgaf_data::synth::IMAGE_SIZE;
+
+/// One step's numbers.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    /// Steps completed after this one.
+    pub step: u64,
+    pub total_steps: u64,
+    pub epoch: u64,
+    pub loss: f64,
+    pub lr: f64,
+    /// Whether fp16 loss scaling skipped the update (non-finite gradients).
+    pub skipped: bool,
+    /// Mean (gamma_local, gamma_global) over the batch, under `lgf` fusion.
+    pub gamma: Option<(f64, f64)>,
+    /// Time blocked waiting for the batch.
+    pub data_wait: Duration,
+    pub step_time: Duration,
+    pub batch_size: usize,
+}
+
+pub struct Trainer {
+    cfg: TrainConfig,
+    device: Device,
+    vs: VarStore,
+    model: Lgaf,
+    pfc: PartialFc,
+    sgd: Sgd,
+    scaler: GradScaler,
+    store: CheckpointStore,
+    /// Steps completed.
+    step: u64,
+    resumed_from: Option<PathBuf>,
+}
+
+/// Variables that the optimiser updates, by name, sorted.
+fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+impl Trainer {
+    /// Builds the model and head, and resumes from the newest verified checkpoint in
+    /// `checkpoint.dir` if there is one.
+    pub fn new(cfg: TrainConfig) -> Result<Self> {
+        cfg.validate()?;
+        let device = parse_device(&cfg.train.device)?;
+        if cfg.train.precision == Precision::Fp16 && !device.is_cuda() {
+            return Err(WorkerError::Config {
+                key: "train.precision",
+                message: "fp16 needs a CUDA device; use fp32 on the CPU".into(),
+            });
+        }
+        tch::manual_seed(cfg.train.seed as i64);
+        let vs = VarStore::new(device);
+        let model = Lgaf::new(&vs.root(), &cfg.model)?;
+        if device.is_cuda() && cfg.train.channels_last {
+            tch::no_grad(|| {
+                for (_, mut t) in vs.variables() {
+                    if t.dim() == 4 {
+                        t.set_data(&channels_last(&t));
+                    }
+                }
+            });
+        }
+        let classes = cfg.data.synthetic.identities as i64;
+        let pfc = PartialFc::new(
+            ClassRange::of_rank(classes, 0, 1),
+            cfg.model.embedding_size,
+            cfg.loss.sample_rate,
+            cfg.loss.margin()?,
+            device,
+        );
+        let sgd = Sgd::new(trainable(&vs), cfg.optim.momentum, cfg.optim.weight_decay);
+        let store = CheckpointStore::new(&cfg.checkpoint.dir, cfg.checkpoint.keep_last);
+        let mut trainer = Self {
+            cfg,
+            device,
+            vs,
+            model,
+            pfc,
+            sgd,
+            scaler: GradScaler::default(),
+            store,
+            step: 0,
+            resumed_from: None,
+        };
+        if let Some(loaded) = trainer.store.load_latest()? {
+            trainer.restore(loaded)?;
+        }
+        Ok(trainer)
+    }
+
+    fn restore(&mut self, loaded: Loaded) -> Result<()> {
+        let fail = |message: String| WorkerError::Checkpoint {
+            path: loaded.dir.clone(),
+            message,
+        };
+        let saved: TrainConfig = serde_json::from_value(loaded.manifest.state.config.clone())
+            .map_err(|e| fail(format!("its config does not parse: {e}")))?;
+        if saved.model != self.cfg.model || saved.data.synthetic != self.cfg.data.synthetic {
+            return Err(fail(
+                "it was made with a different model or dataset config; use another checkpoint.dir"
+                    .into(),
+            ));
+        }
+        let file = |name: &str| {
+            loaded
+                .tensors
+                .get(name)
+                .ok_or_else(|| fail(format!("{name} is missing")))
+        };
+        weights::assign(
+            &mut self.vs,
+            file("model.safetensors")?,
+            &loaded.dir.join("model.safetensors"),
+        )?;
+        self.sgd
+            .load_momentum(file("optimizer.safetensors")?)
+            .map_err(|m| fail(format!("optimizer.safetensors: {m}")))?;
+        let classifier = file("classifier.safetensors")?;
+        for (name, dst) in [
+            ("weight", &self.pfc.weight),
+            ("momentum", &self.pfc.momentum),
+        ] {
+            let src = classifier
+                .get(name)
+                .ok_or_else(|| fail(format!("classifier.safetensors: no `{name}`")))?;
+            if src.size() != dst.size() {
+                return Err(fail(format!(
+                    "classifier.safetensors: `{name}` has shape {:?}, expected {:?}",
+                    src.size(),
+                    dst.size()
+                )));
+            }
+            tch::no_grad(|| dst.shallow_clone().copy_(src));
+        }
+        let state = &loaded.manifest.state;
+        self.step = state.step;
+        self.scaler.scale = state.loss_scale;
+        self.scaler.good_steps = state.loss_scale_good_steps;
+        info!(dir = %loaded.dir.display(), step = self.step, "resumed from checkpoint");
+        self.resumed_from = Some(loaded.dir);
+        Ok(())
+    }
+
+    pub fn model(&self) -> &Lgaf {
+        &self.model
+    }
+
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    pub fn steps_done(&self) -> u64 {
+        self.step
+    }
+
+    pub fn resumed_from(&self) -> Option<&PathBuf> {
+        self.resumed_from.as_ref()
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        let all = steps_per_epoch(&self.cfg.data) * self.cfg.train.epochs as u64;
+        match self.cfg.train.max_steps {
+            0 => all,
+            max => max.min(all),
+        }
+    }
+
+    /// The held-out identities right after the training ones.
+    pub fn held_out(&self) -> HeldOut {
+        HeldOut {
+            synth: synth_config(&self.cfg.data.synthetic),
+            first_id: self.cfg.data.synthetic.identities as u32,
+            identities: self.cfg.eval.identities,
+            pairs: self.cfg.eval.pairs,
+        }
+    }
+
+    /// One optimisation step on `batch`.
+    pub fn train_step(&mut self, batch: &Batch, data_wait: Duration) -> StepReport {
+        let started = Instant::now();
+        let spe = steps_per_epoch(&self.cfg.data) as f64;
+        let lr = learning_rate(&self.cfg.optim, self.step as f64 / spe);
+        // Dropout and class sampling draw from libtorch's generator: seeding it per step
+        // makes a resumed run draw what the uninterrupted run drew.
+        tch::manual_seed(
+            (self.cfg.train.seed ^ self.step.wrapping_mul(0x9e37_79b9_7f4a_7c15)) as i64 & i64::MAX,
+        );
+        let amp = self.cfg.train.precision == Precision::Fp16;
+        let loss_scale = if amp { self.scaler.scale } else { 1.0 };
+
+        let n = batch.labels.len();
+        let (out, fwd) = {
+            let _s = info_span!("forward").entered();
+            let mut images = images_to_tensor(&batch.images, n, IMAGE_SIZE, self.device);
+            if self.device.is_cuda() && self.cfg.train.channels_last {
+                images = channels_last(&images);
+            }
+            let labels = Tensor::from_slice(&batch.labels).to_device(self.device);
+            let out = tch::autocast(amp, || self.model.forward_t(&images, true));
+            let fwd = self.pfc.forward(&out.kappa, &labels);
+            (out, fwd)
+        };
+        {
+            let _s = info_span!("backward").entered();
+            (&fwd.surrogate * loss_scale).backward();
+        }
+        let skipped = {
+            let _s = info_span!("optimizer").entered();
+            let finite = !amp || {
+                let mut grads = self.sgd.grads();
+                grads.push(fwd.sampled_weight.grad());
+                GradScaler::all_finite(&grads)
+            };
+            let apply = if amp {
+                self.scaler.update(finite)
+            } else {
+                true
+            };
+            if apply {
+                let norm = self.sgd.grad_norm() / loss_scale;
+                let multiplier = clip_factor(norm, self.cfg.optim.clip_grad_norm) / loss_scale;
+                self.sgd.step(lr, multiplier);
+                let o = &self.cfg.optim;
+                self.pfc
+                    .step(&fwd, lr, o.momentum, o.weight_decay, loss_scale);
+            }
+            self.sgd.zero_grad();
+            !apply
+        };
+        self.step += 1;
+        let gamma = out.gamma.map(|g| {
+            let m = Vec::<f64>::try_from(g.detach().to_kind(Kind::Double).mean_dim(
+                &[0i64][..],
+                false,
+                None::<Kind>,
+            ))
+            .unwrap();
+            (m[0], m[1])
+        });
+        StepReport {
+            step: self.step,
+            total_steps: self.total_steps(),
+            epoch: batch.epoch,
+            loss: fwd.loss.double_value(&[]),
+            lr,
+            skipped,
+            gamma,
+            data_wait,
+            step_time: started.elapsed() + data_wait,
+            batch_size: n,
+        }
+    }
+
+    /// Commits a checkpoint of everything a resume needs.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let _s = info_span!("checkpoint", step = self.step).entered();
+        let spe = steps_per_epoch(&self.cfg.data);
+        let state = TrainState {
+            step: self.step,
+            epoch: self.step / spe,
+            loss_scale: self.scaler.scale,
+            loss_scale_good_steps: self.scaler.good_steps,
+            config: serde_json::to_value(&self.cfg).expect("config serialises"),
+        };
+        let mut model: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        model.sort_by(|a, b| a.0.cmp(&b.0));
+        let momentum = self.sgd.named_momentum();
+        let classifier = vec![
+            ("weight".to_string(), self.pfc.weight.shallow_clone()),
+            ("momentum".to_string(), self.pfc.momentum.shallow_clone()),
+        ];
+        let range = self.pfc.range();
+        let meta = HashMap::from([
+            ("arch".to_string(), self.cfg.model.arch.name().to_string()),
+            (
+                "fusion".to_string(),
+                self.cfg.model.fusion.name().to_string(),
+            ),
+            ("class_start".to_string(), range.start.to_string()),
+            ("class_len".to_string(), range.len.to_string()),
+        ]);
+        self.store.save(
+            &state,
+            &[
+                ("model.safetensors", model),
+                ("optimizer.safetensors", momentum),
+                ("classifier.safetensors", classifier),
+            ],
+            &meta,
+        )
+    }
+
+    /// Trains from the current step to the end, checkpointing on schedule (and at the end),
+    /// calling `on_step` after each step.
+    pub fn run(&mut self, mut on_step: impl FnMut(&StepReport, &Trainer)) -> Result<()> {
+        let total = self.total_steps();
+        if self.step >= total {
+            return Ok(());
+        }
+        let spe = steps_per_epoch(&self.cfg.data);
+        let mut loader = Loader::start(&self.cfg.data, self.step, total);
+        loop {
+            let _step = info_span!("step", step = self.step + 1).entered();
+            let wait_start = Instant::now();
+            let batch = {
+                let _s = info_span!("data_wait").entered();
+                match loader.next_batch() {
+                    Some(b) => b,
+                    None => break,
+                }
+            };
+            let report = self.train_step(&batch, wait_start.elapsed());
+            if !report.loss.is_finite() && self.cfg.train.precision == Precision::Fp32 {
+                return Err(WorkerError::Config {
+                    key: "optim.lr",
+                    message: format!(
+                        "the loss diverged to {} at step {}; lower the learning rate",
+                        report.loss, report.step
+                    ),
+                });
+            }
+            on_step(&report, self);
+            let every = self.cfg.checkpoint.every_steps;
+            let epoch_end = self.step % spe == 0;
+            if self.step == total || epoch_end || (every > 0 && self.step % every == 0) {
+                self.save_checkpoint()?;
+            }
+        }
+        Ok(())
+    }
+}
