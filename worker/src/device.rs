@@ -19,13 +19,18 @@ pub fn parse_device(name: &str) -> Result<Device> {
 }
 
 /// HWC RGB8 images, `count` of them back to back -> normalised [B, 3, 112, 112] float on
-/// `device`: `(x / 255 - 0.5) / 0.5`. The uint8 batch crosses to the device before the
-/// conversion (a quarter of the bytes of float).
+/// `device`: `(x / 255 - 0.5) / 0.5`, in the default (NCHW-contiguous) layout. The uint8
+/// batch crosses to the device before the conversion (a quarter of the bytes of float).
+///
+/// The layout is made explicit because the permuted HWC data would otherwise stay
+/// channels-last, and on the CPU libtorch 2.11's oneDNN corrupts the heap in the weight
+/// gradient of a channels-last 1x1 stride-2 conv with 8 input channels (reproduced in
+/// PyTorch itself); channels-last is applied deliberately, on CUDA, by [`channels_last`].
 pub fn images_to_tensor(rgb: &[u8], count: usize, side: usize, device: Device) -> Tensor {
     let t = Tensor::from_slice(rgb)
         .view([count as i64, side as i64, side as i64, 3])
         .to_device(device);
-    t.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 127.5 - 1.0
+    (t.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 127.5 - 1.0).contiguous()
 }
 
 /// Channels-last (NHWC strides) view of a 4-D tensor, as `x.to(memory_format=torch.channels_last)`.

@@ -1,9 +1,14 @@
 //! Training end to end on the synthetic faces, on the CPU: learning, and exact resume.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use lgaf_model::Arch;
 use lgaf_worker::{TrainConfig, Trainer};
+
+/// libtorch's generator is process-wide: trainers in parallel tests would draw each other's
+/// initial weights. One trainer at a time, as in the product.
+static ONE_TRAINER: Mutex<()> = Mutex::new(());
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lgaf-train-{}-{name}", std::process::id()));
@@ -41,6 +46,7 @@ fn losses(trainer: &mut Trainer) -> Vec<f64> {
 
 #[test]
 fn a_short_cpu_run_learns_and_verifies_held_out_identities() {
+    let _one = ONE_TRAINER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = temp_dir("learn");
     let mut cfg = small_config(dir.clone());
     cfg.train.max_steps = 100;
@@ -75,6 +81,7 @@ fn a_short_cpu_run_learns_and_verifies_held_out_identities() {
 
 #[test]
 fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_losses() {
+    let _one = ONE_TRAINER.lock().unwrap_or_else(|e| e.into_inner());
     let straight_dir = temp_dir("straight");
     let mut cfg = small_config(straight_dir.clone());
     cfg.train.max_steps = 12;
