@@ -122,12 +122,20 @@ pub fn embed(
     }
 }
 
-/// Verification on held-out synthetic identities, and mean attention weights per factor.
+/// Verification of pairs with one nuisance factor, and the mean attention weights on them.
+#[derive(Clone, Debug)]
+pub struct FactorReport {
+    pub factor: Factor,
+    pub verification: Verification,
+    /// Mean (gamma_local, gamma_global), under `lgf` fusion.
+    pub gamma: Option<(f64, f64)>,
+}
+
+/// Verification on held-out synthetic identities, overall and per nuisance factor.
 #[derive(Clone, Debug)]
 pub struct SynthReport {
     pub overall: Verification,
-    /// Per nuisance factor: verification and mean (gamma_local, gamma_global).
-    pub per_factor: Vec<(Factor, Verification, Option<(f64, f64)>)>,
+    pub per_factor: Vec<FactorReport>,
 }
 
 /// The held-out set: identities `first_id..first_id + identities`, never trained on.
@@ -184,9 +192,13 @@ impl HeldOut {
             overall: self.verify(model, device),
             per_factor: Factor::ALL
                 .iter()
-                .map(|&f| {
-                    let (v, g) = self.run(model, device, Some(f));
-                    (f, v, g)
+                .map(|&factor| {
+                    let (verification, gamma) = self.run(model, device, Some(factor));
+                    FactorReport {
+                        factor,
+                        verification,
+                        gamma,
+                    }
                 })
                 .collect(),
         }

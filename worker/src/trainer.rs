@@ -358,8 +358,8 @@ impl Trainer {
             }
             on_step(&report, self);
             let every = self.cfg.checkpoint.every_steps;
-            let epoch_end = self.step % spe == 0;
-            if self.step == total || epoch_end || (every > 0 && self.step % every == 0) {
+            let epoch_end = self.step.is_multiple_of(spe);
+            if self.step == total || epoch_end || (every > 0 && self.step.is_multiple_of(every)) {
                 self.save_checkpoint()?;
             }
         }

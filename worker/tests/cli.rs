@@ -40,7 +40,14 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 const MODEL: [&str; 8] = [
-    "--arch", "r18", "--fusion", "lgf", "--width", "0.25", "--embedding-size", "128",
+    "--arch",
+    "r18",
+    "--fusion",
+    "lgf",
+    "--width",
+    "0.25",
+    "--embedding-size",
+    "128",
 ];
 
 fn with_model<'a>(args: &[&'a str]) -> Vec<&'a str> {
@@ -111,7 +118,10 @@ fn init_then_embed_a_folder() {
     std::fs::create_dir_all(&mirror).unwrap();
     save_png(&mirror.join("b.png"), &hflip(&imgs[1], 112, 112), 112, 112).unwrap();
     let mirrored = embed(&mirror, &dir.join("m.npy"), true);
-    assert!(close(&mirrored[0], &flipped[0]), "flip test is not mirror-invariant");
+    assert!(
+        close(&mirrored[0], &flipped[0]),
+        "flip test is not mirror-invariant"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -133,10 +143,21 @@ fn bad_inputs_name_the_culprit() {
     assert!(!out.exists());
 
     // Weights of another width: the error names a tensor and both shapes.
-    let mut args = vec!["embed", "--weights", s(&weights), "--input", s(&faces), "--out", s(&out)];
+    let mut args = vec![
+        "embed",
+        "--weights",
+        s(&weights),
+        "--input",
+        s(&faces),
+        "--out",
+        s(&out),
+    ];
     args.extend(["--arch", "r18", "--width", "0.5", "--embedding-size", "128"]);
     let err = fails(&args);
-    assert!(err.contains("has shape") && err.contains("expects"), "{err}");
+    assert!(
+        err.contains("has shape") && err.contains("expects"),
+        "{err}"
+    );
 
     // Unknown arch: clap names the flag and the choices.
     let err = fails(&["init", "--arch", "r101", "--out", s(&weights)]);
@@ -148,7 +169,14 @@ fn bad_inputs_name_the_culprit() {
 fn help_explains_every_flag() {
     let help = ok(&["embed", "--help"]);
     for flag in [
-        "--arch", "--fusion", "--heads", "--weights", "--input", "--out", "--flip", "--device",
+        "--arch",
+        "--fusion",
+        "--heads",
+        "--weights",
+        "--input",
+        "--out",
+        "--flip",
+        "--device",
         "--batch-size",
     ] {
         assert!(help.contains(flag), "embed --help lacks {flag}");

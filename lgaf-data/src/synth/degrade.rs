@@ -116,7 +116,7 @@ mod tests {
 
     fn checkerboard() -> Canvas {
         Canvas::new(|x, y| {
-            let on = ((x as usize / 4) + (y as usize / 4)) % 2 == 0;
+            let on = ((x as usize / 4) + (y as usize / 4)).is_multiple_of(2);
             [if on { 255.0 } else { 0.0 }; 3]
         })
     }

@@ -253,7 +253,7 @@ fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
             "loss {:.3} | {:.0} img/s | lr {:.4}",
             r.loss, speed, r.lr
         ));
-        if r.step % cfg.train.log_every.max(1) == 0 || r.step == r.total_steps {
+        if r.step.is_multiple_of(cfg.train.log_every.max(1)) || r.step == r.total_steps {
             let (gl, gg) = r.gamma.unwrap_or((f64::NAN, f64::NAN));
             info!(
                 step = r.step,
@@ -270,7 +270,7 @@ fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
             window = (0, 0.0);
         }
         let every = cfg.eval.every_steps;
-        if every > 0 && r.step % every == 0 {
+        if every > 0 && r.step.is_multiple_of(every) {
             let v = t.held_out().verify(t.model(), t.device());
             info!(
                 step = r.step,
@@ -322,10 +322,13 @@ fn print_report(title: &str, r: &SynthReport) {
         r.overall.accuracy * 100.0,
         r.overall.std * 100.0
     );
-    for (factor, v, gamma) in &r.per_factor {
-        let (gl, gg) = gamma.map_or(("-".to_string(), "-".to_string()), |(l, g)| {
-            (format!("{l:.4}"), format!("{g:.4}"))
-        });
+    for f in &r.per_factor {
+        let (factor, v) = (f.factor, &f.verification);
+        let (gl, gg) = f
+            .gamma
+            .map_or(("-".to_string(), "-".to_string()), |(l, g)| {
+                (format!("{l:.4}"), format!("{g:.4}"))
+            });
         println!(
             "  {:<12} {:>9.2}% {:>8.2} {:>13} {:>13}",
             factor.name(),
