@@ -123,7 +123,7 @@ impl PartialFc {
         }
         .set_requires_grad(true);
 
-        let (cos, loss, grad_logits) = tch::autocast(false, || {
+        let (margin_logits, loss, grad_logits) = tch::autocast(false, || {
             let emb = embeddings.to_kind(Kind::Float);
             let norm_emb = normalize(&emb);
             let norm_w = normalize(&sampled_weight);
@@ -133,7 +133,7 @@ impl PartialFc {
         });
         PfcForward {
             loss,
-            surrogate: (cos * grad_logits).sum(Kind::Float),
+            surrogate: (margin_logits * grad_logits).sum(Kind::Float),
             sampled,
             sampled_weight,
         }
