@@ -143,7 +143,7 @@ impl Gfe {
 
     pub fn forward_t(&self, feature_map: &Tensor, train: bool) -> Tensor {
         let x = feature_map.flatten(1, -1).dropout(self.dropout, train);
-        let x = tch::autocast(false, || self.fc.forward(&x.to_kind(Kind::Float)));
+        let x = crate::amp::fp32(|| self.fc.forward(&x.to_kind(Kind::Float)));
         self.features.forward_t(&x, train)
     }
 }

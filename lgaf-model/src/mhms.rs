@@ -133,7 +133,7 @@ impl MsNet {
             .collect();
         let x = self.se.forward(&Tensor::cat(&maps, 1)).flatten(1, -1);
         // The projection and BatchNorm1d stay in fp32 under mixed precision, like the GFE.
-        let x = tch::autocast(false, || self.proj.forward(&x.to_kind(Kind::Float)));
+        let x = crate::amp::fp32(|| self.proj.forward(&x.to_kind(Kind::Float)));
         self.bn.forward_t(&x, train)
     }
 }

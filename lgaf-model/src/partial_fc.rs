@@ -123,7 +123,7 @@ impl PartialFc {
         }
         .set_requires_grad(true);
 
-        let (margin_logits, loss, grad_logits) = tch::autocast(false, || {
+        let (margin_logits, loss, grad_logits) = crate::amp::fp32(|| {
             let emb = embeddings.to_kind(Kind::Float);
             let norm_emb = normalize(&emb);
             let norm_w = normalize(&sampled_weight);

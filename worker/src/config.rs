@@ -103,7 +103,8 @@ pub struct TrainLoopConfig {
     pub seed: u64,
     /// `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).
     pub device: String,
-    /// `fp32`, or `fp16` (CUDA autocast with dynamic loss scaling).
+    /// `fp32`, `fp16` (CUDA autocast with dynamic loss scaling) or `bf16` (autocast, no
+    /// scaling; CUDA, or the CPU where it has bf16 units).
     pub precision: Precision,
     /// NHWC activations and conv weights on CUDA.
     pub channels_last: bool,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lgaf_model::amp::{GradScaler, Precision};
+use lgaf_model::amp::{self, GradScaler, Precision};
 use lgaf_model::partial_fc::{ClassRange, PartialFc};
 use lgaf_model::{weights, Lgaf};
 use tch::nn::VarStore;
@@ -74,7 +74,7 @@ impl Trainer {
         if cfg.train.precision == Precision::Fp16 && !device.is_cuda() {
             return Err(WorkerError::Config {
                 key: "train.precision",
-                message: "fp16 needs a CUDA device; use fp32 on the CPU".into(),
+                message: "fp16 needs a CUDA device; use fp32 or bf16 on the CPU".into(),
             });
         }
         tch::manual_seed(cfg.train.seed as i64);
@@ -222,8 +222,9 @@ impl Trainer {
         tch::manual_seed(
             (self.cfg.train.seed ^ self.step.wrapping_mul(0x9e37_79b9_7f4a_7c15)) as i64 & i64::MAX,
         );
-        let amp = self.cfg.train.precision == Precision::Fp16;
-        let loss_scale = if amp { self.scaler.scale } else { 1.0 };
+        let precision = self.cfg.train.precision;
+        let scaled = precision.needs_loss_scaling();
+        let loss_scale = if scaled { self.scaler.scale } else { 1.0 };
 
         let n = batch.labels.len();
         let (out, fwd) = {
@@ -233,7 +234,9 @@ impl Trainer {
                 images = channels_last(&images);
             }
             let labels = Tensor::from_slice(&batch.labels).to_device(self.device);
-            let out = tch::autocast(amp, || self.model.forward_t(&images, true));
+            let out = amp::autocast(self.device, precision, || {
+                self.model.forward_t(&images, true)
+            });
             let fwd = self.pfc.forward(&out.kappa, &labels);
             (out, fwd)
         };
@@ -243,12 +246,12 @@ impl Trainer {
         }
         let skipped = {
             let _s = info_span!("optimizer").entered();
-            let finite = !amp || {
+            let finite = !scaled || {
                 let mut grads = self.sgd.grads();
                 grads.push(fwd.sampled_weight.grad());
                 GradScaler::all_finite(&grads)
             };
-            let apply = if amp {
+            let apply = if scaled {
                 self.scaler.update(finite)
             } else {
                 true
@@ -347,7 +350,8 @@ impl Trainer {
                 }
             };
             let report = self.train_step(&batch, wait_start.elapsed());
-            if !report.loss.is_finite() && self.cfg.train.precision == Precision::Fp32 {
+            // fp16 steps with an overflow are skipped by the scaler; elsewhere it is divergence.
+            if !report.loss.is_finite() && !self.cfg.train.precision.needs_loss_scaling() {
                 return Err(WorkerError::Config {
                     key: "optim.lr",
                     message: format!(

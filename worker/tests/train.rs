@@ -111,3 +111,36 @@ fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_losses() {
     std::fs::remove_dir_all(straight_dir).unwrap();
     std::fs::remove_dir_all(resumed_dir).unwrap();
 }
+
+#[test]
+fn bf16_autocast_trains_on_the_cpu_close_to_fp32_but_not_equal() {
+    let _one = ONE_TRAINER.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir("bf16");
+    let mut cfg = small_config(dir.clone());
+    cfg.train.max_steps = 6;
+    let fp32 = losses(&mut Trainer::new(cfg.clone()).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+    cfg.train.precision = lgaf_model::amp::Precision::Bf16;
+    let bf16 = losses(&mut Trainer::new(cfg).unwrap());
+    eprintln!("fp32 {fp32:?}\nbf16 {bf16:?}");
+    assert!(bf16.iter().all(|l| l.is_finite()), "{bf16:?}");
+    // Same weights and batch: bf16 rounding moves the first loss a little, never a lot.
+    let rel = (bf16[0] - fp32[0]).abs() / fp32[0];
+    assert!(
+        rel > 0.0,
+        "bf16 gave fp32's loss exactly: autocast did not apply"
+    );
+    assert!(rel < 0.02, "bf16 loss {} vs fp32 {}", bf16[0], fp32[0]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn fp16_on_the_cpu_is_refused_by_name() {
+    let mut cfg = small_config(temp_dir("fp16"));
+    cfg.train.precision = lgaf_model::amp::Precision::Fp16;
+    let err = Trainer::new(cfg)
+        .err()
+        .expect("fp16 on the CPU must fail")
+        .to_string();
+    assert!(err.contains("train.precision"), "{err}");
+}
