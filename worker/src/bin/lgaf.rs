@@ -259,7 +259,7 @@ fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
                 step = r.step,
                 epoch = r.epoch,
                 loss = format!("{:.4}", r.loss),
-                lr = r.lr,
+                lr = r.lr as f32, // f32: prints 0.01, not 0.010000000000000002
                 samples_per_s = format!("{:.1}", window.0 as f64 / window.1),
                 data_wait_ms = r.data_wait.as_millis() as u64,
                 gamma_local = format!("{gl:.3}"),
