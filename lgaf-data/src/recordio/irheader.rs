@@ -104,12 +104,15 @@ pub fn peek_id(payload: &[u8]) -> Option<u64> {
 /// Build a payload as MXNet's `recordio.pack(IRHeader(_, label, id, id2), data)`:
 /// a scalar label gives flag 0; a vector gives flag = its length and a 0 in
 /// the header's `label`.
+///
+/// # Panics
+/// If a vector label has 2^32 or more entries (the flag is a u32).
 pub fn pack(label: IrLabel<'_>, id: u64, id2: u64, data: &[u8]) -> Vec<u8> {
     let (flag, scalar, extra): (usize, f32, &[f32]) = match label {
         IrLabel::Scalar(value) => (0, value, &[]),
         IrLabel::Vector(values) => (values.len(), 0.0, values),
     };
-    let flag = u32::try_from(flag).expect("more than 2^32 labels cannot be held in memory as f32s");
+    let flag = u32::try_from(flag).expect("an IRHeader flag counts fewer than 2^32 labels");
     let mut payload = Vec::with_capacity(IR_HEADER_LEN + 4 * extra.len() + data.len());
     payload.extend_from_slice(&flag.to_le_bytes());
     payload.extend_from_slice(&scalar.to_le_bytes());
