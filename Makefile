@@ -6,13 +6,20 @@ VENV := $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 # The stamp names the exact pins, so changing a pin reinstalls.
 VENV_STAMP := $(VENV)/.installed-torch-2.11.0-v1
+# MXNet 1.9.1 for the RecordIO compatibility tests only (lgaf-data/tests/mxnet_compat.rs);
+# it needs numpy < 1.24, so it cannot share the torch venv.
+MXNET_VENV := $(CURDIR)/.venv-mxnet
+MXNET_PYTHON := $(MXNET_VENV)/bin/python
+MXNET_VENV_STAMP := $(MXNET_VENV)/.installed-mxnet-1.9.1-numpy-1.23.5-v1
 
 # torch-sys takes libtorch from the venv's torch wheel: it runs `python` from PATH.
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
+# The compatibility tests run MXNet through this interpreter.
+export LGAF_MXNET_PYTHON := $(MXNET_PYTHON)
 CARGO ?= cargo
 
-.PHONY: all venv build demo test lint clean
+.PHONY: all venv venv-mxnet build demo test lint clean
 
 all: build
 
@@ -25,13 +32,22 @@ $(VENV_STAMP):
 	$(PYTHON) -m pip install --quiet -r requirements.txt
 	@touch $@
 
+venv-mxnet: $(MXNET_VENV_STAMP)
+
+$(MXNET_VENV_STAMP):
+	@echo "==> creating the MXNet virtualenv in .venv-mxnet (mxnet 1.9.1, about 1 minute and 300 MB the first time)"
+	@test -x $(MXNET_PYTHON) || python3 -m venv $(MXNET_VENV)
+	$(MXNET_PYTHON) -m pip install --quiet --upgrade pip
+	$(MXNET_PYTHON) -m pip install --quiet -r requirements-mxnet.txt
+	@touch $@
+
 build: venv
 	$(CARGO) build --release --bins
 
 demo: build
 	./target/release/lgaf demo --out demo-out
 
-test: venv
+test: venv venv-mxnet
 	$(CARGO) test --release --workspace
 
 lint: venv

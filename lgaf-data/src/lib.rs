@@ -8,6 +8,9 @@
 //!   vary within an identity.
 //! * [`image_folder`]: real face images stored as files, decoded to the
 //!   112x112 RGB layout that the models consume.
+//! * [`recordio`]: insightface / MXNet RecordIO packs (`train.rec` +
+//!   `train.idx`): a memory-mapped reader and an atomic writer, compatible
+//!   with MXNet's own.
 //! * [`npy`]: `.npy` export of embeddings and scores for Python tooling.
 //! * [`rng`]: the small deterministic PRNG behind everything random here, so
 //!   that generated data is bit-stable across platforms and crate versions.
@@ -17,6 +20,7 @@
 mod error;
 pub mod image_folder;
 pub mod npy;
+pub mod recordio;
 pub mod rng;
 pub mod synth;
 
