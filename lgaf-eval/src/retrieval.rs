@@ -7,6 +7,8 @@
 //! one ranks higher. So a genuine gallery entry wins a tie with a distractor,
 //! and the result never depends on sort stability or thread scheduling.
 
+use rayon::prelude::*;
+
 use crate::Error;
 
 /// The ranks at which CMC is usually reported.
@@ -44,17 +46,26 @@ impl<'a> Embeddings<'a> {
         self.data.len() / self.dim
     }
 
-    /// The rows scaled to unit length (an all-zero row stays zero, so its
-    /// cosine similarity with anything is 0).
-    fn normalised(&self) -> impl Iterator<Item = Vec<f32>> + '_ {
-        self.data.chunks_exact(self.dim).map(|row| {
+    fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Each row with the inverse of its L2 norm (0 for an all-zero row, so
+    /// that its cosine similarity with anything is 0).
+    fn rows_with_inverse_norms(&self) -> impl Iterator<Item = (&'a [f32], f32)> + '_ {
+        (0..self.rows()).map(|i| {
+            let row = self.row(i);
             let norm = row
                 .iter()
                 .map(|&v| f64::from(v) * f64::from(v))
                 .sum::<f64>()
                 .sqrt();
-            let scale = if norm == 0.0 { 1.0 } else { 1.0 / norm };
-            row.iter().map(|&v| (f64::from(v) * scale) as f32).collect()
+            let inverse = if norm == 0.0 {
+                0.0
+            } else {
+                (1.0 / norm) as f32
+            };
+            (row, inverse)
         })
     }
 }
@@ -124,17 +135,21 @@ pub fn cmc(
     if probes.embeddings.rows() == 0 {
         return Err(Error::NoProbes);
     }
-    let entries: Vec<Vec<f32>> = gallery
+    let entries: Vec<(&[f32], f32)> = gallery
         .embeddings
-        .normalised()
-        .chain(distractors.normalised())
+        .rows_with_inverse_norms()
+        .chain(distractors.rows_with_inverse_norms())
         .collect();
-    let first_match: Vec<Option<usize>> = probes
-        .embeddings
-        .normalised()
+    let probe_rows: Vec<(&[f32], f32)> = probes.embeddings.rows_with_inverse_norms().collect();
+    // One probe per task; `collect` keeps the probes' order.
+    let first_match: Vec<Option<usize>> = probe_rows
+        .par_iter()
         .zip(probes.labels)
-        .map(|(probe, &label)| {
-            let similarities: Vec<f32> = entries.iter().map(|e| dot(&probe, e)).collect();
+        .map(|(&(probe, probe_scale), &label)| {
+            let similarities: Vec<f32> = entries
+                .iter()
+                .map(|&(entry, scale)| dot(probe, entry) * (probe_scale * scale))
+                .collect();
             // Distractors (indices past the gallery) never match.
             first_match_rank(&similarities, |i| gallery.labels.get(i) == Some(&label))
         })
@@ -192,8 +207,25 @@ pub fn first_match_rank(similarities: &[f32], is_match: impl Fn(usize) -> bool) 
     Some(ahead + 1)
 }
 
+/// A dot product over eight running sums, which the compiler can keep in
+/// vector registers (one running sum cannot be reordered); the result is
+/// the same on every run.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    const LANES: usize = 8;
+    let mut sums = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            sums[lane] += x[lane] * y[lane];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -263,6 +295,14 @@ mod tests {
         let distractors = Embeddings::new(&distractor_data, 2, "distractors").unwrap();
         let c = cmc(&probes, &gallery, &distractors, &CMC_RANKS).unwrap();
         assert_eq!(c.first_match, [Some(1)]);
+    }
+
+    #[test]
+    fn dot_products_cover_the_tail() {
+        let a: Vec<f32> = (1..=11).map(|v| v as f32).collect();
+        let b = vec![1.0f32; 11];
+        assert_eq!(dot(&a, &b), 66.0);
+        assert_eq!(dot(&a[..3], &a[..3]), 14.0);
     }
 
     #[test]
