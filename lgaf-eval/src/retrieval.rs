@@ -132,9 +132,6 @@ pub fn cmc(
             });
         }
     }
-    if probes.embeddings.rows() == 0 {
-        return Err(Error::NoProbes);
-    }
     let entries: Vec<(&[f32], f32)> = gallery
         .embeddings
         .rows_with_inverse_norms()
@@ -154,14 +151,17 @@ pub fn cmc(
             first_match_rank(&similarities, |i| gallery.labels.get(i) == Some(&label))
         })
         .collect();
-    Ok(summarise(first_match, ranks))
+    summarise(first_match, ranks)
 }
 
 /// The CMC of known first-match ranks (1-based, `None` for a probe whose
 /// identity is absent), e.g. from similarities computed elsewhere with
-/// [`first_match_rank`].
-pub fn summarise(first_match: Vec<Option<usize>>, ranks: &[usize]) -> Cmc {
+/// [`first_match_rank`]. Rates need at least one probe.
+pub fn summarise(first_match: Vec<Option<usize>>, ranks: &[usize]) -> Result<Cmc, Error> {
     let probes = first_match.len();
+    if probes == 0 {
+        return Err(Error::NoProbes);
+    }
     let ranks = ranks
         .iter()
         .map(|&rank| {
@@ -176,12 +176,12 @@ pub fn summarise(first_match: Vec<Option<usize>>, ranks: &[usize]) -> Cmc {
             }
         })
         .collect();
-    Cmc {
+    Ok(Cmc {
         probes,
         absent: first_match.iter().filter(|m| m.is_none()).count(),
         ranks,
         first_match,
-    }
+    })
 }
 
 /// The 1-based rank of the best entry for which `is_match` holds, in the
@@ -330,6 +330,10 @@ mod tests {
         .unwrap();
         let gallery = Labelled::new(g, &[1]).unwrap();
         let none = Embeddings::new(&[], 2, "distractors").unwrap();
+        assert!(matches!(
+            summarise(Vec::new(), &CMC_RANKS),
+            Err(Error::NoProbes)
+        ));
         let e = cmc(&probes, &gallery, &none, &CMC_RANKS).unwrap_err();
         assert_eq!(
             e.to_string(),
