@@ -90,3 +90,29 @@ fn augment_time_per_image() {
         println!("augment ({name}): {us:.1} us/image, copy included");
     }
 }
+
+/// Writes 64 identities x 16 JPEG faces (quality 90) under `$LGAF_JPEG_FOLDER`, for the
+/// loader's throughput measurement in `worker/tests/loader.rs`.
+#[test]
+#[ignore = "a fixture for a measurement"]
+fn write_a_jpeg_face_folder() {
+    let root = std::path::PathBuf::from(
+        std::env::var_os("LGAF_JPEG_FOLDER").expect("set LGAF_JPEG_FOLDER"),
+    );
+    let per_identity = 16;
+    let dataset = SynthDataset::new(SynthConfig {
+        seed: 3,
+        identities: 64,
+        images_per_identity: per_identity,
+        nuisance_prob: 0.5,
+    });
+    for i in 0..dataset.len() {
+        let dir = root.join(format!("id_{:03}", i / per_identity));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut out = Vec::new();
+        JpegEncoder::new_with_quality(&mut out, 90)
+            .encode(&dataset.get(i).rgb, 112, 112, ExtendedColorType::Rgb8)
+            .unwrap();
+        std::fs::write(dir.join(format!("{:02}.jpg", i % per_identity)), out).unwrap();
+    }
+}
