@@ -1,15 +1,15 @@
 //! Decoding encoded face images (JPEG, PNG) to the RGB8 HWC layout the models consume.
 //!
 //! JPEG goes through `zune-jpeg` used directly. Measured on 200 synthetic 112x112 faces
-//! encoded at quality 90 (about 4.4 kB each; release build, one thread of a shared 2-core
-//! machine), per image:
+//! encoded at quality 90 (about 4.3 kB each; release build, one thread of a shared 2-core
+//! machine, best of several runs), per image:
 //!
-//! | decoder                     | time    |
-//! |-----------------------------|---------|
-//! | `zune-jpeg` 0.5, direct     | ~70 us  |
-//! | `image` 0.25 (`zune-jpeg` inside, then `DynamicImage` to RGB8) | ~80 us |
-//! | `jpeg-decoder` 0.3          | ~120 us |
-//! | `turbojpeg` 1 (libjpeg-turbo) | not built: its source build needs the NASM assembler, a system package this machine lacks |
+//! | decoder                                                     | time        |
+//! |-------------------------------------------------------------|-------------|
+//! | `zune-jpeg` 0.5 direct, into the caller's buffer            | 68-71 us    |
+//! | `image` 0.25 (`zune-jpeg` inside, then `DynamicImage` -> RGB8) | 76-80 us |
+//! | `jpeg-decoder` 0.3                                          | 120-157 us  |
+//! | `turbojpeg` 1 (libjpeg-turbo) | not built: its source build needs CMake and the NASM assembler; with CMake from PyPI it stops at NASM, a system package this machine lacks |
 //!
 //! `zune-jpeg` is the fastest of those that build, it is already in the tree (through
 //! `image`), and used directly it reads the header first, so a wrong-sized image is
@@ -374,6 +374,17 @@ mod tests {
         assert!(text.contains("found 47 49 46 38 39 61 2E 2E"), "{text}");
         let err = decode_rgb112_into(b"", &mut out, what).unwrap_err();
         assert!(err.to_string().contains("no bytes at all"), "{err}");
+    }
+
+    #[test]
+    fn a_jpeg_missing_its_tail_still_decodes_like_libjpeg_would() {
+        let rgb = gradient(112, 112);
+        let mut bytes = jpeg(&rgb, 112, 112, ExtendedColorType::Rgb8);
+        bytes.truncate(bytes.len() * 9 / 10);
+        let mut out = vec![0u8; RGB112_BYTES];
+        decode_rgb112_into(&bytes, &mut out, name).unwrap();
+        // The top rows, decoded before the cut, are intact.
+        assert!(max_abs_diff(&out[..20 * 112 * 3], &rgb[..20 * 112 * 3]) <= 12);
     }
 
     #[test]
