@@ -11,17 +11,28 @@
 //! * [`recordio`]: insightface / MXNet RecordIO packs (`train.rec` +
 //!   `train.idx`): a memory-mapped reader and an atomic writer, compatible
 //!   with MXNet's own.
+//! * [`decode`]: JPEG and PNG to 112x112 RGB8, straight into a caller's buffer, with
+//!   errors that name the image; and a resize-to-112 path for other sizes.
+//! * [`augment`]: AdaFace's training augmentation (crop, low resolution, colour jitter,
+//!   flip), in place and deterministic from (seed, epoch, sample index).
+//! * [`sampler`]: the per-epoch seeded permutation and its split across ranks.
+//! * [`source`]: the [`source::FaceSource`] trait the loader reads, for image folders
+//!   and the synthetic faces.
 //! * [`npy`]: `.npy` export of embeddings and scores for Python tooling.
 //! * [`rng`]: the small deterministic PRNG behind everything random here, so
 //!   that generated data is bit-stable across platforms and crate versions.
 //!
 //! Images are always `Vec<u8>` in HWC order (row-major, RGB interleaved).
 
+pub mod augment;
+pub mod decode;
 mod error;
 pub mod image_folder;
 pub mod npy;
 pub mod recordio;
 pub mod rng;
+pub mod sampler;
+pub mod source;
 pub mod synth;
 
 pub use error::DataError;

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use lgaf_data::augment::AugmentConfig;
 use lgaf_model::amp::Precision;
 use lgaf_model::margin::CombinedMargin;
 use lgaf_model::{Arch, Fusion, ModelConfig};
@@ -74,23 +75,140 @@ impl Default for SyntheticConfig {
     }
 }
 
+/// Where training images come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The embedded synthetic faces (`data.synthetic`).
+    #[default]
+    Synthetic,
+    /// `data.path/<identity>/*.jpg|png`.
+    Folder,
+    /// An insightface pack: `data.path` is the `.rec` file beside its `.idx`.
+    Recordio,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
+    pub source: SourceKind,
+    /// The folder or pack of a `folder` or `recordio` source; unused by `synthetic`.
+    pub path: PathBuf,
     /// Per-process batch size.
     pub batch_size: usize,
     /// Batches prepared ahead of the trainer.
     pub prefetch: usize,
+    /// Decoding and augmentation threads; 0: the available cores minus one (at least 1).
+    pub workers: usize,
+    /// Stop at the first unreadable record instead of skipping it.
+    pub strict: bool,
+    /// Stop when more than this fraction of the records read so far are bad.
+    pub max_bad_fraction: f64,
+    pub augment: AugmentSettings,
     pub synthetic: SyntheticConfig,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
+            source: SourceKind::Synthetic,
+            path: PathBuf::new(),
             batch_size: 64,
             prefetch: 4,
+            workers: 0,
+            strict: false,
+            max_bad_fraction: 0.5,
+            augment: AugmentSettings::default(),
             synthetic: SyntheticConfig::default(),
         }
+    }
+}
+
+impl DataConfig {
+    /// Loader threads: `workers`, or the available cores minus one (at least 1) when 0.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get().saturating_sub(1))
+                .max(1),
+            n => n,
+        }
+    }
+}
+
+/// AdaFace's augmentation (spec section 4); a probability of 0 switches a step off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AugmentSettings {
+    pub flip_prob: f32,
+    /// Keep a random box in place and zero the rest.
+    pub crop_prob: f32,
+    /// Scale the side to 0.2-1.0 and back up.
+    pub low_res_prob: f32,
+    /// Brightness, contrast and saturation jitter in a random order.
+    pub photometric_prob: f32,
+    pub brightness: f32,
+    pub contrast: f32,
+    pub saturation: f32,
+}
+
+impl Default for AugmentSettings {
+    fn default() -> Self {
+        let spec = AugmentConfig::default();
+        Self {
+            flip_prob: spec.flip_prob,
+            crop_prob: spec.crop_prob,
+            low_res_prob: spec.low_res_prob,
+            photometric_prob: spec.photometric_prob,
+            brightness: spec.brightness,
+            contrast: spec.contrast,
+            saturation: spec.saturation,
+        }
+    }
+}
+
+impl AugmentSettings {
+    pub fn to_augment_config(&self) -> AugmentConfig {
+        AugmentConfig {
+            flip_prob: self.flip_prob,
+            crop_prob: self.crop_prob,
+            low_res_prob: self.low_res_prob,
+            photometric_prob: self.photometric_prob,
+            brightness: self.brightness,
+            contrast: self.contrast,
+            saturation: self.saturation,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let probabilities = [
+            ("data.augment.flip_prob", self.flip_prob),
+            ("data.augment.crop_prob", self.crop_prob),
+            ("data.augment.low_res_prob", self.low_res_prob),
+            ("data.augment.photometric_prob", self.photometric_prob),
+        ];
+        for (key, p) in probabilities {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(WorkerError::Config {
+                    key,
+                    message: format!("{p} is outside [0, 1]"),
+                });
+            }
+        }
+        let strengths = [
+            ("data.augment.brightness", self.brightness),
+            ("data.augment.contrast", self.contrast),
+            ("data.augment.saturation", self.saturation),
+        ];
+        for (key, s) in strengths {
+            if !(s >= 0.0 && s.is_finite()) {
+                return Err(WorkerError::Config {
+                    key,
+                    message: format!("{s} is not a finite strength >= 0"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -238,18 +356,42 @@ impl TrainConfig {
                 format!("{} is outside (0, 1]", self.loss.sample_rate),
             );
         }
-        if self.data.batch_size == 0 {
+        let data = &self.data;
+        if data.batch_size == 0 {
             return bad("data.batch_size", "must be at least 1".into());
         }
-        let s = &self.data.synthetic;
-        if s.identities < 2 || s.images_per_identity == 0 {
+        if data.prefetch == 0 {
+            return bad("data.prefetch", "must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&data.max_bad_fraction) {
             return bad(
-                "data.synthetic",
-                "needs at least 2 identities with at least 1 image".into(),
+                "data.max_bad_fraction",
+                format!("{} is outside [0, 1]", data.max_bad_fraction),
             );
         }
-        if s.identities * s.images_per_identity < self.data.batch_size {
-            return bad("data.batch_size", "is larger than the dataset".into());
+        data.augment.validate()?;
+        match data.source {
+            SourceKind::Synthetic => {
+                let s = &data.synthetic;
+                if s.identities < 2 || s.images_per_identity == 0 {
+                    return bad(
+                        "data.synthetic",
+                        "needs at least 2 identities with at least 1 image".into(),
+                    );
+                }
+                if s.identities * s.images_per_identity < data.batch_size {
+                    return bad("data.batch_size", "is larger than the dataset".into());
+                }
+            }
+            // The size of a folder or pack is known once it is opened (the trainer checks).
+            SourceKind::Folder | SourceKind::Recordio => {
+                if data.path.as_os_str().is_empty() {
+                    return bad(
+                        "data.path",
+                        format!("the {:?} source needs a path", data.source).to_lowercase(),
+                    );
+                }
+            }
         }
         if self.train.epochs == 0 {
             return bad("train.epochs", "must be at least 1".into());

@@ -14,6 +14,9 @@ pub enum WorkerError {
     #[error(transparent)]
     Data(#[from] lgaf_data::DataError),
 
+    #[error(transparent)]
+    Loader(#[from] crate::loader::LoaderError),
+
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
 

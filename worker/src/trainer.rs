@@ -3,7 +3,11 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use lgaf_data::sampler::ShardedSampler;
+use lgaf_data::source::FaceSource;
 
 use lgaf_model::amp::{self, GradScaler, Precision};
 use lgaf_model::partial_fc::{ClassRange, PartialFc};
@@ -17,7 +21,9 @@ use crate::config::TrainConfig;
 use crate::device::{channels_last, images_to_tensor, parse_device};
 use crate::error::{Result, WorkerError};
 use crate::eval::HeldOut;
-use crate::loader::{steps_per_epoch, synth_config, Batch, Loader};
+use crate::loader::{
+    open_source, synth_config, Batch, Loader, LoaderError, LoaderSettings, LoaderStats,
+};
 use crate::optim::{clip_factor, learning_rate, Sgd};
 use lgaf_data::synth::IMAGE_SIZE;
 
@@ -36,6 +42,8 @@ pub struct StepReport {
     pub gamma: Option<(f64, f64)>,
     /// Time blocked waiting for the batch.
     pub data_wait: Duration,
+    /// The loader's counters so far in this run (throughput, total wait, bad records).
+    pub loader: LoaderStats,
     pub step_time: Duration,
     pub batch_size: usize,
 }
@@ -49,6 +57,8 @@ pub struct Trainer {
     sgd: Sgd,
     scaler: GradScaler,
     store: CheckpointStore,
+    source: Arc<dyn FaceSource>,
+    sampler: ShardedSampler,
     /// Steps completed.
     step: u64,
     resumed_from: Option<PathBuf>,
@@ -77,6 +87,10 @@ impl Trainer {
                 message: "fp16 needs a CUDA device; use fp32 or bf16 on the CPU".into(),
             });
         }
+        let source = open_source(&cfg.data)?;
+        // World size 1 until the coordinator hands out ranks.
+        let sampler = ShardedSampler::new(source.len(), cfg.train.seed, 0, 1, cfg.data.batch_size)
+            .map_err(LoaderError::from)?;
         tch::manual_seed(cfg.train.seed as i64);
         let vs = VarStore::new(device);
         let model = Lgaf::new(&vs.root(), &cfg.model)?;
@@ -89,7 +103,7 @@ impl Trainer {
                 }
             });
         }
-        let classes = cfg.data.synthetic.identities as i64;
+        let classes = source.num_classes() as i64;
         let pfc = PartialFc::new(
             ClassRange::of_rank(classes, 0, 1),
             cfg.model.embedding_size,
@@ -108,6 +122,8 @@ impl Trainer {
             sgd,
             scaler: GradScaler::default(),
             store,
+            source,
+            sampler,
             step: 0,
             resumed_from: None,
         };
@@ -124,7 +140,11 @@ impl Trainer {
         };
         let saved: TrainConfig = serde_json::from_value(loaded.manifest.state.config.clone())
             .map_err(|e| fail(format!("its config does not parse: {e}")))?;
-        if saved.model != self.cfg.model || saved.data.synthetic != self.cfg.data.synthetic {
+        let same_data = |a: &TrainConfig, b: &TrainConfig| {
+            (a.data.source, &a.data.path, &a.data.synthetic)
+                == (b.data.source, &b.data.path, &b.data.synthetic)
+        };
+        if saved.model != self.cfg.model || !same_data(&saved, &self.cfg) {
             return Err(fail(
                 "it was made with a different model or dataset config; use another checkpoint.dir"
                     .into(),
@@ -195,7 +215,7 @@ impl Trainer {
     }
 
     pub fn total_steps(&self) -> u64 {
-        let all = steps_per_epoch(&self.cfg.data) * self.cfg.train.epochs as u64;
+        let all = self.sampler.steps_per_epoch() * self.cfg.train.epochs as u64;
         match self.cfg.train.max_steps {
             0 => all,
             max => max.min(all),
@@ -215,7 +235,7 @@ impl Trainer {
     /// One optimisation step on `batch`.
     pub fn train_step(&mut self, batch: &Batch, data_wait: Duration) -> StepReport {
         let started = Instant::now();
-        let spe = steps_per_epoch(&self.cfg.data) as f64;
+        let spe = self.sampler.steps_per_epoch() as f64;
         let lr = learning_rate(&self.cfg.optim, self.step as f64 / spe);
         // Dropout and class sampling draw from libtorch's generator: seeding it per step
         // makes a resumed run draw what the uninterrupted run drew.
@@ -286,6 +306,7 @@ impl Trainer {
             skipped,
             gamma,
             data_wait,
+            loader: LoaderStats::default(),
             step_time: started.elapsed() + data_wait,
             batch_size: n,
         }
@@ -294,7 +315,7 @@ impl Trainer {
     /// Commits a checkpoint of everything a resume needs.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let _s = info_span!("checkpoint", step = self.step).entered();
-        let spe = steps_per_epoch(&self.cfg.data);
+        let spe = self.sampler.steps_per_epoch();
         let state = TrainState {
             step: self.step,
             epoch: self.step / spe,
@@ -337,19 +358,27 @@ impl Trainer {
         if self.step >= total {
             return Ok(());
         }
-        let spe = steps_per_epoch(&self.cfg.data);
-        let mut loader = Loader::start(&self.cfg.data, self.step, total);
+        let spe = self.sampler.steps_per_epoch();
+        let settings = LoaderSettings::new(&self.cfg.data, self.cfg.train.seed);
+        let mut loader = Loader::start(
+            Arc::clone(&self.source),
+            self.sampler.clone(),
+            settings,
+            self.step..total,
+        )?;
         loop {
             let _step = info_span!("step", step = self.step + 1).entered();
             let wait_start = Instant::now();
             let batch = {
                 let _s = info_span!("data_wait").entered();
-                match loader.next_batch() {
+                match loader.next_batch()? {
                     Some(b) => b,
                     None => break,
                 }
             };
-            let report = self.train_step(&batch, wait_start.elapsed());
+            let mut report = self.train_step(&batch, wait_start.elapsed());
+            loader.recycle(batch);
+            report.loader = loader.stats();
             // fp16 steps with an overflow are skipped by the scaler; elsewhere it is divergence.
             if !report.loss.is_finite() && !self.cfg.train.precision.needs_loss_scaling() {
                 return Err(WorkerError::Config {
