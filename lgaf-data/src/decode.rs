@@ -141,6 +141,23 @@ pub fn decode_rgb112_into(
     }
 }
 
+/// (width, height) of a JPEG or PNG, from its headers only.
+pub fn dimensions(bytes: &[u8], what: impl Fn() -> String) -> Result<(usize, usize), DecodeError> {
+    match sniff(bytes, &what)? {
+        Format::Jpeg => {
+            let mut decoder = jpeg_decoder(bytes);
+            decoder
+                .decode_headers()
+                .map_err(|e| corrupt(Format::Jpeg, e, &what))?;
+            Ok(jpeg_dimensions(&decoder))
+        }
+        Format::Png => {
+            let (width, height) = png_decoder(bytes, &what)?.dimensions();
+            Ok((width as usize, height as usize))
+        }
+    }
+}
+
 /// Decodes a JPEG or PNG of any size to RGB8.
 pub fn decode_rgb(bytes: &[u8], what: impl Fn() -> String) -> Result<RgbImage, DecodeError> {
     match sniff(bytes, &what)? {

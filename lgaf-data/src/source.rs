@@ -4,9 +4,8 @@
 //! * [`FolderSource`]: `root/<identity>/*.jpg|png`; identities are the sorted sub-folder
 //!   names (label = position), images are sorted within each.
 //! * [`SynthSource`]: the synthetic faces of [`crate::synth`], rendered on demand.
-//!
-//! A memory-mapped pack (insightface RecordIO) implements the trait by returning
-//! [`Payload::Encoded`] with a `Cow::Borrowed` slice of the map, so reading copies nothing.
+//! * [`RecordPack`]: an insightface RecordIO pack; it returns [`Payload::Encoded`] with a
+//!   `Cow::Borrowed` slice of the memory map, so reading copies nothing.
 
 use std::borrow::Cow;
 use std::fs;
@@ -14,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::decode::DecodeError;
 use crate::image_folder::list_images;
+use crate::recordio::{RecordIoError, RecordPack};
 use crate::synth::{SynthConfig, SynthDataset};
 use crate::DataError;
 
@@ -57,6 +57,10 @@ pub enum SourceError {
 
     #[error(transparent)]
     Listing(#[from] DataError),
+
+    /// A pack record that cannot be read (the error names file, record and byte offset).
+    #[error(transparent)]
+    Record(#[from] RecordIoError),
 }
 
 /// An indexed, labelled collection of face images, shared by the loader's threads.
@@ -254,6 +258,46 @@ impl FaceSource for SynthSource {
 
     fn name(&self) -> String {
         format!("synthetic faces (seed {})", self.dataset.config().seed)
+    }
+}
+
+impl FaceSource for RecordPack {
+    fn len(&self) -> usize {
+        self.image_count()
+    }
+
+    fn num_classes(&self) -> usize {
+        self.identity_count()
+    }
+
+    fn label(&self, index: usize) -> u32 {
+        self.labels()[index]
+    }
+
+    fn read(&self, index: usize) -> Result<Payload<'_>, SourceError> {
+        if index >= self.len() {
+            return Err(SourceError::OutOfRange {
+                source_name: FaceSource::name(self),
+                index,
+                len: self.len(),
+            });
+        }
+        Ok(Payload::Encoded(self.image(index)?.bytes))
+    }
+
+    fn describe(&self, index: usize) -> String {
+        if index >= self.len() {
+            return format!("{} image {index}", self.path().display());
+        }
+        let (key, offset) = self.image_location(index);
+        format!(
+            "{} image {index} (record key {key} at byte {offset})",
+            self.path().display()
+        )
+    }
+
+    fn name(&self) -> String {
+        format!("RecordIO pack {}", self.path().display())
     }
 }
 

@@ -306,6 +306,8 @@ pub struct EvalConfig {
     pub identities: u32,
     /// Verification pairs (half same, half different).
     pub pairs: usize,
+    /// Verification .bin files (lfw.bin, cfp_fp.bin, ...) evaluated at the same times.
+    pub bins: Vec<PathBuf>,
 }
 
 impl Default for EvalConfig {
@@ -314,6 +316,7 @@ impl Default for EvalConfig {
             every_steps: 0,
             identities: 100,
             pairs: 600,
+            bins: Vec::new(),
         }
     }
 }
@@ -339,6 +342,7 @@ impl TrainConfig {
                 .list_separator(",")
                 .with_list_parse_key("model.kernels")
                 .with_list_parse_key("optim.lr_steps")
+                .with_list_parse_key("eval.bins")
                 .try_parsing(true),
         );
         let cfg: TrainConfig = builder.build()?.try_deserialize()?;

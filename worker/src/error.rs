@@ -31,6 +31,22 @@ pub enum WorkerError {
 
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+
+    /// A verification file, a retrieval set or their metric (names the file or the set).
+    #[error(transparent)]
+    Eval(#[from] lgaf_eval::Error),
+
+    #[error(transparent)]
+    Decode(#[from] lgaf_data::decode::DecodeError),
+
+    #[error(transparent)]
+    Source(#[from] lgaf_data::source::SourceError),
+
+    #[error(transparent)]
+    Record(#[from] lgaf_data::recordio::RecordIoError),
+
+    #[error("{path}: {message}")]
+    EvalSet { path: PathBuf, message: String },
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;

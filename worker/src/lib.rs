@@ -3,9 +3,11 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dataset_tools;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod eval_sets;
 pub mod loader;
 pub mod optim;
 pub mod progress;

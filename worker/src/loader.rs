@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use lgaf_data::augment::{AugmentConfig, Augmenter, SampleKey};
 use lgaf_data::decode::{decode_rgb112_into, RGB112_BYTES};
+use lgaf_data::recordio::RecordPack;
 use lgaf_data::sampler::{SamplerError, ShardedSampler};
 use lgaf_data::source::{FaceSource, FolderSource, Payload, SourceError, SynthSource};
 use lgaf_data::synth::SynthConfig;
@@ -74,9 +75,6 @@ pub enum LoaderError {
 
     #[error("the training data does not fit the batch layout: {0}")]
     Layout(#[from] SamplerError),
-
-    #[error("data.source = \"recordio\": the RecordIO source is not available in this build")]
-    RecordioUnavailable,
 
     /// `data.strict`: the first bad record ends the run.
     #[error("step {step}: bad record (data.strict = true): {source}")]
@@ -149,8 +147,9 @@ pub fn open_source(data: &DataConfig) -> Result<Arc<dyn FaceSource>, LoaderError
         SourceKind::Folder => Ok(Arc::new(
             FolderSource::open(&data.path).map_err(LoaderError::Open)?,
         )),
-        // The RecordIO reader lands separately; wiring it is one arm here.
-        SourceKind::Recordio => Err(LoaderError::RecordioUnavailable),
+        SourceKind::Recordio => Ok(Arc::new(
+            RecordPack::open(&data.path).map_err(|e| LoaderError::Open(e.into()))?,
+        )),
     }
 }
 
@@ -587,16 +586,13 @@ mod tests {
     }
 
     #[test]
-    fn recordio_is_refused_until_wired() {
+    fn a_missing_pack_is_an_error_naming_it() {
         let data = DataConfig {
             source: SourceKind::Recordio,
-            path: "train.rec".into(),
+            path: "/nonexistent/train.rec".into(),
             ..small()
         };
-        let err = open_source(&data).err().unwrap();
-        assert!(
-            err.to_string().contains("not available in this build"),
-            "{err}"
-        );
+        let err = open_source(&data).err().unwrap().to_string();
+        assert!(err.contains("/nonexistent/train.rec"), "{err}");
     }
 }

@@ -76,3 +76,20 @@ pub fn training_bar(total: u64, position: u64, enabled: bool) -> ProgressBar {
     let _ = BAR.set(bar.clone());
     bar
 }
+
+/// A progress bar for a one-off job (`lgaf pack`, `lgaf inspect`, an index rebuild): `unit`
+/// names what is counted. Hidden when stderr is not a terminal.
+pub fn task_bar(label: &str, unit: &str) -> ProgressBar {
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{label} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} | {{per_sec}} | ETA {{eta}}"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}

@@ -1,73 +1,12 @@
 //! The `lgaf` binary as a user runs it: init, embed, and their errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::*;
 use lgaf_data::image_folder::{hflip, save_png};
-use lgaf_data::npy;
 use lgaf_data::synth::{Factor, SynthConfig, SynthDataset};
-
-fn lgaf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lgaf"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running lgaf")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lgaf(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "lgaf {args:?} failed:\n{text}");
-    text
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = lgaf(args);
-    assert!(!out.status.success(), "lgaf {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lgaf-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-const MODEL: [&str; 8] = [
-    "--arch",
-    "r18",
-    "--fusion",
-    "lgf",
-    "--width",
-    "0.25",
-    "--embedding-size",
-    "128",
-];
-
-fn with_model<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    args.iter().copied().chain(MODEL).collect()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Rows of an [N, D] .npy.
-fn rows(path: &Path) -> Vec<Vec<f32>> {
-    let (shape, data) = npy::read_f32(path).unwrap();
-    assert_eq!(shape.len(), 2);
-    data.chunks(shape[1]).map(|r| r.to_vec()).collect()
-}
-
-fn close(a: &[f32], b: &[f32]) -> bool {
-    a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4)
-}
 
 #[test]
 fn init_then_embed_a_folder() {

@@ -92,6 +92,16 @@ impl RecordPack {
         &self.records
     }
 
+    /// The record key of image `index` and the byte offset where its record starts, for
+    /// messages about it.
+    ///
+    /// # Panics
+    /// If `index >= image_count()`.
+    pub fn image_location(&self, index: usize) -> (u64, u64) {
+        let entry = self.layout.entry(&self.records, index);
+        (entry.key, entry.offset)
+    }
+
     /// Read image `index`, checking that its record's label is the identity
     /// the layout gives it.
     ///

@@ -2,15 +2,21 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use lgaf_data::recordio::{IndexSource, RecordPack};
+use lgaf_data::source::{FaceSource, FolderSource};
 use lgaf_data::{image_folder, npy};
+use lgaf_eval::verification::Verification;
 use lgaf_model::{weights, Arch, Fusion, Lgaf, ModelConfig};
+use lgaf_worker::dataset_tools;
 use lgaf_worker::device::parse_device;
 use lgaf_worker::eval::{embed, SynthReport};
-use lgaf_worker::progress::{init_logging, training_bar};
+use lgaf_worker::eval_sets::{retrieval, BinEvaluator, Gallery, PairSet};
+use lgaf_worker::progress::{init_logging, task_bar, training_bar};
 use lgaf_worker::{StepReport, TrainConfig, Trainer};
 use tch::nn::VarStore;
 use tracing::info;
@@ -36,6 +42,15 @@ enum Command {
     /// Train in one process (CPU or one GPU) from a TOML config; resumes from the newest
     /// checkpoint in `checkpoint.dir`.
     Train(TrainArgs),
+    /// Convert an image folder (root/<identity>/*.jpg|png) into an insightface RecordIO pack
+    /// (out.rec + out.idx), in parallel.
+    Pack(PackArgs),
+    /// Summarise a RecordIO pack or an image folder: images, identities, images per
+    /// identity, image sizes, and the first problems found.
+    Inspect(InspectArgs),
+    /// Evaluate weights on verification .bin files (insightface's protocol: accuracy over 10
+    /// folds, TAR at FAR 1e-3) and/or a retrieval probe/gallery set (CMC rank 1/5/20).
+    Eval(EvalArgs),
     /// The end-to-end CPU demo: train a small LGAF on synthetic faces for a few minutes,
     /// then verify held-out identities and report attention weights per nuisance factor.
     Demo(DemoArgs),
@@ -93,7 +108,8 @@ struct EmbedArgs {
     /// Weights (.safetensors) with the spec's names, e.g. from `lgaf init` or a checkpoint.
     #[arg(long)]
     weights: PathBuf,
-    /// Folder of .jpg/.png images (not recursive); other sizes are resized to 112x112.
+    /// Folder of .jpg/.png images (not recursive), or a verification .bin file (its 2P
+    /// images in file order); other sizes are resized to 112x112.
     #[arg(long)]
     input: PathBuf,
     /// Output .npy (float32, [N, embedding_size]).
@@ -104,6 +120,65 @@ struct EmbedArgs {
     flip: bool,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct PackArgs {
+    /// Image folder: one sub-folder per identity (sorted names give labels 0..K).
+    input: PathBuf,
+    /// Output pack (.rec); its .idx is written beside it.
+    out: PathBuf,
+    /// Leave unreadable images out (listed at the end) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A RecordIO pack (.rec; a missing .idx is rebuilt) or an image folder.
+    path: PathBuf,
+    /// Print one JSON object (images, identities, images_per_identity, image_sizes, bad,
+    /// problems).
+    #[arg(long)]
+    json: bool,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Weights (.safetensors) with the spec's names.
+    #[arg(long)]
+    weights: PathBuf,
+    /// A verification file (lfw.bin, cfp_fp.bin, agedb_30.bin, ...); repeat for several.
+    #[arg(long = "bin", value_name = "FILE")]
+    bins: Vec<PathBuf>,
+    /// Retrieval probes: a folder of <identity>/*.jpg|png.
+    #[arg(long, requires = "gallery")]
+    probe: Option<PathBuf>,
+    /// Retrieval gallery: a folder of <identity>/*.jpg|png (identities matched to the
+    /// probes' by folder name).
+    #[arg(long, requires = "probe")]
+    gallery: Option<PathBuf>,
+    /// Retrieval distractors added to the gallery: a folder of images (any sub-folders).
+    #[arg(long, requires = "gallery")]
+    distractors: Option<PathBuf>,
+    /// Print JSON: for one .bin an object with accuracy, std, threshold and tar_at_far; for
+    /// several, one such object per file stem; retrieval under "retrieval".
+    #[arg(long)]
+    json: bool,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
     device: String,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
@@ -137,14 +212,37 @@ struct DemoArgs {
     steps: Option<u64>,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     init_logging();
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Command::Init(a) => init(a),
         Command::Embed(a) => embed_folder(a),
         Command::Train(a) => train(a),
+        Command::Eval(a) => eval(a),
+        Command::Pack(a) => pack(a),
+        Command::Inspect(a) => inspect(a),
         Command::Demo(a) => demo(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// The error and its causes on one line, leaving out causes the message already quotes
+/// (our error types put their source into their own text).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
 }
 
 fn model_metadata(cfg: &ModelConfig) -> HashMap<String, String> {
@@ -177,33 +275,225 @@ fn init(a: InitArgs) -> Result<()> {
 
 fn embed_folder(a: EmbedArgs) -> Result<()> {
     let cfg = a.model.config();
-    let device = parse_device(&a.device)?;
-    let mut vs = VarStore::new(device);
-    let model = Lgaf::new(&vs.root(), &cfg)?;
-    weights::load(&mut vs, &a.weights)?;
-    let files = image_folder::list_images(&a.input)?;
-    let mut rgb = Vec::with_capacity(files.len() * 112 * 112 * 3);
-    for f in &files {
-        rgb.extend(image_folder::load_rgb112(f)?);
-    }
+    let (model, vs) = load_model(&a.model, &a.weights, &a.device)?;
+    let device = vs.device();
+    let (rgb, count) = if a.input.is_file() {
+        let set = PairSet::load(&a.input)?;
+        let count = set.images();
+        (set.rgb, count)
+    } else {
+        let files = image_folder::list_images(&a.input)?;
+        let mut rgb = Vec::with_capacity(files.len() * 112 * 112 * 3);
+        for f in &files {
+            rgb.extend(image_folder::load_rgb112(f)?);
+        }
+        (rgb, files.len())
+    };
     let started = Instant::now();
-    let out = embed(
-        &model,
-        &rgb,
-        files.len(),
-        device,
-        a.batch_size.max(1),
-        a.flip,
-    );
+    let out = embed(&model, &rgb, count, device, a.batch_size.max(1), a.flip);
     let data = Vec::<f32>::try_from(out.embeddings.flatten(0, -1))?;
-    npy::write_f32(&a.out, &[files.len(), cfg.embedding_size as usize], &data)?;
+    npy::write_f32(&a.out, &[count, cfg.embedding_size as usize], &data)?;
     println!(
-        "wrote {} ({} images x {}, {:.1} images/s)",
+        "wrote {} ({count} images x {}, {:.1} images/s)",
         a.out.display(),
-        files.len(),
         cfg.embedding_size,
-        files.len() as f64 / started.elapsed().as_secs_f64()
+        count as f64 / started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn load_model(model: &ModelArgs, weights_path: &Path, device: &str) -> Result<(Lgaf, VarStore)> {
+    let device = parse_device(device)?;
+    let mut vs = VarStore::new(device);
+    let model = Lgaf::new(&vs.root(), &model.config())?;
+    weights::load(&mut vs, weights_path)?;
+    Ok((model, vs))
+}
+
+fn verification_json(v: &Verification, pairs: usize) -> serde_json::Value {
+    let t = &v.tar_at_far;
+    serde_json::json!({
+        "pairs": pairs,
+        "accuracy": v.accuracy.accuracy,
+        "std": v.accuracy.std,
+        "threshold": v.accuracy.threshold,
+        "tar_at_far": {"far_target": t.far_target, "tar": t.tar, "tar_std": t.tar_std, "far": t.far},
+    })
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    if a.bins.is_empty() && a.probe.is_none() {
+        bail!("nothing to evaluate: give --bin FILE (repeatable) and/or --probe DIR --gallery DIR");
+    }
+    let (model, vs) = load_model(&a.model, &a.weights, &a.device)?;
+    let (device, batch) = (vs.device(), a.batch_size.max(1));
+    let mut results = Vec::new();
+    for path in &a.bins {
+        let set = PairSet::load(path)?;
+        let v = set.evaluate(&model, device, batch)?;
+        if !a.json {
+            if results.is_empty() {
+                println!(
+                    "{:<16} {:>6} {:>10} {:>7} {:>16}",
+                    "set", "pairs", "accuracy", "std", "TAR@FAR=1e-3"
+                );
+            }
+            println!(
+                "{:<16} {:>6} {:>9.2}% {:>7.2} {:>15.2}%",
+                set.name,
+                set.issame.len(),
+                v.accuracy.accuracy * 100.0,
+                v.accuracy.std * 100.0,
+                v.tar_at_far.tar * 100.0
+            );
+        }
+        results.push((set.name.clone(), verification_json(&v, set.issame.len())));
+    }
+    let mut retrieval_json = None;
+    if let (Some(probe), Some(gallery)) = (&a.probe, &a.gallery) {
+        let probes = Gallery::load(probe)?;
+        let gallery = Gallery::load(gallery)?;
+        let distractors = a.distractors.as_deref().map(Gallery::load).transpose()?;
+        let c = retrieval(
+            &model,
+            device,
+            batch,
+            &probes,
+            &gallery,
+            distractors.as_ref(),
+        )?;
+        if !a.json {
+            println!(
+                "\nretrieval: {} probes ({} with no match in the gallery), gallery {} + {} distractors",
+                c.probes,
+                c.absent,
+                gallery.len(),
+                distractors.as_ref().map_or(0, |d| d.len())
+            );
+            for r in &c.ranks {
+                println!("  rank-{:<3} {:>7.2}%", r.rank, r.rate * 100.0);
+            }
+        }
+        let mut obj = serde_json::json!({"probes": c.probes, "absent": c.absent});
+        for r in &c.ranks {
+            obj[format!("rank{}", r.rank)] = r.rate.into();
+        }
+        retrieval_json = Some(obj);
+    }
+    if a.json {
+        let out = match (results.len(), retrieval_json) {
+            (1, None) => results.pop().expect("one result").1,
+            (_, r) => {
+                let mut map = serde_json::Map::new();
+                for (name, v) in results {
+                    let key = if map.contains_key(&name) {
+                        format!("{name}#{}", map.len())
+                    } else {
+                        name
+                    };
+                    map.insert(key, v);
+                }
+                if let Some(r) = r {
+                    map.insert("retrieval".into(), r);
+                }
+                serde_json::Value::Object(map)
+            }
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("starting the thread pool")?;
+    }
+    Ok(())
+}
+
+fn pack(a: PackArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let source = FolderSource::open(&a.input)?;
+    let bar = task_bar("packing", "images");
+    bar.set_length(source.len() as u64);
+    let started = Instant::now();
+    let report = dataset_tools::pack(&source, &a.out, a.skip_bad, |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {} ({} images of {} identities, {:.1} MB, {:.0} images/s): {} stored as they were, {} resized to 112x112",
+        a.out.display(),
+        report.images,
+        report.identities,
+        report.bytes as f64 / 1e6,
+        report.images as f64 / started.elapsed().as_secs_f64(),
+        report.copied,
+        report.resized
+    );
+    if !report.skipped.is_empty() {
+        println!("skipped {} unreadable images:", report.skipped.len());
+        for s in &report.skipped {
+            println!("  {s}");
+        }
+    }
+    Ok(())
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let source: Box<dyn FaceSource> = if a.path.is_dir() {
+        Box::new(FolderSource::open(&a.path)?)
+    } else {
+        let bar = task_bar("indexing", "bytes");
+        let pack = RecordPack::open_with_progress(&a.path, |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })?;
+        bar.finish_and_clear();
+        if let IndexSource::Rebuilt { saved } = pack.index_source() {
+            eprintln!(
+                "note: {} had no .idx; rebuilt it by scanning{}",
+                a.path.display(),
+                if saved {
+                    " and saved it beside the pack"
+                } else {
+                    " (could not save it)"
+                }
+            );
+        }
+        Box::new(pack)
+    };
+    let bar = task_bar("inspecting", "images");
+    bar.set_length(source.len() as u64);
+    let report = dataset_tools::inspect(source.as_ref(), |done, _| bar.set_position(done as u64));
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let s = &report.images_per_identity;
+    println!("{}", report.source);
+    println!("  images       {}", report.images);
+    println!(
+        "  identities   {} ({} without images)",
+        report.identities, report.empty_identities
+    );
+    println!(
+        "  per identity min {} / median {} / mean {:.1} / max {}",
+        s.min, s.median, s.mean, s.max
+    );
+    println!("  image sizes");
+    for (size, n) in &report.image_sizes {
+        println!("    {size:<16} {n}");
+    }
+    println!("  bad images   {}", report.bad);
+    for p in &report.problems {
+        println!("    {p}");
+    }
     Ok(())
 }
 
@@ -242,6 +532,7 @@ fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
         from_step = trainer.steps_done(),
         "training"
     );
+    let bins = BinEvaluator::load(&cfg.eval.bins)?;
     let bar = training_bar(total, trainer.steps_done(), cfg.train.progress);
     let mut window = (0usize, 0.0f64); // images and seconds since the last log line
     trainer.run(|r: &StepReport, t: &Trainer| {
@@ -262,6 +553,8 @@ fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
                 lr = r.lr as f32, // f32: prints 0.01, not 0.010000000000000002
                 samples_per_s = format!("{:.1}", window.0 as f64 / window.1),
                 data_wait_ms = r.data_wait.as_millis() as u64,
+                loader_images_per_s = format!("{:.0}", r.loader.images_per_s()),
+                bad_records = r.loader.bad_records,
                 gamma_local = format!("{gl:.3}"),
                 gamma_global = format!("{gg:.3}"),
                 skipped = r.skipped,
@@ -278,9 +571,13 @@ fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
                 std = format!("{:.4}", v.std),
                 "held-out verification"
             );
+            bins.run(t.model(), t.device(), r.step);
         }
     })?;
     bar.finish_and_clear();
+    if !bins.is_empty() {
+        bins.run(trainer.model(), trainer.device(), trainer.steps_done());
+    }
     Ok(())
 }
 
