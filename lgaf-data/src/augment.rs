@@ -40,12 +40,16 @@ const LOW_RES_MIN_SCALE: f32 = 0.2;
 const LUMA: [f32; 3] = [0.2989, 0.587, 0.114];
 
 /// Probabilities and strengths; the default is the spec's recipe. A probability of 0
-/// switches a step off.
-#[derive(Clone, Debug, PartialEq)]
+/// switches a step off. It is also the `[data.augment]` section of the training config.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AugmentConfig {
     pub flip_prob: f32,
+    /// Keep a random box in place and zero the rest.
     pub crop_prob: f32,
+    /// Scale the side to 0.2-1.0 and back up.
     pub low_res_prob: f32,
+    /// Brightness, contrast and saturation jitter in a random order.
     pub photometric_prob: f32,
     /// Jitter strengths s: factors are drawn from [max(0, 1 - s), 1 + s]; 0 disables one.
     pub brightness: f32,

@@ -104,7 +104,7 @@ pub struct DataConfig {
     pub strict: bool,
     /// Stop when more than this fraction of the records read so far are bad.
     pub max_bad_fraction: f64,
-    pub augment: AugmentSettings,
+    pub augment: AugmentConfig,
     pub synthetic: SyntheticConfig,
 }
 
@@ -118,7 +118,7 @@ impl Default for DataConfig {
             workers: 0,
             strict: false,
             max_bad_fraction: 0.5,
-            augment: AugmentSettings::default(),
+            augment: AugmentConfig::default(),
             synthetic: SyntheticConfig::default(),
         }
     }
@@ -136,80 +136,36 @@ impl DataConfig {
     }
 }
 
-/// AdaFace's augmentation (spec section 4); a probability of 0 switches a step off.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AugmentSettings {
-    pub flip_prob: f32,
-    /// Keep a random box in place and zero the rest.
-    pub crop_prob: f32,
-    /// Scale the side to 0.2-1.0 and back up.
-    pub low_res_prob: f32,
-    /// Brightness, contrast and saturation jitter in a random order.
-    pub photometric_prob: f32,
-    pub brightness: f32,
-    pub contrast: f32,
-    pub saturation: f32,
-}
-
-impl Default for AugmentSettings {
-    fn default() -> Self {
-        let spec = AugmentConfig::default();
-        Self {
-            flip_prob: spec.flip_prob,
-            crop_prob: spec.crop_prob,
-            low_res_prob: spec.low_res_prob,
-            photometric_prob: spec.photometric_prob,
-            brightness: spec.brightness,
-            contrast: spec.contrast,
-            saturation: spec.saturation,
+/// Checks `[data.augment]`: probabilities in [0, 1], strengths finite and >= 0.
+fn validate_augment(a: &AugmentConfig) -> Result<()> {
+    let probabilities = [
+        ("data.augment.flip_prob", a.flip_prob),
+        ("data.augment.crop_prob", a.crop_prob),
+        ("data.augment.low_res_prob", a.low_res_prob),
+        ("data.augment.photometric_prob", a.photometric_prob),
+    ];
+    for (key, p) in probabilities {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(WorkerError::Config {
+                key,
+                message: format!("{p} is outside [0, 1]"),
+            });
         }
     }
-}
-
-impl AugmentSettings {
-    pub fn to_augment_config(&self) -> AugmentConfig {
-        AugmentConfig {
-            flip_prob: self.flip_prob,
-            crop_prob: self.crop_prob,
-            low_res_prob: self.low_res_prob,
-            photometric_prob: self.photometric_prob,
-            brightness: self.brightness,
-            contrast: self.contrast,
-            saturation: self.saturation,
+    let strengths = [
+        ("data.augment.brightness", a.brightness),
+        ("data.augment.contrast", a.contrast),
+        ("data.augment.saturation", a.saturation),
+    ];
+    for (key, s) in strengths {
+        if !(s >= 0.0 && s.is_finite()) {
+            return Err(WorkerError::Config {
+                key,
+                message: format!("{s} is not a finite strength >= 0"),
+            });
         }
     }
-
-    fn validate(&self) -> Result<()> {
-        let probabilities = [
-            ("data.augment.flip_prob", self.flip_prob),
-            ("data.augment.crop_prob", self.crop_prob),
-            ("data.augment.low_res_prob", self.low_res_prob),
-            ("data.augment.photometric_prob", self.photometric_prob),
-        ];
-        for (key, p) in probabilities {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(WorkerError::Config {
-                    key,
-                    message: format!("{p} is outside [0, 1]"),
-                });
-            }
-        }
-        let strengths = [
-            ("data.augment.brightness", self.brightness),
-            ("data.augment.contrast", self.contrast),
-            ("data.augment.saturation", self.saturation),
-        ];
-        for (key, s) in strengths {
-            if !(s >= 0.0 && s.is_finite()) {
-                return Err(WorkerError::Config {
-                    key,
-                    message: format!("{s} is not a finite strength >= 0"),
-                });
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -373,7 +329,7 @@ impl TrainConfig {
                 format!("{} is outside [0, 1]", data.max_bad_fraction),
             );
         }
-        data.augment.validate()?;
+        validate_augment(&data.augment)?;
         match data.source {
             SourceKind::Synthetic => {
                 let s = &data.synthetic;

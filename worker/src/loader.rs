@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use lgaf_data::augment::{AugmentConfig, Augmenter, SampleKey};
 use lgaf_data::decode::{decode_rgb112_into, RGB112_BYTES};
-use lgaf_data::recordio::RecordPack;
+use lgaf_data::recordio::{IndexSource, RecordPack};
 use lgaf_data::sampler::{SamplerError, ShardedSampler};
 use lgaf_data::source::{FaceSource, FolderSource, Payload, SourceError, SynthSource};
 use lgaf_data::synth::SynthConfig;
+
+use tracing::info;
 
 use crate::config::{DataConfig, SourceKind, SyntheticConfig};
 
@@ -121,7 +123,7 @@ impl LoaderSettings {
             strict: data.strict,
             max_bad_fraction: data.max_bad_fraction,
             bad_fraction_min_reads: BAD_FRACTION_MIN_READS,
-            augment: data.augment.to_augment_config(),
+            augment: data.augment.clone(),
             seed,
         }
     }
@@ -147,9 +149,22 @@ pub fn open_source(data: &DataConfig) -> Result<Arc<dyn FaceSource>, LoaderError
         SourceKind::Folder => Ok(Arc::new(
             FolderSource::open(&data.path).map_err(LoaderError::Open)?,
         )),
-        SourceKind::Recordio => Ok(Arc::new(
-            RecordPack::open(&data.path).map_err(|e| LoaderError::Open(e.into()))?,
-        )),
+        SourceKind::Recordio => {
+            let mut last_percent = 0;
+            let pack = RecordPack::open_with_progress(&data.path, |done, total| {
+                // Only a pack without .idx reports progress: it is being scanned.
+                let percent = (done * 100).checked_div(total).unwrap_or(100);
+                if percent >= last_percent + 10 {
+                    last_percent = percent;
+                    info!(pack = %data.path.display(), percent, "no .idx: indexing by scanning");
+                }
+            })
+            .map_err(|e| LoaderError::Open(e.into()))?;
+            if let IndexSource::Rebuilt { saved } = pack.index_source() {
+                info!(pack = %data.path.display(), saved, "rebuilt the missing .idx");
+            }
+            Ok(Arc::new(pack))
+        }
     }
 }
 
