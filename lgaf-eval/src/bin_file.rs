@@ -44,6 +44,15 @@ impl VerificationBin {
         let bins = layout.list(bins, "bins (the first item)")?;
         let issame = layout.list(issame, "issame_list (the second item)")?;
 
+        if bins.is_empty() && issame.is_empty() {
+            return Err(Error::BinLayout {
+                path: path.to_path_buf(),
+                offset: root.offset,
+                what: "(bins, issame_list)".into(),
+                expected: "at least one pair".into(),
+                found: "no images and no flags".into(),
+            });
+        }
         if !bins.len().is_multiple_of(2) {
             return Err(layout.error(
                 &bins[0],

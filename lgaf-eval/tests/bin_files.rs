@@ -292,6 +292,13 @@ fn the_layout_must_be_pairs_of_images_and_flags() {
         format!("short.bin: byte {tuple_at}: (bins, issame_list): expected 2 images per issame flag, 2 for 1 flags, found 4 images")
     );
 
+    let e = read_error(&images_and_flags(0, 0), "empty.bin");
+    assert!(
+        e.starts_with("empty.bin: byte ")
+            && e.ends_with("expected at least one pair, found no images and no flags"),
+        "{e}"
+    );
+
     let list = pickle_of(|w| w.list(&[true, false], |w, &b| w.bool(b)));
     let e = read_error(&list, "list.bin");
     assert_eq!(e, "list.bin: byte 2: the top-level object: expected a tuple (bins, issame_list), found a list of 2");

@@ -256,7 +256,8 @@ impl Default for CheckpointConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalConfig {
-    /// Verify held-out synthetic identities every this many steps (0: only at the end).
+    /// Evaluate every this many steps (0: only at the end): held-out synthetic identities
+    /// when training on them, and `bins`.
     pub every_steps: u64,
     /// Held-out identities (ids after the training ones).
     pub identities: u32,

@@ -1,7 +1,7 @@
 //! `lgaf pack` and `lgaf inspect`: converting an image folder into an insightface RecordIO
 //! pack, and summarising any training source (pack or folder) with the first problems found.
 //!
-//! Both work on [`FaceSource`], so a pack can be inspected and re-packed exactly as a folder.
+//! Both work on any [`FaceSource`] (the CLI packs folders and inspects folders and packs).
 //! Work is split into chunks decoded in parallel and written (or tallied) in order, so the
 //! output does not depend on the thread count.
 
@@ -111,7 +111,11 @@ pub fn pack(
         }
         progress(end, total);
     }
-    report.bytes = writer.finish()?.bytes;
+    let summary = writer.finish()?;
+    report.bytes = summary.bytes;
+    // Skipped images can leave identities out of the pack: count what was written.
+    report.identities =
+        (summary.header.identity_keys.end - summary.header.identity_keys.start) as usize;
     Ok(report)
 }
 
@@ -156,7 +160,9 @@ pub struct InspectReport {
     pub images_per_identity: CountStats,
     /// "JPEG 112x112" -> count, and so on; pixels of the synthetic source count as "RGB 112x112".
     pub image_sizes: BTreeMap<String, usize>,
-    /// Samples that cannot be read or decoded (all of them are counted).
+    /// Samples whose record cannot be read or whose image header does not parse (all are
+    /// counted; pixel data is not decoded, so a JPEG damaged after its header passes here
+    /// and is caught by `lgaf pack` and the loader).
     pub bad: usize,
     /// The first problems, in sample order.
     pub problems: Vec<String>,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use lgaf_data::decode::decode_rgb112_resized;
 use lgaf_data::image_folder::list_images;
+use lgaf_data::DataError;
 use lgaf_eval::retrieval::{cmc, Cmc, Embeddings, Labelled, CMC_RANKS};
 use lgaf_eval::verification::{evaluate, pair_distances, Verification, FOLDS};
 use lgaf_eval::VerificationBin;
@@ -169,8 +170,10 @@ impl Gallery {
                 files.push((name.clone(), f));
             }
         }
-        if let Ok(direct) = list_images(root) {
-            files.extend(direct.into_iter().map(|f| (String::new(), f)));
+        match list_images(root) {
+            Ok(direct) => files.extend(direct.into_iter().map(|f| (String::new(), f))),
+            Err(DataError::NoImages { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
         if files.is_empty() {
             return Err(WorkerError::EvalSet {
@@ -215,12 +218,27 @@ pub fn retrieval(
         .iter()
         .chain(&gallery.identities)
         .map(String::as_str)
+        .filter(|name| !name.is_empty())
         .collect();
     names.sort_unstable();
     names.dedup();
-    let label = |id: &str| names.binary_search(&id).expect("name collected above") as u64;
-    let probe_labels: Vec<u64> = probes.identities.iter().map(|s| label(s)).collect();
-    let gallery_labels: Vec<u64> = gallery.identities.iter().map(|s| label(s)).collect();
+    // Images without an identity folder match nothing: a loose probe counts as absent, a
+    // loose gallery image acts as a distractor.
+    let label = |id: &str, unmatched: u64| {
+        names
+            .binary_search(&id)
+            .map_or(unmatched, |position| position as u64)
+    };
+    let probe_labels: Vec<u64> = probes
+        .identities
+        .iter()
+        .map(|s| label(s, u64::MAX - 1))
+        .collect();
+    let gallery_labels: Vec<u64> = gallery
+        .identities
+        .iter()
+        .map(|s| label(s, u64::MAX))
+        .collect();
 
     let (p, dim) = embed_rows(model, &probes.rgb, probes.len(), device, batch);
     let (g, _) = embed_rows(model, &gallery.rgb, gallery.len(), device, batch);

@@ -13,7 +13,7 @@
 //! replaced by the next sample of the same shard. So a run resumed at step s reads
 //! exactly the batches the uninterrupted run read from step s on, with any thread count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -211,8 +211,8 @@ struct Queue {
     shards: Vec<(u64, Arc<[usize]>)>,
     /// Set when the loader is dropped or has failed: threads exit, delivery ends.
     closed: bool,
-    /// A step whose thread panicked.
-    panicked: Option<u64>,
+    /// Steps whose thread panicked (several threads may).
+    panicked: BTreeSet<u64>,
 }
 
 struct Shared {
@@ -287,7 +287,7 @@ impl Loader {
                 free: Vec::new(),
                 shards: Vec::new(),
                 closed: false,
-                panicked: None,
+                panicked: BTreeSet::new(),
             }),
             changed: Condvar::new(),
         });
@@ -323,7 +323,7 @@ impl Loader {
                 shared.changed.notify_all();
                 break result;
             }
-            if queue.panicked.is_some_and(|p| p == step) {
+            if queue.panicked.contains(&step) {
                 queue.closed = true;
                 shared.changed.notify_all();
                 return Err(LoaderError::WorkerPanicked { step });
@@ -404,7 +404,7 @@ struct PanicGuard<'a> {
 impl Drop for PanicGuard<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.shared.lock().panicked = Some(self.step);
+            self.shared.lock().panicked.insert(self.step);
             self.shared.changed.notify_all();
         }
     }
@@ -478,8 +478,9 @@ fn build_batch(
                     batch.bad_records += 1;
                     let (bad, read) = (batch.bad_records, batch.records_read);
                     // Also judged here, so a source that is all bad stops within one
-                    // batch instead of walking its whole shard.
-                    if settings.too_many_bad(bad, read) || read > shard.len() {
+                    // batch; and a slot that has tried every sample of the shard stops.
+                    let walked_whole_shard = position + 1 - (at.start + slot) >= shard.len();
+                    if settings.too_many_bad(bad, read) || walked_whole_shard {
                         return Err(LoaderError::TooManyBad {
                             source_name: source.name(),
                             bad,

@@ -140,9 +140,22 @@ impl Trainer {
         };
         let saved: TrainConfig = serde_json::from_value(loaded.manifest.state.config.clone())
             .map_err(|e| fail(format!("its config does not parse: {e}")))?;
+        // What decides which images a step sees: change any of it and the resumed run
+        // would no longer continue the saved one.
         let same_data = |a: &TrainConfig, b: &TrainConfig| {
-            (a.data.source, &a.data.path, &a.data.synthetic)
-                == (b.data.source, &b.data.path, &b.data.synthetic)
+            (
+                a.data.source,
+                &a.data.path,
+                &a.data.synthetic,
+                a.data.batch_size,
+                &a.data.augment,
+            ) == (
+                b.data.source,
+                &b.data.path,
+                &b.data.synthetic,
+                b.data.batch_size,
+                &b.data.augment,
+            )
         };
         if saved.model != self.cfg.model || !same_data(&saved, &self.cfg) {
             return Err(fail(

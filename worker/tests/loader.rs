@@ -317,6 +317,83 @@ fn a_mostly_bad_source_stops_the_run_with_the_count() {
 }
 
 #[test]
+fn a_batch_as_large_as_the_shard_tolerates_a_bad_record() {
+    // 12 samples, batch 12: the slot after the bad record reads a 13th record, which is
+    // not a sign of a mostly-bad source.
+    let source: Arc<dyn FaceSource> = Arc::new(Flaky::new(12, |i| i == 3));
+    let batches = run(&source, 12, settings(2, 2), 0..3).unwrap();
+    assert_eq!(batches.len(), 3);
+    assert!(
+        batches.iter().all(|b| b.bad_records == 1),
+        "one bad record per batch"
+    );
+}
+
+/// Synthetic faces whose `read` panics for some indices (a bug in a source, not bad data).
+struct Panicky {
+    inner: SynthSource,
+    panics_at: [usize; 2],
+}
+
+impl FaceSource for Panicky {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+    fn label(&self, index: usize) -> u32 {
+        self.inner.label(index)
+    }
+    fn read(&self, index: usize) -> Result<Payload<'_>, SourceError> {
+        assert!(!self.panics_at.contains(&index), "source bug at {index}");
+        self.inner.read(index)
+    }
+    fn describe(&self, index: usize) -> String {
+        self.inner.describe(index)
+    }
+    fn name(&self) -> String {
+        "panicky".into()
+    }
+}
+
+#[test]
+fn threads_that_panic_end_the_stream_with_an_error_not_a_hang() {
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let inner = SynthSource::new(SynthConfig {
+            seed: 5,
+            identities: 10,
+            images_per_identity: 4,
+            nuisance_prob: 0.0,
+        });
+        let sampler = ShardedSampler::new(40, SEED, 0, 1, 4).unwrap();
+        // Two samples in two different batches, so that two threads panic.
+        let (a, b) = (sampler.batch_indices(2)[0], sampler.batch_indices(3)[0]);
+        let source: Arc<dyn FaceSource> = Arc::new(Panicky {
+            inner,
+            panics_at: [a, b],
+        });
+        let mut loader = Loader::start(source, sampler, settings(2, 4), 0..10).unwrap();
+        let mut delivered = 0;
+        let outcome = loop {
+            match loader.next_batch() {
+                Ok(Some(_)) => delivered += 1,
+                other => break other.map(|_| ()),
+            }
+        };
+        done.send((delivered, outcome.err().map(|e| e.to_string())))
+            .unwrap();
+    });
+    let (delivered, error) = finished
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the loader hung after its threads panicked");
+    assert_eq!(delivered, 2, "steps 0 and 1 are good");
+    let error = error.expect("a panicked thread must surface as an error");
+    assert!(error.contains("panicked while building step 2"), "{error}");
+}
+
+#[test]
 fn dropping_the_loader_mid_stream_does_not_hang() {
     let (done, finished) = mpsc::channel();
     std::thread::spawn(move || {

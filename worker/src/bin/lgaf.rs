@@ -12,6 +12,7 @@ use lgaf_data::source::{FaceSource, FolderSource};
 use lgaf_data::{image_folder, npy};
 use lgaf_eval::verification::Verification;
 use lgaf_model::{weights, Arch, Fusion, Lgaf, ModelConfig};
+use lgaf_worker::config::SourceKind;
 use lgaf_worker::dataset_tools;
 use lgaf_worker::device::parse_device;
 use lgaf_worker::eval::{embed, SynthReport};
@@ -508,14 +509,17 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(dir) = a.checkpoint_dir {
         cfg.checkpoint.dir = dir;
     }
+    let synthetic = cfg.data.source == SourceKind::Synthetic;
     let mut trainer = Trainer::new(cfg)?;
     run_with_progress(&mut trainer)?;
-    let v = trainer.held_out().verify(trainer.model(), trainer.device());
-    println!(
-        "held-out verification: {:.2}% +- {:.2}",
-        v.accuracy * 100.0,
-        v.std * 100.0
-    );
+    if synthetic {
+        let v = trainer.held_out().verify(trainer.model(), trainer.device());
+        println!(
+            "held-out synthetic identities: verification {:.2}% +- {:.2}",
+            v.accuracy * 100.0,
+            v.std * 100.0
+        );
+    }
     Ok(())
 }
 
@@ -564,18 +568,23 @@ fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
         }
         let every = cfg.eval.every_steps;
         if every > 0 && r.step.is_multiple_of(every) {
-            let v = t.held_out().verify(t.model(), t.device());
-            info!(
-                step = r.step,
-                accuracy = format!("{:.4}", v.accuracy),
-                std = format!("{:.4}", v.std),
-                "held-out verification"
-            );
+            // Held-out *synthetic* identities mean something only when training on them.
+            if cfg.data.source == SourceKind::Synthetic {
+                let v = t.held_out().verify(t.model(), t.device());
+                info!(
+                    step = r.step,
+                    accuracy = format!("{:.4}", v.accuracy),
+                    std = format!("{:.4}", v.std),
+                    "held-out verification"
+                );
+            }
             bins.run(t.model(), t.device(), r.step);
         }
     })?;
     bar.finish_and_clear();
-    if !bins.is_empty() {
+    let every = cfg.eval.every_steps;
+    let evaluated_last_step = every > 0 && trainer.steps_done().is_multiple_of(every);
+    if !bins.is_empty() && !evaluated_last_step {
         bins.run(trainer.model(), trainer.device(), trainer.steps_done());
     }
     Ok(())
