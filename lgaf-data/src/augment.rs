@@ -264,23 +264,79 @@ impl Jitter {
 }
 
 /// Applies plans in place, reusing its scratch buffers across images.
+///
+/// Resizing and jitter work on float colour planes (R, G, B apart), so that every pass is a
+/// plain loop over one array that the compiler vectorises, and rounding back to bytes
+/// happens once.
 pub struct Augmenter {
     cfg: AugmentConfig,
-    /// The low-resolution intermediate (at most 112x112x3).
-    small: Vec<f32>,
-    /// The image as floats during jitter and resizing, so rounding happens once.
-    work: Vec<f32>,
-    /// Row-resized intermediate of a bilinear resize.
+    /// The image as float planes during resizing and jitter.
+    work: Planes,
+    /// The low-resolution intermediate (at most 112x112 per plane).
+    small: Planes,
+    /// Row-resized intermediate of a bilinear resize (one plane).
     temp: Vec<f32>,
+}
+
+/// An image as three float planes of up to 112x112 values, with byte planes for the
+/// conversions: splitting or merging the interleaved bytes is one pass of byte moves, and
+/// converting whole planes between bytes and floats vectorises, where converting while
+/// interleaving did not.
+struct Planes {
+    values: [Vec<f32>; 3],
+    bytes: [Vec<u8>; 3],
+}
+
+impl Planes {
+    fn new() -> Self {
+        Self {
+            values: std::array::from_fn(|_| vec![0.0; PIXELS]),
+            bytes: std::array::from_fn(|_| vec![0; PIXELS]),
+        }
+    }
+
+    /// Splits interleaved RGB8 into the float planes.
+    fn load(&mut self, rgb: &[u8]) {
+        let [r, g, b] = &mut self.bytes;
+        for (((px, r), g), b) in rgb.chunks_exact(3).zip(r.iter_mut()).zip(g).zip(b) {
+            *r = px[0];
+            *g = px[1];
+            *b = px[2];
+        }
+        for (values, bytes) in self.values.iter_mut().zip(&self.bytes) {
+            for (v, &byte) in values.iter_mut().zip(bytes) {
+                *v = f32::from(byte);
+            }
+        }
+    }
+
+    /// Rounds the float planes back into interleaved RGB8.
+    fn store(&mut self, rgb: &mut [u8]) {
+        for (values, bytes) in self.values.iter().zip(&mut self.bytes) {
+            for (byte, &v) in bytes.iter_mut().zip(values) {
+                debug_assert!((0.0..=255.0).contains(&v), "augment: {v} out of range");
+                // SAFETY: every value is finite and within [0, 255] (resizing mixes values
+                // of that range convexly; jitter clamps), so v + 0.5 truncates to a valid
+                // u8. The unchecked cast lets the loop vectorise; the checked one does not.
+                *byte = unsafe { (v + 0.5).to_int_unchecked::<u8>() };
+            }
+        }
+        let [r, g, b] = &self.bytes;
+        for (((px, &r), &g), &b) in rgb.chunks_exact_mut(3).zip(r).zip(g).zip(b) {
+            px[0] = r;
+            px[1] = g;
+            px[2] = b;
+        }
+    }
 }
 
 impl Augmenter {
     pub fn new(cfg: AugmentConfig) -> Self {
         Self {
             cfg,
-            small: vec![0.0; PIXELS * 3],
-            work: vec![0.0; PIXELS * 3],
-            temp: vec![0.0; PIXELS * 3],
+            work: Planes::new(),
+            small: Planes::new(),
+            temp: vec![0.0; PIXELS],
         }
     }
 
@@ -311,74 +367,80 @@ impl Augmenter {
         if let Some(crop) = plan.crop {
             zero_outside(rgb, crop);
         }
-        if let Some(side) = plan.low_res_side {
-            self.low_res(rgb, side);
-        }
-        if !plan.jitter.is_empty() {
-            self.jitter(rgb, plan.jitter);
+        if plan.low_res_side.is_some() || !plan.jitter.is_empty() {
+            self.work.load(rgb);
+            if let Some(side) = plan.low_res_side {
+                self.low_res(side);
+            }
+            if !plan.jitter.is_empty() {
+                self.jitter(plan.jitter);
+            }
+            self.work.store(rgb);
         }
         if plan.flip {
             flip_horizontal(rgb);
         }
     }
 
-    fn low_res(&mut self, rgb: &mut [u8], side: usize) {
-        for (w, &v) in self.work.iter_mut().zip(rgb.iter()) {
-            *w = f32::from(v);
+    fn low_res(&mut self, side: usize) {
+        for (work, small) in self.work.values.iter_mut().zip(&mut self.small.values) {
+            let small = &mut small[..side * side];
+            resize_bilinear(work, SIDE, &mut self.temp, small, side);
+            resize_bilinear(small, side, &mut self.temp, work, SIDE);
         }
-        let small = &mut self.small[..side * side * 3];
-        resize_bilinear(&self.work, SIDE, &mut self.temp, small, side);
-        resize_bilinear(small, side, &mut self.temp, &mut self.work, SIDE);
-        store(&self.work, rgb);
     }
 
-    fn jitter(&mut self, rgb: &mut [u8], jitter: Jitter) {
-        for (w, &v) in self.work.iter_mut().zip(rgb.iter()) {
-            *w = f32::from(v);
-        }
+    fn jitter(&mut self, jitter: Jitter) {
+        let [r, g, b] = &mut self.work.values;
         for op in jitter.ops() {
             match op {
                 ColorOp::Brightness(f) => {
-                    for v in &mut self.work {
-                        *v = (*v * f).clamp(0.0, 255.0);
+                    for plane in [&mut *r, &mut *g, &mut *b] {
+                        for v in plane.iter_mut() {
+                            *v = (*v * f).clamp(0.0, 255.0);
+                        }
                     }
                 }
                 ColorOp::Contrast(f) => {
-                    let mean = self.work.chunks_exact(3).map(grey).sum::<f32>() / PIXELS as f32;
-                    for v in &mut self.work {
-                        *v = blend(*v, mean, f);
+                    let mean =
+                        (LUMA[0] * sum(r) + LUMA[1] * sum(g) + LUMA[2] * sum(b)) / PIXELS as f32;
+                    for plane in [&mut *r, &mut *g, &mut *b] {
+                        for v in plane.iter_mut() {
+                            *v = blend(*v, mean, f);
+                        }
                     }
                 }
                 ColorOp::Saturation(f) => {
-                    for pixel in self.work.chunks_exact_mut(3) {
-                        let g = grey(pixel);
-                        for v in pixel {
-                            *v = blend(*v, g, f);
-                        }
+                    for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
+                        let grey = LUMA[0] * *r + LUMA[1] * *g + LUMA[2] * *b;
+                        *r = blend(*r, grey, f);
+                        *g = blend(*g, grey, f);
+                        *b = blend(*b, grey, f);
                     }
                 }
             }
         }
-        store(&self.work, rgb);
     }
 }
 
-fn grey(pixel: &[f32]) -> f32 {
-    LUMA[0] * pixel[0] + LUMA[1] * pixel[1] + LUMA[2] * pixel[2]
+/// Sum with sixteen independent partial sums: a float sum in one accumulator is a chain
+/// of dependent additions that cannot be vectorised.
+fn sum(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = values.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
 }
 
 /// `factor * value + (1 - factor) * towards`, clamped to the 8-bit range (torchvision's
 /// `_blend`).
 fn blend(value: f32, towards: f32, factor: f32) -> f32 {
     (factor * value + (1.0 - factor) * towards).clamp(0.0, 255.0)
-}
-
-/// Rounds back to bytes. Values are already within [0, 255] and `as u8` saturates, so
-/// adding one half and truncating rounds without a libm call per value.
-fn store(work: &[f32], rgb: &mut [u8]) {
-    for (v, &w) in rgb.iter_mut().zip(work) {
-        *v = (w + 0.5) as u8;
-    }
 }
 
 /// Zeroes every pixel outside `crop`.
@@ -396,12 +458,8 @@ pub fn zero_outside(rgb: &mut [u8], crop: CropBox) {
 /// Mirrors a 112-wide RGB image left to right, in place.
 pub fn flip_horizontal(rgb: &mut [u8]) {
     for row in rgb.chunks_exact_mut(SIDE * 3) {
-        // Reversing the bytes mirrors the pixels but turns RGB into BGR; swapping R and B
-        // back is cheaper than moving 3-byte pixels one by one (both loops vectorise).
-        row.reverse();
-        for pixel in row.chunks_exact_mut(3) {
-            pixel.swap(0, 2);
-        }
+        // Reversing whole 3-byte pixels, not bytes.
+        row.as_chunks_mut::<3>().0.reverse();
     }
 }
 
@@ -433,8 +491,8 @@ fn taps(src: usize, dst: usize) -> [Tap; SIDE] {
     taps
 }
 
-/// Bilinear resize of a square RGB float image, separably: rows into `temp`, then
-/// columns into `dst`.
+/// Bilinear resize of a square float plane, separably: rows into `temp`, then columns
+/// into `dst`.
 fn resize_bilinear(
     src: &[f32],
     src_side: usize,
@@ -444,27 +502,28 @@ fn resize_bilinear(
 ) {
     let taps = taps(src_side, dst_side);
     let taps = &taps[..dst_side];
-    // Horizontal: src_side rows of dst_side pixels.
-    let temp = &mut temp[..src_side * dst_side * 3];
+    // Horizontal: src_side rows of dst_side values.
+    let temp = &mut temp[..src_side * dst_side];
     for (src_row, out_row) in src
-        .chunks_exact(src_side * 3)
-        .zip(temp.chunks_exact_mut(dst_side * 3))
+        .chunks_exact(src_side)
+        .zip(temp.chunks_exact_mut(dst_side))
     {
-        for (out, tap) in out_row.chunks_exact_mut(3).zip(taps) {
-            let (a, b) = (
-                &src_row[tap.lo * 3..tap.lo * 3 + 3],
-                &src_row[tap.hi * 3..tap.hi * 3 + 3],
-            );
-            for c in 0..3 {
-                out[c] = a[c] + (b[c] - a[c]) * tap.weight;
-            }
+        for (out, tap) in out_row.iter_mut().zip(taps) {
+            // SAFETY: `taps` clamps lo and hi into 0..src_side, the length of `src_row`.
+            // Checked indexing here (a gather, not vectorised) was most of the resize.
+            let (a, b) = unsafe {
+                (
+                    *src_row.get_unchecked(tap.lo),
+                    *src_row.get_unchecked(tap.hi),
+                )
+            };
+            *out = a + (b - a) * tap.weight;
         }
     }
     // Vertical: mix whole rows.
-    let row_len = dst_side * 3;
-    for (out_row, tap) in dst.chunks_exact_mut(row_len).zip(taps) {
-        let a = &temp[tap.lo * row_len..(tap.lo + 1) * row_len];
-        let b = &temp[tap.hi * row_len..(tap.hi + 1) * row_len];
+    for (out_row, tap) in dst.chunks_exact_mut(dst_side).zip(taps) {
+        let a = &temp[tap.lo * dst_side..(tap.lo + 1) * dst_side];
+        let b = &temp[tap.hi * dst_side..(tap.hi + 1) * dst_side];
         for ((out, &a), &b) in out_row.iter_mut().zip(a).zip(b) {
             *out = a + (b - a) * tap.weight;
         }
