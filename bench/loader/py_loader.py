@@ -10,7 +10,9 @@ IRHeader, decode the JPEG (PIL), flip with p = 0.5, then with p = 0.2 each a ran
 rectangle crop with the rest zeroed, colour jitter (brightness/contrast/saturation 0.5, in
 random order) and a low-resolution rescale (side x 0.2-1.0, bilinear down and up); batches
 are collated to uint8 [B, 112, 112, 3] tensors (the Rust loader also hands over uint8 and
-normalises on the device). The pack is parsed here with ``struct`` and ``mmap`` because
+normalises on the device). With ``--output float`` each sample instead ends as arcface_torch
+and AdaFace end it, ``ToTensor()`` + ``Normalize(0.5, 0.5)`` in the worker (written out with
+torch ops, since torchvision is not in this venv), collated to float32 [B, 3, 112, 112]. The pack is parsed here with ``struct`` and ``mmap`` because
 MXNet's reader is not in this venv; that is also what arcface_torch's loader costs per record
 (its ``mx.recordio.unpack`` is the same framing in Python).
 """
@@ -61,8 +63,9 @@ def read_record(buf: mmap.mmap, offset: int) -> bytes:
 
 
 class PackDataset(Dataset):
-    def __init__(self, rec: str, seed: int):
+    def __init__(self, rec: str, seed: int, float_output: bool):
         self.rec = rec
+        self.float_output = float_output
         self.index = read_index(os.path.splitext(rec)[0] + ".idx")
         self.seed = seed
         self.buf = None
@@ -92,7 +95,11 @@ class PackDataset(Dataset):
         img = Image.open(io.BytesIO(payload[start:])).convert("RGB")
         rng = random.Random(hash((self.seed, i)))
         img = augment(img, rng)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()), int(label)
+        pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+        if self.float_output:
+            # torchvision's ToTensor (HWC uint8 -> CHW float in [0, 1]) and Normalize(0.5, 0.5).
+            pixels = pixels.permute(2, 0, 1).contiguous().float().div_(255).sub_(0.5).div_(0.5)
+        return pixels, int(label)
 
 
 def crop_keep_position(img: Image.Image, rng: random.Random) -> Image.Image:
@@ -155,11 +162,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--batches", type=int, default=60, help="timed batches (after 3 warm-up)")
+    ap.add_argument(
+        "--output",
+        choices=["uint8", "float"],
+        default="uint8",
+        help="uint8 HWC batches, or arcface_torch's normalised float CHW batches",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
-    data = PackDataset(args.rec, seed=0)
+    data = PackDataset(args.rec, seed=0, float_output=args.output == "float")
     loader = DataLoader(
         data,
         batch_size=args.batch,

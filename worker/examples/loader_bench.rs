@@ -128,8 +128,9 @@ fn ours(pack: &Arc<RecordPack>, workers: usize, batches: u64) -> Result<Throughp
     })
 }
 
-/// The Python reference with `workers` DataLoader processes.
-fn python(args: &Args, workers: usize) -> Result<Throughput> {
+/// The Python reference with `workers` DataLoader processes, collating `output` batches
+/// (`uint8` like ours, or `float`: arcface_torch's normalised tensors).
+fn python(args: &Args, workers: usize, output: &str) -> Result<Throughput> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/loader/py_loader.py");
     let out = Command::new(&args.python)
         .arg(&script)
@@ -137,6 +138,7 @@ fn python(args: &Args, workers: usize) -> Result<Throughput> {
         .args(["--workers", &workers.to_string()])
         .args(["--batch", &BATCH.to_string()])
         .args(["--batches", &args.batches.to_string()])
+        .args(["--output", output])
         .arg("--json")
         .output()
         .with_context(|| format!("running {}", args.python.display()))?;
@@ -178,25 +180,46 @@ fn main() -> Result<()> {
         bytes as f64 / pack.image_count() as f64 / 1e3
     );
     println!(
-        "{:>7} | {:>10} {:>12} | {:>10} {:>12} | {:>9} {:>9}",
-        "workers", "ours img/s", "img/CPU-s", "py img/s", "img/CPU-s", "ratio", "per core"
+        "{:>7} | {:>15} | {:>15} | {:>15} | {:>13} | {:>13}",
+        "", "ours (uint8)", "py uint8", "py float", "vs py uint8", "vs py float"
+    );
+    println!(
+        "{:>7} | {:>7} {:>7} | {:>7} {:>7} | {:>7} {:>7} | {:>6} {:>6} | {:>6} {:>6}",
+        "workers",
+        "img/s",
+        "/CPU-s",
+        "img/s",
+        "/CPU-s",
+        "img/s",
+        "/CPU-s",
+        "wall",
+        "core",
+        "wall",
+        "core"
     );
     for &w in &args.workers {
         let rust = ours(&pack, w, args.batches)?;
-        let py = python(&args, w)?;
+        let py = python(&args, w, "uint8")?;
+        let py_float = python(&args, w, "float")?;
         println!(
-            "{w:>7} | {:>10.0} {:>12.0} | {:>10.0} {:>12.0} | {:>8.1}x {:>8.1}x",
+            "{w:>7} | {:>7.0} {:>7.0} | {:>7.0} {:>7.0} | {:>7.0} {:>7.0} | {:>5.1}x {:>5.1}x | {:>5.1}x {:>5.1}x",
             rust.per_s,
             rust.per_cpu_s,
             py.per_s,
             py.per_cpu_s,
+            py_float.per_s,
+            py_float.per_cpu_s,
             rust.per_s / py.per_s,
-            rust.per_cpu_s / py.per_cpu_s
+            rust.per_cpu_s / py.per_cpu_s,
+            rust.per_s / py_float.per_s,
+            rust.per_cpu_s / py_float.per_cpu_s,
         );
     }
     println!(
-        "\nratio: wall-clock images/s, ours / Python; per core: images per CPU-second used\n\
-         (all threads; for Python the DataLoader workers and the collating main process)."
+        "\nimg/s: wall-clock; /CPU-s: images per CPU-second used (all threads; for Python the\n\
+         DataLoader workers and the collating main process). py uint8: the lean reference, its\n\
+         batches like ours; py float: arcface_torch's and AdaFace's ToTensor + Normalize in the\n\
+         workers. wall / core: ours over Python, wall-clock and per CPU-second."
     );
     Ok(())
 }
