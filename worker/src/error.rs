@@ -47,6 +47,11 @@ pub enum WorkerError {
 
     #[error("{path}: {message}")]
     EvalSet { path: PathBuf, message: String },
+
+    /// An exchange with the other ranks failed (a peer died, hung or disagreed); the step
+    /// was not applied.
+    #[error("step {step}: {message}")]
+    Collective { step: u64, message: String },
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dataset_tools;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod eval_sets;

@@ -19,6 +19,7 @@ use tracing::{info, info_span};
 use crate::checkpoint::{CheckpointStore, Loaded, TrainState};
 use crate::config::TrainConfig;
 use crate::device::{channels_last, images_to_tensor, parse_device};
+use crate::dist::{self, EmbeddingExchange, Group};
 use crate::error::{Result, WorkerError};
 use crate::eval::HeldOut;
 use crate::loader::{
@@ -59,6 +60,7 @@ pub struct Trainer {
     store: CheckpointStore,
     source: Arc<dyn FaceSource>,
     sampler: ShardedSampler,
+    group: Group,
     /// Steps completed.
     step: u64,
     resumed_from: Option<PathBuf>,
@@ -76,9 +78,21 @@ fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
 }
 
 impl Trainer {
-    /// Builds the model and head, and resumes from the newest verified checkpoint in
-    /// `checkpoint.dir` if there is one.
+    /// Builds the model and head for one process, and resumes from the newest verified
+    /// checkpoint in `checkpoint.dir` if there is one.
     pub fn new(cfg: TrainConfig) -> Result<Self> {
+        let mut trainer = Self::with_group(cfg, Group::Single)?;
+        if let Some(loaded) = trainer.store.load_latest()? {
+            trainer.restore(loaded)?;
+        }
+        Ok(trainer)
+    }
+
+    /// Builds the model and head as one rank of `group`: this rank's data shard and
+    /// Partial-FC class range, the model's LGF statistics and the head's softmax reduced
+    /// over the group, and every weight and buffer taken from rank 0, so all ranks start
+    /// identical. Does not resume: the distributed worker loads what the coordinator says.
+    pub fn with_group(cfg: TrainConfig, group: Group) -> Result<Self> {
         cfg.validate()?;
         let device = parse_device(&cfg.train.device)?;
         if cfg.train.precision == Precision::Fp16 && !device.is_cuda() {
@@ -88,12 +102,19 @@ impl Trainer {
             });
         }
         let source = open_source(&cfg.data)?;
-        // World size 1 until the coordinator hands out ranks.
-        let sampler = ShardedSampler::new(source.len(), cfg.train.seed, 0, 1, cfg.data.batch_size)
-            .map_err(LoaderError::from)?;
+        let (rank, world) = (group.rank(), group.world_size());
+        let sampler = ShardedSampler::new(
+            source.len(),
+            cfg.train.seed,
+            rank as usize,
+            world as usize,
+            cfg.data.batch_size,
+        )
+        .map_err(LoaderError::from)?;
         tch::manual_seed(cfg.train.seed as i64);
         let vs = VarStore::new(device);
-        let model = Lgaf::new(&vs.root(), &cfg.model)?;
+        let mut model = Lgaf::new(&vs.root(), &cfg.model)?;
+        model.set_collective(group.collective());
         if device.is_cuda() && cfg.train.channels_last {
             tch::no_grad(|| {
                 for (_, mut t) in vs.variables() {
@@ -104,16 +125,20 @@ impl Trainer {
             });
         }
         let classes = source.num_classes() as i64;
-        let pfc = PartialFc::new(
-            ClassRange::of_rank(classes, 0, 1),
+        let mut pfc = PartialFc::new(
+            ClassRange::of_rank(classes, rank, world),
             cfg.model.embedding_size,
             cfg.loss.sample_rate,
             cfg.loss.margin()?,
             device,
         );
+        pfc.set_collective(group.collective());
+        if world > 1 {
+            broadcast_from_rank0(&vs, &group)?;
+        }
         let sgd = Sgd::new(trainable(&vs), cfg.optim.momentum, cfg.optim.weight_decay);
         let store = CheckpointStore::new(&cfg.checkpoint.dir, cfg.checkpoint.keep_last);
-        let mut trainer = Self {
+        Ok(Self {
             cfg,
             device,
             vs,
@@ -124,13 +149,10 @@ impl Trainer {
             store,
             source,
             sampler,
+            group,
             step: 0,
             resumed_from: None,
-        };
-        if let Some(loaded) = trainer.store.load_latest()? {
-            trainer.restore(loaded)?;
-        }
-        Ok(trainer)
+        })
     }
 
     fn restore(&mut self, loaded: Loaded) -> Result<()> {
@@ -245,22 +267,28 @@ impl Trainer {
         }
     }
 
-    /// One optimisation step on `batch`.
-    pub fn train_step(&mut self, batch: &Batch, data_wait: Duration) -> StepReport {
+    /// One optimisation step on `batch` (this rank's part of the global batch). Fails,
+    /// without changing any weight, when an exchange with the other ranks failed.
+    pub fn train_step(&mut self, batch: &Batch, data_wait: Duration) -> Result<StepReport> {
         let started = Instant::now();
         let spe = self.sampler.steps_per_epoch() as f64;
         let lr = learning_rate(&self.cfg.optim, self.step as f64 / spe);
         // Dropout and class sampling draw from libtorch's generator: seeding it per step
-        // makes a resumed run draw what the uninterrupted run drew.
+        // (and rank) makes a resumed run draw what the uninterrupted run drew.
+        let rank = self.group.rank() as u64;
         tch::manual_seed(
-            (self.cfg.train.seed ^ self.step.wrapping_mul(0x9e37_79b9_7f4a_7c15)) as i64 & i64::MAX,
+            (self.cfg.train.seed
+                ^ self.step.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ rank.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)) as i64
+                & i64::MAX,
         );
         let precision = self.cfg.train.precision;
         let scaled = precision.needs_loss_scaling();
         let loss_scale = if scaled { self.scaler.scale } else { 1.0 };
 
         let n = batch.labels.len();
-        let (out, fwd) = {
+        let collective = self.group.collective();
+        let (out, fwd, exchange) = {
             let _s = info_span!("forward").entered();
             let mut images = images_to_tensor(&batch.images, n, IMAGE_SIZE, self.device);
             if self.device.is_cuda() && self.cfg.train.channels_last {
@@ -270,12 +298,38 @@ impl Trainer {
             let out = amp::autocast(self.device, precision, || {
                 self.model.forward_t(&images, true)
             });
-            let fwd = self.pfc.forward(&out.kappa, &labels);
-            (out, fwd)
+            if self.group.world_size() > 1 {
+                let exchange = EmbeddingExchange::gather(collective.as_ref(), &out.kappa, &labels);
+                let fwd = self.pfc.forward(&exchange.global, &exchange.labels);
+                (out, fwd, Some(exchange))
+            } else {
+                let fwd = self.pfc.forward(&out.kappa, &labels);
+                (out, fwd, None)
+            }
         };
         {
             let _s = info_span!("backward").entered();
             (&fwd.surrogate * loss_scale).backward();
+            if let Some(exchange) = &exchange {
+                // The head's gradient of this rank's embeddings, summed over the ranks'
+                // class ranges, back into this rank's graph.
+                if let Some(grad) = exchange.local_grad(collective.as_ref()) {
+                    (out.kappa.to_kind(Kind::Float) * grad.detach())
+                        .sum(Kind::Float)
+                        .backward();
+                }
+            }
+        }
+        if self.group.world_size() > 1 {
+            let _s = info_span!("all_reduce").entered();
+            dist::all_reduce_grads(collective.as_ref(), self.sgd.params());
+        }
+        if let Err(message) = self.group.check() {
+            self.sgd.zero_grad();
+            return Err(WorkerError::Collective {
+                step: self.step + 1,
+                message,
+            });
         }
         let skipped = {
             let _s = info_span!("optimizer").entered();
@@ -310,7 +364,7 @@ impl Trainer {
             .unwrap();
             (m[0], m[1])
         });
-        StepReport {
+        Ok(StepReport {
             step: self.step,
             total_steps: self.total_steps(),
             epoch: batch.epoch,
@@ -322,7 +376,7 @@ impl Trainer {
             loader: LoaderStats::default(),
             step_time: started.elapsed() + data_wait,
             batch_size: n,
-        }
+        })
     }
 
     /// Commits a checkpoint of everything a resume needs.
@@ -389,7 +443,7 @@ impl Trainer {
                     None => break,
                 }
             };
-            let mut report = self.train_step(&batch, wait_start.elapsed());
+            let mut report = self.train_step(&batch, wait_start.elapsed())?;
             loader.recycle(batch);
             report.loader = loader.stats();
             // fp16 steps with an overflow are skipped by the scaler; elsewhere it is divergence.
@@ -411,4 +465,19 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Copies rank 0's value of every variable and buffer (sorted by name, so every rank
+/// sends the same sequence) to all ranks.
+fn broadcast_from_rank0(vs: &VarStore, group: &Group) -> Result<()> {
+    let collective = group.collective();
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (_, t) in &named {
+            let root = collective.broadcast(t, 0);
+            t.shallow_clone().copy_(&root);
+        }
+    });
+    group.check().map_err(|message| WorkerError::Collective { step: 0, message })
 }

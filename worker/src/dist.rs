@@ -1,0 +1,286 @@
+//! Data parallelism for the trainer: the model's [`Collective`] over a
+//! [`Communicator`] (host memory: the CPU backend), gradient averaging in buckets, and the
+//! Partial-FC exchange of embeddings and their gradients.
+//!
+//! A transport failure (a dead or hung peer) inside a forward pass cannot be returned
+//! through the model's infallible `Collective` methods, so [`HostCollective`] records the
+//! first failure, hands back its input unchanged, and fails fast on every later call; the
+//! trainer calls [`HostCollective::check`] before it applies a step, so a step with a failed
+//! exchange never changes the weights.
+
+use std::sync::{Arc, Mutex};
+
+use lgaf_collective::{CollectiveError, Communicator, ReduceBuf, ReduceOp};
+use lgaf_model::collective::{Collective, SingleProcess};
+use tch::{Device, Kind, Tensor};
+
+/// Gradient buckets of about this many bytes: large enough that per-call latency does not
+/// dominate, small enough that the flattened copy stays cheap (PyTorch DDP's default).
+pub const BUCKET_BYTES: usize = 25 * 1024 * 1024;
+
+/// The model's [`Collective`] over a host-memory [`Communicator`]. Tensors on any device
+/// are staged through the CPU.
+pub struct HostCollective {
+    comm: Arc<dyn Communicator>,
+    failure: Mutex<Option<CollectiveError>>,
+}
+
+impl HostCollective {
+    pub fn new(comm: Arc<dyn Communicator>) -> Self {
+        Self {
+            comm,
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// The first failure since the group was built, if any. The group stays failed: the
+    /// worker must leave the generation.
+    pub fn check(&self) -> Result<(), String> {
+        match &*self.failure.lock().expect("failure slot") {
+            Some(e) => Err(e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.failure.lock().expect("failure slot").is_some()
+    }
+
+    fn record(&self, error: CollectiveError) {
+        let mut slot = self.failure.lock().expect("failure slot");
+        if slot.is_none() {
+            tracing::error!(%error, "collective operation failed");
+            *slot = Some(error);
+        }
+    }
+
+    fn reduce(&self, t: &Tensor, op: ReduceOp) -> Tensor {
+        if self.failed() {
+            return t.shallow_clone();
+        }
+        let (device, kind, shape) = (t.device(), t.kind(), t.size());
+        let host = t.detach().to_device(Device::Cpu).contiguous().flatten(0, -1);
+        let result = match kind {
+            Kind::Double => {
+                let mut v = Vec::<f64>::try_from(&host).expect("f64 tensor");
+                self.comm
+                    .all_reduce(ReduceBuf::F64(&mut v), op)
+                    .map(|()| Tensor::from_slice(&v))
+            }
+            Kind::Int64 => {
+                let mut v = Vec::<i64>::try_from(&host).expect("i64 tensor");
+                self.comm
+                    .all_reduce(ReduceBuf::I64(&mut v), op)
+                    .map(|()| Tensor::from_slice(&v))
+            }
+            // Float, and the half kinds through float (the reductions the model asks for
+            // in half precision are small: row maxima and sums of a batch).
+            _ => {
+                let mut v = Vec::<f32>::try_from(&host.to_kind(Kind::Float)).expect("f32 tensor");
+                self.comm
+                    .all_reduce(ReduceBuf::F32(&mut v), op)
+                    .map(|()| Tensor::from_slice(&v).to_kind(kind))
+            }
+        };
+        match result {
+            Ok(reduced) => reduced.view(shape.as_slice()).to_device(device),
+            Err(e) => {
+                self.record(e);
+                t.shallow_clone()
+            }
+        }
+    }
+}
+
+fn host_bytes(t: &Tensor) -> Vec<u8> {
+    let t = t.detach().to_device(Device::Cpu).contiguous();
+    let numel = t.numel();
+    let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut bytes, numel);
+    bytes
+}
+
+impl Collective for HostCollective {
+    fn world_size(&self) -> i64 {
+        self.comm.world_size() as i64
+    }
+
+    fn rank(&self) -> i64 {
+        self.comm.rank() as i64
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Tensor {
+        self.reduce(t, ReduceOp::Sum)
+    }
+
+    fn all_reduce_max(&self, t: &Tensor) -> Tensor {
+        self.reduce(t, ReduceOp::Max)
+    }
+
+    fn all_gather(&self, t: &Tensor) -> Tensor {
+        let world = self.comm.world_size();
+        let mut shape = t.size();
+        if shape.is_empty() {
+            shape = vec![1];
+        }
+        let gathered_shape: Vec<i64> = std::iter::once(shape[0] * world as i64)
+            .chain(shape[1..].iter().copied())
+            .collect();
+        if self.failed() {
+            return t.repeat([world as i64]).view(gathered_shape.as_slice());
+        }
+        let send = host_bytes(t);
+        let mut recv = vec![0u8; send.len() * world];
+        match self.comm.all_gather(&send, &mut recv) {
+            Ok(()) => Tensor::from_data_size(&recv, &gathered_shape, t.kind()).to_device(t.device()),
+            Err(e) => {
+                self.record(e);
+                t.repeat([world as i64]).view(gathered_shape.as_slice())
+            }
+        }
+    }
+
+    fn broadcast(&self, t: &Tensor, root: i64) -> Tensor {
+        if self.failed() {
+            return t.shallow_clone();
+        }
+        let mut bytes = host_bytes(t);
+        match self.comm.broadcast(&mut bytes, root as usize) {
+            Ok(()) => Tensor::from_data_size(&bytes, &t.size(), t.kind()).to_device(t.device()),
+            Err(e) => {
+                self.record(e);
+                t.shallow_clone()
+            }
+        }
+    }
+}
+
+/// The collective of one process, with the failure check the trainer needs.
+#[derive(Clone)]
+pub enum Group {
+    Single,
+    Host(Arc<HostCollective>),
+}
+
+impl Group {
+    pub fn collective(&self) -> Arc<dyn Collective> {
+        match self {
+            Self::Single => Arc::new(SingleProcess),
+            Self::Host(h) => h.clone(),
+        }
+    }
+
+    pub fn rank(&self) -> i64 {
+        match self {
+            Self::Single => 0,
+            Self::Host(h) => h.rank(),
+        }
+    }
+
+    pub fn world_size(&self) -> i64 {
+        match self {
+            Self::Single => 1,
+            Self::Host(h) => h.world_size(),
+        }
+    }
+
+    /// Err with the first transport failure, if any.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Single => Ok(()),
+            Self::Host(h) => h.check(),
+        }
+    }
+}
+
+/// Sums every rank's gradients of `params` (same names, order and shapes on every rank),
+/// in flattened buckets of about [`BUCKET_BYTES`]. A parameter without a gradient counts
+/// as zeros, so every rank sends the same sizes. Summing (not averaging) is right here:
+/// each rank's backward gives its share of the gradient of the one global-batch loss.
+pub fn all_reduce_grads(collective: &dyn Collective, params: &[Tensor]) {
+    if collective.world_size() == 1 {
+        return;
+    }
+    let mut bucket: Vec<&Tensor> = Vec::new();
+    let mut bytes = 0;
+    for p in params {
+        bucket.push(p);
+        bytes += p.numel() * 4;
+        if bytes >= BUCKET_BYTES {
+            reduce_bucket(collective, &bucket);
+            bucket.clear();
+            bytes = 0;
+        }
+    }
+    if !bucket.is_empty() {
+        reduce_bucket(collective, &bucket);
+    }
+}
+
+fn reduce_bucket(collective: &dyn Collective, params: &[&Tensor]) {
+    tch::no_grad(|| {
+        let flat: Vec<Tensor> = params
+            .iter()
+            .map(|p| {
+                let g = p.grad();
+                if g.defined() {
+                    g.to_kind(Kind::Float).flatten(0, -1)
+                } else {
+                    Tensor::zeros([p.numel() as i64], (Kind::Float, p.device()))
+                }
+            })
+            .collect();
+        let reduced = collective.all_reduce_sum(&Tensor::cat(&flat, 0));
+        let mut offset = 0;
+        for p in params {
+            let n = p.numel() as i64;
+            let slice = reduced.narrow(0, offset, n).view(p.size().as_slice());
+            offset += n;
+            // Every rank runs the same graph, so a parameter without a gradient has none
+            // anywhere and its slice of the sum is zero: it stays without one.
+            let mut g = p.grad();
+            if g.defined() {
+                g.copy_(&slice);
+            }
+        }
+    });
+}
+
+/// Partial FC across ranks (spec section 3): every rank scores the global batch against
+/// its own class range, so the embeddings and labels of all ranks are gathered first, and
+/// the gradient of the gathered embeddings (which each rank computes for its own centres
+/// only) is summed over ranks and each rank keeps its own rows.
+pub struct EmbeddingExchange {
+    /// The gathered embeddings [W*B, D], a leaf that collects the head's gradient.
+    pub global: Tensor,
+    /// The gathered labels [W*B].
+    pub labels: Tensor,
+    local_rows: (i64, i64),
+}
+
+impl EmbeddingExchange {
+    /// Gathers `embeddings` [B, D] (part of this rank's graph) and `labels` [B].
+    pub fn gather(collective: &dyn Collective, embeddings: &Tensor, labels: &Tensor) -> Self {
+        let b = embeddings.size()[0];
+        let global = collective
+            .all_gather(&embeddings.detach())
+            .set_requires_grad(true);
+        let labels = collective.all_gather(labels);
+        Self {
+            global,
+            labels,
+            local_rows: (collective.rank() * b, b),
+        }
+    }
+
+    /// After the head's backward: this rank's rows of the summed gradient, to be fed into
+    /// its own graph with `embeddings.backward(grad)`.
+    pub fn local_grad(&self, collective: &dyn Collective) -> Option<Tensor> {
+        let g = self.global.grad();
+        if !g.defined() {
+            return None;
+        }
+        let summed = collective.all_reduce_sum(&g);
+        Some(summed.narrow(0, self.local_rows.0, self.local_rows.1))
+    }
+}
