@@ -11,15 +11,22 @@ VENV_STAMP := $(VENV)/.installed-torch-2.11.0-v1
 MXNET_VENV := $(CURDIR)/.venv-mxnet
 MXNET_PYTHON := $(MXNET_VENV)/bin/python
 MXNET_VENV_STAMP := $(MXNET_VENV)/.installed-mxnet-1.9.1-numpy-1.23.5-v1
+# moto's S3 server for the object-store tests only (store/tests/s3.rs); its own venv so its
+# Flask/boto pins never meet the torch or MXNet ones.
+MOTO_VERSION := 5.2.5
+S3_VENV := $(CURDIR)/.venv-s3
+S3_VENV_STAMP := $(S3_VENV)/.installed-moto-$(MOTO_VERSION)-v1
 
 # torch-sys takes libtorch from the venv's torch wheel: it runs `python` from PATH.
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 # The compatibility tests run MXNet through this interpreter.
 export LGAF_MXNET_PYTHON := $(MXNET_PYTHON)
+# The object-store tests start this S3 server (store/tests/s3.rs).
+export LGAF_MOTO_SERVER := $(S3_VENV)/bin/moto_server
 CARGO ?= cargo
 
-.PHONY: all venv venv-mxnet build demo test lint clean
+.PHONY: all venv venv-mxnet venv-s3 build demo test lint clean
 
 all: build
 
@@ -41,13 +48,22 @@ $(MXNET_VENV_STAMP):
 	$(MXNET_PYTHON) -m pip install --quiet -r requirements-mxnet.txt
 	@touch $@
 
+venv-s3: $(S3_VENV_STAMP)
+
+$(S3_VENV_STAMP):
+	@echo "==> creating the S3 test-server virtualenv in .venv-s3 (moto[server] $(MOTO_VERSION), about 1 minute the first time)"
+	@test -x $(S3_VENV)/bin/python || python3 -m venv $(S3_VENV)
+	$(S3_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(S3_VENV)/bin/python -m pip install --quiet 'moto[server]==$(MOTO_VERSION)'
+	@touch $@
+
 build: venv
 	$(CARGO) build --release --bins
 
 demo: build
 	./target/release/lgaf demo --out demo-out
 
-test: venv venv-mxnet
+test: venv venv-mxnet venv-s3
 	$(CARGO) test --release --workspace
 
 lint: venv

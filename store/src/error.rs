@@ -1,0 +1,100 @@
+//! One error type for the crate. Every variant names the store URL and the key (or the
+//! run and step) it is about, and what was expected, so a log line alone says what to fix.
+//! Backend errors are boxed to keep `Result<T, StoreError>` small on the happy path.
+
+/// Result with [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "unsupported store URL `{url}`: use file:///absolute/dir, a plain directory path, \
+         or s3://bucket/prefix"
+    )]
+    UnsupportedUrl { url: String },
+
+    #[error("invalid store URL `{url}`: {reason}")]
+    InvalidUrl { url: String, reason: String },
+
+    #[error("cannot create the store directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot open the store `{url}`: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
+    #[error("invalid setting for the store `{url}`: {reason}")]
+    InvalidConfig { url: String, reason: String },
+
+    #[error("invalid object key `{key}`: {reason}")]
+    InvalidKey { key: String, reason: String },
+
+    #[error("object `{key}` not found in {url}")]
+    NotFound { url: String, key: String },
+
+    #[error("{op} of `{key}` in {url} failed: {source}")]
+    Backend {
+        op: &'static str,
+        url: String,
+        key: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
+    #[error(
+        "object `{key}` in {url} does not verify: expected {expected_size} bytes with SHA-256 \
+         {expected_sha256}, found {found_size} bytes with SHA-256 {found_sha256}"
+    )]
+    Corrupt {
+        url: String,
+        key: String,
+        expected_size: u64,
+        expected_sha256: String,
+        found_size: u64,
+        found_sha256: String,
+    },
+
+    #[error("manifest `{key}` in {url} is not a valid checkpoint manifest: {reason}")]
+    BadManifest {
+        url: String,
+        key: String,
+        reason: String,
+    },
+
+    #[error("cannot commit step {step} of run `{run_id}` in {url}: {reason}")]
+    CommitRefused {
+        url: String,
+        run_id: String,
+        step: u64,
+        reason: String,
+    },
+
+    #[error(
+        "run `{run_id}` in {url} has committed checkpoints but none verifies: {}",
+        .failures.join("; ")
+    )]
+    NoValidCheckpoint {
+        url: String,
+        run_id: String,
+        failures: Vec<String>,
+    },
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error("cannot start the store's tokio runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+
+    #[error("the background uploader stopped before `{key}` of step {step} was uploaded")]
+    UploaderGone { step: u64, key: String },
+
+    #[error("a background task of the store failed: {0}")]
+    Task(String),
+}

@@ -1,0 +1,557 @@
+//! [`RunStore`]: the checkpoints and job state of one training run.
+//!
+//! Layout under the store root:
+//!
+//! ```text
+//! runs/<run_id>/job.json                          coordinator job state (raw JSON)
+//! runs/<run_id>/ckpt/<step:012>/<key>             objects, e.g. rank-00000/model.safetensors
+//! runs/<run_id>/ckpt/<step:012>/MANIFEST.json     the commit, written last
+//! ```
+//!
+//! Every rank uploads its own objects; one party (rank 0 or the coordinator), once every rank
+//! has reported its [`ObjectInfo`]s, writes the manifest. Object stores have no rename and no
+//! multi-object transaction, so the manifest is the commit point: a step folder without one
+//! is an interrupted save and is never loaded. Step numbers are zero-padded so that key order
+//! is step order in any listing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::store::{check_key, ObjectInfo, Store};
+
+/// The manifest's file name inside a step folder.
+pub const MANIFEST: &str = "MANIFEST.json";
+/// Format tag of [`Manifest`]; `/1` was the single-process local-folder checkpoint.
+pub const FORMAT: &str = "lgaf-checkpoint/2";
+/// Objects downloaded at once while loading a checkpoint.
+const LOAD_CONCURRENCY: usize = 4;
+/// Objects checked at once (HEAD) while committing.
+const COMMIT_CONCURRENCY: usize = 16;
+
+/// One object of a checkpoint: its key inside the step folder, size, SHA-256 and the rank
+/// that wrote it (so a rank can load only what it owns).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestObject {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub rank: u32,
+}
+
+impl ManifestObject {
+    /// The manifest entry for what [`RunStore::put_object`] returned on `rank`.
+    pub fn from_info(info: &ObjectInfo, rank: u32) -> Self {
+        Self {
+            key: info.key.clone(),
+            size: info.size,
+            sha256: info.sha256.clone(),
+            rank,
+        }
+    }
+}
+
+/// The commit record of one checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT`]; a loader refuses other formats instead of misreading them.
+    pub format: String,
+    pub run_id: String,
+    /// Steps completed when the checkpoint was taken.
+    pub step: u64,
+    pub epoch: u64,
+    pub world_size: u32,
+    pub created_unix: u64,
+    pub objects: Vec<ManifestObject>,
+    /// Whatever else the trainer needs to resume (loss scale, config, data position...).
+    pub state: serde_json::Value,
+}
+
+impl Manifest {
+    /// A manifest of the current format, stamped with the current time.
+    pub fn new(
+        run_id: impl Into<String>,
+        step: u64,
+        epoch: u64,
+        world_size: u32,
+        objects: Vec<ManifestObject>,
+        state: serde_json::Value,
+    ) -> Self {
+        Self {
+            format: FORMAT.to_string(),
+            run_id: run_id.into(),
+            step,
+            epoch,
+            world_size,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            objects,
+            state,
+        }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.objects.iter().map(|o| o.size).sum()
+    }
+
+    pub fn object(&self, key: &str) -> Option<&ManifestObject> {
+        self.objects.iter().find(|o| o.key == key)
+    }
+
+    /// What must hold for a manifest to be written or trusted; `Err` says what does not.
+    fn check(&self, run_id: &str, step: u64) -> std::result::Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!("format `{}`, expected `{FORMAT}`", self.format));
+        }
+        if self.run_id != run_id {
+            return Err(format!("run id `{}`, expected `{run_id}`", self.run_id));
+        }
+        if self.step != step {
+            return Err(format!("step {}, expected {step}", self.step));
+        }
+        let mut seen = HashSet::new();
+        for object in &self.objects {
+            check_key(&object.key).map_err(|e| e.to_string())?;
+            if object.key == MANIFEST {
+                return Err(format!("an object may not be called {MANIFEST}"));
+            }
+            if !seen.insert(object.key.as_str()) {
+                return Err(format!("object `{}` is listed twice", object.key));
+            }
+            if object.rank >= self.world_size {
+                return Err(format!(
+                    "object `{}` has rank {}, expected below world size {}",
+                    object.key, object.rank, self.world_size
+                ));
+            }
+            let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+            if object.sha256.len() != 64 || !object.sha256.bytes().all(lower_hex) {
+                return Err(format!(
+                    "object `{}` has SHA-256 `{}`, expected 64 lower-case hex digits",
+                    object.key, object.sha256
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One committed checkpoint, as [`RunStore::committed`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestSummary {
+    pub step: u64,
+    pub epoch: u64,
+    pub world_size: u32,
+    pub created_unix: u64,
+    pub objects: usize,
+    pub total_bytes: u64,
+}
+
+/// A checkpoint whose objects all verified.
+#[derive(Clone, Debug)]
+pub struct LoadedCheckpoint {
+    pub manifest: Manifest,
+    /// The objects that were asked for (all of them unless filtered), by key in the folder.
+    pub objects: HashMap<String, Bytes>,
+    /// Newer committed checkpoints that did not verify, newest first, as (step, why):
+    /// `load_latest` fell back past them. Empty from `load`.
+    pub skipped: Vec<(u64, String)>,
+}
+
+/// What [`RunStore::prune`] deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Committed checkpoints deleted (older than the newest `keep_last`), ascending.
+    pub committed: Vec<u64>,
+    /// Step folders without a valid manifest deleted (older than the newest committed).
+    pub uncommitted: Vec<u64>,
+    pub objects: usize,
+    pub bytes: u64,
+}
+
+/// Checkpoints and job state of one run in a [`Store`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RunStore {
+    store: Store,
+    run_id: String,
+}
+
+impl RunStore {
+    /// `run_id` becomes one path segment, so it may not contain `/`, `.` or `..` alone.
+    pub fn new(store: Store, run_id: impl Into<String>) -> Result<Self> {
+        let run_id = run_id.into();
+        check_key(&run_id)?;
+        if run_id.contains('/') {
+            return Err(StoreError::InvalidKey {
+                key: run_id,
+                reason: "a run id must not contain `/`".into(),
+            });
+        }
+        Ok(Self { store, run_id })
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn ckpt_root(&self) -> String {
+        format!("runs/{}/ckpt", self.run_id)
+    }
+
+    /// `runs/<run_id>/ckpt/<step:012>`: the folder of one checkpoint.
+    pub fn step_prefix(&self, step: u64) -> String {
+        format!("{}/{step:012}", self.ckpt_root())
+    }
+
+    /// The store key of `key` in the checkpoint of `step`.
+    pub fn object_key(&self, step: u64, key: &str) -> String {
+        format!("{}/{key}", self.step_prefix(step))
+    }
+
+    /// The store key of the manifest of `step`.
+    pub fn manifest_key(&self, step: u64) -> String {
+        self.object_key(step, MANIFEST)
+    }
+
+    /// The store key of the coordinator's job state.
+    pub fn job_key(&self) -> String {
+        format!("runs/{}/job.json", self.run_id)
+    }
+
+    fn url(&self) -> String {
+        self.store.url().to_string()
+    }
+
+    /// Uploads one object of the checkpoint of `step` (what each rank calls for its shards,
+    /// e.g. key `rank-00000/model.safetensors`). The returned [`ObjectInfo`]'s key is
+    /// relative to the step folder, as the manifest lists it.
+    pub async fn put_object(&self, step: u64, key: &str, bytes: Bytes) -> Result<ObjectInfo> {
+        check_key(key)?;
+        if key == MANIFEST {
+            return Err(StoreError::InvalidKey {
+                key: key.into(),
+                reason: format!("{MANIFEST} is written by commit"),
+            });
+        }
+        let mut info = self.store.put(&self.object_key(step, key), bytes).await?;
+        info.key = key.to_string();
+        Ok(info)
+    }
+
+    /// Commits a checkpoint: checks that every listed object exists with its listed size,
+    /// then writes the manifest. If any object is missing or has another size, nothing is
+    /// written and the error names the object. (Checksums are checked on load, not here:
+    /// that would mean downloading the whole checkpoint.)
+    pub async fn commit(&self, manifest: &Manifest) -> Result<ObjectInfo> {
+        let refuse = |reason: String| StoreError::CommitRefused {
+            url: self.url(),
+            run_id: self.run_id.clone(),
+            step: manifest.step,
+            reason,
+        };
+        manifest
+            .check(&self.run_id, manifest.step)
+            .map_err(refuse)?;
+        let checks = futures::stream::iter(&manifest.objects)
+            .map(|object| async move {
+                let key = self.object_key(manifest.step, &object.key);
+                match self.store.head(&key).await {
+                    Ok(found) if found.size == object.size => Ok(()),
+                    Ok(found) => Err(refuse(format!(
+                        "object `{key}` has {} bytes, the manifest lists {}",
+                        found.size, object.size
+                    ))),
+                    Err(StoreError::NotFound { .. }) => Err(refuse(format!(
+                        "object `{key}` (rank {}) is listed but was not uploaded",
+                        object.rank
+                    ))),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(COMMIT_CONCURRENCY)
+            .try_collect::<Vec<()>>();
+        checks.await?;
+        let json = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
+        let info = self
+            .store
+            .put(&self.manifest_key(manifest.step), Bytes::from(json))
+            .await?;
+        tracing::info!(
+            run = %self.run_id,
+            step = manifest.step,
+            objects = manifest.objects.len(),
+            bytes = manifest.total_bytes(),
+            "checkpoint committed"
+        );
+        Ok(info)
+    }
+
+    /// All keys under the checkpoint root grouped by step folder (folders whose name is not
+    /// a step number are not ours and are left out).
+    async fn step_folders(&self) -> Result<BTreeMap<u64, Vec<(String, u64)>>> {
+        let root = self.ckpt_root();
+        let mut folders: BTreeMap<u64, Vec<(String, u64)>> = BTreeMap::new();
+        for listed in self.store.list(&root).await? {
+            let Some(rest) = listed
+                .key
+                .strip_prefix(&root)
+                .map(|r| r.trim_start_matches('/'))
+            else {
+                continue;
+            };
+            let Some((folder, _)) = rest.split_once('/') else {
+                continue;
+            };
+            if folder.is_empty() || !folder.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(step) = folder.parse::<u64>() else {
+                continue;
+            };
+            folders
+                .entry(step)
+                .or_default()
+                .push((listed.key, listed.size));
+        }
+        Ok(folders)
+    }
+
+    /// Reads and checks the manifest of `step`.
+    pub async fn manifest(&self, step: u64) -> Result<Manifest> {
+        let key = self.manifest_key(step);
+        let bytes = self.store.get(&key).await?;
+        let bad = |reason: String| StoreError::BadManifest {
+            url: self.url(),
+            key: key.clone(),
+            reason,
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        manifest.check(&self.run_id, step).map_err(bad)?;
+        Ok(manifest)
+    }
+
+    /// Manifests that parse and check, ascending by step. A manifest that does not (cut
+    /// short, another format) is logged and left out: it cannot be loaded either.
+    async fn valid_manifests(&self) -> Result<Vec<Manifest>> {
+        let folders = self.step_folders().await?;
+        let steps: Vec<u64> = folders
+            .iter()
+            .filter(|(step, keys)| {
+                let manifest = self.manifest_key(**step);
+                keys.iter().any(|(k, _)| *k == manifest)
+            })
+            .map(|(step, _)| *step)
+            .collect();
+        let mut manifests = Vec::with_capacity(steps.len());
+        for step in steps {
+            match self.manifest(step).await {
+                Ok(manifest) => manifests.push(manifest),
+                Err(e) => tracing::warn!(
+                    run = %self.run_id,
+                    step,
+                    error = %e,
+                    "skipping a checkpoint whose manifest cannot be used"
+                ),
+            }
+        }
+        Ok(manifests)
+    }
+
+    /// Committed checkpoints, ascending by step.
+    pub async fn committed(&self) -> Result<Vec<ManifestSummary>> {
+        Ok(self
+            .valid_manifests()
+            .await?
+            .iter()
+            .map(|m| ManifestSummary {
+                step: m.step,
+                epoch: m.epoch,
+                world_size: m.world_size,
+                created_unix: m.created_unix,
+                objects: m.objects.len(),
+                total_bytes: m.total_bytes(),
+            })
+            .collect())
+    }
+
+    /// Loads the checkpoint of `step` with every object verified (size and SHA-256).
+    pub async fn load(&self, step: u64) -> Result<LoadedCheckpoint> {
+        self.load_with(step, |_| true).await
+    }
+
+    /// Loads only the objects for which `wanted` is true (a rank needs the model and the
+    /// class ranges it owns, not every rank's shards); those are verified.
+    pub async fn load_with<F>(&self, step: u64, wanted: F) -> Result<LoadedCheckpoint>
+    where
+        F: Fn(&ManifestObject) -> bool,
+    {
+        let manifest = self.manifest(step).await?;
+        self.load_objects(manifest, &wanted).await
+    }
+
+    async fn load_objects<F>(&self, manifest: Manifest, wanted: &F) -> Result<LoadedCheckpoint>
+    where
+        F: Fn(&ManifestObject) -> bool,
+    {
+        let step = manifest.step;
+        let objects: HashMap<String, Bytes> =
+            futures::stream::iter(manifest.objects.iter().filter(|o| wanted(o)))
+                .map(|object| async move {
+                    let info = ObjectInfo {
+                        key: self.object_key(step, &object.key),
+                        size: object.size,
+                        sha256: object.sha256.clone(),
+                    };
+                    let bytes = self.store.get_verified(&info).await?;
+                    Ok::<_, StoreError>((object.key.clone(), bytes))
+                })
+                .buffer_unordered(LOAD_CONCURRENCY)
+                .try_collect()
+                .await?;
+        Ok(LoadedCheckpoint {
+            manifest,
+            objects,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// The newest committed checkpoint that fully verifies; `Ok(None)` if nothing was ever
+    /// committed. See [`RunStore::load_latest_with`].
+    pub async fn load_latest(&self) -> Result<Option<LoadedCheckpoint>> {
+        self.load_latest_with(|_| true).await
+    }
+
+    /// The newest committed checkpoint whose wanted objects all verify, falling back to
+    /// older ones; each one skipped is logged (which object failed and why) and listed in
+    /// [`LoadedCheckpoint::skipped`]. `Ok(None)` if nothing was ever committed; if there
+    /// are committed checkpoints but none verifies, that is an error rather than a silent
+    /// restart from scratch.
+    ///
+    /// With a filter each rank verifies only its own objects, so ranks could settle on
+    /// different steps if only some objects are damaged. Multi-rank callers should agree on
+    /// the step (e.g. take the minimum over ranks) and then call [`RunStore::load_with`].
+    pub async fn load_latest_with<F>(&self, wanted: F) -> Result<Option<LoadedCheckpoint>>
+    where
+        F: Fn(&ManifestObject) -> bool,
+    {
+        // Manifests that do not parse were already logged and are skipped by this listing.
+        let manifests = self.valid_manifests().await?;
+        if manifests.is_empty() {
+            return Ok(None);
+        }
+        let mut skipped = Vec::new();
+        for manifest in manifests.into_iter().rev() {
+            let step = manifest.step;
+            match self.load_objects(manifest, &wanted).await {
+                Ok(mut loaded) => {
+                    loaded.skipped = skipped;
+                    return Ok(Some(loaded));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        run = %self.run_id,
+                        step,
+                        error = %e,
+                        "checkpoint does not verify; falling back to an older one"
+                    );
+                    skipped.push((step, e.to_string()));
+                }
+            }
+        }
+        Err(StoreError::NoValidCheckpoint {
+            url: self.url(),
+            run_id: self.run_id.clone(),
+            failures: skipped
+                .into_iter()
+                .map(|(step, e)| format!("step {step}: {e}"))
+                .collect(),
+        })
+    }
+
+    /// Deletes committed checkpoints beyond the newest `keep_last` (at least 1), and step
+    /// folders without a valid manifest that are older than the newest committed one
+    /// (interrupted saves; newer ones may be a save in progress and are kept). A manifest is
+    /// deleted before its objects, so an interrupted prune leaves an uncommitted folder,
+    /// never a committed checkpoint with objects missing. Returns what was deleted.
+    pub async fn prune(&self, keep_last: usize) -> Result<Pruned> {
+        if keep_last == 0 {
+            return Err(StoreError::InvalidArgument(
+                "prune(keep_last = 0) would delete every checkpoint; keep at least 1".into(),
+            ));
+        }
+        let committed: Vec<u64> = self
+            .valid_manifests()
+            .await?
+            .iter()
+            .map(|m| m.step)
+            .collect();
+        let Some(&newest) = committed.last() else {
+            return Ok(Pruned::default());
+        };
+        let drop_committed: HashSet<u64> = committed
+            .iter()
+            .take(committed.len().saturating_sub(keep_last))
+            .copied()
+            .collect();
+        let committed: HashSet<u64> = committed.into_iter().collect();
+        let mut pruned = Pruned::default();
+        for (step, keys) in self.step_folders().await? {
+            let is_committed = committed.contains(&step);
+            if is_committed && !drop_committed.contains(&step) {
+                continue;
+            }
+            if !is_committed && step >= newest {
+                continue;
+            }
+            let manifest = self.manifest_key(step);
+            self.store.delete(&manifest).await?;
+            let rest: Vec<String> = keys
+                .iter()
+                .filter(|(k, _)| *k != manifest)
+                .map(|(k, _)| k.clone())
+                .collect();
+            self.store.delete_all(&rest).await?;
+            pruned.objects += keys.len();
+            pruned.bytes += keys.iter().map(|(_, size)| size).sum::<u64>();
+            if is_committed {
+                pruned.committed.push(step);
+            } else {
+                pruned.uncommitted.push(step);
+            }
+        }
+        if !pruned.committed.is_empty() || !pruned.uncommitted.is_empty() {
+            tracing::info!(
+                run = %self.run_id,
+                committed = ?pruned.committed,
+                uncommitted = ?pruned.uncommitted,
+                bytes = pruned.bytes,
+                "pruned checkpoints"
+            );
+        }
+        Ok(pruned)
+    }
+
+    /// Stores the coordinator's job state (raw JSON bytes), replacing the previous one.
+    pub async fn put_job_state(&self, json: Bytes) -> Result<ObjectInfo> {
+        self.store.put(&self.job_key(), json).await
+    }
+
+    /// The coordinator's job state, or `None` if the run has none yet.
+    pub async fn get_job_state(&self) -> Result<Option<Bytes>> {
+        match self.store.get(&self.job_key()).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

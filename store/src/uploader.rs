@@ -1,0 +1,271 @@
+//! [`BackgroundUploader`]: checkpoint uploads off the training thread.
+//!
+//! The training step copies its tensors to host memory once (an owned [`Bytes`]), hands
+//! them over and goes on with the next step while a runtime owned by the uploader does the
+//! network work. The only time training is held up is inside [`BackgroundUploader::submit`]:
+//! queueing is instant unless more than `max_pending_bytes` are still uploading, in which
+//! case submit waits for room, so host memory stays bounded. That wait (the stall) is
+//! measured separately from the upload time, because the stall is what costs training time.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::error::{Result, StoreError};
+use crate::run::RunStore;
+use crate::store::ObjectInfo;
+
+/// Bytes queued or uploading at once before `submit` waits (1 GiB).
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 1 << 30;
+
+/// Totals since the uploader started.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UploadStats {
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Bytes of the completed uploads.
+    pub bytes_uploaded: u64,
+    /// Time callers spent blocked in `submit` (waiting for room), summed.
+    pub stall_total: Duration,
+    /// The longest single stall.
+    pub stall_max: Duration,
+    /// Time from an upload's start to its end, summed over completed and failed uploads
+    /// (uploads overlap, so this can exceed wall time).
+    pub upload_total: Duration,
+    /// The longest single upload.
+    pub upload_max: Duration,
+}
+
+impl UploadStats {
+    /// Average upload throughput in bytes per second of upload time, if anything finished.
+    pub fn throughput(&self) -> Option<f64> {
+        (self.upload_total > Duration::ZERO)
+            .then(|| self.bytes_uploaded as f64 / self.upload_total.as_secs_f64())
+    }
+}
+
+struct Job {
+    step: u64,
+    key: String,
+    bytes: Bytes,
+    reply: std_mpsc::SyncSender<Result<ObjectInfo>>,
+}
+
+/// Host memory handed over but not yet uploaded, with a condvar to wait for room.
+#[derive(Default)]
+struct Pending {
+    bytes: Mutex<usize>,
+    room: Condvar,
+}
+
+/// The handle of one submitted upload.
+#[derive(Debug)]
+pub struct UploadTicket {
+    step: u64,
+    key: String,
+    stall: Duration,
+    reply: std_mpsc::Receiver<Result<ObjectInfo>>,
+    /// The result once `try_wait` has received it.
+    result: Option<Result<ObjectInfo>>,
+}
+
+impl UploadTicket {
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// How long `submit` blocked the caller for this upload.
+    pub fn stall(&self) -> Duration {
+        self.stall
+    }
+
+    /// Blocks until the upload has finished; the [`ObjectInfo`] (key relative to the step
+    /// folder) goes into the manifest. Do not call from inside an async runtime.
+    pub fn wait(mut self) -> Result<ObjectInfo> {
+        if let Some(result) = self.result.take() {
+            return result;
+        }
+        self.reply.recv().unwrap_or(Err(StoreError::UploaderGone {
+            step: self.step,
+            key: self.key,
+        }))
+    }
+
+    /// The result if the upload has finished, without blocking; it stays in the ticket, so
+    /// a later [`UploadTicket::wait`] returns it.
+    pub fn try_wait(&mut self) -> Option<&Result<ObjectInfo>> {
+        if self.result.is_none() {
+            self.result = match self.reply.try_recv() {
+                Ok(result) => Some(result),
+                Err(std_mpsc::TryRecvError::Empty) => None,
+                Err(std_mpsc::TryRecvError::Disconnected) => Some(Err(StoreError::UploaderGone {
+                    step: self.step,
+                    key: self.key.clone(),
+                })),
+            };
+        }
+        self.result.as_ref()
+    }
+}
+
+/// Uploads checkpoint objects of one run on its own thread and tokio runtime, so that
+/// synchronous training code can hand over bytes and continue. Dropping it waits for the
+/// uploads already submitted (a checkpoint is not silently lost at shutdown).
+pub struct BackgroundUploader {
+    jobs: Option<mpsc::UnboundedSender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    pending: Arc<Pending>,
+    stats: Arc<Mutex<UploadStats>>,
+    max_pending_bytes: usize,
+}
+
+impl BackgroundUploader {
+    /// An uploader with [`DEFAULT_MAX_PENDING_BYTES`] of host memory in flight at most.
+    pub fn new(run: RunStore) -> Result<Self> {
+        Self::with_max_pending(run, DEFAULT_MAX_PENDING_BYTES)
+    }
+
+    /// An uploader that lets at most `max_pending_bytes` be queued or uploading; a submit
+    /// that would exceed it waits (one object larger than the limit is still accepted when
+    /// nothing else is pending).
+    pub fn with_max_pending(run: RunStore, max_pending_bytes: usize) -> Result<Self> {
+        // A current-thread runtime on a dedicated thread: network I/O needs little CPU, and
+        // hashing goes to the runtime's blocking pool, so the training threads keep theirs.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("lgaf-upload")
+            .build()
+            .map_err(StoreError::Runtime)?;
+        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let pending = Arc::new(Pending::default());
+        let stats = Arc::new(Mutex::new(UploadStats::default()));
+        let (pending_w, stats_w) = (Arc::clone(&pending), Arc::clone(&stats));
+        let thread = std::thread::Builder::new()
+            .name("lgaf-upload".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    while let Some(job) = queue.recv().await {
+                        let (run, pending, stats) =
+                            (run.clone(), Arc::clone(&pending_w), Arc::clone(&stats_w));
+                        tasks.spawn(async move {
+                            let size = job.bytes.len();
+                            let start = Instant::now();
+                            let result = run.put_object(job.step, &job.key, job.bytes).await;
+                            let took = start.elapsed();
+                            {
+                                let mut s = stats.lock().expect("stats lock");
+                                s.upload_total += took;
+                                s.upload_max = s.upload_max.max(took);
+                                match &result {
+                                    Ok(_) => {
+                                        s.completed += 1;
+                                        s.bytes_uploaded += size as u64;
+                                    }
+                                    Err(e) => {
+                                        s.failed += 1;
+                                        tracing::warn!(step = job.step, key = %job.key, error = %e, "background upload failed");
+                                    }
+                                }
+                            }
+                            // Reply before freeing room, so that once a submit that
+                            // waited for room (or flush) returns, the finished ticket is
+                            // ready. The ticket may have been dropped: that is fine.
+                            let _ = job.reply.send(result);
+                            *pending.bytes.lock().expect("pending lock") -= size;
+                            pending.room.notify_all();
+                        });
+                        // Reap finished tasks so the set does not grow over a long run.
+                        while tasks.try_join_next().is_some() {}
+                    }
+                    while tasks.join_next().await.is_some() {}
+                });
+            })
+            .map_err(StoreError::Runtime)?;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            pending,
+            stats,
+            max_pending_bytes,
+        })
+    }
+
+    /// Hands `bytes` over for upload as `key` of the checkpoint of `step` and returns at
+    /// once, unless the pending-bytes limit makes it wait for earlier uploads (the stall,
+    /// recorded in the ticket and in [`UploadStats`]).
+    pub fn submit(&self, step: u64, key: &str, bytes: Bytes) -> UploadTicket {
+        let start = Instant::now();
+        let size = bytes.len();
+        {
+            let mut pending = self.pending.bytes.lock().expect("pending lock");
+            while *pending > 0 && *pending + size > self.max_pending_bytes {
+                pending = self.pending.room.wait(pending).expect("pending lock");
+            }
+            *pending += size;
+        }
+        let (reply, receiver) = std_mpsc::sync_channel(1);
+        let job = Job {
+            step,
+            key: key.to_string(),
+            bytes,
+            reply,
+        };
+        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job));
+        if !matches!(sent, Some(Ok(()))) {
+            // The upload thread is gone (it panicked); the ticket reports that on wait.
+            *self.pending.bytes.lock().expect("pending lock") -= size;
+        }
+        let stall = start.elapsed();
+        {
+            let mut s = self.stats.lock().expect("stats lock");
+            s.submitted += 1;
+            s.stall_total += stall;
+            s.stall_max = s.stall_max.max(stall);
+        }
+        UploadTicket {
+            step,
+            key: key.to_string(),
+            stall,
+            reply: receiver,
+            result: None,
+        }
+    }
+
+    /// Bytes handed over and not yet uploaded.
+    pub fn pending_bytes(&self) -> usize {
+        *self.pending.bytes.lock().expect("pending lock")
+    }
+
+    /// Blocks until nothing is pending (every submitted upload finished, well or not).
+    pub fn flush(&self) {
+        let mut pending = self.pending.bytes.lock().expect("pending lock");
+        while *pending > 0 {
+            pending = self.pending.room.wait(pending).expect("pending lock");
+        }
+    }
+
+    pub fn stats(&self) -> UploadStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+}
+
+impl Drop for BackgroundUploader {
+    fn drop(&mut self) {
+        // Closing the queue ends the receive loop once it is drained; the thread then waits
+        // for the uploads in flight.
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
