@@ -13,6 +13,8 @@
 
 use std::fmt;
 
+pub mod tcp;
+
 /// Element types the reductions understand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
