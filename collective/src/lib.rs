@@ -14,6 +14,7 @@
 use std::fmt;
 
 pub mod nccl;
+pub mod tcp;
 
 /// Element types the reductions understand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
