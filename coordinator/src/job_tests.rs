@@ -1,0 +1,838 @@
+use super::*;
+
+fn settings(world_size: u32) -> JobSettings {
+    JobSettings {
+        job_id: "job".into(),
+        run_id: "run".into(),
+        instance: "t".into(),
+        world_size,
+        max_steps: 0,
+        config_toml: "[train]\nepochs = 3\n".into(),
+        store_url: "file:///store".into(),
+        heartbeat_interval_ms: 1000,
+        collective_timeout_ms: 5000,
+    }
+}
+
+fn job(world_size: u32) -> Job {
+    Job::new(settings(world_size)).unwrap()
+}
+
+/// 1001 samples, batch 32, 3 epochs, a checkpoint every 4 steps: at world size 3,
+/// floor(floor(1001 / 3) / 32) = 10 steps per epoch, 30 in all.
+fn facts() -> v1::TrainingFacts {
+    v1::TrainingFacts {
+        num_samples: 1001,
+        num_classes: 50,
+        batch_size: 32,
+        epochs: 3,
+        max_steps: 0,
+        checkpoint_every_steps: 4,
+        keep_last: 2,
+        seed: 7,
+    }
+}
+
+fn register_req(device: &str, slot: Option<u32>, port: u16) -> v1::RegisterRequest {
+    v1::RegisterRequest {
+        api_version: 1,
+        job_id: String::new(),
+        host: "host-a".into(),
+        pid: 100 + u32::from(port),
+        device: device.into(),
+        collective_addr: if device == "cpu" {
+            format!("127.0.0.1:{port}")
+        } else {
+            String::new()
+        },
+        slot,
+    }
+}
+
+fn register(job: &mut Job, slot: Option<u32>, port: u16) -> String {
+    job.register(&register_req("cpu", slot, port), 1)
+        .unwrap()
+        .worker_id
+}
+
+fn join_req(id: &str, facts: v1::TrainingFacts) -> v1::JoinRequest {
+    v1::JoinRequest {
+        api_version: 1,
+        worker_id: id.into(),
+        facts: Some(facts),
+    }
+}
+
+fn join(job: &mut Job, id: &str) -> Option<v1::JoinReply> {
+    job.join(&join_req(id, facts()), 2).unwrap()
+}
+
+/// A formed job of `n` CPU workers without slots; ids by rank.
+fn formed(n: u32) -> (Job, Vec<String>) {
+    let mut job = job(n);
+    let ids: Vec<String> = (0..n)
+        .map(|i| register(&mut job, None, 4000 + i as u16))
+        .collect();
+    for id in &ids {
+        join(&mut job, id);
+    }
+    assert_eq!(job.phase(), &JobPhase::Running);
+    job.take_effects();
+    (job, ids)
+}
+
+fn object(key: &str) -> v1::CheckpointObject {
+    v1::CheckpointObject {
+        key: key.into(),
+        size: 3,
+        sha256: "ab".repeat(32),
+    }
+}
+
+fn ack(id: &str, rank: u32, step: u64) -> v1::CheckpointAckRequest {
+    v1::CheckpointAckRequest {
+        api_version: 1,
+        worker_id: id.into(),
+        generation: 1,
+        step,
+        epoch: step / 10,
+        objects: vec![object(&format!("rank{rank}/model.safetensors"))],
+        state_json: if rank == 0 {
+            r#"{"loss_scale": 1.0}"#.into()
+        } else {
+            String::new()
+        },
+    }
+}
+
+fn commits(effects: &[Effect]) -> Vec<&CommitRequest> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Commit(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn state(job: &Job) -> serde_json::Value {
+    serde_json::to_value(job).unwrap()
+}
+
+fn invalid_field(e: JobError) -> String {
+    match e {
+        JobError::InvalidArgument { field, .. } => field,
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}
+
+#[test]
+fn ranks_follow_registration_order_without_slots() {
+    let mut job = job(3);
+    let a = register(&mut job, None, 4001);
+    let b = register(&mut job, None, 4002);
+    let c = register(&mut job, None, 4003);
+    assert_eq!(a, "w1-t");
+    // The last to join completes the generation; the others learn it on their next call.
+    assert!(join(&mut job, &c).is_none());
+    assert!(join(&mut job, &a).is_none());
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    let reply_b = join(&mut job, &b).unwrap();
+    assert_eq!(reply_b.rank, 1);
+    assert_eq!(join(&mut job, &a).unwrap().rank, 0);
+    let reply_c = join(&mut job, &c).unwrap();
+    assert_eq!(reply_c.rank, 2);
+    assert_eq!(reply_c.world_size, 3);
+    assert_eq!(reply_c.generation, 1);
+    assert_eq!(reply_c.backend, v1::CollectiveBackend::Cpu as i32);
+    assert_eq!(
+        reply_c.peers,
+        ["127.0.0.1:4001", "127.0.0.1:4002", "127.0.0.1:4003"]
+    );
+    assert_eq!(reply_c.steps_per_epoch, 10);
+    assert_eq!(reply_c.total_steps, 30);
+    assert_eq!(reply_c.collective_timeout_ms, 5000);
+    assert_eq!(
+        (reply_c.resume_step, reply_c.resume_manifest.as_str()),
+        (0, "")
+    );
+    let effects = job.take_effects();
+    assert!(effects.contains(&Effect::GenerationFormed {
+        generation: 1,
+        world_size: 3,
+        backend: Backend::Cpu,
+        steps_per_epoch: 10,
+        total_steps: 30,
+    }));
+    assert!(effects.contains(&Effect::Persist));
+}
+
+#[test]
+fn ranks_follow_slots_when_given() {
+    let mut job = job(3);
+    let s2 = register(&mut job, Some(2), 4002);
+    let none = register(&mut job, None, 4009);
+    let s0 = register(&mut job, Some(0), 4000);
+    for id in [&s2, &none, &s0] {
+        join(&mut job, id);
+    }
+    assert_eq!(join(&mut job, &s0).unwrap().rank, 0);
+    assert_eq!(join(&mut job, &s2).unwrap().rank, 1);
+    assert_eq!(join(&mut job, &none).unwrap().rank, 2);
+    assert_eq!(
+        join(&mut job, &none).unwrap().peers,
+        ["127.0.0.1:4000", "127.0.0.1:4002", "127.0.0.1:4009"]
+    );
+}
+
+#[test]
+fn nccl_rank0_publishes_the_id_and_others_get_it() {
+    let mut job = job(2);
+    let mut r = register_req("cuda:0", Some(0), 1);
+    let a = job.register(&r, 1).unwrap().worker_id;
+    r.device = "cuda:1".into();
+    r.slot = Some(1);
+    let b = job.register(&r, 1).unwrap().worker_id;
+    join(&mut job, &a);
+    let reply = join(&mut job, &b).unwrap();
+    assert_eq!(reply.backend, v1::CollectiveBackend::Nccl as i32);
+    assert!(reply.peers.is_empty());
+
+    let get = v1::GetNcclIdRequest {
+        api_version: 1,
+        worker_id: b.clone(),
+        generation: 1,
+    };
+    assert_eq!(job.nccl_id(&get, 3).unwrap(), None);
+    let mut publish = v1::PublishNcclIdRequest {
+        api_version: 1,
+        worker_id: b.clone(),
+        generation: 1,
+        nccl_id: vec![9; 128],
+    };
+    let e = job.publish_nccl_id(&publish, 3).unwrap_err();
+    assert!(
+        matches!(e, JobError::FailedPrecondition(ref m) if m.contains("only rank 0")),
+        "{e}"
+    );
+    publish.worker_id = a.clone();
+    publish.nccl_id = vec![9; 64];
+    assert_eq!(
+        invalid_field(job.publish_nccl_id(&publish, 3).unwrap_err()),
+        "nccl_id"
+    );
+    publish.nccl_id = vec![9; 128];
+    job.publish_nccl_id(&publish, 3).unwrap();
+    assert!(job
+        .take_effects()
+        .contains(&Effect::NcclIdPublished { generation: 1 }));
+    assert_eq!(job.nccl_id(&get, 4).unwrap(), Some(vec![9; 128]));
+    // The same id again is a harmless retry; another one is refused.
+    job.publish_nccl_id(&publish, 5).unwrap();
+    publish.nccl_id = vec![1; 128];
+    assert!(matches!(
+        job.publish_nccl_id(&publish, 5),
+        Err(JobError::FailedPrecondition(_))
+    ));
+}
+
+#[test]
+fn nccl_calls_are_refused_on_the_cpu_backend() {
+    let (mut job, ids) = formed(2);
+    let get = v1::GetNcclIdRequest {
+        api_version: 1,
+        worker_id: ids[1].clone(),
+        generation: 1,
+    };
+    assert!(
+        matches!(job.nccl_id(&get, 3), Err(JobError::FailedPrecondition(m)) if m.contains("not NCCL"))
+    );
+}
+
+#[test]
+fn registration_is_validated() {
+    let mut job = job(2);
+    let before = state(&job);
+    let field =
+        |job: &mut Job, r: v1::RegisterRequest| invalid_field(job.register(&r, 1).unwrap_err());
+
+    let mut r = register_req("gpu", None, 1);
+    assert_eq!(field(&mut job, r.clone()), "device");
+    r = register_req("cpu", None, 1);
+    r.collective_addr.clear();
+    assert_eq!(field(&mut job, r.clone()), "collective_addr");
+    r.collective_addr = "nonsense".into();
+    assert_eq!(field(&mut job, r.clone()), "collective_addr");
+    r = register_req("cpu", Some(2), 1);
+    assert_eq!(field(&mut job, r.clone()), "slot");
+    r = register_req("cpu", None, 1);
+    r.host.clear();
+    assert_eq!(field(&mut job, r.clone()), "host");
+    r = register_req("cpu", None, 1);
+    r.pid = 0;
+    assert_eq!(field(&mut job, r.clone()), "pid");
+    r = register_req("cpu", None, 1);
+    r.job_id = "another".into();
+    let e = job.register(&r, 1).unwrap_err();
+    assert!(
+        matches!(&e, JobError::FailedPrecondition(m) if m.starts_with("job_id:")),
+        "{e}"
+    );
+    assert_eq!(state(&job), before, "refusals leave the job unchanged");
+
+    let first = register(&mut job, Some(0), 1);
+    let e = job
+        .register(&register_req("cpu", Some(0), 2), 1)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        JobError::SlotTaken {
+            slot: 0,
+            by: first.clone()
+        }
+    );
+    let e = job
+        .register(&register_req("cuda:0", None, 2), 1)
+        .unwrap_err();
+    assert!(
+        matches!(&e, JobError::FailedPrecondition(m) if m.starts_with("device:")),
+        "{e}"
+    );
+    register(&mut job, None, 2);
+    let e = job.register(&register_req("cpu", None, 3), 1).unwrap_err();
+    assert!(
+        matches!(&e, JobError::FailedPrecondition(m) if m.contains("wants 2 workers")),
+        "{e}"
+    );
+}
+
+#[test]
+fn two_nccl_ranks_on_one_gpu_are_refused() {
+    let mut job = job(2);
+    job.register(&register_req("cuda:0", None, 1), 1).unwrap();
+    let e = job
+        .register(&register_req("cuda:0", None, 2), 1)
+        .unwrap_err();
+    assert!(
+        matches!(&e, JobError::FailedPrecondition(m) if m.contains("one GPU per rank")),
+        "{e}"
+    );
+    let mut other_host = register_req("cuda:0", None, 2);
+    other_host.host = "host-b".into();
+    job.register(&other_host, 1).unwrap();
+}
+
+#[test]
+fn registration_closes_once_the_generation_formed() {
+    let (mut job, _) = formed(2);
+    let e = job.register(&register_req("cpu", None, 9), 1).unwrap_err();
+    assert!(
+        matches!(&e, JobError::FailedPrecondition(m) if m.contains("already running")),
+        "{e}"
+    );
+}
+
+#[test]
+fn facts_mismatch_names_the_field_and_frees_the_place() {
+    let mut job = job(2);
+    let a = register(&mut job, None, 1);
+    let b = register(&mut job, None, 2);
+    join(&mut job, &a);
+    let mut other = facts();
+    other.batch_size = 64;
+    let e = job.join(&join_req(&b, other), 3).unwrap_err();
+    assert_eq!(
+        e,
+        JobError::FactsMismatch {
+            field: "batch_size",
+            theirs: 64,
+            ours: 32,
+            first_worker: a.clone()
+        }
+    );
+    assert!(
+        e.to_string()
+            .starts_with("facts.batch_size: this worker has 64"),
+        "{e}"
+    );
+    // Forgotten: it gets NOT_FOUND, and another worker can take the place.
+    assert_eq!(
+        job.join(&join_req(&b, facts()), 3).unwrap_err(),
+        JobError::UnknownWorker(b.clone())
+    );
+    assert!(job
+        .take_effects()
+        .iter()
+        .any(|e| matches!(e, Effect::WorkerRefused { worker_id, .. } if *worker_id == b)));
+    let c = register(&mut job, None, 3);
+    assert_eq!(join(&mut job, &c).unwrap().rank, 1);
+}
+
+#[test]
+fn join_is_validated() {
+    let mut job = job(2);
+    let a = register(&mut job, None, 1);
+    let before = state(&job);
+    let mut r = join_req(&a, facts());
+    r.facts = None;
+    assert_eq!(invalid_field(job.join(&r, 2).unwrap_err()), "facts");
+    let mut f = facts();
+    f.batch_size = 0;
+    assert_eq!(
+        invalid_field(job.join(&join_req(&a, f), 2).unwrap_err()),
+        "facts.batch_size"
+    );
+    assert_eq!(
+        invalid_field(job.join(&join_req("", facts()), 2).unwrap_err()),
+        "worker_id"
+    );
+    assert_eq!(
+        job.join(&join_req("w9-t", facts()), 2).unwrap_err(),
+        JobError::UnknownWorker("w9-t".into())
+    );
+    assert_eq!(state(&job), before);
+}
+
+#[test]
+fn schedule_math() {
+    let f = Facts::from(&facts());
+    let s = Schedule::new(&f, 3, 0).unwrap();
+    assert_eq!((s.steps_per_epoch, s.total_steps), (10, 30));
+    // Uneven: 1001 / 2 = 500 per rank, / 32 = 15.
+    assert_eq!(Schedule::new(&f, 2, 0).unwrap().steps_per_epoch, 15);
+    // 1001 / 1 / 32 = 31.
+    assert_eq!(Schedule::new(&f, 1, 0).unwrap().total_steps, 93);
+    // Caps: the config's max_steps and the CLI's, whichever is smaller.
+    let capped = Facts { max_steps: 25, ..f };
+    assert_eq!(Schedule::new(&capped, 3, 0).unwrap().total_steps, 25);
+    assert_eq!(Schedule::new(&capped, 3, 12).unwrap().total_steps, 12);
+    assert_eq!(Schedule::new(&f, 3, 100).unwrap().total_steps, 30);
+    // Fewer samples per rank than one batch.
+    let small = Facts {
+        num_samples: 63,
+        ..f
+    };
+    let e = Schedule::new(&small, 2, 0).unwrap_err();
+    assert!(e.contains("31 per rank, fewer than one batch of 32"), "{e}");
+    assert_eq!(Schedule::new(&small, 1, 0).unwrap().steps_per_epoch, 1);
+    let huge = Facts {
+        epochs: u64::MAX,
+        ..f
+    };
+    assert!(Schedule::new(&huge, 1, 0)
+        .unwrap_err()
+        .contains("overflows"));
+}
+
+#[test]
+fn an_impossible_schedule_fails_the_job_at_the_first_join() {
+    let mut job = job(4);
+    let a = register(&mut job, None, 1);
+    let mut f = facts();
+    f.num_samples = 100; // 25 per rank < 32
+    let e = job.join(&join_req(&a, f), 2).unwrap_err();
+    assert!(
+        matches!(&e, JobError::FailedPrecondition(m) if m.contains("no training steps")),
+        "{e}"
+    );
+    assert!(matches!(job.phase(), JobPhase::Failed { error } if error.contains("25 per rank")));
+    assert!(job
+        .take_effects()
+        .iter()
+        .any(|e| matches!(e, Effect::JobEnded(JobPhase::Failed { .. }))));
+}
+
+#[test]
+fn epoch_plans_and_checkpoint_steps() {
+    let mut job = job(3);
+    let mut f = facts();
+    f.max_steps = 25; // the last epoch is cut short
+    let ids: Vec<String> = (0..3).map(|i| register(&mut job, None, 10 + i)).collect();
+    for id in &ids {
+        job.join(&join_req(id, f), 2).unwrap();
+    }
+    let plan = |job: &mut Job, rank: usize, epoch: u64| {
+        job.epoch_plan(
+            &v1::EpochPlanRequest {
+                api_version: 1,
+                worker_id: ids[rank].clone(),
+                generation: 1,
+                epoch,
+            },
+            3,
+        )
+    };
+    let p = plan(&mut job, 1, 0).unwrap();
+    assert_eq!((p.epoch, p.seed, p.rank, p.world_size), (0, 7, 1, 3));
+    assert_eq!((p.first_step, p.end_step), (0, 10));
+    assert_eq!(p.checkpoint_steps, [4, 8, 10]);
+    let p = plan(&mut job, 2, 1).unwrap();
+    assert_eq!((p.first_step, p.end_step, p.rank), (10, 20, 2));
+    assert_eq!(p.checkpoint_steps, [12, 16, 20]);
+    let p = plan(&mut job, 0, 2).unwrap();
+    assert_eq!((p.first_step, p.end_step), (20, 25));
+    assert_eq!(p.checkpoint_steps, [24, 25]);
+    match plan(&mut job, 0, 3).unwrap_err() {
+        JobError::OutOfRange { field, message } => {
+            assert_eq!(field, "epoch");
+            assert!(message.contains("past the end"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let s = Schedule::new(
+        &Facts {
+            checkpoint_every_steps: 0,
+            ..Facts::from(&facts())
+        },
+        3,
+        0,
+    )
+    .unwrap();
+    assert_eq!(s.checkpoint_steps(10, 20), [20]);
+    assert!(s.is_checkpoint_step(20) && s.is_checkpoint_step(30));
+    assert!(!s.is_checkpoint_step(0) && !s.is_checkpoint_step(15) && !s.is_checkpoint_step(40));
+}
+
+#[test]
+fn requests_name_generation_worker_and_membership_problems() {
+    let (mut job, ids) = formed(2);
+    let before = state(&job);
+    let mut hb = v1::HeartbeatRequest {
+        api_version: 1,
+        worker_id: ids[0].clone(),
+        generation: 2,
+        step: 5,
+    };
+    assert_eq!(
+        job.heartbeat(&hb, 9).unwrap_err(),
+        JobError::StaleGeneration {
+            got: 2,
+            current: "1".into()
+        }
+    );
+    hb.generation = 0;
+    assert_eq!(
+        invalid_field(job.heartbeat(&hb, 9).unwrap_err()),
+        "generation"
+    );
+    hb.generation = 1;
+    hb.worker_id = "w77-t".into();
+    assert_eq!(
+        job.heartbeat(&hb, 9).unwrap_err(),
+        JobError::UnknownWorker("w77-t".into())
+    );
+    hb.worker_id.clear();
+    assert_eq!(
+        invalid_field(job.heartbeat(&hb, 9).unwrap_err()),
+        "worker_id"
+    );
+    assert_eq!(state(&job), before, "refused requests change nothing");
+
+    hb.worker_id = ids[1].clone();
+    let reply = job.heartbeat(&hb, 9).unwrap();
+    assert_eq!(reply.action, v1::WorkerAction::Continue as i32);
+    assert_eq!(reply.generation, 1);
+    let status = job.status(10);
+    assert_eq!(status.workers[1].step, 5);
+    assert_eq!(status.workers[1].last_seen_ms, 1);
+}
+
+#[test]
+fn requests_before_the_generation_forms_are_aborted() {
+    let mut job = job(2);
+    let a = register(&mut job, None, 1);
+    let plan = v1::EpochPlanRequest {
+        api_version: 1,
+        worker_id: a,
+        generation: 1,
+        epoch: 0,
+    };
+    assert!(matches!(
+        job.epoch_plan(&plan, 2),
+        Err(JobError::StaleGeneration { got: 1, ref current }) if current.contains("none")
+    ));
+}
+
+#[test]
+fn progress_keeps_rank_zero_numbers() {
+    let (mut job, ids) = formed(2);
+    let report = |id: &str, step: u64, loss: f64| v1::ProgressReport {
+        api_version: 1,
+        worker_id: id.into(),
+        generation: 1,
+        step,
+        epoch: 0,
+        loss,
+        lr: 0.1,
+        samples_per_s: 100.0,
+        ..Default::default()
+    };
+    job.report_progress(&report(&ids[1], 3, 9.0), 5).unwrap();
+    assert!(job.latest_progress().is_none());
+    assert!(job.take_effects().is_empty());
+    let reply = job.report_progress(&report(&ids[0], 4, 2.5), 6).unwrap();
+    assert_eq!(reply.action, v1::WorkerAction::Continue as i32);
+    let p = job.latest_progress().unwrap();
+    assert_eq!((p.step, p.loss, p.total_steps), (4, 2.5, 45));
+    assert!(matches!(&job.take_effects()[..], [Effect::Progress(p)] if p.step == 4));
+    let status = job.status(7);
+    assert_eq!(
+        (status.step, status.loss, status.samples_per_s),
+        (4, 2.5, 100.0)
+    );
+    // NaN is a training fact to report, and the snapshot still serialises.
+    job.report_progress(&report(&ids[0], 5, f64::NAN), 8)
+        .unwrap();
+    serde_json::to_string(&job.snapshot(8)).unwrap();
+}
+
+#[test]
+fn checkpoint_commits_only_after_every_rank_acked() {
+    let (mut job, ids) = formed(3);
+    assert_eq!(
+        job.checkpoint_ack(&ack(&ids[0], 0, 4), 5).unwrap(),
+        v1::CheckpointAckReply { committed: false }
+    );
+    job.checkpoint_ack(&ack(&ids[2], 2, 4), 5).unwrap();
+    assert!(commits(&job.take_effects()).is_empty());
+    // A repeated ack changes nothing.
+    job.checkpoint_ack(&ack(&ids[2], 2, 4), 5).unwrap();
+    assert!(job.take_effects().is_empty());
+    job.checkpoint_ack(&ack(&ids[1], 1, 4), 6).unwrap();
+    let effects = job.take_effects();
+    let c = commits(&effects);
+    assert_eq!(c.len(), 1);
+    let c = c[0].clone();
+    assert_eq!(
+        (c.run_id.as_str(), c.step, c.epoch, c.world_size),
+        ("run", 4, 0, 3)
+    );
+    assert_eq!(c.keep_last, 2);
+    assert_eq!(c.state_json, r#"{"loss_scale": 1.0}"#);
+    let keys: Vec<(u32, &str)> = c.objects.iter().map(|o| (o.rank, o.key.as_str())).collect();
+    assert_eq!(
+        keys,
+        [
+            (0, "rank0/model.safetensors"),
+            (1, "rank1/model.safetensors"),
+            (2, "rank2/model.safetensors")
+        ]
+    );
+    // Not committed until the service says so; another ack does not send a second commit.
+    assert!(job.last_commit().is_none());
+    job.checkpoint_ack(&ack(&ids[1], 1, 4), 6).unwrap();
+    assert!(commits(&job.take_effects()).is_empty());
+
+    job.commit_done(4, Ok("runs/run/ckpt/000000000004/MANIFEST.json".into()));
+    let effects = job.take_effects();
+    assert!(effects.contains(&Effect::Persist));
+    assert_eq!(job.last_commit().unwrap().step, 4);
+    assert_eq!(job.status(7).last_checkpoint_step, 4);
+    // A retry after a lost reply learns that it is committed.
+    assert!(
+        job.checkpoint_ack(&ack(&ids[0], 0, 4), 8)
+            .unwrap()
+            .committed
+    );
+}
+
+#[test]
+fn a_failed_commit_is_retried_by_a_repeated_ack() {
+    let (mut job, ids) = formed(2);
+    job.checkpoint_ack(&ack(&ids[0], 0, 12), 5).unwrap();
+    job.checkpoint_ack(&ack(&ids[1], 1, 12), 5).unwrap();
+    assert_eq!(commits(&job.take_effects()).len(), 1);
+    job.commit_done(12, Err("disk full".into()));
+    assert!(job.last_commit().is_none());
+    job.checkpoint_ack(&ack(&ids[1], 1, 12), 6).unwrap();
+    assert_eq!(commits(&job.take_effects()).len(), 1);
+    job.commit_done(12, Ok("m".into()));
+    assert_eq!(job.last_commit().unwrap().manifest, "m");
+}
+
+#[test]
+fn checkpoint_acks_are_validated_without_changing_the_job() {
+    let (mut job, ids) = formed(2);
+    job.checkpoint_ack(&ack(&ids[0], 0, 8), 8).unwrap();
+    job.take_effects();
+    let before = state(&job);
+    let err = |job: &mut Job, r: v1::CheckpointAckRequest| job.checkpoint_ack(&r, 6).unwrap_err();
+
+    let mut r = ack(&ids[1], 1, 8);
+    r.step = 3;
+    let e = err(&mut job, r);
+    assert!(
+        e.to_string()
+            .starts_with("step: 3 is not a checkpoint step"),
+        "{e}"
+    );
+    r = ack(&ids[1], 1, 8);
+    r.step = 0;
+    assert_eq!(invalid_field(err(&mut job, r)), "step");
+    r = ack(&ids[1], 1, 8);
+    r.objects[0].sha256 = "xyz".into();
+    assert_eq!(invalid_field(err(&mut job, r)), "objects[0].sha256");
+    for bad in ["", "/abs", "a/../b", "a//b", "MANIFEST.json", "a\\b"] {
+        r = ack(&ids[1], 1, 8);
+        r.objects[0].key = bad.into();
+        assert_eq!(invalid_field(err(&mut job, r)), "objects[0].key", "{bad:?}");
+    }
+    r = ack(&ids[1], 1, 8);
+    r.objects.push(object("rank1/model.safetensors"));
+    assert_eq!(invalid_field(err(&mut job, r)), "objects[1].key");
+    r = ack(&ids[1], 1, 8);
+    r.objects[0].key = "rank0/model.safetensors".into();
+    let e = err(&mut job, r);
+    assert!(e.to_string().contains("also listed by rank 0"), "{e}");
+    r = ack(&ids[1], 1, 8);
+    r.state_json = "{}".into();
+    assert_eq!(invalid_field(err(&mut job, r)), "state_json");
+    r = ack(&ids[1], 1, 8);
+    r.state_json = "{not json".into();
+    assert_eq!(invalid_field(err(&mut job, r)), "state_json");
+    r = ack(&ids[1], 1, 8);
+    r.epoch = 9;
+    assert_eq!(invalid_field(err(&mut job, r)), "epoch");
+    let mut r0 = ack(&ids[0], 0, 12);
+    r0.state_json.clear();
+    assert_eq!(invalid_field(err(&mut job, r0)), "state_json");
+    let mut again = ack(&ids[0], 0, 8);
+    again.objects[0].size = 4;
+    assert!(
+        matches!(err(&mut job, again), JobError::FailedPrecondition(m) if m.contains("already acknowledged"))
+    );
+    r = ack(&ids[1], 1, 8);
+    r.generation = 3;
+    assert!(matches!(err(&mut job, r), JobError::StaleGeneration { .. }));
+    assert_eq!(state(&job), before);
+}
+
+#[test]
+fn every_rank_finishing_finishes_the_job() {
+    let (mut job, ids) = formed(2);
+    let finish = |id: &str, step: u64, error: &str| v1::FinishRequest {
+        api_version: 1,
+        worker_id: id.into(),
+        generation: 1,
+        step,
+        error: error.into(),
+    };
+    assert_eq!(
+        invalid_field(job.finish(&finish(&ids[0], 7, ""), 5).unwrap_err()),
+        "step"
+    );
+    job.finish(&finish(&ids[0], 45, ""), 5).unwrap();
+    assert_eq!(job.phase(), &JobPhase::Running);
+    // Rank 0 is done: told to stop; rank 1 goes on.
+    let hb = |id: &str| v1::HeartbeatRequest {
+        api_version: 1,
+        worker_id: id.into(),
+        generation: 1,
+        step: 45,
+    };
+    assert_eq!(
+        job.heartbeat(&hb(&ids[0]), 6).unwrap().action,
+        v1::WorkerAction::Stop as i32
+    );
+    assert_eq!(
+        job.heartbeat(&hb(&ids[1]), 6).unwrap().action,
+        v1::WorkerAction::Continue as i32
+    );
+    job.take_effects();
+    job.finish(&finish(&ids[1], 45, ""), 7).unwrap();
+    assert_eq!(job.phase(), &JobPhase::Finished);
+    assert_eq!(
+        job.take_effects(),
+        [Effect::JobEnded(JobPhase::Finished), Effect::Persist]
+    );
+    assert!(job.all_released());
+    let status = job.status(8);
+    assert_eq!(status.state, v1::JobState::Finished as i32);
+    assert!(status.workers.iter().all(|w| w.state == "finished"));
+    // Nothing more to do.
+    let plan = v1::EpochPlanRequest {
+        api_version: 1,
+        worker_id: ids[0].clone(),
+        generation: 1,
+        epoch: 0,
+    };
+    assert!(matches!(
+        job.epoch_plan(&plan, 9),
+        Err(JobError::JobOver(_))
+    ));
+}
+
+#[test]
+fn a_worker_error_fails_the_job_and_stops_the_others() {
+    let (mut job, ids) = formed(3);
+    job.finish(
+        &v1::FinishRequest {
+            api_version: 1,
+            worker_id: ids[1].clone(),
+            generation: 1,
+            step: 3,
+            error: "CUDA out of memory".into(),
+        },
+        5,
+    )
+    .unwrap();
+    let JobPhase::Failed { error } = job.phase().clone() else {
+        panic!("{:?}", job.phase());
+    };
+    assert!(
+        error.contains("rank 1") && error.contains("CUDA out of memory"),
+        "{error}"
+    );
+    assert!(!job.all_released());
+    for id in [&ids[0], &ids[2]] {
+        let reply = job
+            .report_progress(
+                &v1::ProgressReport {
+                    api_version: 1,
+                    worker_id: id.clone(),
+                    generation: 1,
+                    step: 4,
+                    ..Default::default()
+                },
+                6,
+            )
+            .unwrap();
+        assert_eq!(reply.action, v1::WorkerAction::Stop as i32);
+    }
+    assert!(job.all_released());
+    assert_eq!(job.status(7).error, error);
+    assert!(!job.fail("again"), "the first failure stays");
+}
+
+#[test]
+fn a_worker_failing_before_it_has_a_rank_fails_the_job() {
+    let mut job = job(2);
+    let a = register(&mut job, None, 1);
+    let mut req = v1::FinishRequest {
+        api_version: 1,
+        worker_id: a.clone(),
+        generation: 0,
+        step: 0,
+        error: String::new(),
+    };
+    assert_eq!(
+        invalid_field(job.finish(&req, 2).unwrap_err()),
+        "generation"
+    );
+    req.error = "train.rec: no such file".into();
+    job.finish(&req, 2).unwrap();
+    assert!(
+        matches!(job.phase(), JobPhase::Failed { error } if error.contains("before it had a rank") && error.contains("train.rec"))
+    );
+}
+
+#[test]
+fn snapshots_round_trip() {
+    let (mut job, ids) = formed(2);
+    job.checkpoint_ack(&ack(&ids[0], 0, 8), 5).unwrap();
+    let json = serde_json::to_string(&job.snapshot(9)).unwrap();
+    let back: JobSnapshot = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.format, SNAPSHOT_FORMAT);
+    assert_eq!(state(&back.job), state(&job));
+}

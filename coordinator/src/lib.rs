@@ -1,0 +1,18 @@
+//! The coordinator of an LGAF training job: one per job, never linking libtorch.
+//!
+//! - [`job`]: the job as a plain, synchronous state machine (registration, the generation's
+//!   ranks and collective, the schedule from the workers' training facts, epoch plans,
+//!   heartbeats, progress, checkpoint acks and commits, finish and failure);
+//! - [`service`]: the tonic handlers over it, with long-polling `Join`/`GetNcclId`;
+//! - [`store`]: the traits commits and job snapshots go through, and a local-directory
+//!   implementation until the object store is wired in;
+//! - [`local`]: workers spawned on this machine.
+
+pub mod job;
+pub mod local;
+pub mod service;
+pub mod store;
+
+pub use job::{Effect, Job, JobError, JobPhase, JobSettings};
+pub use service::{serve, CoordinatorService, ServiceOptions};
+pub use store::{CheckpointCommitter, FileStore, JobStatePersistence, StoreError};

@@ -1,0 +1,271 @@
+//! Workers spawned on this machine (`--spawn-local`): one child process per slot, each in
+//! its own process group so that a Ctrl-C in the terminal reaches only the coordinator,
+//! which then stops them in order (SIGTERM, a grace period, SIGKILL).
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// A child's exit, as reported on [`LocalWorkers::spawn`]'s channel.
+#[derive(Clone, Debug)]
+pub struct ChildExit {
+    pub slot: u32,
+    pub pid: u32,
+    pub status: Result<ExitStatus, String>,
+}
+
+impl ChildExit {
+    pub fn success(&self) -> bool {
+        matches!(&self.status, Ok(s) if s.success())
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.status {
+            Ok(s) => describe_status(s),
+            Err(e) => format!("could not be waited for: {e}"),
+        }
+    }
+}
+
+fn describe_status(s: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(sig) => format!("was killed by {sig}"),
+            Err(_) => format!("was killed by signal {sig}"),
+        },
+        _ => format!("ended ({s})"),
+    }
+}
+
+struct Child {
+    slot: u32,
+    pid: u32,
+    exited: watch::Receiver<bool>,
+}
+
+/// The spawned children.
+pub struct LocalWorkers {
+    children: Vec<Child>,
+}
+
+/// What to start: `<worker_bin> --coordinator <url> --slot I --device <devices[I]>`.
+#[derive(Clone, Debug)]
+pub struct SpawnSpec {
+    pub worker_bin: PathBuf,
+    pub coordinator_url: String,
+    pub devices: Vec<String>,
+}
+
+impl LocalWorkers {
+    /// Starts one child per device; every exit is logged and sent on `exits`.
+    pub fn spawn(
+        spec: &SpawnSpec,
+        exits: mpsc::UnboundedSender<ChildExit>,
+    ) -> std::io::Result<Self> {
+        let mut children = Vec::with_capacity(spec.devices.len());
+        let mut started = LocalWorkers {
+            children: Vec::new(),
+        };
+        for (slot, device) in spec.devices.iter().enumerate() {
+            let slot = slot as u32;
+            let mut cmd = tokio::process::Command::new(&spec.worker_bin);
+            cmd.arg("--coordinator")
+                .arg(&spec.coordinator_url)
+                .arg("--slot")
+                .arg(slot.to_string())
+                .arg("--device")
+                .arg(device)
+                .stdin(Stdio::null())
+                .process_group(0)
+                // Should the coordinator itself fail, no child outlives it unattended.
+                .kill_on_drop(true);
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    started.children = children;
+                    // Do not leave the first few running when a later one cannot start.
+                    started.kill_all();
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "starting {} for slot {slot}: {e}",
+                            spec.worker_bin.display()
+                        ),
+                    ));
+                }
+            };
+            let pid = child.id().unwrap_or(0);
+            info!("started worker slot {slot} ({device}) as pid {pid}");
+            let (tx, rx) = watch::channel(false);
+            let exits = exits.clone();
+            tokio::spawn(async move {
+                let status = child.wait().await.map_err(|e| e.to_string());
+                let exit = ChildExit { slot, pid, status };
+                if exit.success() {
+                    info!("worker slot {slot} (pid {pid}) {}", exit.describe());
+                } else {
+                    warn!("worker slot {slot} (pid {pid}) {}", exit.describe());
+                }
+                let _ = tx.send(true);
+                let _ = exits.send(exit);
+            });
+            children.push(Child {
+                slot,
+                pid,
+                exited: rx,
+            });
+        }
+        started.children = children;
+        Ok(started)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.pid).collect()
+    }
+
+    /// Children that have not exited yet.
+    pub fn running(&self) -> usize {
+        self.children.iter().filter(|c| !*c.exited.borrow()).count()
+    }
+
+    /// Waits up to `timeout` for every child to exit; returns whether they all did.
+    pub async fn wait_all(&self, timeout: Duration) -> bool {
+        let all = async {
+            for c in &self.children {
+                let mut rx = c.exited.clone();
+                let _ = rx.wait_for(|exited| *exited).await;
+            }
+        };
+        tokio::time::timeout(timeout, all).await.is_ok()
+    }
+
+    fn signal_running(&self, signal: Signal) {
+        for c in &self.children {
+            if *c.exited.borrow() || c.pid == 0 {
+                continue;
+            }
+            // The child leads its own process group: the signal also reaches anything it
+            // started.
+            if let Err(e) = killpg(Pid::from_raw(c.pid as i32), signal) {
+                warn!(
+                    "sending {signal} to worker slot {} (pid {}): {e}",
+                    c.slot, c.pid
+                );
+            }
+        }
+    }
+
+    fn kill_all(&self) {
+        self.signal_running(Signal::SIGKILL);
+    }
+
+    /// SIGTERM to every running child, up to `grace` for them to exit, then SIGKILL.
+    pub async fn stop(&self, grace: Duration) {
+        if self.running() == 0 {
+            return;
+        }
+        info!(
+            "stopping {} local worker(s): SIGTERM, then SIGKILL after {} s",
+            self.running(),
+            grace.as_secs_f64()
+        );
+        self.signal_running(Signal::SIGTERM);
+        if self.wait_all(grace).await {
+            return;
+        }
+        warn!(
+            "{} local worker(s) ignored SIGTERM; killing them",
+            self.running()
+        );
+        self.kill_all();
+        self.wait_all(Duration::from_secs(5)).await;
+    }
+}
+
+/// One device per slot: `cuda:I` when `nvidia-smi -L` lists at least `n` GPUs, else `cpu`
+/// for all (a job does not mix the two).
+pub fn local_devices(n: u32) -> Vec<String> {
+    let gpus = std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or(0, |o| count_gpus(&String::from_utf8_lossy(&o.stdout)));
+    devices_for(n, gpus)
+}
+
+fn count_gpus(nvidia_smi_l: &str) -> u32 {
+    nvidia_smi_l
+        .lines()
+        .filter(|l| l.trim_start().starts_with("GPU "))
+        .count() as u32
+}
+
+fn devices_for(n: u32, gpus: u32) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            if gpus >= n {
+                format!("cuda:{i}")
+            } else {
+                "cpu".to_string()
+            }
+        })
+        .collect()
+}
+
+/// `lgaf-worker` beside the running executable (where cargo and installs put it).
+pub fn default_worker_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+        .join("lgaf-worker")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices() {
+        let smi = "GPU 0: NVIDIA H200 (UUID: GPU-1)\nGPU 1: NVIDIA H200 (UUID: GPU-2)\n";
+        assert_eq!(count_gpus(smi), 2);
+        assert_eq!(devices_for(2, 2), ["cuda:0", "cuda:1"]);
+        assert_eq!(devices_for(3, 2), ["cpu", "cpu", "cpu"]);
+        assert_eq!(devices_for(1, 0), ["cpu"]);
+    }
+
+    #[tokio::test]
+    async fn stop_escalates_to_sigkill() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("stubborn.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let spec = SpawnSpec {
+            worker_bin: script,
+            coordinator_url: "http://127.0.0.1:1".into(),
+            devices: vec!["cpu".into()],
+        };
+        let workers = LocalWorkers::spawn(&spec, tx).unwrap();
+        assert_eq!(workers.running(), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        workers.stop(Duration::from_millis(300)).await;
+        assert_eq!(workers.running(), 0);
+        let exit = rx.recv().await.unwrap();
+        assert!(exit.describe().contains("SIGKILL"), "{}", exit.describe());
+    }
+}

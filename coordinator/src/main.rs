@@ -1,0 +1,477 @@
+//! `lgaf-coordinator`: runs one training job's control plane, and on a single machine
+//! starts the workers itself.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use lgaf_coordinator::local::{default_worker_bin, local_devices, LocalWorkers, SpawnSpec};
+use lgaf_coordinator::{
+    serve, CoordinatorService, FileStore, Job, JobPhase, JobSettings, JobStatePersistence,
+    ServiceOptions,
+};
+use lgaf_proto::v1;
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+/// Coordinates a data-parallel LGAF training job: workers register over gRPC, get their
+/// rank, shards and checkpoint steps, and report progress; checkpoints are committed once
+/// every rank has uploaded its part.
+///
+/// On one machine, `lgaf-coordinator --workers 2 --config train.toml` starts the workers
+/// itself when none registers from outside within --grace-secs.
+#[derive(Parser, Debug)]
+#[command(name = "lgaf-coordinator", version)]
+struct Args {
+    /// Number of workers (the world size): one per GPU, or CPU processes.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    workers: u32,
+
+    /// Training configuration (TOML), handed to every worker as is; the workers apply
+    /// their LGAF__SECTION__KEY environment overrides. Without it, the workers' defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Where checkpoints and the job state go: a file:// URL or a directory.
+    #[arg(long, value_name = "URL", default_value = "file://./runs-store")]
+    store: String,
+
+    /// The run's name in the store (runs/<RUN_ID>/...). Default: derived from the
+    /// configuration's hash and the start time, so each invocation is a new run.
+    #[arg(long, value_name = "ID")]
+    run_id: Option<String>,
+
+    /// The job's name; workers that ask for another job are refused. Default: the run id.
+    #[arg(long, value_name = "ID")]
+    job_id: Option<String>,
+
+    /// Stop after this many steps (0: the configuration's schedule).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    max_steps: u64,
+
+    /// Address for the gRPC service: HOST:PORT, or a bare PORT for all interfaces.
+    /// Port 0 picks a free port; the address is printed on stdout.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: String,
+
+    /// Start the workers on this machine right away (otherwise only when none has
+    /// registered from outside within --grace-secs).
+    #[arg(long)]
+    spawn_local: bool,
+
+    /// The worker executable for local workers. Default: lgaf-worker beside this one.
+    #[arg(long, value_name = "PATH")]
+    worker_bin: Option<PathBuf>,
+
+    /// Seconds to wait for workers from outside before starting local ones.
+    #[arg(long, value_name = "SECS", default_value_t = 3)]
+    grace_secs: u64,
+
+    /// How often workers send heartbeats, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(10..))]
+    heartbeat_ms: u32,
+
+    /// Collective operation timeout handed to the workers, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 300_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    collective_timeout_ms: u32,
+
+    /// Seconds local workers get to exit after SIGTERM before they are killed.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    stop_timeout_secs: u64,
+
+    /// Longest wait of a blocking Join or GetNcclId before the worker is told to call
+    /// again, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    long_poll_secs: u64,
+}
+
+enum Ended {
+    Over,
+    Signal(&'static str, u8),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode> {
+    // First of all, so that a signal never kills the coordinator without its children.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let config_toml = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the configuration {}", path.display()))?;
+            // Only the syntax: the keys are the workers' business.
+            text.parse::<toml::Table>()
+                .with_context(|| format!("{} is not valid TOML", path.display()))?;
+            text
+        }
+        None => String::new(),
+    };
+    let store = FileStore::from_url(&args.store)?;
+    let run_id = match &args.run_id {
+        Some(id) => id.clone(),
+        None => default_run_id(&config_toml),
+    };
+    check_run_id(&run_id)?;
+    if let Some(previous) = store.load(&run_id).await? {
+        bail!(
+            "run {run_id:?} already exists in {} (its job is {:?}); resuming a run is not \
+             implemented yet: pass another --run-id, or remove {}",
+            store.url(),
+            previous.job.phase(),
+            store.run_dir(&run_id).display()
+        );
+    }
+    if !store.committed_steps(&run_id)?.is_empty() {
+        bail!(
+            "{} already holds checkpoints of run {run_id:?}; pass another --run-id",
+            store.run_dir(&run_id).display()
+        );
+    }
+
+    let listen = parse_listen(&args.listen)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let url = coordinator_url(addr);
+
+    let settings = JobSettings {
+        job_id: args.job_id.clone().unwrap_or_else(|| run_id.clone()),
+        run_id: run_id.clone(),
+        instance: instance_id(),
+        world_size: args.workers,
+        max_steps: args.max_steps,
+        config_toml,
+        store_url: store.url(),
+        heartbeat_interval_ms: args.heartbeat_ms,
+        collective_timeout_ms: args.collective_timeout_ms,
+    };
+    let job = Job::new(settings).map_err(|e| anyhow!("{e}"))?;
+    let service = CoordinatorService::new(
+        job,
+        store.clone(),
+        store.clone(),
+        ServiceOptions {
+            long_poll_max: Duration::from_secs(args.long_poll_secs),
+        },
+    );
+    service
+        .persist()
+        .await
+        .context("saving the initial job state")?;
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let mut server = tokio::spawn(serve(listener, service.clone(), async {
+        let _ = shutdown_rx.await;
+    }));
+    let mut server_running = true;
+    println!("listening on {url}");
+    let _ = std::io::stdout().flush();
+    let job_id = service.with_job(|j| j.settings().job_id.clone());
+    let job = if job_id == run_id {
+        String::new()
+    } else {
+        format!("job {job_id}, ")
+    };
+    info!(
+        "{job}run {run_id}: waiting for {} worker(s) on {url}; store {}",
+        args.workers,
+        store.url()
+    );
+
+    let spec = SpawnSpec {
+        worker_bin: args.worker_bin.clone().unwrap_or_else(default_worker_bin),
+        coordinator_url: url.clone(),
+        devices: Vec::new(),
+    };
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
+    let mut local: Option<LocalWorkers> = None;
+    let mut grace_over = args.spawn_local;
+    if args.spawn_local {
+        start_local(&service, &spec, args.workers, &exit_tx, &mut local).await;
+    }
+    let grace = tokio::time::sleep(Duration::from_secs(args.grace_secs));
+    tokio::pin!(grace);
+
+    let ended = loop {
+        tokio::select! {
+            _ = service.wait_until_over() => break Ended::Over,
+            _ = &mut grace, if !grace_over => {
+                grace_over = true;
+                let registered = service.with_job(|j| j.registered_count());
+                if registered == 0 {
+                    info!("no worker registered within {} s: starting {} local worker(s)",
+                          args.grace_secs, args.workers);
+                    start_local(&service, &spec, args.workers, &exit_tx, &mut local).await;
+                } else {
+                    info!("{registered} of {} worker(s) registered from outside; waiting for \
+                           the rest", args.workers);
+                }
+            }
+            Some(exit) = exit_rx.recv() => {
+                let running = local.as_ref().map_or(0, LocalWorkers::running);
+                if !exit.success() {
+                    service.fail(format!(
+                        "local worker slot {} (pid {}) {} before the job ended",
+                        exit.slot, exit.pid, exit.describe()
+                    )).await;
+                } else if running == 0 {
+                    service.fail("every local worker exited, but the job is not over").await;
+                }
+            }
+            ended = &mut server, if server_running => {
+                server_running = false;
+                let why = match ended {
+                    Ok(Ok(())) => "it ended".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                service.fail(format!("the gRPC server stopped: {why}")).await;
+            }
+            _ = sigint.recv() => break Ended::Signal("SIGINT", 130),
+            _ = sigterm.recv() => break Ended::Signal("SIGTERM", 143),
+        }
+    };
+
+    let stop_timeout = Duration::from_secs(args.stop_timeout_secs);
+    match ended {
+        Ended::Over => {
+            // Let the other workers learn from a heartbeat that the job is over.
+            let linger = Duration::from_millis(u64::from(args.heartbeat_ms) * 3 + 1000);
+            if !service.wait_until_released(linger).await {
+                warn!("not every worker heard that the job is over; exiting anyway");
+            }
+            if let Some(local) = &local {
+                // After a success the workers exit by themselves; after a failure, the
+                // ones still running have been told STOP or never will be: stop them.
+                let finished = service.with_job(|j| *j.phase() == JobPhase::Finished);
+                if !finished || !local.wait_all(stop_timeout).await {
+                    local.stop(stop_timeout).await;
+                }
+            }
+        }
+        Ended::Signal(name, _) => {
+            warn!("received {name}: cancelling the job");
+            service
+                .fail(format!("cancelled: the coordinator received {name}"))
+                .await;
+            if let Some(local) = &local {
+                local.stop(stop_timeout).await;
+            }
+        }
+    }
+    if let Err(e) = service.persist().await {
+        error!("saving the final job state: {e}");
+    }
+    let _ = shutdown_tx.send(());
+    if server_running {
+        match tokio::time::timeout(Duration::from_secs(3), server).await {
+            Ok(Ok(Err(e))) => warn!("the gRPC server ended with an error: {e}"),
+            Ok(Err(e)) => warn!("the gRPC server task failed: {e}"),
+            Err(_) => warn!("the gRPC server did not drain within 3 s"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
+
+    let status = service.status();
+    println!("{}", describe(&status));
+    match (ended, service.with_job(|j| j.phase().clone())) {
+        (Ended::Signal(_, code), _) => Ok(ExitCode::from(code)),
+        (Ended::Over, JobPhase::Finished) => Ok(ExitCode::SUCCESS),
+        (Ended::Over, JobPhase::Failed { error }) => Err(anyhow!("the job failed: {error}")),
+        (Ended::Over, phase) => Err(anyhow!("the job ended in state {phase:?}")),
+    }
+}
+
+async fn start_local<C, P>(
+    service: &CoordinatorService<C, P>,
+    spec: &SpawnSpec,
+    workers: u32,
+    exits: &mpsc::UnboundedSender<lgaf_coordinator::local::ChildExit>,
+    local: &mut Option<LocalWorkers>,
+) where
+    C: lgaf_coordinator::CheckpointCommitter,
+    P: JobStatePersistence,
+{
+    if local.is_some() {
+        return;
+    }
+    let mut spec = spec.clone();
+    if !spec.worker_bin.is_file() {
+        service
+            .fail(format!(
+                "the worker executable {} does not exist; build lgaf-worker or pass --worker-bin",
+                spec.worker_bin.display()
+            ))
+            .await;
+        return;
+    }
+    spec.devices = local_devices(workers);
+    info!(
+        "local workers: {} on {}",
+        spec.worker_bin.display(),
+        spec.devices.join(", ")
+    );
+    match LocalWorkers::spawn(&spec, exits.clone()) {
+        Ok(w) => *local = Some(w),
+        Err(e) => {
+            service.fail(format!("starting local workers: {e}")).await;
+        }
+    }
+}
+
+fn describe(s: &v1::JobStatus) -> String {
+    let state = match v1::JobState::try_from(s.state).unwrap_or(v1::JobState::Unspecified) {
+        v1::JobState::Finished => "finished",
+        v1::JobState::Failed => "failed",
+        v1::JobState::Running => "running",
+        v1::JobState::Waiting => "waiting",
+        v1::JobState::Unspecified => "unknown",
+    };
+    let mut line = format!(
+        "job {} (run {}) {state}: generation {}, {} worker(s), step {}/{}, last checkpoint at step {}",
+        s.job_id, s.run_id, s.generation, s.world_size, s.step, s.total_steps, s.last_checkpoint_step
+    );
+    if s.loss != 0.0 {
+        line.push_str(&format!(", loss {:.4}", s.loss));
+    }
+    if !s.error.is_empty() {
+        line.push_str(&format!("; error: {}", s.error));
+    }
+    line
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    s.parse()
+        .map_err(|_| anyhow!("--listen: expected HOST:PORT (an IP address) or PORT, got {s:?}"))
+}
+
+/// The URL local workers dial: loopback when listening on all interfaces.
+fn coordinator_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// Run ids become folder names and object-key prefixes.
+fn check_run_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        bail!(
+            "--run-id {id:?}: use 1 to 128 letters, digits, '-', '_' or '.', not starting \
+             with '.'"
+        );
+    }
+    Ok(())
+}
+
+/// `run-<first 8 hex digits of the config's SHA-256>-<UTC start time>`.
+fn default_run_id(config_toml: &str) -> String {
+    let hash = Sha256::digest(config_toml.as_bytes());
+    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("run-{hex}-{}", utc_stamp(secs))
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC (Howard Hinnant's civil-from-days).
+fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Distinguishes this process's worker ids from an earlier coordinator's.
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mixed = Sha256::digest(format!("{nanos}-{}", std::process::id()).as_bytes());
+    mixed.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_and_ids() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(951_782_400), "20000229-000000");
+        assert_eq!(utc_stamp(1_732_350_245), "20241123-082405");
+        let id = default_run_id("[train]\n");
+        assert!(id.starts_with("run-") && id.len() == "run-12345678-20241123-082405".len());
+        check_run_id(&id).unwrap();
+        for bad in ["", ".hidden", "a/b", "a b", "../x"] {
+            assert!(check_run_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen("50051").unwrap().to_string(), "0.0.0.0:50051");
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
+        assert!(parse_listen("localhost:1").is_err());
+        assert_eq!(
+            coordinator_url("0.0.0.0:7000".parse().unwrap()),
+            "http://127.0.0.1:7000"
+        );
+        assert_eq!(
+            coordinator_url("10.0.0.5:7000".parse().unwrap()),
+            "http://10.0.0.5:7000"
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! The `lgaf-coordinator` binary as users run it: with workers from outside, with local
+//! workers (a shell-script stand-in until the real worker exists) and its refusals.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lgaf-coordinator");
+
+/// A running coordinator; killed (with any stand-in children it recorded) if a test fails.
+struct Coordinator {
+    child: Child,
+    url: String,
+    stdout: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    /// The threads copying stdout and stderr; done at end of file.
+    readers: Vec<std::thread::JoinHandle<()>>,
+    standin_dir: Option<PathBuf>,
+}
+
+impl Coordinator {
+    fn start(args: &[&str], env: &[(&str, &Path)]) -> Coordinator {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let stdout_reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        let stderr_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut c = Coordinator {
+            child,
+            url: String::new(),
+            stdout: rx,
+            stderr,
+            readers: vec![stdout_reader, stderr_reader],
+            standin_dir: env
+                .iter()
+                .find(|(k, _)| *k == "LGAF_STANDIN_DIR")
+                .map(|(_, v)| v.to_path_buf()),
+        };
+        let line = c
+            .stdout
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no address printed; stderr:\n{}", c.stderr()));
+        c.url = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        c
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Everything it wrote has been read once the readers reach end of file
+                // (children sharing the pipes may hold it open a little longer).
+                let until = Instant::now() + Duration::from_secs(10);
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the coordinator did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn remaining_stdout(&self) -> Vec<String> {
+        self.stdout.try_iter().collect()
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.standin_dir {
+            for pid in standin_pids(dir) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn standin_pids(dir: &Path) -> Vec<i32> {
+    (0..8)
+        .filter_map(|slot| std::fs::read_to_string(dir.join(format!("pid-{slot}"))).ok())
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+fn wait_for(path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The stand-in worker, copied executable into `dir`.
+fn standin(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stand-in-worker.sh");
+    let dst = dir.join("stand-in-worker.sh");
+    std::fs::copy(src, &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dst
+}
+
+#[test]
+fn help_lists_the_options() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--workers",
+        "--config",
+        "--store",
+        "--run-id",
+        "--max-steps",
+        "--listen",
+        "--spawn-local",
+        "--worker-bin",
+        "--grace-secs",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
+    }
+    let out = Command::new(BIN).output().unwrap();
+    assert!(!out.status.success(), "--workers is required");
+}
+
+#[test]
+fn workers_from_outside_run_the_job_and_the_coordinator_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("train.toml");
+    let config_text = "[train]\nepochs = 2\nbatch_size = 32\n";
+    std::fs::write(&config, config_text).unwrap();
+    let store = dir.path().join("store");
+    let mut coord = Coordinator::start(
+        &[
+            "--workers",
+            "2",
+            "--config",
+            config.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--run-id",
+            "outside",
+            "--max-steps",
+            "20",
+            "--grace-secs",
+            "600",
+            "--heartbeat-ms",
+            "100",
+        ],
+        &[],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = coord.url.clone();
+    let summaries = rt.block_on(async move {
+        let a = tokio::spawn(run_worker(url.clone(), None, 5100, facts()));
+        let b = tokio::spawn(run_worker(url, None, 5101, facts()));
+        [a.await.unwrap().unwrap(), b.await.unwrap().unwrap()]
+    });
+    let status = coord.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}; stderr:\n{}", coord.stderr());
+    for s in &summaries {
+        // The config file as is, an absolute store URL, the CLI's step cap.
+        assert_eq!(s.register.config_toml, config_text);
+        assert_eq!(s.register.store_url, format!("file://{}", store.display()));
+        assert_eq!(s.register.max_steps, 20);
+        assert_eq!(s.register.run_id, "outside");
+        // 1001 / 2 / 32 = 15 steps per epoch, 30 in all, capped at 20.
+        assert_eq!(s.total_steps, 20);
+    }
+    let out = coord.remaining_stdout().join("\n");
+    assert!(
+        out.contains("(run outside) finished") && out.contains("step 20/20"),
+        "stdout: {out}"
+    );
+    let steps: Vec<u64> = manifests(&lgaf_coordinator::FileStore::new(&store), "outside")
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(steps, [4, 8, 12, 15, 16, 20]);
+    let stderr = coord.stderr();
+    assert!(
+        stderr.contains("step 20/20 epoch 1 loss 0.5000"),
+        "progress lines:\n{stderr}"
+    );
+}
+
+#[test]
+fn spawned_local_workers_are_stopped_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin_dir = dir.path().join("standin");
+    std::fs::create_dir(&standin_dir).unwrap();
+    let worker = standin(dir.path());
+    let store = dir.path().join("store");
+    let mut coord = Coordinator::start(
+        &[
+            "--workers",
+            "2",
+            "--spawn-local",
+            "--worker-bin",
+            worker.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--grace-secs",
+            "600",
+            "--stop-timeout-secs",
+            "10",
+        ],
+        &[("LGAF_STANDIN_DIR", &standin_dir)],
+    );
+    for slot in 0..2 {
+        wait_for(
+            &standin_dir.join(format!("pid-{slot}")),
+            Duration::from_secs(20),
+        );
+        let args = std::fs::read_to_string(standin_dir.join(format!("args-{slot}"))).unwrap();
+        let expected = format!("--coordinator {} --slot {slot} --device ", coord.url);
+        assert!(args.starts_with(&expected), "{args:?} vs {expected:?}");
+        let device = args.trim().rsplit(' ').next().unwrap();
+        assert!(
+            device == "cpu" || device == format!("cuda:{slot}"),
+            "{args}"
+        );
+    }
+    let pids = standin_pids(&standin_dir);
+    assert_eq!(pids.len(), 2);
+
+    coord.signal(Signal::SIGTERM);
+    let status = coord.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(143), "stderr:\n{}", coord.stderr());
+    for slot in 0..2 {
+        assert!(
+            standin_dir.join(format!("terminated-{slot}")).exists(),
+            "slot {slot} did not get SIGTERM; stderr:\n{}",
+            coord.stderr()
+        );
+    }
+    for pid in pids {
+        // Reaped by the coordinator: no such process any more.
+        assert!(
+            kill(Pid::from_raw(pid), None).is_err(),
+            "pid {pid} still exists"
+        );
+    }
+    let stderr = coord.stderr();
+    assert!(stderr.contains("received SIGTERM"), "{stderr}");
+    assert!(stderr.contains("exited with status 0"), "{stderr}");
+    let out = coord.remaining_stdout().join("\n");
+    assert!(out.contains("failed") && out.contains("cancelled"), "{out}");
+}
+
+#[test]
+fn local_workers_start_after_the_grace_period_and_their_failure_fails_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin_dir = dir.path().join("standin");
+    std::fs::create_dir(&standin_dir).unwrap();
+    let worker = standin(dir.path());
+    let store = dir.path().join("store");
+    let started = Instant::now();
+    let mut coord = Coordinator::start(
+        &[
+            "--workers",
+            "2",
+            "--worker-bin",
+            worker.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--grace-secs",
+            "1",
+        ],
+        &[
+            ("LGAF_STANDIN_DIR", &standin_dir),
+            ("LGAF_STANDIN_MODE", Path::new("fail")),
+        ],
+    );
+    let status = coord.wait(Duration::from_secs(30));
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(status.code(), Some(1), "stderr:\n{}", coord.stderr());
+    let stderr = coord.stderr();
+    assert!(
+        stderr.contains("no worker registered within 1 s"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("exited with status 3 before the job ended"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("error: the job failed"), "{stderr}");
+    // The first failure fails the job and the other worker is stopped, possibly before it
+    // got as far as writing its pid.
+    assert!(standin_dir.join("pid-0").exists() || standin_dir.join("pid-1").exists());
+    assert!(standin_pids(&standin_dir)
+        .into_iter()
+        .all(|pid| kill(Pid::from_raw(pid), None).is_err()));
+}
+
+#[test]
+fn refusals_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--store", store.to_str().unwrap(), "--grace-secs", "0"])
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[train\n").unwrap();
+    let (status, err) = run(&["--workers", "1", "--config", bad.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(err.contains("is not valid TOML"), "{err}");
+
+    let (status, err) = run(&["--workers", "1", "--run-id", "../x"]);
+    assert!(!status.success());
+    assert!(err.contains("--run-id"), "{err}");
+
+    let (status, err) = run(&["--workers", "0"]);
+    assert!(!status.success());
+    assert!(err.contains("--workers"), "{err}");
+
+    // No worker executable: the job fails with a hint instead of waiting forever.
+    let (status, err) = run(&[
+        "--workers",
+        "1",
+        "--spawn-local",
+        "--worker-bin",
+        "/nonexistent/lgaf-worker",
+    ]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/nonexistent/lgaf-worker does not exist"),
+        "{err}"
+    );
+
+    // A run id that is already in the store is not overwritten.
+    let (status, err) = run(&[
+        "--workers",
+        "1",
+        "--run-id",
+        "taken",
+        "--spawn-local",
+        "--worker-bin",
+        "/nonexistent",
+    ]);
+    assert!(!status.success(), "{err}");
+    let (status, err) = run(&["--workers", "1", "--run-id", "taken"]);
+    assert!(!status.success());
+    assert!(err.contains("already exists"), "{err}");
+}

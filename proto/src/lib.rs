@@ -1,0 +1,246 @@
+//! The control plane between `lgaf-coordinator` and `lgaf-worker`: the generated `lgaf.v1`
+//! messages, client and server (see `lgaf/v1/coordinator.proto` for the worker's life
+//! cycle), plus the few checks both sides must agree on so that a malformed request gets
+//! the same status code whoever validates it.
+
+use std::fmt;
+
+use tonic::Status;
+
+#[allow(clippy::all, missing_docs)]
+pub mod lgaf {
+    pub mod v1 {
+        tonic::include_proto!("lgaf.v1");
+    }
+}
+
+pub use lgaf::v1;
+
+/// The protocol version of this crate's `.proto`; every request carries it.
+pub const API_VERSION: u32 = 1;
+
+/// The largest message either side sends or accepts. Requests are small (the biggest is a
+/// checkpoint ack listing object keys, or the config TOML in `RegisterReply`); the bound
+/// keeps a confused or hostile peer from making the coordinator buffer gigabytes.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// INVALID_ARGUMENT naming the offending field, in the one format every side uses:
+/// `"<field>: <what is wrong>"`.
+pub fn invalid_argument(field: &str, message: impl fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {message}"))
+}
+
+/// Checks a request's `api_version`: 0 is a missing field (INVALID_ARGUMENT), another
+/// version is FAILED_PRECONDITION naming both, as the `.proto` promises.
+pub fn check_api_version(got: u32) -> Result<(), Status> {
+    match got {
+        API_VERSION => Ok(()),
+        0 => Err(invalid_argument(
+            "api_version",
+            format!("missing (this coordinator speaks lgaf.v1 api_version {API_VERSION})"),
+        )),
+        other => Err(Status::failed_precondition(format!(
+            "api_version: the request speaks version {other}, this coordinator speaks \
+             version {API_VERSION}; run a worker and coordinator of the same release"
+        ))),
+    }
+}
+
+/// Requests that carry `api_version` (all of them).
+pub trait Versioned {
+    fn api_version(&self) -> u32;
+
+    /// [`check_api_version`] on this request.
+    fn check_version(&self) -> Result<(), Status> {
+        check_api_version(self.api_version())
+    }
+}
+
+macro_rules! versioned {
+    ($($t:ident),* $(,)?) => {
+        $(impl Versioned for v1::$t {
+            fn api_version(&self) -> u32 {
+                self.api_version
+            }
+        })*
+    };
+}
+
+versioned!(
+    RegisterRequest,
+    JoinRequest,
+    PublishNcclIdRequest,
+    GetNcclIdRequest,
+    EpochPlanRequest,
+    HeartbeatRequest,
+    ProgressReport,
+    CheckpointAckRequest,
+    FinishRequest,
+    JobStatusRequest,
+);
+
+/// A required string field: empty (proto3's "unset") is INVALID_ARGUMENT naming it.
+pub fn require_nonempty<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        Err(invalid_argument(field, "missing"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A required message field.
+pub fn require<'a, T>(field: &str, value: Option<&'a T>) -> Result<&'a T, Status> {
+    value.ok_or_else(|| invalid_argument(field, "missing"))
+}
+
+/// Where a worker computes: the `device` field of `RegisterRequest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    Cuda(u32),
+}
+
+impl Device {
+    /// Parses `"cpu"` or `"cuda:N"`, the only spellings the protocol allows.
+    pub fn parse(s: &str) -> Option<Device> {
+        if s == "cpu" {
+            return Some(Device::Cpu);
+        }
+        let index = s.strip_prefix("cuda:")?;
+        // Digits only: u32's parser would also take "+1".
+        if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        index.parse().ok().map(Device::Cuda)
+    }
+
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// `device` as a [`Device`], or INVALID_ARGUMENT naming the field.
+pub fn parse_device(field: &str, value: &str) -> Result<Device, Status> {
+    Device::parse(value).ok_or_else(|| {
+        invalid_argument(
+            field,
+            format!("expected \"cpu\" or \"cuda:N\", got {value:?}"),
+        )
+    })
+}
+
+/// Whether `s` is a lower-case hex SHA-256 (64 digits), the form `CheckpointObject.sha256`
+/// must have.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether `s` looks like `host:port` (an IP or a DNS name, and a non-zero port), the form of
+/// `collective_addr`. Names are not resolved: the address is the peers' business.
+pub fn is_host_port(s: &str) -> bool {
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return !s.ends_with(":0");
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    host_ok && matches!(port.parse::<u16>(), Ok(p) if p != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn api_version_checks() {
+        assert!(check_api_version(API_VERSION).is_ok());
+        let missing = check_api_version(0).unwrap_err();
+        assert_eq!(missing.code(), Code::InvalidArgument);
+        assert!(missing.message().starts_with("api_version: missing"));
+        let other = check_api_version(7).unwrap_err();
+        assert_eq!(other.code(), Code::FailedPrecondition);
+        assert!(other.message().contains("version 7"), "{}", other.message());
+        assert!(other.message().contains("version 1"), "{}", other.message());
+        let req = v1::HeartbeatRequest {
+            api_version: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            req.check_version().unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+    }
+
+    #[test]
+    fn required_fields_name_themselves() {
+        let e = require_nonempty("worker_id", "").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(e.message(), "worker_id: missing");
+        assert_eq!(require_nonempty("worker_id", "w1").unwrap(), "w1");
+        let e = require::<v1::TrainingFacts>("facts", None).unwrap_err();
+        assert_eq!(e.message(), "facts: missing");
+    }
+
+    #[test]
+    fn devices() {
+        assert_eq!(Device::parse("cpu"), Some(Device::Cpu));
+        assert_eq!(Device::parse("cuda:3"), Some(Device::Cuda(3)));
+        for bad in [
+            "", "gpu", "cuda", "cuda:", "cuda:+1", "cuda:-1", "CPU", "cuda:1x",
+        ] {
+            assert_eq!(Device::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+        let e = parse_device("device", "gpu").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("device: "));
+    }
+
+    #[test]
+    fn sha256_and_addresses() {
+        assert!(is_sha256_hex(&"ab".repeat(32)));
+        assert!(!is_sha256_hex(&"AB".repeat(32)));
+        assert!(!is_sha256_hex(&"ab".repeat(31)));
+        for ok in ["127.0.0.1:4000", "[::1]:4000", "worker-0.lgaf.svc:29500"] {
+            assert!(is_host_port(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1",
+            "host:",
+            ":80",
+            "host:0",
+            "host:70000",
+            "a b:1",
+        ] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        use prost::Message;
+        let facts = v1::TrainingFacts {
+            num_samples: 10,
+            batch_size: 2,
+            ..Default::default()
+        };
+        let bytes = facts.encode_to_vec();
+        assert_eq!(v1::TrainingFacts::decode(bytes.as_slice()).unwrap(), facts);
+    }
+}
