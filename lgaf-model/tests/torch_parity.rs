@@ -229,6 +229,7 @@ fn check_parity(case: &Case, dir: &Path) {
         d,
         1.0,
         CombinedMargin::cosface(),
+        0,
         Device::Cpu,
     );
     assert_eq!(centres.size(), vec![case.classes, d]);

@@ -59,7 +59,11 @@ impl HostCollective {
             return t.shallow_clone();
         }
         let (device, kind, shape) = (t.device(), t.kind(), t.size());
-        let host = t.detach().to_device(Device::Cpu).contiguous().flatten(0, -1);
+        let host = t
+            .detach()
+            .to_device(Device::Cpu)
+            .contiguous()
+            .flatten(0, -1);
         let result = match kind {
             Kind::Double => {
                 let mut v = Vec::<f64>::try_from(&host).expect("f64 tensor");
@@ -132,7 +136,9 @@ impl Collective for HostCollective {
         let send = host_bytes(t);
         let mut recv = vec![0u8; send.len() * world];
         match self.comm.all_gather(&send, &mut recv) {
-            Ok(()) => Tensor::from_data_size(&recv, &gathered_shape, t.kind()).to_device(t.device()),
+            Ok(()) => {
+                Tensor::from_data_size(&recv, &gathered_shape, t.kind()).to_device(t.device())
+            }
             Err(e) => {
                 self.record(e);
                 t.repeat([world as i64]).view(gathered_shape.as_slice())

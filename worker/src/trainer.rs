@@ -130,6 +130,7 @@ impl Trainer {
             cfg.model.embedding_size,
             cfg.loss.sample_rate,
             cfg.loss.margin()?,
+            cfg.train.seed,
             device,
         );
         pfc.set_collective(group.collective());
@@ -379,6 +380,35 @@ impl Trainer {
         })
     }
 
+    /// Takes rank 0's buffers (BatchNorm running statistics; the LGF buffers already agree)
+    /// on every rank, as a checkpoint needs them: each rank's BatchNorm sees only its own
+    /// part of the batch.
+    pub fn sync_buffers_from_rank0(&self) -> Result<()> {
+        if self.group.world_size() == 1 {
+            return Ok(());
+        }
+        let collective = self.group.collective();
+        let mut buffers: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .collect();
+        buffers.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::no_grad(|| {
+            for (_, t) in &buffers {
+                let root = collective.broadcast(t, 0);
+                t.shallow_clone().copy_(&root);
+            }
+        });
+        self.group
+            .check()
+            .map_err(|message| WorkerError::Collective {
+                step: self.step,
+                message,
+            })
+    }
+
     /// Commits a checkpoint of everything a resume needs.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let _s = info_span!("checkpoint", step = self.step).entered();
@@ -479,5 +509,7 @@ fn broadcast_from_rank0(vs: &VarStore, group: &Group) -> Result<()> {
             t.shallow_clone().copy_(&root);
         }
     });
-    group.check().map_err(|message| WorkerError::Collective { step: 0, message })
+    group
+        .check()
+        .map_err(|message| WorkerError::Collective { step: 0, message })
 }
