@@ -60,6 +60,27 @@ pub fn save_tensors(
         path: path.to_path_buf(),
         message,
     };
+    let bytes = to_bytes(named, metadata, path)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| file_err(e.to_string()))?;
+    }
+    // Write to a temporary name and rename, so a crash never leaves a half-written file.
+    let tmp = path.with_extension("safetensors.partial");
+    std::fs::write(&tmp, bytes).map_err(|e| file_err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))
+}
+
+/// Named tensors as the bytes of one safetensors file (for object storage); `name`
+/// identifies it in errors.
+pub fn to_bytes(
+    named: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+    name: &Path,
+) -> Result<Vec<u8>> {
+    let file_err = |message: String| ModelError::WeightsFile {
+        path: name.to_path_buf(),
+        message,
+    };
     let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = named
         .iter()
         .map(|(name, t)| {
@@ -76,33 +97,52 @@ pub fn save_tensors(
         })
         .collect::<Result<Vec<_>>>()?;
     let meta = (!metadata.is_empty()).then(|| metadata.clone());
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| file_err(e.to_string()))?;
-    }
-    // Write to a temporary name and rename, so a crash never leaves a half-written file.
-    let tmp = path.with_extension("safetensors.partial");
-    safetensors::serialize_to_file(views, meta, &tmp).map_err(|e| file_err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))
+    safetensors::serialize(views, meta).map_err(|e| file_err(e.to_string()))
 }
 
 /// Reads all tensors of a safetensors file onto the CPU, keeping their dtypes.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let file_err = |message: String| ModelError::WeightsFile {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::WeightsFile {
         path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    from_bytes(&bytes, path)
+}
+
+/// Tensors by name, in name order.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+/// The tensors (on the CPU, sorted by name) and header metadata of safetensors bytes;
+/// `name` identifies them in errors.
+pub fn from_bytes_with_metadata(
+    bytes: &[u8],
+    name: &Path,
+) -> Result<(NamedTensors, HashMap<String, String>)> {
+    let tensors = from_bytes(bytes, name)?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| ModelError::WeightsFile {
+        path: name.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok((tensors, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// The tensors of safetensors bytes, on the CPU, sorted by name.
+pub fn from_bytes(bytes: &[u8], name: &Path) -> Result<Vec<(String, Tensor)>> {
+    let file_err = |message: String| ModelError::WeightsFile {
+        path: name.to_path_buf(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| file_err(e.to_string()))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| file_err(e.to_string()))?;
     let mut out = Vec::with_capacity(st.len());
-    for (name, view) in st.tensors() {
+    for (tensor_name, view) in st.tensors() {
         let kind = kind_of(view.dtype()).ok_or_else(|| ModelError::UnsupportedDtype {
-            path: path.to_path_buf(),
-            name: name.clone(),
+            path: name.to_path_buf(),
+            name: tensor_name.clone(),
             found: format!("{:?}", view.dtype()),
         })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
-        out.push((name, t));
+        out.push((tensor_name, t));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)

@@ -281,8 +281,7 @@ impl Default for EvalConfig {
 impl TrainConfig {
     /// Embedded defaults, then `file` (if any), then `LGAF__SECTION__KEY` variables.
     pub fn load(file: Option<&Path>) -> Result<Self> {
-        let defaults = config::Config::try_from(&TrainConfig::default())?;
-        let mut builder = config::Config::builder().add_source(defaults);
+        let mut builder = Self::defaults()?;
         if let Some(path) = file {
             if !path.exists() {
                 return Err(WorkerError::Config {
@@ -292,7 +291,24 @@ impl TrainConfig {
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        builder = builder.add_source(
+        Self::finish(builder)
+    }
+
+    /// Embedded defaults, then the TOML `text` (the coordinator hands every worker the
+    /// job's config this way), then `LGAF__SECTION__KEY` variables.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let builder =
+            Self::defaults()?.add_source(config::File::from_str(text, config::FileFormat::Toml));
+        Self::finish(builder)
+    }
+
+    fn defaults() -> Result<config::ConfigBuilder<config::builder::DefaultState>> {
+        let defaults = config::Config::try_from(&TrainConfig::default())?;
+        Ok(config::Config::builder().add_source(defaults))
+    }
+
+    fn finish(builder: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Self> {
+        let builder = builder.add_source(
             config::Environment::with_prefix("LGAF")
                 .prefix_separator("__")
                 .separator("__")

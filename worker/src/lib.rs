@@ -6,6 +6,7 @@ pub mod config;
 pub mod dataset_tools;
 pub mod device;
 pub mod dist;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod eval_sets;

@@ -2,7 +2,7 @@
 //! at world size 1, SGD with the paper's schedule, fp16 loss scaling, checkpoints and resume.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,19 @@ use crate::loader::{
 };
 use crate::optim::{clip_factor, learning_rate, Sgd};
 use lgaf_data::synth::IMAGE_SIZE;
+
+/// Object keys of a distributed checkpoint, relative to its step folder.
+pub const MODEL_OBJECT: &str = "model.safetensors";
+pub const OPTIMIZER_OBJECT: &str = "optimizer.safetensors";
+pub const CLASSIFIER_PREFIX: &str = "classifier/";
+
+/// The classifier shard written by `rank`.
+pub fn classifier_object(rank: i64) -> String {
+    format!("{CLASSIFIER_PREFIX}rank-{rank:05}.safetensors")
+}
+
+/// One rank's checkpoint objects as (key, bytes), and the run state (rank 0 only).
+pub type CheckpointParts = (Vec<(String, Vec<u8>)>, Option<serde_json::Value>);
 
 /// One step's numbers.
 #[derive(Clone, Debug)]
@@ -161,7 +174,47 @@ impl Trainer {
             path: loaded.dir.clone(),
             message,
         };
-        let saved: TrainConfig = serde_json::from_value(loaded.manifest.state.config.clone())
+        let file = |name: &str| {
+            loaded
+                .tensors
+                .get(name)
+                .ok_or_else(|| fail(format!("{name} is missing")))
+        };
+        let classifier = file("classifier.safetensors")?;
+        let column = |name: &str| {
+            classifier
+                .get(name)
+                .map(Tensor::shallow_clone)
+                .ok_or_else(|| fail(format!("classifier.safetensors: no `{name}`")))
+        };
+        let centres = (column("weight")?, column("momentum")?);
+        self.restore_parts(
+            &loaded.dir,
+            &loaded.manifest.state,
+            file("model.safetensors")?,
+            file("optimizer.safetensors")?,
+            centres,
+        )?;
+        self.resumed_from = Some(loaded.dir);
+        Ok(())
+    }
+
+    /// Loads a checkpoint's parts: the run state, the network, its momentum, and this
+    /// rank's centres with their momentum (already cut to this rank's class range).
+    /// `source` names the checkpoint in errors.
+    fn restore_parts(
+        &mut self,
+        source: &std::path::Path,
+        state: &TrainState,
+        model: &HashMap<String, Tensor>,
+        optimizer: &HashMap<String, Tensor>,
+        centres: (Tensor, Tensor),
+    ) -> Result<()> {
+        let fail = |message: String| WorkerError::Checkpoint {
+            path: source.to_path_buf(),
+            message,
+        };
+        let saved: TrainConfig = serde_json::from_value(state.config.clone())
             .map_err(|e| fail(format!("its config does not parse: {e}")))?;
         // What decides which images a step sees: change any of it and the resumed run
         // would no longer continue the saved one.
@@ -186,44 +239,220 @@ impl Trainer {
                     .into(),
             ));
         }
-        let file = |name: &str| {
-            loaded
-                .tensors
-                .get(name)
-                .ok_or_else(|| fail(format!("{name} is missing")))
-        };
-        weights::assign(
-            &mut self.vs,
-            file("model.safetensors")?,
-            &loaded.dir.join("model.safetensors"),
-        )?;
+        weights::assign(&mut self.vs, model, &source.join("model.safetensors"))?;
         self.sgd
-            .load_momentum(file("optimizer.safetensors")?)
+            .load_momentum(optimizer)
             .map_err(|m| fail(format!("optimizer.safetensors: {m}")))?;
-        let classifier = file("classifier.safetensors")?;
-        for (name, dst) in [
-            ("weight", &self.pfc.weight),
-            ("momentum", &self.pfc.momentum),
+        for (name, src, dst) in [
+            ("weight", &centres.0, &self.pfc.weight),
+            ("momentum", &centres.1, &self.pfc.momentum),
         ] {
-            let src = classifier
-                .get(name)
-                .ok_or_else(|| fail(format!("classifier.safetensors: no `{name}`")))?;
             if src.size() != dst.size() {
                 return Err(fail(format!(
-                    "classifier.safetensors: `{name}` has shape {:?}, expected {:?}",
+                    "classifier `{name}` has shape {:?}, expected {:?}",
                     src.size(),
                     dst.size()
                 )));
             }
             tch::no_grad(|| dst.shallow_clone().copy_(src));
         }
-        let state = &loaded.manifest.state;
         self.step = state.step;
         self.scaler.scale = state.loss_scale;
         self.scaler.good_steps = state.loss_scale_good_steps;
-        info!(dir = %loaded.dir.display(), step = self.step, "resumed from checkpoint");
-        self.resumed_from = Some(loaded.dir);
+        info!(checkpoint = %source.display(), step = self.step, "resumed from checkpoint");
         Ok(())
+    }
+
+    /// This rank's part of a checkpoint at the current step, as (object key, bytes), and
+    /// (on rank 0) the run state for the manifest. Collective: every rank calls it at the
+    /// same step (BatchNorm buffers are first taken from rank 0). Rank 0 writes the network
+    /// (`model.safetensors`, the spec's layout) and its momentum; every rank writes its
+    /// centres, `classifier/rank-RRRRR.safetensors`, with their global class range in the
+    /// header, so a run on another world size can re-cut them.
+    pub fn checkpoint_objects(&self) -> Result<CheckpointParts> {
+        self.sync_buffers_from_rank0()?;
+        let rank = self.group.rank();
+        let mut objects = Vec::new();
+        let mut state = None;
+        if rank == 0 {
+            let mut model: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+            model.sort_by(|a, b| a.0.cmp(&b.0));
+            let meta = HashMap::from([
+                ("arch".to_string(), self.cfg.model.arch.name().to_string()),
+                (
+                    "fusion".to_string(),
+                    self.cfg.model.fusion.name().to_string(),
+                ),
+            ]);
+            let name = Path::new(MODEL_OBJECT);
+            objects.push((
+                MODEL_OBJECT.to_string(),
+                weights::to_bytes(&model, &meta, name)?,
+            ));
+            let momentum = self.sgd.named_momentum();
+            let name = Path::new(OPTIMIZER_OBJECT);
+            objects.push((
+                OPTIMIZER_OBJECT.to_string(),
+                weights::to_bytes(&momentum, &HashMap::new(), name)?,
+            ));
+            let spe = self.sampler.steps_per_epoch();
+            let train_state = TrainState {
+                step: self.step,
+                epoch: self.step / spe,
+                loss_scale: self.scaler.scale,
+                loss_scale_good_steps: self.scaler.good_steps,
+                config: serde_json::to_value(&self.cfg).expect("config serialises"),
+            };
+            let mut value = serde_json::to_value(&train_state).expect("state serialises");
+            value["world_size"] = self.group.world_size().into();
+            value["steps_per_epoch"] = spe.into();
+            state = Some(value);
+        }
+        let range = self.pfc.range();
+        let key = classifier_object(rank);
+        let meta = HashMap::from([
+            ("class_start".to_string(), range.start.to_string()),
+            ("class_len".to_string(), range.len.to_string()),
+        ]);
+        let centres = vec![
+            ("momentum".to_string(), self.pfc.momentum.shallow_clone()),
+            ("weight".to_string(), self.pfc.weight.shallow_clone()),
+        ];
+        objects.push((
+            key.clone(),
+            weights::to_bytes(&centres, &meta, Path::new(&key))?,
+        ));
+        Ok((objects, state))
+    }
+
+    /// Resumes from a committed distributed checkpoint: `objects` (key -> bytes) holds at
+    /// least the network, its momentum and every classifier shard that overlaps this
+    /// rank's class range; they may come from another world size (the shards are re-cut).
+    pub fn restore_from_objects(
+        &mut self,
+        source: &str,
+        state: &serde_json::Value,
+        objects: &HashMap<String, Vec<u8>>,
+    ) -> Result<()> {
+        let path = std::path::PathBuf::from(source);
+        let fail = |message: String| WorkerError::Checkpoint {
+            path: path.clone(),
+            message,
+        };
+        let train_state: TrainState = serde_json::from_value(state.clone())
+            .map_err(|e| fail(format!("the manifest's state does not parse: {e}")))?;
+        let tensors = |key: &str| -> Result<HashMap<String, Tensor>> {
+            let bytes = objects
+                .get(key)
+                .ok_or_else(|| fail(format!("{key} is missing")))?;
+            Ok(weights::from_bytes(bytes, &path.join(key))?
+                .into_iter()
+                .collect())
+        };
+        let model = tensors(MODEL_OBJECT)?;
+        let optimizer = tensors(OPTIMIZER_OBJECT)?;
+        let centres = self.recut_centres(&path, objects)?;
+        self.restore_parts(&path, &train_state, &model, &optimizer, centres)?;
+        self.resumed_from = Some(path);
+        Ok(())
+    }
+
+    /// This rank's centres and momentum, cut from whichever saved shards cover its range.
+    fn recut_centres(
+        &self,
+        source: &std::path::Path,
+        objects: &HashMap<String, Vec<u8>>,
+    ) -> Result<(Tensor, Tensor)> {
+        let fail = |message: String| WorkerError::Checkpoint {
+            path: source.to_path_buf(),
+            message,
+        };
+        let want = self.pfc.range();
+        let mut pieces: Vec<(i64, Tensor, Tensor)> = Vec::new();
+        for (key, bytes) in objects
+            .iter()
+            .filter(|(k, _)| k.starts_with(CLASSIFIER_PREFIX))
+        {
+            let (tensors, meta) = weights::from_bytes_with_metadata(bytes, &source.join(key))?;
+            let field = |name: &str| -> Result<i64> {
+                meta.get(name)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| fail(format!("{key}: no integer `{name}` in its header")))
+            };
+            let (start, len) = (field("class_start")?, field("class_len")?);
+            let (lo, hi) = (start.max(want.start), (start + len).min(want.end()));
+            if lo >= hi {
+                continue;
+            }
+            let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
+            let column = |name: &str| {
+                tensors
+                    .get(name)
+                    .map(|t| t.narrow(0, lo - start, hi - lo))
+                    .ok_or_else(|| fail(format!("{key}: no `{name}`")))
+            };
+            pieces.push((lo, column("weight")?, column("momentum")?));
+        }
+        pieces.sort_by_key(|p| p.0);
+        let covered: i64 = pieces.iter().map(|p| p.1.size()[0]).sum();
+        let contiguous = pieces
+            .iter()
+            .scan(want.start, |next, p| {
+                let ok = p.0 == *next;
+                *next += p.1.size()[0];
+                Some(ok)
+            })
+            .all(|ok| ok);
+        if covered != want.len || !contiguous {
+            return Err(fail(format!(
+                "the classifier shards cover {covered} of classes {}..{} (this rank's range)",
+                want.start,
+                want.end()
+            )));
+        }
+        let cat = |i: usize| {
+            let parts: Vec<Tensor> = pieces
+                .iter()
+                .map(|p| {
+                    if i == 0 {
+                        p.1.shallow_clone()
+                    } else {
+                        p.2.shallow_clone()
+                    }
+                })
+                .collect();
+            Tensor::cat(&parts, 0).to_device(self.device)
+        };
+        Ok((cat(0), cat(1)))
+    }
+
+    /// The object keys this rank needs to resume from a checkpoint saved by
+    /// `saved_world_size` ranks: the network, its momentum and the overlapping shards.
+    pub fn objects_to_resume(&self, saved_world_size: i64, num_classes: i64) -> Vec<String> {
+        let want = self.pfc.range();
+        let mut keys = vec![MODEL_OBJECT.to_string(), OPTIMIZER_OBJECT.to_string()];
+        for r in 0..saved_world_size {
+            let range = ClassRange::of_rank(num_classes, r, saved_world_size);
+            if range.start < want.end() && want.start < range.end() {
+                keys.push(classifier_object(r));
+            }
+        }
+        keys
+    }
+
+    /// Steps per epoch at this world size.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.sampler.steps_per_epoch()
+    }
+
+    /// Makes the next step `step` (a resumed run on another world size maps its progress).
+    pub fn set_step(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// This rank's class range of the Partial-FC head.
+    pub fn class_range(&self) -> ClassRange {
+        self.pfc.range()
     }
 
     pub fn model(&self) -> &Lgaf {
@@ -452,16 +681,37 @@ impl Trainer {
     /// calling `on_step` after each step.
     pub fn run(&mut self, mut on_step: impl FnMut(&StepReport, &Trainer)) -> Result<()> {
         let total = self.total_steps();
-        if self.step >= total {
+        let spe = self.sampler.steps_per_epoch();
+        let every = self.cfg.checkpoint.every_steps;
+        self.run_until(total, |trainer, report| {
+            on_step(report, trainer);
+            let step = trainer.step;
+            if step == total
+                || step.is_multiple_of(spe)
+                || (every > 0 && step.is_multiple_of(every))
+            {
+                trainer.save_checkpoint()?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Trains from the current step until `end` steps are done, calling `after_step` after
+    /// each one (checkpoints, reports); an error from it stops the run.
+    pub fn run_until(
+        &mut self,
+        end: u64,
+        mut after_step: impl FnMut(&mut Trainer, &StepReport) -> Result<()>,
+    ) -> Result<()> {
+        if self.step >= end {
             return Ok(());
         }
-        let spe = self.sampler.steps_per_epoch();
         let settings = LoaderSettings::new(&self.cfg.data, self.cfg.train.seed);
         let mut loader = Loader::start(
             Arc::clone(&self.source),
             self.sampler.clone(),
             settings,
-            self.step..total,
+            self.step..end,
         )?;
         loop {
             let _step = info_span!("step", step = self.step + 1).entered();
@@ -486,12 +736,7 @@ impl Trainer {
                     ),
                 });
             }
-            on_step(&report, self);
-            let every = self.cfg.checkpoint.every_steps;
-            let epoch_end = self.step.is_multiple_of(spe);
-            if self.step == total || epoch_end || (every > 0 && self.step.is_multiple_of(every)) {
-                self.save_checkpoint()?;
-            }
+            after_step(self, &report)?;
         }
         Ok(())
     }

@@ -1,0 +1,56 @@
+//! `lgaf-worker`: one rank of a run coordinated by `lgaf-coordinator`. The coordinator
+//! starts these itself with `--spawn-local`; on a cluster each pod runs one.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lgaf_worker::distributed::{self, WorkerArgs};
+
+#[derive(Parser)]
+#[command(version, about = "One rank of a coordinated LGAF training run")]
+struct Cli {
+    /// The coordinator's URL.
+    #[arg(
+        long,
+        env = "LGAF_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    coordinator: String,
+    /// The slot a spawning coordinator assigned (keeps a restarted worker in its place).
+    #[arg(long)]
+    slot: Option<u32>,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Where this worker's CPU-collective listener binds (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    collective_bind: String,
+    /// The host name or IP the other workers reach the listener at (default: the bind
+    /// address's IP; on Kubernetes, the pod IP).
+    #[arg(long, env = "LGAF_COLLECTIVE_HOST")]
+    collective_host: Option<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let args = WorkerArgs {
+        coordinator: cli.coordinator,
+        slot: cli.slot,
+        device: cli.device,
+        collective_bind: cli.collective_bind,
+        collective_host: cli.collective_host,
+    };
+    match distributed::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lgaf-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

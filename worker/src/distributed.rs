@@ -1,0 +1,503 @@
+//! One rank of a coordinated run (`lgaf-worker`): registers with the coordinator, joins
+//! a generation, forms the collective group, resumes from the checkpoint the coordinator
+//! names, trains its shard, uploads its checkpoint parts in the background and
+//! acknowledges them, heartbeats, reports, and finishes.
+//!
+//! The trainer is synchronous; gRPC calls run on a small tokio runtime owned here.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lgaf_collective::tcp::{TcpGroup, TcpOptions};
+use lgaf_proto::v1::coordinator_client::CoordinatorClient;
+use lgaf_proto::v1::{self, CheckpointObject, CollectiveBackend, TrainingFacts, WorkerAction};
+use lgaf_proto::{API_VERSION, MAX_MESSAGE_BYTES};
+use lgaf_store::{BackgroundUploader, BlockingRunStore, UploadTicket};
+use tokio::runtime::Runtime;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::config::TrainConfig;
+use crate::dist::{Group, HostCollective};
+use crate::loader::open_source;
+use crate::trainer::{StepReport, Trainer};
+
+/// How a worker was started.
+#[derive(Clone, Debug)]
+pub struct WorkerArgs {
+    /// The coordinator's URL, e.g. `http://127.0.0.1:50051`.
+    pub coordinator: String,
+    /// The slot a spawning coordinator gave this worker.
+    pub slot: Option<u32>,
+    /// `cpu` or `cuda:N`; overrides the config's `train.device`.
+    pub device: String,
+    /// Where the CPU collective listens (port 0: any free port).
+    pub collective_bind: String,
+    /// The host peers reach this worker's listener at (default: the bind address's).
+    pub collective_host: Option<String>,
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("coordinator {url}: {message}")]
+    Coordinator { url: String, message: String },
+    #[error(transparent)]
+    Worker(#[from] crate::WorkerError),
+    #[error("checkpoint store: {0}")]
+    Store(#[from] lgaf_store::StoreError),
+    #[error("collective group: {0}")]
+    Collective(#[from] lgaf_collective::CollectiveError),
+    #[error("{0}")]
+    Other(String),
+}
+
+type Result<T, E = RunError> = std::result::Result<T, E>;
+
+struct Client {
+    url: String,
+    rt: Arc<Runtime>,
+    inner: CoordinatorClient<Channel>,
+}
+
+impl Client {
+    fn connect(url: &str, rt: Arc<Runtime>) -> Result<Self> {
+        let fail = |message: String| RunError::Coordinator {
+            url: url.to_string(),
+            message,
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| fail(format!("not a URL: {e}")))?
+            .connect_timeout(Duration::from_secs(10));
+        // The coordinator may still be starting: retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let channel = loop {
+            match rt.block_on(endpoint.connect()) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    warn!(coordinator = url, error = %e, "coordinator not reachable yet; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(fail(format!("unreachable: {e}"))),
+            }
+        };
+        let inner = CoordinatorClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self {
+            url: url.to_string(),
+            rt,
+            inner,
+        })
+    }
+
+    fn fail(&self, call: &str, status: tonic::Status) -> RunError {
+        RunError::Coordinator {
+            url: self.url.clone(),
+            message: format!("{call}: {} ({:?})", status.message(), status.code()),
+        }
+    }
+
+    /// A second handle on the same channel (for the heartbeat and ack threads).
+    fn clone_handle(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            rt: self.rt.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// Runs this worker until the job finishes (Ok) or fails (Err, also reported to the
+/// coordinator when it can be).
+pub fn run(args: WorkerArgs) -> Result<()> {
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| RunError::Other(format!("cannot start the gRPC runtime: {e}")))?,
+    );
+    let mut client = Client::connect(&args.coordinator, rt.clone())?;
+
+    let listener = TcpListener::bind(&args.collective_bind).map_err(|e| {
+        RunError::Other(format!(
+            "cannot listen on {} for peers: {e}",
+            args.collective_bind
+        ))
+    })?;
+    let local = listener
+        .local_addr()
+        .expect("bound listener has an address");
+    let host = args
+        .collective_host
+        .clone()
+        .unwrap_or_else(|| local.ip().to_string());
+    let collective_addr = format!("{host}:{}", local.port());
+
+    let registered = rt
+        .block_on(client.inner.register(v1::RegisterRequest {
+            api_version: API_VERSION,
+            job_id: String::new(),
+            host: hostname(),
+            pid: std::process::id(),
+            device: args.device.clone(),
+            collective_addr: collective_addr.clone(),
+            slot: args.slot,
+        }))
+        .map_err(|s| client.fail("Register", s))?
+        .into_inner();
+    let worker_id = registered.worker_id.clone();
+    info!(
+        worker_id,
+        run_id = registered.run_id,
+        store = registered.store_url,
+        "registered"
+    );
+
+    let outcome = train(&args, &mut client, &registered, listener);
+    let (step, error) = match &outcome {
+        Ok(step) => (*step, String::new()),
+        Err(e) => (0, e.to_string()),
+    };
+    let generation = GENERATION.load(Ordering::SeqCst);
+    let finish = rt.block_on(client.inner.finish(v1::FinishRequest {
+        api_version: API_VERSION,
+        worker_id,
+        generation,
+        step,
+        error,
+    }));
+    if let Err(status) = finish {
+        warn!(error = %status.message(), "Finish was not accepted");
+    }
+    outcome.map(|_| ())
+}
+
+/// The generation this worker is in (0 before the first Join), for Finish.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Joins, trains to the end; returns the steps completed.
+fn train(
+    args: &WorkerArgs,
+    client: &mut Client,
+    registered: &v1::RegisterReply,
+    listener: TcpListener,
+) -> Result<u64> {
+    let rt = client.rt.clone();
+    let mut cfg = TrainConfig::from_toml_str(&registered.config_toml)?;
+    cfg.train.device = args.device.clone();
+    cfg.train.progress = false;
+    let source = open_source(&cfg.data).map_err(crate::WorkerError::from)?;
+    let facts = TrainingFacts {
+        num_samples: source.len() as u64,
+        num_classes: source.num_classes() as u64,
+        batch_size: cfg.data.batch_size as u64,
+        epochs: cfg.train.epochs as u64,
+        max_steps: cfg.train.max_steps,
+        checkpoint_every_steps: cfg.checkpoint.every_steps,
+        keep_last: cfg.checkpoint.keep_last as u64,
+        seed: cfg.train.seed,
+    };
+    drop(source);
+    let joined = rt
+        .block_on(client.inner.join(v1::JoinRequest {
+            api_version: API_VERSION,
+            worker_id: registered.worker_id.clone(),
+            facts: Some(facts),
+        }))
+        .map_err(|s| client.fail("Join", s))?
+        .into_inner();
+    GENERATION.store(joined.generation, Ordering::SeqCst);
+    info!(
+        generation = joined.generation,
+        rank = joined.rank,
+        world_size = joined.world_size,
+        total_steps = joined.total_steps,
+        resume_step = joined.resume_step,
+        "joined"
+    );
+    if joined.backend() != CollectiveBackend::Cpu {
+        return Err(RunError::Other(format!(
+            "collective backend {:?}: this worker build trains over the CPU backend only; \
+             run CPU workers (device = cpu)",
+            joined.backend()
+        )));
+    }
+    let timeout = Duration::from_millis(u64::from(joined.collective_timeout_ms).max(1000));
+    let group = TcpGroup::connect(
+        joined.rank as usize,
+        &joined.peers,
+        listener,
+        TcpOptions {
+            op_timeout: timeout,
+            connect_timeout: Duration::from_secs(60),
+            group_tag: joined.generation,
+        },
+    )?;
+    let host = Arc::new(HostCollective::new(Arc::new(group)));
+    let mut trainer = Trainer::with_group(cfg.clone(), Group::Host(host))?;
+    if trainer.steps_per_epoch() != joined.steps_per_epoch {
+        return Err(RunError::Other(format!(
+            "steps per epoch: the coordinator computed {}, this worker's sampler {}",
+            joined.steps_per_epoch,
+            trainer.steps_per_epoch()
+        )));
+    }
+
+    let store = BlockingRunStore::from_url(&registered.store_url, &registered.run_id)?;
+    if joined.resume_step > 0 {
+        resume(&mut trainer, &store, joined.resume_step, facts.num_classes)?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let heartbeat = spawn_heartbeat(
+        client.clone_handle(),
+        registered.worker_id.clone(),
+        joined.generation,
+        Duration::from_millis(u64::from(registered.heartbeat_interval_ms).max(100)),
+        stop.clone(),
+        trainer_step_probe(),
+    );
+
+    let uploader = store.uploader(1 << 30)?;
+    let acks: Arc<Mutex<Vec<JoinHandle<Result<()>>>>> = Arc::default();
+    let total = joined.total_steps;
+    let spe = joined.steps_per_epoch.max(1);
+    let rank = joined.rank;
+    let mut window = (0usize, Duration::ZERO);
+    let result = (|| -> Result<()> {
+        while trainer.steps_done() < total {
+            let epoch = trainer.steps_done() / spe;
+            let plan = rt
+                .block_on(client.inner.get_epoch_plan(v1::EpochPlanRequest {
+                    api_version: API_VERSION,
+                    worker_id: registered.worker_id.clone(),
+                    generation: joined.generation,
+                    epoch,
+                }))
+                .map_err(|s| client.fail("GetEpochPlan", s))?
+                .into_inner();
+            let checkpoints: BTreeSet<u64> = plan.checkpoint_steps.iter().copied().collect();
+            let end = plan.end_step.min(total);
+            trainer.run_until(end, |trainer, report| {
+                STEP.store(report.step, Ordering::SeqCst);
+                if stop.load(Ordering::SeqCst) {
+                    return Err(crate::WorkerError::Collective {
+                        step: report.step,
+                        message: "the coordinator ended the job or this generation".into(),
+                    });
+                }
+                window.0 += report.batch_size;
+                window.1 += report.step_time;
+                if rank == 0 {
+                    report_progress(
+                        client,
+                        &registered.worker_id,
+                        joined.generation,
+                        report,
+                        window,
+                    );
+                    window = (0, Duration::ZERO);
+                }
+                if checkpoints.contains(&report.step) {
+                    let handle = checkpoint(
+                        trainer,
+                        &uploader,
+                        client.clone_handle(),
+                        &registered.worker_id,
+                        joined.generation,
+                        spe,
+                    )
+                    .map_err(|e| crate::WorkerError::Checkpoint {
+                        path: registered.store_url.clone().into(),
+                        message: e.to_string(),
+                    })?;
+                    acks.lock().expect("acks").push(handle);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })();
+    // Every checkpoint acknowledged before Finish, so the last one is committed first.
+    for handle in acks.lock().expect("acks").drain(..) {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(RunError::Other("a checkpoint thread panicked".into())),
+        }
+    }
+    let stats = uploader.stats();
+    info!(
+        uploads = stats.completed,
+        stall_ms = stats.stall_total.as_millis() as u64,
+        upload_ms = stats.upload_total.as_millis() as u64,
+        "checkpoint uploads: the training step waited only for the stall"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let _ = heartbeat.join();
+    result?;
+    Ok(trainer.steps_done())
+}
+
+/// The last completed step, for heartbeats.
+static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn trainer_step_probe() -> fn() -> u64 {
+    || STEP.load(Ordering::SeqCst)
+}
+
+fn spawn_heartbeat(
+    mut client: Client,
+    worker_id: String,
+    generation: u64,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+    step: fn() -> u64,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let reply = client
+                .rt
+                .block_on(client.inner.heartbeat(v1::HeartbeatRequest {
+                    api_version: API_VERSION,
+                    worker_id: worker_id.clone(),
+                    generation,
+                    step: step(),
+                }));
+            match reply.map(|r| r.into_inner().action()) {
+                Ok(WorkerAction::Continue) => {}
+                Ok(action) => {
+                    warn!(?action, "the coordinator asks this worker to stop");
+                    stop.store(true, Ordering::SeqCst);
+                }
+                Err(status) => warn!(error = %status.message(), "heartbeat failed"),
+            }
+            // Sleep in small slices so a finished run does not wait a whole interval.
+            let until = Instant::now() + interval;
+            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    })
+}
+
+fn report_progress(
+    client: &mut Client,
+    worker_id: &str,
+    generation: u64,
+    report: &StepReport,
+    window: (usize, Duration),
+) {
+    let (gamma_local, gamma_global) = report.gamma.unwrap_or((0.0, 0.0));
+    let per_s = window.0 as f64 / window.1.as_secs_f64().max(1e-9);
+    let sent = client
+        .rt
+        .block_on(client.inner.report_progress(v1::ProgressReport {
+            api_version: API_VERSION,
+            worker_id: worker_id.to_string(),
+            generation,
+            step: report.step,
+            epoch: report.epoch,
+            loss: report.loss,
+            lr: report.lr,
+            samples_per_s: per_s,
+            data_wait_ms: report.data_wait.as_secs_f64() * 1e3,
+            bad_records: report.loader.bad_records,
+            gamma_local,
+            gamma_global,
+        }));
+    if let Err(status) = sent {
+        warn!(error = %status.message(), "progress report failed");
+    }
+}
+
+/// Serialises this rank's checkpoint parts, hands them to the background uploader (the
+/// step waits only for that hand-over) and returns a thread that acknowledges them once
+/// uploaded.
+fn checkpoint(
+    trainer: &Trainer,
+    uploader: &BackgroundUploader,
+    mut client: Client,
+    worker_id: &str,
+    generation: u64,
+    spe: u64,
+) -> Result<JoinHandle<Result<()>>> {
+    let step = trainer.steps_done();
+    let started = Instant::now();
+    let (objects, state) = trainer.checkpoint_objects()?;
+    let tickets: Vec<UploadTicket> = objects
+        .into_iter()
+        .map(|(key, bytes)| uploader.submit(step, &key, Bytes::from(bytes)))
+        .collect();
+    info!(
+        step,
+        stall_ms = started.elapsed().as_millis() as u64,
+        "checkpoint handed to the uploader"
+    );
+    let worker_id = worker_id.to_string();
+    Ok(std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for ticket in tickets {
+            let info = ticket.wait()?;
+            acked.push(CheckpointObject {
+                key: info.key,
+                size: info.size,
+                sha256: info.sha256,
+            });
+        }
+        let reply = client
+            .rt
+            .block_on(client.inner.checkpoint_ack(v1::CheckpointAckRequest {
+                api_version: API_VERSION,
+                worker_id,
+                generation,
+                step,
+                epoch: step / spe,
+                objects: acked,
+                state_json: state.map(|s| s.to_string()).unwrap_or_default(),
+            }))
+            .map_err(|s| client.fail("CheckpointAck", s))?
+            .into_inner();
+        if reply.committed {
+            info!(step, "checkpoint committed");
+        }
+        Ok(())
+    }))
+}
+
+/// Loads the committed checkpoint at `step`: only the objects this rank needs, each
+/// verified against the manifest's checksum.
+fn resume(
+    trainer: &mut Trainer,
+    store: &BlockingRunStore,
+    step: u64,
+    num_classes: u64,
+) -> Result<()> {
+    let manifest = store.manifest(step)?;
+    let wanted: BTreeSet<String> = trainer
+        .objects_to_resume(i64::from(manifest.world_size), num_classes as i64)
+        .into_iter()
+        .collect();
+    let loaded = store.load_with(step, |object| wanted.contains(&object.key))?;
+    let objects: HashMap<String, Vec<u8>> = loaded
+        .objects
+        .into_iter()
+        .map(|(k, v)| (k, v.to_vec()))
+        .collect();
+    let source = format!("{}@{step}", store.run().run_id());
+    trainer.restore_from_objects(&source, &loaded.manifest.state, &objects)?;
+    Ok(())
+}
