@@ -244,3 +244,32 @@ mod tests {
         assert_eq!(v1::TrainingFacts::decode(bytes.as_slice()).unwrap(), facts);
     }
 }
+
+/// Where a run resumed on another world size continues: the same epoch, and the same
+/// fraction of it rounded down, in the new world's steps (`steps_per_epoch` depends on the
+/// world size because the per-rank batch is fixed). The identity when the sizes match.
+/// Coordinator and workers both call this, so they agree on the step.
+pub fn resumed_step(saved_step: u64, saved_steps_per_epoch: u64, steps_per_epoch: u64) -> u64 {
+    if saved_steps_per_epoch == steps_per_epoch || saved_steps_per_epoch == 0 {
+        return saved_step;
+    }
+    let epoch = saved_step / saved_steps_per_epoch;
+    let within = saved_step % saved_steps_per_epoch;
+    epoch * steps_per_epoch + within * steps_per_epoch / saved_steps_per_epoch
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::resumed_step;
+
+    #[test]
+    fn resumed_step_keeps_the_epoch_and_its_fraction() {
+        assert_eq!(resumed_step(37, 10, 10), 37);
+        // Epoch ends map to epoch ends.
+        assert_eq!(resumed_step(20, 10, 5), 10);
+        assert_eq!(resumed_step(20, 10, 30), 60);
+        // Mid-epoch: the fraction rounded down (a few samples are seen again, none skipped).
+        assert_eq!(resumed_step(25, 10, 5), 12);
+        assert_eq!(resumed_step(25, 10, 3), 7);
+    }
+}

@@ -499,5 +499,18 @@ fn resume(
         .collect();
     let source = format!("{}@{step}", store.run().run_id());
     trainer.restore_from_objects(&source, &loaded.manifest.state, &objects)?;
+    let saved_spe = loaded.manifest.state["steps_per_epoch"]
+        .as_u64()
+        .unwrap_or(0);
+    let continue_at = lgaf_proto::resumed_step(step, saved_spe, trainer.steps_per_epoch());
+    if continue_at != step {
+        info!(
+            saved_world_size = manifest.world_size,
+            saved_step = step,
+            continue_at,
+            "resumed on another world size: the step count maps to the same epoch position"
+        );
+        trainer.set_step(continue_at);
+    }
     Ok(())
 }

@@ -56,6 +56,45 @@ enum Command {
     /// The end-to-end CPU demo: train a small LGAF on synthetic faces for a few minutes,
     /// then verify held-out identities and report attention weights per nuisance factor.
     Demo(DemoArgs),
+    /// Checkpoints of a coordinated run in its store: list them, or export the inference
+    /// weights of one.
+    #[command(subcommand)]
+    Ckpt(CkptCommand),
+}
+
+#[derive(Subcommand)]
+enum CkptCommand {
+    /// List the committed checkpoints of a run (step, epoch, world size, time, size).
+    Ls(CkptLsArgs),
+    /// Write one checkpoint's network weights (the spec's layout, verified against the
+    /// manifest's checksum) to a safetensors file that `lgaf embed` and PyTorch load.
+    Export(CkptExportArgs),
+}
+
+#[derive(Args)]
+struct CkptLsArgs {
+    /// The run's store: a directory, file:///dir or s3://bucket/prefix.
+    #[arg(long)]
+    store: String,
+    /// The run id.
+    #[arg(long)]
+    run: String,
+    /// One JSON array of objects with step, epoch, world_size, created_unix, objects, bytes.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CkptExportArgs {
+    #[arg(long)]
+    store: String,
+    #[arg(long)]
+    run: String,
+    /// The checkpoint's step (default: the newest committed one that verifies).
+    #[arg(long)]
+    step: Option<u64>,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// The network's shape; must match the weights.
@@ -224,6 +263,8 @@ fn main() -> ExitCode {
         Command::Pack(a) => pack(a),
         Command::Inspect(a) => inspect(a),
         Command::Demo(a) => demo(a),
+        Command::Ckpt(CkptCommand::Ls(a)) => ckpt_ls(a),
+        Command::Ckpt(CkptCommand::Export(a)) => ckpt_export(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -717,5 +758,106 @@ fn save_examples(cfg: &TrainConfig, out: &Path) -> Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+fn ckpt_ls(a: CkptLsArgs) -> Result<()> {
+    let store = lgaf_store::BlockingRunStore::from_url(&a.store, &a.run)?;
+    let committed = store.committed()?;
+    if a.json {
+        let rows: Vec<serde_json::Value> = committed
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "step": c.step,
+                    "epoch": c.epoch,
+                    "world_size": c.world_size,
+                    "created_unix": c.created_unix,
+                    "objects": c.objects,
+                    "bytes": c.total_bytes,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    if committed.is_empty() {
+        println!("run {} in {}: no committed checkpoint", a.run, a.store);
+        return Ok(());
+    }
+    println!(
+        "{:>10} {:>6} {:>6} {:>22} {:>8} {:>12}",
+        "step", "epoch", "world", "created (UTC)", "objects", "bytes"
+    );
+    for c in &committed {
+        println!(
+            "{:>10} {:>6} {:>6} {:>22} {:>8} {:>12}",
+            c.step,
+            c.epoch,
+            c.world_size,
+            utc(c.created_unix),
+            c.objects,
+            c.total_bytes
+        );
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD hh:mm:ss` of a Unix time (civil-from-days, proleptic Gregorian).
+fn utc(unix: u64) -> String {
+    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn ckpt_export(a: CkptExportArgs) -> Result<()> {
+    let store = lgaf_store::BlockingRunStore::from_url(&a.store, &a.run)?;
+    let model = lgaf_worker::trainer::MODEL_OBJECT;
+    let wanted = |o: &lgaf_store::ManifestObject| o.key == model;
+    let loaded = match a.step {
+        Some(step) => store.load_with(step, wanted)?,
+        None => {
+            let newest = store
+                .block_on(store.run().load_latest_with(wanted))?
+                .with_context(|| {
+                    format!("run {} in {}: no committed checkpoint", a.run, a.store)
+                })?;
+            for (step, why) in &newest.skipped {
+                eprintln!("skipped checkpoint {step}: {why}");
+            }
+            newest
+        }
+    };
+    let bytes = loaded
+        .objects
+        .get(model)
+        .with_context(|| format!("checkpoint {}: no {model}", loaded.manifest.step))?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = a.out.with_extension("safetensors.partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out)?;
+    println!(
+        "{}: weights of run {} at step {} (epoch {}, {} bytes, SHA-256 verified)",
+        a.out.display(),
+        a.run,
+        loaded.manifest.step,
+        loaded.manifest.epoch,
+        bytes.len()
+    );
     Ok(())
 }
