@@ -16,7 +16,7 @@ use lgaf_model::{weights, Arch, Fusion, Lgaf, ModelConfig};
 use lgaf_worker::config::SourceKind;
 use lgaf_worker::dataset_tools;
 use lgaf_worker::device::parse_device;
-use lgaf_worker::eval::{embed, SynthReport};
+use lgaf_worker::eval::{embed, HeldOut, SynthReport};
 use lgaf_worker::eval_sets::{retrieval, BinEvaluator, Gallery, PairSet};
 use lgaf_worker::progress::{init_logging, task_bar, training_bar};
 use lgaf_worker::{StepReport, TrainConfig, Trainer};
@@ -248,9 +248,14 @@ struct DemoArgs {
     /// Folder for the demo's checkpoints, weights and sample images (emptied first).
     #[arg(long, default_value = "demo-out")]
     out: PathBuf,
-    /// Training steps (batch 64); the default takes a few minutes on two CPU cores.
+    /// Training steps (global batch 64); the default takes a few minutes on two CPU cores.
     #[arg(long)]
     steps: Option<u64>,
+    /// Train data-parallel: `lgaf-coordinator` (beside this binary) spawns this many CPU
+    /// workers, commits checkpoints to `<out>/store`, and the demo evaluates the newest
+    /// committed checkpoint. 1: train in this process.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
 }
 
 fn main() -> ExitCode {
@@ -707,6 +712,9 @@ fn demo(a: DemoArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     save_examples(&cfg, &a.out)?;
+    if a.workers > 1 {
+        return demo_coordinated(cfg, &a);
+    }
     let mut trainer = Trainer::new(cfg)?;
     let held_out = trainer.held_out();
     let before = held_out.verify(trainer.model(), trainer.device());
@@ -736,6 +744,98 @@ fn demo(a: DemoArgs) -> Result<()> {
         "\nweights: {}\ncheckpoints: {}\nexample images: {}",
         weights_path.display(),
         trainer.config().checkpoint.dir.display(),
+        a.out.join("examples").display()
+    );
+    Ok(())
+}
+
+/// The demo as a coordinated run: the coordinator spawns `a.workers` CPU workers that
+/// share the global batch of 64; then the newest committed checkpoint is evaluated.
+fn demo_coordinated(mut cfg: TrainConfig, a: &DemoArgs) -> Result<()> {
+    let global_batch = cfg.data.batch_size;
+    if global_batch % a.workers != 0 {
+        bail!("--workers {}: must divide the global batch of {global_batch}", a.workers);
+    }
+    cfg.data.batch_size = global_batch / a.workers;
+    // Each worker process gets its share of the cores for loading.
+    cfg.data.workers = 1;
+    let config_path = a.out.join("train.toml");
+    let toml_text = toml::to_string(&cfg).context("writing the demo config as TOML")?;
+    std::fs::write(&config_path, toml_text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let store = a.out.join("store");
+    let coordinator = std::env::current_exe()?.with_file_name("lgaf-coordinator");
+    if !coordinator.exists() {
+        bail!(
+            "{} is missing: build the workspace's binaries (make build)",
+            coordinator.display()
+        );
+    }
+
+    let held_out = HeldOut {
+        synth: lgaf_worker::loader::synth_config(&cfg.data.synthetic),
+        first_id: cfg.data.synthetic.identities as u32,
+        identities: cfg.eval.identities,
+        pairs: cfg.eval.pairs,
+    };
+    tch::manual_seed(cfg.train.seed as i64);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = Lgaf::new(&vs.root(), &cfg.model)?;
+    let before = held_out.verify(&model, tch::Device::Cpu);
+    println!(
+        "\nBefore training (random weights): held-out verification {:.2}% +- {:.2}",
+        before.accuracy * 100.0,
+        before.std * 100.0
+    );
+    println!(
+        "\n$ {} --workers {} --config {} --store {} --run-id demo --spawn-local",
+        coordinator.display(),
+        a.workers,
+        config_path.display(),
+        store.display()
+    );
+    let started = Instant::now();
+    let status = std::process::Command::new(&coordinator)
+        .args(["--workers", &a.workers.to_string()])
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--store")
+        .arg(&store)
+        .args(["--run-id", "demo", "--spawn-local", "--grace-secs", "0"])
+        .args(["--max-steps", &a.steps.unwrap_or(0).to_string()])
+        .status()
+        .with_context(|| format!("starting {}", coordinator.display()))?;
+    if !status.success() {
+        bail!("the coordinated run failed ({status}); its log is above");
+    }
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+
+    let runs = lgaf_store::BlockingRunStore::from_url(&store.display().to_string(), "demo")?;
+    let key = lgaf_worker::trainer::MODEL_OBJECT;
+    let loaded = runs
+        .block_on(runs.run().load_latest_with(|o| o.key == key))?
+        .context("the run committed no checkpoint")?;
+    let bytes = loaded.objects.get(key).context("the checkpoint holds no network")?;
+    let tensors: HashMap<String, tch::Tensor> =
+        weights::from_bytes(bytes, Path::new(key))?.into_iter().collect();
+    let mut vs = vs;
+    weights::assign(&mut vs, &tensors, Path::new(key))?;
+    let after = held_out.report(&model, tch::Device::Cpu);
+    print_report(
+        &format!(
+            "After {} steps on {} workers ({minutes:.1} min, committed checkpoint of step {}), \
+             held-out identities never seen in training:",
+            loaded.manifest.step, a.workers, loaded.manifest.step
+        ),
+        &after,
+    );
+    let weights_path = a.out.join("lgaf-r18-w0.25.safetensors");
+    std::fs::write(&weights_path, bytes)?;
+    println!(
+        "\nweights: {}\ncheckpoints: {} (lgaf ckpt ls --store {} --run demo)\nexample images: {}",
+        weights_path.display(),
+        store.display(),
+        store.display(),
         a.out.join("examples").display()
     );
     Ok(())

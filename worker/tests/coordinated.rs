@@ -1,0 +1,192 @@
+//! Coordinated runs end to end through the binaries: `lgaf-coordinator --spawn-local`
+//! starting real `lgaf-worker` processes on the CPU backend over loopback, checkpoints in a
+//! file:// store, resume on the same and on another world size, a corrupted checkpoint,
+//! and `lgaf ckpt ls / export`.
+//!
+//! The coordinator is another package's binary: `cargo test --workspace` (what `make test`
+//! runs) builds it beside this test's binaries before any test runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Runs share two cores: one at a time.
+static ONE_RUN: Mutex<()> = Mutex::new(());
+
+const CONFIG: &str = r#"
+[model]
+arch = "r18"
+width = 0.125
+embedding_size = 32
+[data]
+batch_size = 8
+workers = 1
+[data.synthetic]
+identities = 12
+images_per_identity = 8
+[train]
+epochs = 2
+[optim]
+warmup_epochs = 0.0
+lr_steps = []
+[checkpoint]
+every_steps = 2
+keep_last = 10
+"#;
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --release --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+fn work_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lgaf-coord-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("train.toml"), CONFIG).unwrap();
+    dir
+}
+
+/// One coordinator run; returns (success, the losses rank 0 reported by step, its log).
+fn coordinate(
+    dir: &Path,
+    run: &str,
+    workers: usize,
+    max_steps: u64,
+) -> (bool, Vec<(u64, String)>, String) {
+    let out = Command::new(bin("lgaf-coordinator"))
+        .args(["--workers", &workers.to_string()])
+        .args(["--config", &dir.join("train.toml").display().to_string()])
+        .args([
+            "--store",
+            &format!("file://{}", dir.join("store").display()),
+        ])
+        .args(["--run-id", run])
+        .args(["--max-steps", &max_steps.to_string()])
+        .arg("--spawn-local")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    // "step 4/10 epoch 0 loss 40.6354 lr ..."
+    let losses = log
+        .lines()
+        .filter_map(|line| {
+            let rest = &line[line.find(" step ")? + 6..];
+            let (step, rest) = rest.split_once('/')?;
+            let loss = rest.split_once(" loss ")?.1.split_whitespace().next()?;
+            Some((step.parse().ok()?, loss.to_string()))
+        })
+        .collect();
+    (out.status.success(), losses, log)
+}
+
+fn lgaf(args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("lgaf")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn committed_steps(dir: &Path, run: &str) -> Vec<u64> {
+    let store = dir.join("store").display().to_string();
+    let (ok, out) = lgaf(&["ckpt", "ls", "--store", &store, "--run", run, "--json"]);
+    assert!(ok, "{out}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_continues_the_uninterrupted_one_exactly() {
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = work_dir("resume");
+    // 96 images, 2 ranks of 8: 6 steps an epoch, 12 in all.
+    let (ok, straight, log) = coordinate(&dir, "straight", 2, 0);
+    assert!(ok, "{log}");
+    assert_eq!(straight.len(), 12, "{log}");
+    assert_eq!(committed_steps(&dir, "straight"), vec![2, 4, 6, 8, 10, 12]);
+
+    // The same run stopped after step 4, then started again with the same run id.
+    let (ok, head, log) = coordinate(&dir, "resumed", 2, 4);
+    assert!(ok, "{log}");
+    assert_eq!(head, straight[..4].to_vec(), "{log}");
+    let (ok, tail, log) = coordinate(&dir, "resumed", 2, 0);
+    assert!(ok, "{log}");
+    assert_eq!(
+        tail,
+        straight[4..].to_vec(),
+        "the resumed run's losses differ:\n{log}"
+    );
+
+    // The exported final weights of both runs are the same network, bit for bit.
+    let store = dir.join("store").display().to_string();
+    let export = |run: &str| {
+        let out = dir.join(format!("{run}.safetensors"));
+        let path = out.display().to_string();
+        let (ok, text) = lgaf(&[
+            "ckpt", "export", "--store", &store, "--run", run, "--out", &path,
+        ]);
+        assert!(ok, "{text}");
+        assert!(text.contains("step 12"), "{text}");
+        lgaf_model::weights::read_tensors(&out).unwrap()
+    };
+    let (a, b) = (export("straight"), export("resumed"));
+    assert!(
+        a.iter().any(|(name, _)| name == "lgf.norm_mean"),
+        "not the spec's layout"
+    );
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            x.equal(y),
+            "`{name}` differs between the straight and the resumed run"
+        );
+    }
+}
+
+#[test]
+fn a_run_resumes_on_another_world_size_and_skips_a_corrupted_checkpoint() {
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = work_dir("reshape");
+    let (ok, _, log) = coordinate(&dir, "r", 2, 4);
+    assert!(ok, "{log}");
+    assert_eq!(committed_steps(&dir, "r"), vec![2, 4]);
+    // Corrupt one object of the newest checkpoint: the resume must fall back to step 2.
+    let shard = dir.join("store/runs/r/ckpt/000000000004/classifier/rank-00001.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+    // Three ranks now: 96 / 3 = 32 per rank, 4 steps an epoch (2 ranks had 6).
+    let (ok, losses, log) = coordinate(&dir, "r", 3, 0);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("000000000004") && log.contains("rank-00001"),
+        "the corruption is not reported:\n{log}"
+    );
+    // Step 2 of 6 per epoch maps to step 1 of 4 (the epoch position rounded down).
+    let first = losses.first().expect("progress was reported").0;
+    assert_eq!(first, 2, "{log}");
+    assert_eq!(losses.last().unwrap().0, 8, "{log}");
+    for (step, loss) in &losses {
+        let loss: f64 = loss.parse().unwrap();
+        assert!(
+            loss.is_finite() && loss < 100.0,
+            "step {step}: loss {loss}\n{log}"
+        );
+    }
+}
