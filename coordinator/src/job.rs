@@ -376,7 +376,8 @@ impl Generation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointObject {
     pub rank: u32,
-    /// Relative to the run's checkpoint folder for the step.
+    /// Relative to the step's folder `runs/<run_id>/ckpt/<step:012>/`: the key the rank
+    /// passed to `RunStore::put_object`, e.g. `classifier/rank-00001.safetensors`.
     pub key: String,
     pub size: u64,
     /// Lower-case hex SHA-256.
@@ -407,12 +408,14 @@ struct PendingCheckpoint {
     status: CommitStatus,
 }
 
-/// The newest committed checkpoint.
+/// The newest committed checkpoint: committed by this job, or found in the store when the
+/// job started ([`Job::resume`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedCheckpoint {
     pub step: u64,
     pub epoch: u64,
-    /// The manifest's key in the store, handed to workers as `resume_manifest`.
+    /// The manifest's key in the store (`runs/<run_id>/ckpt/<step:012>/MANIFEST.json`),
+    /// handed to workers as `resume_manifest`.
     pub manifest: String,
 }
 
@@ -505,6 +508,8 @@ pub enum Effect {
         backend: Backend,
         steps_per_epoch: u64,
         total_steps: u64,
+        /// The committed checkpoint the ranks start from (0: from scratch).
+        resume_step: u64,
     },
     /// Rank 0 published the NCCL id: long-polling GetNcclIds can answer.
     NcclIdPublished { generation: u64 },
@@ -572,6 +577,78 @@ impl Job {
             progress: None,
             effects: Vec::new(),
         })
+    }
+
+    /// A job that resumes its run from `from`, the newest checkpoint committed in the store
+    /// (by an earlier coordinator of the same run id): the generation that forms gets it as
+    /// `resume_step`/`resume_manifest`, checkpoint acks at or before it are not taken again,
+    /// and epoch plans list only checkpoint steps after it.
+    ///
+    /// Whether anything is left to train depends on the schedule, that is on the workers'
+    /// facts. `previous` is the job the earlier coordinator saved: when it ran the same
+    /// configuration and had the facts, the schedule is recomputed from them at this
+    /// job's world size and `--max-steps`, and if `from` is its final step the job is
+    /// finished at once (past it: failed, saying why). Otherwise that is decided when the
+    /// first worker joins with its facts.
+    pub fn resume(
+        settings: JobSettings,
+        from: CommittedCheckpoint,
+        previous: Option<&Job>,
+    ) -> Result<Job> {
+        let mut job = Job::new(settings)?;
+        job.last_commit = Some(from);
+        let known = previous
+            .filter(|p| p.settings.config_toml == job.settings.config_toml)
+            .and_then(|p| p.facts.clone());
+        if let Some((facts, first)) = known {
+            if let Ok(schedule) =
+                Schedule::new(&facts, job.settings.world_size, job.settings.max_steps)
+            {
+                if let Some(phase) = job.resume_outcome(&schedule) {
+                    // Over before it started: no effects, the caller sees the phase.
+                    job.schedule = Some(schedule);
+                    job.facts = Some((facts, first));
+                    job.phase = phase;
+                }
+            }
+        }
+        Ok(job)
+    }
+
+    /// Whether the checkpoint the job resumes from leaves steps to train under `schedule`:
+    /// `None` if so, else how the job ends (finished at the final step, failed past it).
+    fn resume_outcome(&self, schedule: &Schedule) -> Option<JobPhase> {
+        let from = self.last_commit.as_ref()?;
+        let total = schedule.total_steps;
+        match from.step.cmp(&total) {
+            std::cmp::Ordering::Less => None,
+            std::cmp::Ordering::Equal => Some(JobPhase::Finished),
+            std::cmp::Ordering::Greater => {
+                let capped = if total < schedule.steps_per_epoch.saturating_mul(schedule.epochs) {
+                    ", capped by max_steps"
+                } else {
+                    ""
+                };
+                Some(JobPhase::Failed {
+                    error: format!(
+                        "run {:?} has a committed checkpoint at step {}, past the final step \
+                         {total} of this job ({} steps per epoch at {} ranks, {} epochs{capped}); \
+                         resume it with the schedule it was trained under, or use another \
+                         --run-id",
+                        self.settings.run_id,
+                        from.step,
+                        schedule.steps_per_epoch,
+                        schedule.world_size,
+                        schedule.epochs
+                    ),
+                })
+            }
+        }
+    }
+
+    /// The step the job resumed from (0: from scratch), once its generation has formed.
+    pub fn resume_step(&self) -> u64 {
+        self.generation.as_ref().map_or(0, |g| g.resume_step)
     }
 
     pub fn settings(&self) -> &JobSettings {
@@ -809,6 +886,12 @@ impl Job {
                 Ok(schedule) => {
                     self.schedule = Some(schedule);
                     self.facts = Some((facts, id.to_string()));
+                    // A resumed job whose checkpoint is already the final step (or past it)
+                    // ends here: nothing to train.
+                    if let Some(phase) = self.resume_outcome(&schedule) {
+                        self.end(phase);
+                        return Err(JobError::JobOver(self.phase.describe()));
+                    }
                 }
                 Err(why) => {
                     // Every rank must have these facts, so no worker could ever train.
@@ -846,16 +929,18 @@ impl Job {
             Backend::Nccl => Vec::new(),
         };
         let ids: Vec<String> = members.iter().map(|w| w.id.clone()).collect();
-        for (rank, id) in ids.iter().enumerate() {
-            let w = self.workers.get_mut(id).expect("member");
-            w.rank = Some(rank as u32);
-            w.phase = WorkerPhase::Training;
-        }
         let number = self.generation.as_ref().map_or(1, |g| g.number + 1);
         let (resume_step, resume_manifest) = match &self.last_commit {
             Some(c) => (c.step, c.manifest.clone()),
             None => (0, String::new()),
         };
+        for (rank, id) in ids.iter().enumerate() {
+            let w = self.workers.get_mut(id).expect("member");
+            w.rank = Some(rank as u32);
+            w.phase = WorkerPhase::Training;
+            // Where every rank starts.
+            w.step = resume_step;
+        }
         self.generation = Some(Generation {
             number,
             members: ids,
@@ -874,6 +959,7 @@ impl Job {
             backend,
             steps_per_epoch: schedule.steps_per_epoch,
             total_steps: schedule.total_steps,
+            resume_step,
         });
         self.effects.push(Effect::Persist);
     }
@@ -1005,6 +1091,10 @@ impl Job {
                     s.steps_per_epoch
                 ),
             })?;
+        // The epoch's bounds stay those of the schedule (a resumed rank starts inside the
+        // epoch, at resume_step); checkpoints at or before resume_step are committed already.
+        let mut checkpoint_steps = s.checkpoint_steps(first, end);
+        checkpoint_steps.retain(|&step| step > g.resume_step);
         let plan = v1::EpochPlan {
             epoch: req.epoch,
             seed: s.seed,
@@ -1012,7 +1102,7 @@ impl Job {
             world_size: g.world_size(),
             first_step: first,
             end_step: end,
-            checkpoint_steps: s.checkpoint_steps(first, end),
+            checkpoint_steps,
         };
         self.touch(&req.worker_id, now);
         Ok(plan)
@@ -1402,7 +1492,11 @@ impl Job {
         let rank0 = generation
             .and_then(|g| g.members.first())
             .and_then(|id| self.workers.get(id));
-        let step = rank0.map_or(0, |w| w.step);
+        // Before a generation forms, a resumed job is at its checkpoint.
+        let step = rank0.map_or_else(
+            || self.last_commit.as_ref().map_or(0, |c| c.step),
+            |w| w.step,
+        );
         let mut workers: Vec<&Worker> = self.workers.values().collect();
         workers.sort_by_key(|w| (w.rank.unwrap_or(u32::MAX), w.seq));
         let schedule = generation.map(|g| g.schedule).or(self.schedule);
@@ -1469,9 +1563,9 @@ fn check_object_key(key: &str) -> Result<(), String> {
     if key.len() > 1024 {
         return Err(format!("{} bytes; keys have at most 1024", key.len()));
     }
-    if key.starts_with('/') || key.contains('\\') || key.contains('\0') {
+    if key.starts_with('/') || key.contains('\\') || key.chars().any(|c| c.is_ascii_control()) {
         return Err(format!(
-            "{key:?} must be a relative path with '/' separators"
+            "{key:?} must be a relative path with '/' separators and no control characters"
         ));
     }
     if key

@@ -4,8 +4,8 @@
 //!   ranks and collective, the schedule from the workers' training facts, epoch plans,
 //!   heartbeats, progress, checkpoint acks and commits, finish and failure);
 //! - [`service`]: the tonic handlers over it, with long-polling `Join`/`GetNcclId`;
-//! - [`store`]: the traits commits and job snapshots go through, and a local-directory
-//!   implementation until the object store is wired in;
+//! - [`store`]: the traits commits and job snapshots go through, implemented by
+//!   [`lgaf_store::RunStore`] (a local directory or S3), and what a resumed run finds there;
 //! - [`local`]: workers spawned on this machine.
 
 pub mod job;
@@ -14,5 +14,6 @@ pub mod service;
 pub mod store;
 
 pub use job::{Effect, Job, JobError, JobPhase, JobSettings};
+pub use lgaf_store::{RunStore, Store};
 pub use service::{serve, CoordinatorService, ServiceOptions};
-pub use store::{CheckpointCommitter, FileStore, JobStatePersistence, StoreError};
+pub use store::{stored_run, CheckpointCommitter, JobStatePersistence, StoreError, StoredRun};

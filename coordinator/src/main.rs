@@ -11,8 +11,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use lgaf_coordinator::local::{default_worker_bin, local_devices, LocalWorkers, SpawnSpec};
 use lgaf_coordinator::{
-    serve, CoordinatorService, FileStore, Job, JobPhase, JobSettings, JobStatePersistence,
-    ServiceOptions,
+    serve, stored_run, CoordinatorService, Job, JobPhase, JobSettings, JobStatePersistence,
+    RunStore, ServiceOptions, Store,
 };
 use lgaf_proto::v1;
 use sha2::{Digest, Sha256};
@@ -38,11 +38,15 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Where checkpoints and the job state go: a file:// URL or a directory.
-    #[arg(long, value_name = "URL", default_value = "file://./runs-store")]
+    /// Where checkpoints and the job state go: file:///abs/dir, a directory path (relative
+    /// to the current directory), or s3://bucket/prefix configured by the AWS_* environment
+    /// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL,
+    /// AWS_ALLOW_HTTP, ...), which the workers need too.
+    #[arg(long, value_name = "URL", default_value = "runs-store")]
     store: String,
 
-    /// The run's name in the store (runs/<RUN_ID>/...). Default: derived from the
+    /// The run's name in the store (runs/<RUN_ID>/...). The run id of an earlier run
+    /// resumes it from its newest committed checkpoint. Default: derived from the
     /// configuration's hash and the start time, so each invocation is a new run.
     #[arg(long, value_name = "ID")]
     run_id: Option<String>,
@@ -133,34 +137,17 @@ async fn run(args: Args) -> Result<ExitCode> {
         }
         None => String::new(),
     };
-    let store = FileStore::from_url(&args.store)?;
+    let store = Store::from_url(&args.store).context("--store")?;
     let run_id = match &args.run_id {
         Some(id) => id.clone(),
         None => default_run_id(&config_toml),
     };
     check_run_id(&run_id)?;
-    if let Some(previous) = store.load(&run_id).await? {
-        bail!(
-            "run {run_id:?} already exists in {} (its job is {:?}); resuming a run is not \
-             implemented yet: pass another --run-id, or remove {}",
-            store.url(),
-            previous.job.phase(),
-            store.run_dir(&run_id).display()
-        );
-    }
-    if !store.committed_steps(&run_id)?.is_empty() {
-        bail!(
-            "{} already holds checkpoints of run {run_id:?}; pass another --run-id",
-            store.run_dir(&run_id).display()
-        );
-    }
-
-    let listen = parse_listen(&args.listen)?;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let run = RunStore::new(store, &run_id)?;
+    let store_url = run.store().url().to_string();
+    let stored = stored_run(&run)
         .await
-        .with_context(|| format!("listening on {listen}"))?;
-    let addr = listener.local_addr()?;
-    let url = coordinator_url(addr);
+        .with_context(|| format!("reading run {run_id:?} in {store_url}"))?;
 
     let settings = JobSettings {
         job_id: args.job_id.clone().unwrap_or_else(|| run_id.clone()),
@@ -169,15 +156,48 @@ async fn run(args: Args) -> Result<ExitCode> {
         world_size: args.workers,
         max_steps: args.max_steps,
         config_toml,
-        store_url: store.url(),
+        store_url: store_url.clone(),
         heartbeat_interval_ms: args.heartbeat_ms,
         collective_timeout_ms: args.collective_timeout_ms,
     };
-    let job = Job::new(settings).map_err(|e| anyhow!("{e}"))?;
+    let job = match &stored.resume {
+        Some(from) => {
+            let steps: Vec<u64> = stored.committed.iter().map(|c| c.step).collect();
+            info!(
+                "run {run_id} is in {store_url} with committed checkpoints at steps {steps:?}: \
+                 resuming from step {} ({})",
+                from.step, from.manifest
+            );
+            if let Some(newest) = stored.committed.last() {
+                if newest.world_size != args.workers {
+                    warn!(
+                        "the checkpoint at step {} was written by {} rank(s), this job has {}: \
+                         the workers must be able to load it at this world size",
+                        newest.step, newest.world_size, args.workers
+                    );
+                }
+            }
+            Job::resume(
+                settings,
+                from.clone(),
+                stored.previous.as_ref().map(|p| &p.job),
+            )
+        }
+        None => {
+            if stored.previous.is_some() {
+                info!(
+                    "run {run_id} is in {store_url} without a committed checkpoint: starting \
+                     it from step 0"
+                );
+            }
+            Job::new(settings)
+        }
+    }
+    .map_err(|e| anyhow!("{e}"))?;
     let service = CoordinatorService::new(
         job,
-        store.clone(),
-        store.clone(),
+        run.clone(),
+        run.clone(),
         ServiceOptions {
             long_poll_max: Duration::from_secs(args.long_poll_secs),
         },
@@ -186,6 +206,27 @@ async fn run(args: Args) -> Result<ExitCode> {
         .persist()
         .await
         .context("saving the initial job state")?;
+    // Resumed at its final step (or past it): nothing to serve.
+    if let Some(phase) = service.with_job(|j| j.is_over().then(|| j.phase().clone())) {
+        if phase == JobPhase::Finished {
+            info!(
+                "run {run_id}: its newest committed checkpoint is its final step; nothing left \
+                 to train"
+            );
+        }
+        println!("{}", describe(&service.status()));
+        return match phase {
+            JobPhase::Failed { error } => Err(anyhow!("the job failed: {error}")),
+            _ => Ok(ExitCode::SUCCESS),
+        };
+    }
+
+    let listen = parse_listen(&args.listen)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let url = coordinator_url(addr);
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let mut server = tokio::spawn(serve(listener, service.clone(), async {
@@ -201,9 +242,8 @@ async fn run(args: Args) -> Result<ExitCode> {
         format!("job {job_id}, ")
     };
     info!(
-        "{job}run {run_id}: waiting for {} worker(s) on {url}; store {}",
-        args.workers,
-        store.url()
+        "{job}run {run_id}: waiting for {} worker(s) on {url}; store {store_url}",
+        args.workers
     );
 
     let spec = SpawnSpec {

@@ -345,10 +345,17 @@ fn log_effect(effect: &Effect) {
             backend,
             steps_per_epoch,
             total_steps,
-        } => info!(
-            "generation {generation} formed: {world_size} ranks, {backend} backend, \
-             {steps_per_epoch} steps per epoch, {total_steps} steps"
-        ),
+            resume_step,
+        } => {
+            let from = match resume_step {
+                0 => String::new(),
+                s => format!(", resuming from the checkpoint at step {s}"),
+            };
+            info!(
+                "generation {generation} formed: {world_size} ranks, {backend} backend, \
+                 {steps_per_epoch} steps per epoch, {total_steps} steps{from}"
+            )
+        }
         Effect::NcclIdPublished { generation } => {
             info!("generation {generation}: rank 0 published the NCCL id")
         }

@@ -1,52 +1,58 @@
-//! Where commits and job snapshots go. The service only sees the two traits; the object
-//! store (`lgaf-store`, S3 or a local directory) implements them at integration. Until
-//! then [`FileStore`] implements both on a local directory, for tests and the binary.
+//! Where commits and job snapshots go. The service only sees the two traits;
+//! [`lgaf_store::RunStore`] implements both, so the store is whatever
+//! [`lgaf_store::Store::from_url`] opens: a local directory (`file:///abs/dir` or a plain
+//! path) or S3 (`s3://bucket/prefix`, configured by the `AWS_*` environment variables).
+//!
+//! Layout (that of `lgaf-store`):
+//!
+//! ```text
+//! runs/<run_id>/job.json                          the coordinator's JobSnapshot
+//! runs/<run_id>/ckpt/<step:012>/<key>             objects, uploaded by the ranks
+//! runs/<run_id>/ckpt/<step:012>/MANIFEST.json     the commit, written last by the coordinator
+//! ```
+//!
+//! Key convention: a rank uploads each object with [`RunStore::put_object`]`(step, key, ..)`
+//! where `key` is relative to the step folder (`model.safetensors`,
+//! `classifier/rank-00001.safetensors`), and acknowledges exactly that `key` (the
+//! [`lgaf_store::ObjectInfo::key`] `put_object` returns) with its size and SHA-256. The
+//! manifest lists those keys as they are; `RunStore::commit` checks each one exists at
+//! `runs/<run_id>/ckpt/<step:012>/<key>` with the acknowledged size.
 
 use std::future::Future;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
+use bytes::Bytes;
+use lgaf_store::{Manifest, ManifestObject, ManifestSummary, RunStore};
+use tracing::warn;
 
-use crate::job::{CheckpointObject, CommitRequest, JobSnapshot, SNAPSHOT_FORMAT};
+use crate::job::{CommitRequest, CommittedCheckpoint, JobSnapshot, SNAPSHOT_FORMAT};
 
-/// The manifest's file name inside a checkpoint folder; it is written last, so its presence
-/// is what makes a checkpoint committed.
-pub const MANIFEST: &str = "MANIFEST.json";
-/// The format tag written into manifests.
-pub const MANIFEST_FORMAT: &str = "lgaf-checkpoint-manifest/1";
+pub use lgaf_store::MANIFEST;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
+    /// The object store refused or failed: an object missing or of another size (the
+    /// checkpoint is not committed), a backend error, a bad key or URL.
+    #[error(transparent)]
+    Store(#[from] lgaf_store::StoreError),
+    /// Rank 0's run state is missing or not JSON: no manifest is written.
+    #[error("cannot commit step {step} of run `{run_id}`: rank 0's state_json {problem}")]
+    BadState {
+        run_id: String,
+        step: u64,
+        problem: String,
     },
-    #[error(
-        "store URL {0:?}: only file:// URLs (or plain paths) until the object store is wired in"
-    )]
-    UnsupportedUrl(String),
-    /// An object a rank reported is missing or has another size: the checkpoint is not
-    /// committed.
-    #[error("checkpoint object {path}: {message}")]
-    BadObject { path: PathBuf, message: String },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    /// The saved job state cannot be read back.
+    #[error("job state `{key}` in {url}: {problem}")]
+    BadJobState {
+        url: String,
+        key: String,
+        problem: String,
+    },
 }
 
 /// Commits checkpoints: writes the manifest of `commit` (every object with its size and
-/// checksum, rank 0's state) after every object, and returns the manifest's key, which
-/// workers later receive as `resume_manifest`.
+/// checksum, rank 0's state) after checking every object is there, and returns the
+/// manifest's key, which workers later receive as `resume_manifest`.
 pub trait CheckpointCommitter: Send + Sync + 'static {
     fn commit(
         &self,
@@ -54,8 +60,7 @@ pub trait CheckpointCommitter: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 }
 
-/// Saves the job so that a restarted coordinator can resume it (resuming is not
-/// implemented yet; `load` is here so the store's side of it is).
+/// Saves the job, and reads back what an earlier coordinator of the run saved.
 pub trait JobStatePersistence: Send + Sync + 'static {
     fn save(&self, snapshot: JobSnapshot) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn load(
@@ -64,271 +69,169 @@ pub trait JobStatePersistence: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<JobSnapshot>, StoreError>> + Send;
 }
 
-/// One run's checkpoint manifest as [`FileStore`] writes it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: String,
-    pub run_id: String,
-    pub generation: u64,
-    pub step: u64,
-    pub epoch: u64,
-    pub world_size: u32,
-    pub created_unix: u64,
-    pub objects: Vec<CheckpointObject>,
-    /// Rank 0's run state, as the JSON it sent.
-    pub state: serde_json::Value,
-}
-
-/// A local directory as the store:
-/// `<root>/runs/<run_id>/ckpt/<step:012>/<object keys>` and `.../MANIFEST.json`, and
-/// `<root>/runs/<run_id>/job.json`. Every file is written under a temporary name and renamed.
-#[derive(Clone, Debug)]
-pub struct FileStore {
-    root: PathBuf,
-}
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-impl FileStore {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        FileStore { root: root.into() }
-    }
-
-    /// `file:///abs/path`, `file://relative/path` (a common shorthand, relative to the
-    /// current directory) or a plain path. Relative paths are made absolute, so the URL
-    /// handed to workers means the same in their working directory.
-    pub fn from_url(url: &str) -> Result<Self, StoreError> {
-        let path = match url.split_once("://") {
-            Some(("file", rest)) => rest,
-            Some(_) => return Err(StoreError::UnsupportedUrl(url.to_string())),
-            None => url,
-        };
-        if path.is_empty() {
-            return Err(StoreError::UnsupportedUrl(url.to_string()));
-        }
-        let path = Path::new(path);
-        let root = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            let cwd = std::env::current_dir().map_err(io_err(Path::new(".")))?;
-            cwd.join(path.strip_prefix(".").unwrap_or(path))
-        };
-        Ok(FileStore { root })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// `file://` + the absolute root.
-    pub fn url(&self) -> String {
-        format!("file://{}", self.root.display())
-    }
-
-    pub fn run_dir(&self, run_id: &str) -> PathBuf {
-        self.root.join("runs").join(run_id)
-    }
-
-    pub fn checkpoint_dir(&self, run_id: &str, step: u64) -> PathBuf {
-        self.run_dir(run_id).join("ckpt").join(step_folder(step))
-    }
-
-    pub fn job_path(&self, run_id: &str) -> PathBuf {
-        self.run_dir(run_id).join("job.json")
-    }
-
-    /// The steps of the run's committed checkpoints (those with a manifest), ascending.
-    pub fn committed_steps(&self, run_id: &str) -> Result<Vec<u64>, StoreError> {
-        let dir = self.run_dir(run_id).join("ckpt");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        let mut steps = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name();
-            let Some(step) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
-                continue;
-            };
-            if entry.path().join(MANIFEST).is_file() {
-                steps.push(step);
-            }
-        }
-        steps.sort_unstable();
-        Ok(steps)
-    }
-
-    fn commit_blocking(&self, c: &CommitRequest) -> Result<String, StoreError> {
-        let dir = self.checkpoint_dir(&c.run_id, c.step);
-        // Every object must be there with the size its rank reported; reading them all
-        // again for the checksums would double the checkpoint's I/O, so the loader verifies
-        // those.
-        for o in &c.objects {
-            let path = dir.join(&o.key);
-            let meta = std::fs::metadata(&path).map_err(|e| StoreError::BadObject {
-                path: path.clone(),
-                message: format!("rank {} reported it, but it cannot be read: {e}", o.rank),
-            })?;
-            if meta.len() != o.size {
-                return Err(StoreError::BadObject {
-                    path,
-                    message: format!(
-                        "rank {} reported {} bytes, the file has {}",
-                        o.rank,
-                        o.size,
-                        meta.len()
-                    ),
-                });
-            }
-        }
-        let state = if c.state_json.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(&c.state_json).map_err(|e| StoreError::Invalid {
-                path: dir.clone(),
-                message: format!("rank 0's state_json is not JSON: {e}"),
-            })?
-        };
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT.into(),
-            run_id: c.run_id.clone(),
-            generation: c.generation,
-            step: c.step,
-            epoch: c.epoch,
-            world_size: c.world_size,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            objects: c.objects.clone(),
-            state,
-        };
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
-        write_atomic(&dir.join(MANIFEST), &json)?;
-        if c.keep_last > 0 {
-            self.prune(&c.run_id, c.step, c.keep_last)?;
-        }
-        Ok(format!(
-            "runs/{}/ckpt/{}/{MANIFEST}",
-            c.run_id,
-            step_folder(c.step)
-        ))
-    }
-
-    /// Drops the oldest committed checkpoints beyond `keep_last`, never `newest` itself;
-    /// the manifest goes first, so a half-deleted folder is never taken for a checkpoint.
-    fn prune(&self, run_id: &str, newest: u64, keep_last: u64) -> Result<(), StoreError> {
-        let steps = self.committed_steps(run_id)?;
-        let keep = usize::try_from(keep_last).unwrap_or(usize::MAX);
-        if steps.len() <= keep {
-            return Ok(());
-        }
-        for &step in &steps[..steps.len() - keep] {
-            if step >= newest {
-                continue;
-            }
-            let dir = self.checkpoint_dir(run_id, step);
-            let manifest = dir.join(MANIFEST);
-            std::fs::remove_file(&manifest).map_err(io_err(&manifest))?;
-            std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
-        }
-        Ok(())
+/// `run` itself, or the same store for another run id.
+fn for_run(run: &RunStore, run_id: &str) -> Result<RunStore, StoreError> {
+    if run.run_id() == run_id {
+        Ok(run.clone())
+    } else {
+        Ok(RunStore::new(run.store().clone(), run_id)?)
     }
 }
 
-/// `<step:012>`: zero-padded so that folder names sort by step.
-pub fn step_folder(step: u64) -> String {
-    format!("{step:012}")
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`,
-/// so a reader sees the old file or the new one, never a torn one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
-        // Make the rename itself durable; not every filesystem lets a directory be synced.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// The manifest of a commit: the acknowledged objects as they are (keys relative to the
+/// step folder) and rank 0's state parsed as JSON.
+pub fn manifest_of(c: &CommitRequest) -> Result<Manifest, StoreError> {
+    let bad_state = |problem: String| StoreError::BadState {
+        run_id: c.run_id.clone(),
+        step: c.step,
+        problem,
+    };
+    if c.state_json.trim().is_empty() {
+        return Err(bad_state("is missing".into()));
     }
-    result
+    let state: serde_json::Value = serde_json::from_str(&c.state_json)
+        .map_err(|e| bad_state(format!("is not valid JSON: {e}")))?;
+    let objects = c
+        .objects
+        .iter()
+        .map(|o| ManifestObject {
+            key: o.key.clone(),
+            size: o.size,
+            sha256: o.sha256.clone(),
+            rank: o.rank,
+        })
+        .collect();
+    Ok(Manifest::new(
+        c.run_id.clone(),
+        c.step,
+        c.epoch,
+        c.world_size,
+        objects,
+        state,
+    ))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    match tokio::task::spawn_blocking(f).await {
+/// Runs `f` to completion on the current tokio runtime, from a blocking thread.
+///
+/// `RunStore::commit` and `RunStore::prune` return futures that are `Send`, but rustc cannot
+/// prove it (their `buffer_unordered` streams of closures over references run into
+/// rust-lang/rust#102211, "implementation of `FnOnce` is not general enough"), and the
+/// service needs `Send` futures. `Handle::block_on` does not ask for `Send`, and the future
+/// still runs on the runtime's I/O and timers; the blocking thread only waits.
+async fn without_send_bound<T, Fut>(
+    f: impl FnOnce() -> Fut + Send + 'static,
+) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let handle = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || handle.block_on(f())).await {
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
-impl CheckpointCommitter for FileStore {
-    async fn commit(&self, commit: CommitRequest) -> Result<String, StoreError> {
-        let store = self.clone();
-        blocking(move || store.commit_blocking(&commit)).await
+impl CheckpointCommitter for RunStore {
+    /// Writes the manifest with [`RunStore::commit`] (which refuses, naming the object, if
+    /// an acknowledged object was not uploaded or has another size), then prunes to the
+    /// facts' `keep_last` (0: keep all). A failed prune is logged, not returned: the
+    /// checkpoint is committed, and the next commit prunes again.
+    async fn commit(&self, c: CommitRequest) -> Result<String, StoreError> {
+        let run = for_run(self, &c.run_id)?;
+        let manifest = manifest_of(&c)?;
+        without_send_bound(move || async move {
+            run.commit(&manifest).await?;
+            if c.keep_last > 0 {
+                let keep = usize::try_from(c.keep_last).unwrap_or(usize::MAX);
+                if let Err(e) = run.prune(keep).await {
+                    warn!(
+                        "checkpoint at step {} committed, but pruning to the last {keep} \
+                         failed: {e}",
+                        c.step
+                    );
+                }
+            }
+            Ok(run.manifest_key(c.step))
+        })
+        .await
     }
 }
 
-impl JobStatePersistence for FileStore {
+impl JobStatePersistence for RunStore {
     async fn save(&self, snapshot: JobSnapshot) -> Result<(), StoreError> {
-        let path = self.job_path(&snapshot.job.settings().run_id);
-        blocking(move || {
-            let json = serde_json::to_vec_pretty(&snapshot).expect("a job serialises");
-            write_atomic(&path, &json)
-        })
-        .await
+        let run = for_run(self, &snapshot.job.settings().run_id)?;
+        let json = serde_json::to_vec_pretty(&snapshot).expect("a job serialises");
+        run.put_job_state(Bytes::from(json)).await?;
+        Ok(())
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<JobSnapshot>, StoreError> {
-        let path = self.job_path(run_id);
-        blocking(move || {
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            let snapshot: JobSnapshot =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Invalid {
-                    path: path.clone(),
-                    message: format!("not a job snapshot: {e}"),
-                })?;
-            if snapshot.format != SNAPSHOT_FORMAT {
-                return Err(StoreError::Invalid {
-                    path,
-                    message: format!(
-                        "format {:?}, this coordinator reads {SNAPSHOT_FORMAT:?}",
-                        snapshot.format
-                    ),
-                });
-            }
-            Ok(Some(snapshot))
-        })
-        .await
+        let run = for_run(self, run_id)?;
+        let Some(bytes) = run.get_job_state().await? else {
+            return Ok(None);
+        };
+        let bad = |problem: String| StoreError::BadJobState {
+            url: run.store().url().to_string(),
+            key: run.job_key(),
+            problem,
+        };
+        let snapshot: JobSnapshot =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a job snapshot: {e}")))?;
+        if snapshot.format != SNAPSHOT_FORMAT {
+            return Err(bad(format!(
+                "format {:?}, this coordinator reads {SNAPSHOT_FORMAT:?}",
+                snapshot.format
+            )));
+        }
+        Ok(Some(snapshot))
     }
+}
+
+/// What a coordinator starting on a run finds in the store.
+#[derive(Clone, Debug, Default)]
+pub struct StoredRun {
+    /// The newest committed checkpoint: the job resumes from it.
+    pub resume: Option<CommittedCheckpoint>,
+    /// Every committed checkpoint, ascending by step.
+    pub committed: Vec<ManifestSummary>,
+    /// What the previous coordinator of the run saved, when it can be read (an unreadable
+    /// job.json is logged and left out: the checkpoints are what resuming needs).
+    pub previous: Option<JobSnapshot>,
+}
+
+/// Reads the run's committed checkpoints ([`RunStore::committed`]: manifests that parse and
+/// check; the workers verify the objects' checksums when they load) and its job state.
+pub async fn stored_run(run: &RunStore) -> Result<StoredRun, StoreError> {
+    let committed = run.committed().await?;
+    let resume = committed.last().map(|c| CommittedCheckpoint {
+        step: c.step,
+        epoch: c.epoch,
+        manifest: run.manifest_key(c.step),
+    });
+    let previous = match JobStatePersistence::load(run, run.run_id()).await {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("ignoring the run's saved job state: {e}");
+            None
+        }
+    };
+    Ok(StoredRun {
+        resume,
+        committed,
+        previous,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{Job, JobSettings};
+    use crate::job::{CheckpointObject, Job, JobSettings};
+    use lgaf_store::{sha256_hex, Store};
+
+    fn run_store(dir: &std::path::Path, run: &str) -> RunStore {
+        RunStore::new(Store::from_url(dir.to_str().unwrap()).unwrap(), run).unwrap()
+    }
 
     fn commit(
         run: &str,
@@ -340,7 +243,7 @@ mod tests {
             run_id: run.into(),
             generation: 1,
             step,
-            epoch: 0,
+            epoch: step / 10,
             world_size: 2,
             objects,
             state_json: r#"{"loss_scale":1.0}"#.into(),
@@ -348,84 +251,211 @@ mod tests {
         }
     }
 
-    fn object(
-        store: &FileStore,
-        run: &str,
+    /// Uploads `bytes` as a rank does and returns what it acknowledges.
+    async fn upload(
+        run: &RunStore,
         step: u64,
         rank: u32,
         key: &str,
         bytes: &[u8],
     ) -> CheckpointObject {
-        let path = store.checkpoint_dir(run, step).join(key);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, bytes).unwrap();
+        let info = run
+            .put_object(step, key, Bytes::copy_from_slice(bytes))
+            .await
+            .unwrap();
+        assert_eq!(
+            info.key, key,
+            "put_object answers the key relative to the step"
+        );
         CheckpointObject {
             rank,
-            key: key.into(),
-            size: bytes.len() as u64,
-            sha256: "0".repeat(64),
+            key: info.key,
+            size: info.size,
+            sha256: info.sha256,
         }
     }
 
+    async fn objects(run: &RunStore, step: u64) -> Vec<CheckpointObject> {
+        vec![
+            upload(
+                run,
+                step,
+                0,
+                "model.safetensors",
+                format!("model {step}").as_bytes(),
+            )
+            .await,
+            upload(
+                run,
+                step,
+                1,
+                "classifier/rank-00001.safetensors",
+                format!("classes {step}").as_bytes(),
+            )
+            .await,
+        ]
+    }
+
     #[tokio::test]
-    async fn commit_writes_manifest_and_prunes() {
+    async fn a_commit_writes_a_manifest_that_lgaf_store_loads_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path());
-        for step in [10, 20, 30] {
-            let objects = vec![
-                object(&store, "r", step, 0, "rank0/model.bin", b"abc"),
-                object(&store, "r", step, 1, "rank1/model.bin", b"defg"),
-            ];
-            let key = store.commit(commit("r", step, objects, 2)).await.unwrap();
-            assert_eq!(key, format!("runs/r/ckpt/{step:012}/MANIFEST.json"));
-        }
-        assert_eq!(store.committed_steps("r").unwrap(), vec![20, 30]);
-        assert!(!store.checkpoint_dir("r", 10).exists());
-        let m: Manifest = serde_json::from_slice(
-            &std::fs::read(store.checkpoint_dir("r", 30).join(MANIFEST)).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(m.step, 30);
-        assert_eq!(m.objects.len(), 2);
+        let run = run_store(dir.path(), "r");
+        let objects = objects(&run, 10).await;
+        let key = CheckpointCommitter::commit(&run, commit("r", 10, objects, 0))
+            .await
+            .unwrap();
+        assert_eq!(key, "runs/r/ckpt/000000000010/MANIFEST.json");
+        assert_eq!(key, run.manifest_key(10));
+
+        let loaded = run.load(10).await.unwrap();
+        let m = &loaded.manifest;
+        assert_eq!(m.format, lgaf_store::FORMAT);
+        assert_eq!((m.run_id.as_str(), m.step, m.epoch), ("r", 10, 1));
+        assert_eq!(m.world_size, 2);
         assert_eq!(m.state["loss_scale"], 1.0);
-        // No temporary file left behind.
-        let names: Vec<_> = std::fs::read_dir(store.checkpoint_dir("r", 30))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+        let keys: Vec<(u32, &str)> = m.objects.iter().map(|o| (o.rank, o.key.as_str())).collect();
+        assert_eq!(
+            keys,
+            [
+                (0, "model.safetensors"),
+                (1, "classifier/rank-00001.safetensors")
+            ]
+        );
+        assert_eq!(
+            m.objects[1].sha256,
+            sha256_hex(b"classes 10"),
+            "the acknowledged checksum"
+        );
+        assert_eq!(&loaded.objects["model.safetensors"][..], b"model 10");
+        let latest = run.load_latest().await.unwrap().unwrap();
+        assert_eq!(latest.manifest.step, 10);
+        // The objects lie where the layout says.
+        assert!(dir
+            .path()
+            .join("runs/r/ckpt/000000000010/classifier/rank-00001.safetensors")
+            .is_file());
     }
 
     #[tokio::test]
-    async fn missing_or_wrong_size_object_is_not_committed() {
+    async fn an_object_that_was_not_uploaded_is_refused_and_nothing_is_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path());
-        let mut o = object(&store, "r", 5, 0, "a.bin", b"abc");
-        o.size = 4;
-        let e = store.commit(commit("r", 5, vec![o], 0)).await.unwrap_err();
-        assert!(
-            e.to_string().contains("reported 4 bytes, the file has 3"),
-            "{e}"
-        );
+        let run = run_store(dir.path(), "r");
+        let model = upload(&run, 5, 0, "model.safetensors", b"abc").await;
+        let classes = b"rank one's classes";
         let missing = CheckpointObject {
             rank: 1,
-            key: "nothing.bin".into(),
-            size: 1,
-            sha256: "0".repeat(64),
+            key: "classifier/rank-00001.safetensors".into(),
+            size: classes.len() as u64,
+            sha256: sha256_hex(classes),
         };
-        let e = store
-            .commit(commit("r", 5, vec![missing], 0))
+        let request = commit("r", 5, vec![model.clone(), missing.clone()], 0);
+        let e = CheckpointCommitter::commit(&run, request.clone())
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("rank 1 reported it"), "{e}");
-        assert!(store.committed_steps("r").unwrap().is_empty());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("runs/r/ckpt/000000000005/classifier/rank-00001.safetensors")
+                && msg.contains("was not uploaded"),
+            "{msg}"
+        );
+        assert!(run.committed().await.unwrap().is_empty());
+        assert!(run.get_job_state().await.unwrap().is_none());
+
+        // A wrong size is refused too.
+        let mut wrong = model.clone();
+        wrong.size = 4;
+        let e = CheckpointCommitter::commit(&run, commit("r", 5, vec![wrong], 0))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("has 3 bytes, the manifest lists 4"),
+            "{e}"
+        );
+
+        // Once it is uploaded, the same request commits.
+        upload(&run, 5, 1, &missing.key, classes).await;
+        CheckpointCommitter::commit(&run, request).await.unwrap();
+        let steps: Vec<u64> = run
+            .committed()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.step)
+            .collect();
+        assert_eq!(steps, [5]);
+        run.load(5).await.unwrap();
     }
 
     #[tokio::test]
-    async fn job_snapshot_round_trips() {
+    async fn state_json_must_be_json() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path());
-        assert!(store.load("r").await.unwrap().is_none());
+        let run = run_store(dir.path(), "r");
+        let objects = objects(&run, 3).await;
+        for (state, problem) in [("{loss", "is not valid JSON"), ("", "is missing")] {
+            let mut c = commit("r", 3, objects.clone(), 0);
+            c.state_json = state.into();
+            let e = CheckpointCommitter::commit(&run, c).await.unwrap_err();
+            assert!(matches!(e, StoreError::BadState { .. }), "{e}");
+            assert!(
+                e.to_string().contains("rank 0's state_json") && e.to_string().contains(problem),
+                "{e}"
+            );
+        }
+        assert!(run.committed().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn commits_prune_to_keep_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_store(dir.path(), "r");
+        for step in [10, 20, 30, 40] {
+            let objects = objects(&run, step).await;
+            CheckpointCommitter::commit(&run, commit("r", step, objects, 2))
+                .await
+                .unwrap();
+        }
+        let steps: Vec<u64> = run
+            .committed()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.step)
+            .collect();
+        assert_eq!(steps, [30, 40]);
+        assert!(!dir.path().join("runs/r/ckpt/000000000020").exists());
+        // keep_last 0 keeps everything.
+        let objects = objects(&run, 50).await;
+        CheckpointCommitter::commit(&run, commit("r", 50, objects, 0))
+            .await
+            .unwrap();
+        assert_eq!(run.committed().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_commit_of_another_run_goes_to_that_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_store(dir.path(), "r");
+        let other = run_store(dir.path(), "other");
+        let objects = objects(&other, 4).await;
+        let key = CheckpointCommitter::commit(&run, commit("other", 4, objects, 0))
+            .await
+            .unwrap();
+        assert_eq!(key, "runs/other/ckpt/000000000004/MANIFEST.json");
+        assert!(run.committed().await.unwrap().is_empty());
+        assert_eq!(other.committed().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn job_snapshots_round_trip_and_stored_run_finds_the_newest_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_store(dir.path(), "r");
+        assert!(JobStatePersistence::load(&run, "r")
+            .await
+            .unwrap()
+            .is_none());
+        let empty = stored_run(&run).await.unwrap();
+        assert!(empty.resume.is_none() && empty.previous.is_none());
+
         let job = Job::new(JobSettings {
             job_id: "j".into(),
             run_id: "r".into(),
@@ -433,31 +463,40 @@ mod tests {
             world_size: 2,
             max_steps: 0,
             config_toml: "[train]\nepochs = 1\n".into(),
-            store_url: store.url(),
+            store_url: run.store().url().into(),
             heartbeat_interval_ms: 1000,
             collective_timeout_ms: 1000,
         })
         .unwrap();
-        store.save(job.snapshot(42)).await.unwrap();
-        let back = store.load("r").await.unwrap().unwrap();
+        run.save(job.snapshot(42)).await.unwrap();
+        assert!(dir.path().join("runs/r/job.json").is_file());
+        let back = JobStatePersistence::load(&run, "r").await.unwrap().unwrap();
         assert_eq!(back.saved_at_ms, 42);
         assert_eq!(back.job.settings(), job.settings());
-        std::fs::write(store.job_path("r"), "{").unwrap();
-        assert!(store.load("r").await.is_err());
-    }
 
-    #[test]
-    fn urls() {
-        let s = FileStore::from_url("file:///tmp/x").unwrap();
-        assert_eq!(s.root(), Path::new("/tmp/x"));
-        assert_eq!(s.url(), "file:///tmp/x");
-        let rel = FileStore::from_url("file://./runs-store").unwrap();
-        assert!(rel.root().is_absolute());
-        assert!(rel.root().ends_with("runs-store"));
-        assert!(FileStore::from_url("/abs").is_ok());
-        assert!(matches!(
-            FileStore::from_url("s3://bucket/x"),
-            Err(StoreError::UnsupportedUrl(_))
-        ));
+        for step in [10, 20] {
+            let objects = objects(&run, step).await;
+            CheckpointCommitter::commit(&run, commit("r", step, objects, 0))
+                .await
+                .unwrap();
+        }
+        let stored = stored_run(&run).await.unwrap();
+        let steps: Vec<u64> = stored.committed.iter().map(|c| c.step).collect();
+        assert_eq!(steps, [10, 20]);
+        assert_eq!(stored.committed[1].world_size, 2);
+        let resume = stored.resume.unwrap();
+        assert_eq!(
+            (resume.step, resume.epoch, resume.manifest.as_str()),
+            (20, 2, "runs/r/ckpt/000000000020/MANIFEST.json")
+        );
+        assert_eq!(stored.previous.unwrap().saved_at_ms, 42);
+
+        // An unreadable job.json is an error to load, and left out by stored_run.
+        run.put_job_state(Bytes::from_static(b"{")).await.unwrap();
+        let e = JobStatePersistence::load(&run, "r").await.unwrap_err();
+        assert!(e.to_string().contains("runs/r/job.json"), "{e}");
+        let stored = stored_run(&run).await.unwrap();
+        assert!(stored.previous.is_none());
+        assert_eq!(stored.resume.unwrap().step, 20);
     }
 }

@@ -227,16 +227,121 @@ fn workers_from_outside_run_the_job_and_the_coordinator_exits_0() {
         out.contains("(run outside) finished") && out.contains("step 20/20"),
         "stdout: {out}"
     );
-    let steps: Vec<u64> = manifests(&lgaf_coordinator::FileStore::new(&store), "outside")
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
+    let steps = rt.block_on(committed_steps(&run_store(&store, "outside")));
     assert_eq!(steps, [4, 8, 12, 15, 16, 20]);
     let stderr = coord.stderr();
     assert!(
         stderr.contains("step 20/20 epoch 1 loss 0.5000"),
         "progress lines:\n{stderr}"
     );
+}
+
+fn run_store(dir: &Path, run_id: &str) -> lgaf_coordinator::RunStore {
+    let store = lgaf_coordinator::Store::from_url(dir.to_str().unwrap()).unwrap();
+    lgaf_coordinator::RunStore::new(store, run_id).unwrap()
+}
+
+/// Runs the coordinator with two workers from outside to the end; what they saw.
+fn run_job(args: &[String]) -> (Vec<Summary>, String, String) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut coord = Coordinator::start(&args, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = coord.url.clone();
+    let summaries = rt.block_on(async move {
+        let a = tokio::spawn(run_worker(url.clone(), None, 5200, facts()));
+        let b = tokio::spawn(run_worker(url, None, 5201, facts()));
+        vec![a.await.unwrap().unwrap(), b.await.unwrap().unwrap()]
+    });
+    let status = coord.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}; stderr:\n{}", coord.stderr());
+    (
+        summaries,
+        coord.remaining_stdout().join("\n"),
+        coord.stderr(),
+    )
+}
+
+#[test]
+fn rerunning_a_run_id_resumes_it_and_a_finished_run_ends_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("train.toml");
+    std::fs::write(&config, "[train]\nepochs = 2\n").unwrap();
+    let store = dir.path().join("store");
+    let args = |max_steps: &'static str| -> Vec<String> {
+        [
+            "--workers",
+            "2",
+            "--config",
+            config.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--run-id",
+            "again",
+            "--max-steps",
+            max_steps,
+            "--grace-secs",
+            "600",
+            "--heartbeat-ms",
+            "100",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Up to step 8 (1001 / 2 / 32 = 15 steps per epoch, capped at 8).
+    let (summaries, out, _) = run_job(&args("8"));
+    assert!(summaries
+        .iter()
+        .all(|s| s.resume_step == 0 && s.total_steps == 8));
+    assert!(out.contains("step 8/8"), "{out}");
+    let run = run_store(&store, "again");
+    assert_eq!(rt.block_on(committed_steps(&run)), [4, 8]);
+
+    // The same run id with a higher cap goes on from step 8.
+    let second = args("20");
+    let (summaries, out, stderr) = run_job(&second);
+    for s in &summaries {
+        assert_eq!((s.resume_step, s.total_steps), (8, 20));
+        assert_eq!(
+            s.resume_manifest,
+            "runs/again/ckpt/000000000008/MANIFEST.json"
+        );
+        assert_eq!(s.epochs[0].checkpoint_steps, [12, 15]);
+    }
+    assert!(
+        out.contains("(run again) finished") && out.contains("step 20/20"),
+        "{out}"
+    );
+    assert!(stderr.contains("resuming from step 8"), "{stderr}");
+    assert_eq!(rt.block_on(committed_steps(&run)), [4, 8, 12, 15, 16, 20]);
+
+    // Once more: the newest checkpoint is the final step, so it is finished at once,
+    // without serving or waiting for anyone.
+    let started = Instant::now();
+    let out = Command::new(BIN).args(&second).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    assert!(
+        stdout.contains("(run again) finished")
+            && stdout.contains("step 20/20")
+            && stdout.contains("last checkpoint at step 20"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("nothing left to train"), "{stderr}");
+
+    // A lower cap than what was trained is refused with the reason.
+    let out = Command::new(BIN).args(args("12")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("step 20, past the final step 12"),
+        "{stderr}"
+    );
+    assert_eq!(rt.block_on(committed_steps(&run)), [4, 8, 12, 15, 16, 20]);
 }
 
 #[test]
@@ -391,18 +496,17 @@ fn refusals_before_serving() {
         "{err}"
     );
 
-    // A run id that is already in the store is not overwritten.
-    let (status, err) = run(&[
-        "--workers",
-        "1",
-        "--run-id",
-        "taken",
-        "--spawn-local",
-        "--worker-bin",
-        "/nonexistent",
-    ]);
-    assert!(!status.success(), "{err}");
-    let (status, err) = run(&["--workers", "1", "--run-id", "taken"]);
-    assert!(!status.success());
-    assert!(err.contains("already exists"), "{err}");
+    // Store URLs are those lgaf-store opens.
+    for (url, says) in [
+        ("gs://bucket/x", "unsupported store URL"),
+        ("file://relative/dir", "absolute path"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--workers", "1", "--store", url])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("--store") && err.contains(says), "{err}");
+    }
 }

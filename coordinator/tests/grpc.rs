@@ -19,8 +19,8 @@ fn job_state(server: &Server) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_train_to_the_end_with_committed_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
-    let store = lgaf_coordinator::FileStore::new(dir.path());
-    let server = start(settings(3, &store), dir.path(), Duration::from_secs(10)).await;
+    let store = dir_store(dir.path());
+    let server = start(settings(3, &store), &store, Duration::from_secs(10)).await;
 
     // Slots 1 and 0 for two of them; the one without a slot ranks after them.
     let tasks: Vec<_> = [(Some(1), 5001), (None, 5002), (Some(0), 5000)]
@@ -50,29 +50,37 @@ async fn three_workers_train_to_the_end_with_committed_checkpoints() {
     committed.sort_unstable();
     assert_eq!(committed, [4, 8, 10, 12, 16, 20]);
 
-    let manifests = manifests(&server.store, "test-run");
-    let steps: Vec<u64> = manifests.iter().map(|(s, _)| *s).collect();
+    let manifests = manifests(&server.store).await;
+    let steps: Vec<u64> = manifests.iter().map(|m| m.step).collect();
     assert_eq!(steps, [4, 8, 10, 12, 16, 20]);
-    let (_, last) = manifests.last().unwrap();
-    assert_eq!(last["step"], 20);
-    assert_eq!(last["epoch"], 2);
-    assert_eq!(last["world_size"], 3);
-    assert_eq!(last["run_id"], "test-run");
-    assert_eq!(last["state"]["step"], 20);
-    let objects = last["objects"].as_array().unwrap();
-    let keys: Vec<(u64, &str)> = objects
+    let last = manifests.last().unwrap();
+    assert_eq!(last.format, lgaf_store::FORMAT);
+    assert_eq!((last.step, last.epoch, last.world_size), (20, 2, 3));
+    assert_eq!(last.run_id, "test-run");
+    assert_eq!(last.state["step"], 20);
+    let keys: Vec<(u32, &str)> = last
+        .objects
         .iter()
-        .map(|o| (o["rank"].as_u64().unwrap(), o["key"].as_str().unwrap()))
+        .map(|o| (o.rank, o.key.as_str()))
         .collect();
     assert_eq!(
         keys,
         [
-            (0, "rank0/shard.bin"),
-            (1, "rank1/shard.bin"),
-            (2, "rank2/shard.bin")
+            (0, "model.safetensors"),
+            (0, "classifier/rank-00000.safetensors"),
+            (1, "classifier/rank-00001.safetensors"),
+            (2, "classifier/rank-00002.safetensors")
         ]
     );
-    assert_eq!(objects[2]["sha256"], sha256_hex(b"rank 2 step 20"));
+    assert_eq!(last.objects[3].sha256, sha256_hex(b"rank 2 step 20"));
+    // Every checkpoint verifies as lgaf-store loads it.
+    for step in steps {
+        let loaded = server.store.load(step).await.unwrap();
+        assert_eq!(
+            &loaded.objects["classifier/rank-00001.safetensors"][..],
+            format!("rank 1 step {step}").as_bytes()
+        );
+    }
 
     let mut c = client(&server.url).await;
     let status = c
@@ -97,7 +105,10 @@ async fn three_workers_train_to_the_end_with_committed_checkpoints() {
     assert!(status.error.is_empty());
 
     // The job state on disk says so too.
-    let saved = server.store.load("test-run").await.unwrap().unwrap();
+    let saved = JobStatePersistence::load(&server.store, RUN)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(saved.job.phase(), &JobPhase::Finished);
     assert_eq!(saved.job.last_commit().unwrap().step, 20);
     assert_eq!(
@@ -109,8 +120,8 @@ async fn three_workers_train_to_the_end_with_committed_checkpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_their_codes_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = lgaf_coordinator::FileStore::new(dir.path());
-    let server = start(settings(2, &store), dir.path(), Duration::from_secs(10)).await;
+    let store = dir_store(dir.path());
+    let server = start(settings(2, &store), &store, Duration::from_secs(10)).await;
     let mut a = TestWorker::register(&server.url, None, 6000).await;
     let mut b = TestWorker::register(&server.url, None, 6001).await;
     let join_b = tokio::spawn(async move {
@@ -197,7 +208,7 @@ async fn malformed_requests_get_their_codes_and_change_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange);
 
-    let mut ack = a.checkpoint(4, 0);
+    let mut ack = a.checkpoint(4, 0).await;
     ack.objects[0].sha256 = "nothex".into();
     let e = c.checkpoint_ack(ack).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -206,7 +217,10 @@ async fn malformed_requests_get_their_codes_and_change_nothing() {
         "{}",
         e.message()
     );
-    let e = c.checkpoint_ack(a.checkpoint(5, 0)).await.unwrap_err();
+    let e = c
+        .checkpoint_ack(a.checkpoint(5, 0).await)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
         e.message().starts_with("step: 5 is not a checkpoint step"),
@@ -269,8 +283,8 @@ async fn malformed_requests_get_their_codes_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_answers_deadline_exceeded_while_the_generation_is_incomplete() {
     let dir = tempfile::tempdir().unwrap();
-    let store = lgaf_coordinator::FileStore::new(dir.path());
-    let server = start(settings(2, &store), dir.path(), Duration::from_millis(300)).await;
+    let store = dir_store(dir.path());
+    let server = start(settings(2, &store), &store, Duration::from_millis(300)).await;
     let a = TestWorker::register(&server.url, None, 7000).await;
     let req = || v1::JoinRequest {
         api_version: 1,
@@ -289,7 +303,7 @@ async fn join_answers_deadline_exceeded_while_the_generation_is_incomplete() {
 
     // The client's own deadline, shorter than the server's, is honoured with the
     // server's reason.
-    let server2 = start(settings(2, &store), dir.path(), Duration::from_secs(30)).await;
+    let server2 = start(settings(2, &store), &store, Duration::from_secs(30)).await;
     let mut w = TestWorker::register(&server2.url, None, 7001).await;
     let mut r = tonic::Request::new(v1::JoinRequest {
         api_version: 1,
@@ -308,8 +322,8 @@ async fn join_answers_deadline_exceeded_while_the_generation_is_incomplete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nccl_id_long_polls_until_rank0_publishes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = lgaf_coordinator::FileStore::new(dir.path());
-    let server = start(settings(2, &store), dir.path(), Duration::from_secs(10)).await;
+    let store = dir_store(dir.path());
+    let server = start(settings(2, &store), &store, Duration::from_secs(10)).await;
     let mut workers = Vec::new();
     for (slot, device) in [(0, "cuda:0"), (1, "cuda:1")] {
         let mut c = client(&server.url).await;
@@ -361,39 +375,53 @@ async fn nccl_id_long_polls_until_rank0_publishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_is_committed_by_the_last_ack_and_a_failed_commit_is_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let store = lgaf_coordinator::FileStore::new(dir.path());
-    let server = start(settings(2, &store), dir.path(), Duration::from_secs(10)).await;
+    let store = dir_store(dir.path());
+    let server = start(settings(2, &store), &store, Duration::from_secs(10)).await;
     let mut a = TestWorker::register(&server.url, Some(0), 8000).await;
     let mut b = TestWorker::register(&server.url, Some(1), 8001).await;
     let (ja, jb) = tokio::join!(a.join(facts()), b.join(facts()));
     ja.unwrap();
     jb.unwrap();
     // World size 2: 1001 / 2 / 32 = 15 steps per epoch; step 4 is a checkpoint.
-    let r = a.client.checkpoint_ack(a.checkpoint(4, 0)).await.unwrap();
+    let r = a
+        .client
+        .checkpoint_ack(a.checkpoint(4, 0).await)
+        .await
+        .unwrap();
     assert!(!r.into_inner().committed);
     assert!(
-        manifests(&server.store, "test-run").is_empty(),
+        committed_steps(&server.store).await.is_empty(),
         "not before every rank"
     );
-    let r = b.client.checkpoint_ack(b.checkpoint(4, 0)).await.unwrap();
+    let r = b
+        .client
+        .checkpoint_ack(b.checkpoint(4, 0).await)
+        .await
+        .unwrap();
     assert!(r.into_inner().committed);
-    assert_eq!(manifests(&server.store, "test-run").len(), 1);
+    assert_eq!(committed_steps(&server.store).await, [4]);
 
-    // Rank 1 claims an object that is not in the store: the commit fails, nothing is
-    // committed, and the same ack once the object is there commits.
-    a.client.checkpoint_ack(a.checkpoint(8, 0)).await.unwrap();
-    let ack = b.checkpoint(8, 0);
-    let path = server
-        .store
-        .checkpoint_dir("test-run", 8)
-        .join(&ack.objects[0].key);
-    let bytes = std::fs::read(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
+    // Rank 1 acknowledges an object it has not uploaded: the commit fails naming it,
+    // nothing is committed, and the same ack once the object is uploaded commits.
+    a.client
+        .checkpoint_ack(a.checkpoint(8, 0).await)
+        .await
+        .unwrap();
+    let objects = b.objects(8);
+    let ack = b.ack(8, 0, &objects);
     let e = b.client.checkpoint_ack(ack.clone()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
     assert!(e.message().contains("acknowledge again"), "{}", e.message());
+    assert!(
+        e.message()
+            .contains("runs/test-run/ckpt/000000000008/classifier/rank-00001.safetensors")
+            && e.message().contains("was not uploaded"),
+        "{}",
+        e.message()
+    );
     assert_eq!(server.service.status().last_checkpoint_step, 4);
-    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(committed_steps(&server.store).await, [4]);
+    b.upload(8, &objects).await;
     assert!(
         b.client
             .checkpoint_ack(ack)
@@ -403,13 +431,15 @@ async fn a_checkpoint_is_committed_by_the_last_ack_and_a_failed_commit_is_retrie
             .committed
     );
     assert_eq!(server.service.status().last_checkpoint_step, 8);
+    assert_eq!(committed_steps(&server.store).await, [4, 8]);
+    server.store.load(8).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_error_fails_the_job_and_the_others_are_told_to_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let store = lgaf_coordinator::FileStore::new(dir.path());
-    let server = start(settings(2, &store), dir.path(), Duration::from_secs(10)).await;
+    let store = dir_store(dir.path());
+    let server = start(settings(2, &store), &store, Duration::from_secs(10)).await;
     let mut a = TestWorker::register(&server.url, Some(0), 9000).await;
     let mut b = TestWorker::register(&server.url, Some(1), 9001).await;
     let (ja, jb) = tokio::join!(a.join(facts()), b.join(facts()));
@@ -442,7 +472,10 @@ async fn a_worker_error_fails_the_job_and_the_others_are_told_to_stop() {
         "{}",
         status.error
     );
-    let saved = server.store.load("test-run").await.unwrap().unwrap();
+    let saved = JobStatePersistence::load(&server.store, RUN)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(saved.job.phase(), JobPhase::Failed { .. }));
     // Waiting for the end returns at once.
     let phase = tokio::time::timeout(Duration::from_secs(1), server.service.wait_until_over())
@@ -454,7 +487,7 @@ async fn a_worker_error_fails_the_job_and_the_others_are_told_to_stop() {
 /// A committer that takes its time, like a slow object store.
 #[derive(Clone)]
 struct SlowCommitter {
-    inner: lgaf_coordinator::FileStore,
+    inner: lgaf_coordinator::RunStore,
     delay: Duration,
 }
 
@@ -464,14 +497,14 @@ impl lgaf_coordinator::CheckpointCommitter for SlowCommitter {
         commit: lgaf_coordinator::job::CommitRequest,
     ) -> Result<String, lgaf_coordinator::StoreError> {
         tokio::time::sleep(self.delay).await;
-        self.inner.commit(commit).await
+        lgaf_coordinator::CheckpointCommitter::commit(&self.inner, commit).await
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_completes_even_when_the_acking_worker_hangs_up() {
     let dir = tempfile::tempdir().unwrap();
-    let store = lgaf_coordinator::FileStore::new(dir.path());
+    let store = dir_store(dir.path());
     let service = lgaf_coordinator::CoordinatorService::new(
         lgaf_coordinator::Job::new(settings(2, &store)).unwrap(),
         SlowCommitter {
@@ -493,8 +526,11 @@ async fn a_commit_completes_even_when_the_acking_worker_hangs_up() {
     let (ja, jb) = tokio::join!(a.join(facts()), b.join(facts()));
     ja.unwrap();
     jb.unwrap();
-    a.client.checkpoint_ack(a.checkpoint(4, 0)).await.unwrap();
-    let mut last = tonic::Request::new(b.checkpoint(4, 0));
+    a.client
+        .checkpoint_ack(a.checkpoint(4, 0).await)
+        .await
+        .unwrap();
+    let mut last = tonic::Request::new(b.checkpoint(4, 0).await);
     last.set_timeout(Duration::from_millis(200));
     let e = b.client.checkpoint_ack(last).await.unwrap_err();
     assert_ne!(e.code(), Code::Ok);
@@ -505,8 +541,103 @@ async fn a_commit_completes_even_when_the_acking_worker_hangs_up() {
         assert!(Instant::now() < deadline, "the commit was abandoned");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(manifests(&store, "test-run").len(), 1);
+    assert_eq!(committed_steps(&store).await, [4]);
     // The retry after the lost reply learns that it is committed.
-    let again = b.client.checkpoint_ack(b.checkpoint(4, 0)).await.unwrap();
+    let again = b
+        .client
+        .checkpoint_ack(b.checkpoint(4, 0).await)
+        .await
+        .unwrap();
     assert!(again.into_inner().committed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coordinator_on_the_same_run_resumes_from_the_newest_committed_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir_store(dir.path());
+    // Keep the last 3 checkpoints. World size 2: 15 steps per epoch, 30 in all,
+    // checkpoints every 4 steps and at 15 and 30.
+    let facts = v1::TrainingFacts {
+        keep_last: 3,
+        ..facts()
+    };
+
+    // The first coordinator commits steps 4 and 8, gets rank 0's part of step 12, and dies.
+    let first = start_or_resume(settings(2, &store), &store, Duration::from_secs(10)).await;
+    let mut a = TestWorker::register(&first.url, Some(0), 8200).await;
+    let mut b = TestWorker::register(&first.url, Some(1), 8201).await;
+    let (ja, jb) = tokio::join!(a.join(facts), b.join(facts));
+    assert_eq!(ja.unwrap().resume_step, 0);
+    assert_eq!(jb.unwrap().resume_step, 0);
+    for step in [4, 8] {
+        a.client
+            .checkpoint_ack(a.checkpoint(step, 0).await)
+            .await
+            .unwrap();
+        b.client
+            .checkpoint_ack(b.checkpoint(step, 0).await)
+            .await
+            .unwrap();
+    }
+    a.client
+        .checkpoint_ack(a.checkpoint(12, 0).await)
+        .await
+        .unwrap();
+    assert_eq!(committed_steps(&store).await, [4, 8]);
+    drop(first);
+
+    // The second one, on the same store and run id, hands out step 8 and goes on from there.
+    let second = start_or_resume(settings(2, &store), &store, Duration::from_secs(10)).await;
+    let status = second.service.status();
+    assert_eq!(status.state, v1::JobState::Waiting as i32);
+    assert_eq!((status.step, status.last_checkpoint_step), (8, 8));
+    // What it will hand out is a checkpoint a worker can load and verify.
+    let resumed = store.load(8).await.unwrap();
+    assert_eq!(resumed.manifest.step, 8);
+    assert_eq!(resumed.objects.len(), 3);
+    let tasks: Vec<_> = [(Some(0), 8300), (Some(1), 8301)]
+        .into_iter()
+        .map(|(slot, port)| tokio::spawn(run_worker(second.url.clone(), slot, port, facts)))
+        .collect();
+    let mut summaries = Vec::new();
+    for t in tasks {
+        summaries.push(t.await.unwrap().unwrap());
+    }
+    for s in &summaries {
+        assert_eq!(s.resume_step, 8);
+        assert_eq!(
+            s.resume_manifest,
+            "runs/test-run/ckpt/000000000008/MANIFEST.json"
+        );
+        assert_eq!(s.total_steps, 30);
+        // The epoch that holds step 8 keeps its bounds; its checkpoints start after 8.
+        assert_eq!(
+            (s.epochs[0].epoch, s.epochs[0].first_step),
+            (0, 0),
+            "{:?}",
+            s.epochs
+        );
+        assert_eq!(s.epochs[0].checkpoint_steps, [12, 15]);
+        assert_eq!(s.epochs[1].checkpoint_steps, [16, 20, 24, 28, 30]);
+    }
+    let status = second.service.status();
+    assert_eq!(status.state, v1::JobState::Finished as i32);
+    assert_eq!((status.step, status.last_checkpoint_step), (30, 30));
+    // keep_last 3, across both coordinators.
+    assert_eq!(committed_steps(&store).await, [24, 28, 30]);
+    drop(second);
+
+    // A third one finds the final step committed: finished at once, nothing to serve.
+    let third = start_or_resume(settings(2, &store), &store, Duration::from_secs(10)).await;
+    let status = third.service.status();
+    assert_eq!(status.state, v1::JobState::Finished as i32);
+    assert_eq!((status.step, status.total_steps), (30, 30));
+    assert_eq!(status.last_checkpoint_step, 30);
+    let e = client(&third.url)
+        .await
+        .register(register_request(None, 8400))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("finished"), "{}", e.message());
 }

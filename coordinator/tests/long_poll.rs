@@ -25,8 +25,8 @@ fn cpu_ticks() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_waiting_joins_do_not_wake_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let store = lgaf_coordinator::FileStore::new(dir.path());
-    let server = start(settings(3, &store), dir.path(), Duration::from_secs(2)).await;
+    let store = dir_store(dir.path());
+    let server = start(settings(3, &store), &store, Duration::from_secs(2)).await;
     let mut a = TestWorker::register(&server.url, None, 1).await;
     let mut b = TestWorker::register(&server.url, None, 2).await;
     let join = |id: &str| v1::JoinRequest {

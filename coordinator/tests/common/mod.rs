@@ -1,28 +1,40 @@
 //! A coordinator served in-process on loopback, and workers that follow the protocol like
 //! the real one (without training): register, join, epoch plans, heartbeats, progress,
-//! checkpoint objects written to the store and acknowledged, finish.
+//! checkpoint objects uploaded with `RunStore::put_object` and acknowledged, finish.
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use lgaf_coordinator::store::FileStore;
-use lgaf_coordinator::{serve, CoordinatorService, Job, JobSettings, ServiceOptions};
+use bytes::Bytes;
+use lgaf_coordinator::{
+    serve, stored_run, CoordinatorService, Job, JobSettings, RunStore, ServiceOptions, Store,
+};
 use lgaf_proto::v1;
 use lgaf_proto::v1::coordinator_client::CoordinatorClient;
+use lgaf_store::Manifest;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-pub type Service = CoordinatorService<FileStore, FileStore>;
+pub type Service = CoordinatorService<RunStore, RunStore>;
+
+/// The run every test job uses.
+pub const RUN: &str = "test-run";
+
+/// The store of run [`RUN`] in a local directory.
+pub fn dir_store(dir: &Path) -> RunStore {
+    RunStore::new(Store::from_url(dir.to_str().unwrap()).unwrap(), RUN).unwrap()
+}
 
 pub struct Server {
     pub url: String,
     pub service: Service,
-    pub store: FileStore,
+    pub store: RunStore,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -34,24 +46,43 @@ impl Drop for Server {
     }
 }
 
-pub fn settings(world_size: u32, store: &FileStore) -> JobSettings {
+pub fn settings(world_size: u32, store: &RunStore) -> JobSettings {
     JobSettings {
         job_id: "test-job".into(),
-        run_id: "test-run".into(),
+        run_id: store.run_id().into(),
         instance: "t".into(),
         world_size,
         max_steps: 0,
         config_toml: "[train]\nepochs = 2\n".into(),
-        store_url: store.url(),
+        store_url: store.store().url().into(),
         heartbeat_interval_ms: 100,
         collective_timeout_ms: 1000,
     }
 }
 
-pub async fn start(settings: JobSettings, store_dir: &Path, long_poll: Duration) -> Server {
-    let store = FileStore::new(store_dir);
+/// A new job on `store`.
+pub async fn start(settings: JobSettings, store: &RunStore, long_poll: Duration) -> Server {
+    serve_job(Job::new(settings).unwrap(), store, long_poll).await
+}
+
+/// The job as the binary opens it: resumed from the newest committed checkpoint of the run
+/// if there is one.
+pub async fn start_or_resume(
+    settings: JobSettings,
+    store: &RunStore,
+    long_poll: Duration,
+) -> Server {
+    let stored = stored_run(store).await.unwrap();
+    let job = match stored.resume {
+        Some(from) => Job::resume(settings, from, stored.previous.as_ref().map(|p| &p.job)),
+        None => Job::new(settings),
+    };
+    serve_job(job.unwrap(), store, long_poll).await
+}
+
+pub async fn serve_job(job: Job, store: &RunStore, long_poll: Duration) -> Server {
     let service = CoordinatorService::new(
-        Job::new(settings).unwrap(),
+        job,
         store.clone(),
         store.clone(),
         ServiceOptions {
@@ -67,7 +98,7 @@ pub async fn start(settings: JobSettings, store_dir: &Path, long_poll: Duration)
     Server {
         url: format!("http://{addr}"),
         service,
-        store,
+        store: store.clone(),
         shutdown: Some(tx),
     }
 }
@@ -109,21 +140,39 @@ pub struct TestWorker {
     pub id: String,
     pub reply: v1::RegisterReply,
     pub join: Option<v1::JoinReply>,
+    /// The run's store, opened from the URL and run id the coordinator handed out.
+    pub store: RunStore,
 }
 
 impl TestWorker {
     pub async fn register(url: &str, slot: Option<u32>, port: u16) -> TestWorker {
+        Self::register_with_env(url, slot, port, &HashMap::new()).await
+    }
+
+    /// `env`: the AWS_* settings an S3 store needs (a real worker reads its environment).
+    pub async fn register_with_env(
+        url: &str,
+        slot: Option<u32>,
+        port: u16,
+        env: &HashMap<String, String>,
+    ) -> TestWorker {
         let mut client = client(url).await;
         let reply = client
             .register(register_request(slot, port))
             .await
             .unwrap()
             .into_inner();
+        let store = RunStore::new(
+            Store::from_url_with_env(&reply.store_url, env).unwrap(),
+            &reply.run_id,
+        )
+        .unwrap();
         TestWorker {
             client,
             id: reply.worker_id.clone(),
             reply,
             join: None,
+            store,
         }
     }
 
@@ -154,10 +203,6 @@ impl TestWorker {
         self.join.as_ref().expect("joined").rank
     }
 
-    pub fn store(&self) -> FileStore {
-        FileStore::from_url(&self.reply.store_url).unwrap()
-    }
-
     pub async fn heartbeat(&mut self, step: u64) -> Result<v1::HeartbeatReply, Status> {
         let req = v1::HeartbeatRequest {
             api_version: 1,
@@ -168,34 +213,86 @@ impl TestWorker {
         self.client.heartbeat(req).await.map(|r| r.into_inner())
     }
 
-    /// Writes this rank's object of checkpoint `step` into the store and returns its ack.
-    pub fn checkpoint(&self, step: u64, epoch: u64) -> v1::CheckpointAckRequest {
+    /// This rank's objects of checkpoint `step`, keyed relative to the step folder as the
+    /// worker uploads them: rank 0 the model, every rank its classifier shard.
+    pub fn objects(&self, step: u64) -> Vec<(String, Bytes)> {
         let rank = self.rank();
-        let key = format!("rank{rank}/shard.bin");
-        let bytes = format!("rank {rank} step {step}").into_bytes();
-        let path = self
-            .store()
-            .checkpoint_dir(&self.reply.run_id, step)
-            .join(&key);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &bytes).unwrap();
+        let mut objects = Vec::new();
+        if rank == 0 {
+            objects.push((
+                "model.safetensors".to_string(),
+                Bytes::from(format!("model step {step}")),
+            ));
+        }
+        objects.push((
+            format!("classifier/rank-{rank:05}.safetensors"),
+            Bytes::from(format!("rank {rank} step {step}")),
+        ));
+        objects
+    }
+
+    /// Uploads `objects` with `RunStore::put_object` and returns what the ack carries.
+    pub async fn upload(
+        &self,
+        step: u64,
+        objects: &[(String, Bytes)],
+    ) -> Vec<v1::CheckpointObject> {
+        let mut acked = Vec::new();
+        for (key, bytes) in objects {
+            let info = self
+                .store
+                .put_object(step, key, bytes.clone())
+                .await
+                .unwrap();
+            acked.push(v1::CheckpointObject {
+                key: info.key,
+                size: info.size,
+                sha256: info.sha256,
+            });
+        }
+        acked
+    }
+
+    /// The ack of `objects` (not uploaded by this call).
+    pub fn ack(
+        &self,
+        step: u64,
+        epoch: u64,
+        objects: &[(String, Bytes)],
+    ) -> v1::CheckpointAckRequest {
+        let rank = self.rank();
         v1::CheckpointAckRequest {
             api_version: 1,
             worker_id: self.id.clone(),
             generation: self.generation(),
             step,
             epoch,
-            objects: vec![v1::CheckpointObject {
-                key,
-                size: bytes.len() as u64,
-                sha256: sha256_hex(&bytes),
-            }],
+            objects: objects
+                .iter()
+                .map(|(key, bytes)| v1::CheckpointObject {
+                    key: key.clone(),
+                    size: bytes.len() as u64,
+                    sha256: sha256_hex(bytes),
+                })
+                .collect(),
             state_json: if rank == 0 {
                 format!(r#"{{"step": {step}, "epoch": {epoch}}}"#)
             } else {
                 String::new()
             },
         }
+    }
+
+    /// Uploads this rank's objects of checkpoint `step` and returns its ack.
+    pub async fn checkpoint(&self, step: u64, epoch: u64) -> v1::CheckpointAckRequest {
+        let objects = self.objects(step);
+        let acked = self.upload(step, &objects).await;
+        let ack = self.ack(step, epoch, &objects);
+        assert_eq!(
+            ack.objects, acked,
+            "the ack carries what put_object answered"
+        );
+        ack
     }
 }
 
@@ -213,6 +310,8 @@ pub struct Summary {
     pub rank: u32,
     pub world_size: u32,
     pub total_steps: u64,
+    pub resume_step: u64,
+    pub resume_manifest: String,
     pub epochs: Vec<v1::EpochPlan>,
     pub committed: Vec<u64>,
     pub stopped_early: bool,
@@ -225,18 +324,32 @@ pub async fn run_worker(
     port: u16,
     facts: v1::TrainingFacts,
 ) -> Result<Summary, Status> {
-    let mut w = TestWorker::register(&url, slot, port).await;
+    run_worker_with_env(url, slot, port, facts, HashMap::new()).await
+}
+
+/// Runs the whole life of a worker whose store needs `env` (S3). A resumed worker starts
+/// at the epoch that holds its resume step.
+pub async fn run_worker_with_env(
+    url: String,
+    slot: Option<u32>,
+    port: u16,
+    facts: v1::TrainingFacts,
+    env: HashMap<String, String>,
+) -> Result<Summary, Status> {
+    let mut w = TestWorker::register_with_env(&url, slot, port, &env).await;
     let joined = w.join(facts).await?;
     let mut s = Summary {
         register: w.reply.clone(),
         rank: joined.rank,
         world_size: joined.world_size,
         total_steps: joined.total_steps,
+        resume_step: joined.resume_step,
+        resume_manifest: joined.resume_manifest.clone(),
         ..Default::default()
     };
     let steps_per_epoch = joined.steps_per_epoch;
     let mut step = joined.resume_step;
-    'epochs: for epoch in 0.. {
+    'epochs: for epoch in step / steps_per_epoch.. {
         let plan = match w
             .client
             .get_epoch_plan(v1::EpochPlanRequest {
@@ -281,11 +394,8 @@ pub async fn run_worker(
                 break 'epochs;
             }
             if plan.checkpoint_steps.contains(&step) {
-                let reply = w
-                    .client
-                    .checkpoint_ack(w.checkpoint(step, step / steps_per_epoch))
-                    .await?
-                    .into_inner();
+                let ack = w.checkpoint(step, step / steps_per_epoch).await;
+                let reply = w.client.checkpoint_ack(ack).await?.into_inner();
                 if reply.committed {
                     s.committed.push(step);
                 }
@@ -309,20 +419,22 @@ pub async fn run_worker(
     Ok(s)
 }
 
-/// The checkpoint manifests on disk, by step.
-pub fn manifests(store: &FileStore, run_id: &str) -> Vec<(u64, serde_json::Value)> {
+/// The committed checkpoints' manifests, ascending by step.
+pub async fn manifests(store: &RunStore) -> Vec<Manifest> {
+    let mut out = Vec::new();
+    for c in store.committed().await.unwrap() {
+        out.push(store.manifest(c.step).await.unwrap());
+    }
+    out
+}
+
+/// The committed steps, ascending.
+pub async fn committed_steps(store: &RunStore) -> Vec<u64> {
     store
-        .committed_steps(run_id)
+        .committed()
+        .await
         .unwrap()
-        .into_iter()
-        .map(|step| {
-            let path: PathBuf = store
-                .checkpoint_dir(run_id, step)
-                .join(lgaf_coordinator::store::MANIFEST);
-            (
-                step,
-                serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap(),
-            )
-        })
+        .iter()
+        .map(|c| c.step)
         .collect()
 }
