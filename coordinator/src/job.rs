@@ -360,8 +360,12 @@ pub struct Generation {
     /// NCCL: the unique id rank 0 published.
     pub nccl_id: Option<Vec<u8>>,
     pub schedule: Schedule,
-    /// The committed checkpoint the generation starts from (0: from scratch).
+    /// The committed checkpoint the generation starts from (0: from scratch): the step
+    /// its folder is named by, which the workers load.
     pub resume_step: u64,
+    /// The first step this generation trains after: `resume_step` mapped to this world
+    /// size's steps per epoch (`lgaf_proto::resumed_step`); equal on the same world size.
+    pub start_step: u64,
     pub resume_manifest: String,
     pub formed_at: Millis,
 }
@@ -414,6 +418,10 @@ struct PendingCheckpoint {
 pub struct CommittedCheckpoint {
     pub step: u64,
     pub epoch: u64,
+    /// Steps per epoch of the run that wrote it (from its manifest's state; 0 if unknown):
+    /// a run on another world size continues at the same epoch position.
+    #[serde(default)]
+    pub steps_per_epoch: u64,
     /// The manifest's key in the store (`runs/<run_id>/ckpt/<step:012>/MANIFEST.json`),
     /// handed to workers as `resume_manifest`.
     pub manifest: String,
@@ -620,7 +628,9 @@ impl Job {
     fn resume_outcome(&self, schedule: &Schedule) -> Option<JobPhase> {
         let from = self.last_commit.as_ref()?;
         let total = schedule.total_steps;
-        match from.step.cmp(&total) {
+        let at =
+            lgaf_proto::resumed_step(from.step, from.steps_per_epoch, schedule.steps_per_epoch);
+        match at.cmp(&total) {
             std::cmp::Ordering::Less => None,
             std::cmp::Ordering::Equal => Some(JobPhase::Finished),
             std::cmp::Ordering::Greater => {
@@ -930,16 +940,23 @@ impl Job {
         };
         let ids: Vec<String> = members.iter().map(|w| w.id.clone()).collect();
         let number = self.generation.as_ref().map_or(1, |g| g.number + 1);
-        let (resume_step, resume_manifest) = match &self.last_commit {
-            Some(c) => (c.step, c.manifest.clone()),
-            None => (0, String::new()),
+        let (resume_step, resume_manifest, saved_spe) = match &self.last_commit {
+            Some(c) => (c.step, c.manifest.clone(), c.steps_per_epoch),
+            None => (0, String::new(), 0),
         };
+        let start_step = lgaf_proto::resumed_step(resume_step, saved_spe, schedule.steps_per_epoch);
+        if let Some(c) = self.last_commit.as_mut() {
+            // From here on steps count in this world size's numbering; the checkpoint
+            // itself is still loaded from its folder (`resume_step`).
+            c.step = start_step;
+            c.steps_per_epoch = schedule.steps_per_epoch;
+        }
         for (rank, id) in ids.iter().enumerate() {
             let w = self.workers.get_mut(id).expect("member");
             w.rank = Some(rank as u32);
             w.phase = WorkerPhase::Training;
             // Where every rank starts.
-            w.step = resume_step;
+            w.step = start_step;
         }
         self.generation = Some(Generation {
             number,
@@ -949,6 +966,7 @@ impl Job {
             nccl_id: None,
             schedule,
             resume_step,
+            start_step,
             resume_manifest,
             formed_at: now,
         });
@@ -1094,7 +1112,7 @@ impl Job {
         // The epoch's bounds stay those of the schedule (a resumed rank starts inside the
         // epoch, at resume_step); checkpoints at or before resume_step are committed already.
         let mut checkpoint_steps = s.checkpoint_steps(first, end);
-        checkpoint_steps.retain(|&step| step > g.resume_step);
+        checkpoint_steps.retain(|&step| step > g.start_step);
         let plan = v1::EpochPlan {
             epoch: req.epoch,
             seed: s.seed,
@@ -1366,6 +1384,7 @@ impl Job {
                     self.last_commit = Some(CommittedCheckpoint {
                         step,
                         epoch: p.epoch,
+                        steps_per_epoch: self.schedule.map_or(0, |s| s.steps_per_epoch),
                         manifest: manifest.clone(),
                     });
                 }

@@ -842,6 +842,7 @@ fn checkpoint_at(step: u64) -> CommittedCheckpoint {
     CommittedCheckpoint {
         step,
         epoch: step / 10,
+        steps_per_epoch: 0,
         manifest: format!("runs/run/ckpt/{step:012}/MANIFEST.json"),
     }
 }

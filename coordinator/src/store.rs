@@ -200,15 +200,30 @@ pub struct StoredRun {
     pub previous: Option<JobSnapshot>,
 }
 
-/// Reads the run's committed checkpoints ([`RunStore::committed`]: manifests that parse and
-/// check; the workers verify the objects' checksums when they load) and its job state.
+/// Reads the run's committed checkpoints and its job state. The run resumes from the
+/// newest checkpoint whose every object verifies against its manifest
+/// ([`RunStore::load_latest`]); newer ones that do not (a corrupted or missing object) are
+/// logged, naming the object, and passed over, so all ranks load the same good one.
 pub async fn stored_run(run: &RunStore) -> Result<StoredRun, StoreError> {
     let committed = run.committed().await?;
-    let resume = committed.last().map(|c| CommittedCheckpoint {
-        step: c.step,
-        epoch: c.epoch,
-        manifest: run.manifest_key(c.step),
-    });
+    let resume = match committed.is_empty() {
+        true => None,
+        false => {
+            let loaded = run.load_latest().await?;
+            loaded.map(|l| {
+                for (step, why) in &l.skipped {
+                    warn!(step, "not resuming from checkpoint {step}: {why}");
+                }
+                let m = &l.manifest;
+                CommittedCheckpoint {
+                    step: m.step,
+                    epoch: m.epoch,
+                    steps_per_epoch: m.state["steps_per_epoch"].as_u64().unwrap_or(0),
+                    manifest: run.manifest_key(m.step),
+                }
+            })
+        }
+    };
     let previous = match JobStatePersistence::load(run, run.run_id()).await {
         Ok(p) => p,
         Err(e) => {

@@ -81,7 +81,9 @@ fn coordinate(
     let losses = log
         .lines()
         .filter_map(|line| {
-            let rest = &line[line.find(" step ")? + 6..];
+            // The coordinator's progress lines, not its final status line.
+            const PROGRESS: &str = "lgaf_coordinator::service: step ";
+            let rest = &line[line.find(PROGRESS)? + PROGRESS.len()..];
             let (step, rest) = rest.split_once('/')?;
             let loss = rest.split_once(" loss ")?.1.split_whitespace().next()?;
             Some((step.parse().ok()?, loss.to_string()))

@@ -754,7 +754,10 @@ fn demo(a: DemoArgs) -> Result<()> {
 fn demo_coordinated(mut cfg: TrainConfig, a: &DemoArgs) -> Result<()> {
     let global_batch = cfg.data.batch_size;
     if global_batch % a.workers != 0 {
-        bail!("--workers {}: must divide the global batch of {global_batch}", a.workers);
+        bail!(
+            "--workers {}: must divide the global batch of {global_batch}",
+            a.workers
+        );
     }
     cfg.data.batch_size = global_batch / a.workers;
     // Each worker process gets its share of the cores for loading.
@@ -815,9 +818,13 @@ fn demo_coordinated(mut cfg: TrainConfig, a: &DemoArgs) -> Result<()> {
     let loaded = runs
         .block_on(runs.run().load_latest_with(|o| o.key == key))?
         .context("the run committed no checkpoint")?;
-    let bytes = loaded.objects.get(key).context("the checkpoint holds no network")?;
-    let tensors: HashMap<String, tch::Tensor> =
-        weights::from_bytes(bytes, Path::new(key))?.into_iter().collect();
+    let bytes = loaded
+        .objects
+        .get(key)
+        .context("the checkpoint holds no network")?;
+    let tensors: HashMap<String, tch::Tensor> = weights::from_bytes(bytes, Path::new(key))?
+        .into_iter()
+        .collect();
     let mut vs = vs;
     weights::assign(&mut vs, &tensors, Path::new(key))?;
     let after = held_out.report(&model, tch::Device::Cpu);
