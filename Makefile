@@ -61,7 +61,7 @@ build: venv
 	$(CARGO) build --release --bins
 
 demo: build
-	./target/release/lgaf demo --out demo-out
+	./target/release/lgaf demo --workers 2 --out demo-out
 
 test: venv venv-mxnet venv-s3
 	$(CARGO) test --release --workspace

@@ -276,6 +276,7 @@ fn train(
     let total = joined.total_steps;
     let spe = joined.steps_per_epoch.max(1);
     let rank = joined.rank;
+    let log_every = cfg.train.log_every.max(1);
     let mut window = (0usize, Duration::ZERO);
     let result = (|| -> Result<()> {
         while trainer.steps_done() < total {
@@ -301,7 +302,10 @@ fn train(
                 }
                 window.0 += report.batch_size;
                 window.1 += report.step_time;
-                if rank == 0 {
+                // Rank 0 reports every `train.log_every` steps, and the first and last.
+                let step = report.step;
+                let due = step == 1 || step == total || step.is_multiple_of(log_every);
+                if rank == 0 && due {
                     report_progress(
                         client,
                         &registered.worker_id,

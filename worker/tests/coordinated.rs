@@ -26,6 +26,7 @@ identities = 12
 images_per_identity = 8
 [train]
 epochs = 2
+log_every = 1
 [optim]
 warmup_epochs = 0.0
 lr_steps = []

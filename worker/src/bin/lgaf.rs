@@ -753,7 +753,7 @@ fn demo(a: DemoArgs) -> Result<()> {
 /// share the global batch of 64; then the newest committed checkpoint is evaluated.
 fn demo_coordinated(mut cfg: TrainConfig, a: &DemoArgs) -> Result<()> {
     let global_batch = cfg.data.batch_size;
-    if global_batch % a.workers != 0 {
+    if !global_batch.is_multiple_of(a.workers) {
         bail!(
             "--workers {}: must divide the global batch of {global_batch}",
             a.workers
