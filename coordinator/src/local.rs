@@ -73,9 +73,17 @@ impl LocalWorkers {
         let mut started = LocalWorkers {
             children: Vec::new(),
         };
+        // CPU workers on one machine share its cores: each gets its share of libtorch's
+        // threads unless the user chose (one process per core set would oversubscribe).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu_workers = spec.devices.iter().filter(|d| *d == "cpu").count().max(1);
+        let threads = (cores / cpu_workers).max(1).to_string();
         for (slot, device) in spec.devices.iter().enumerate() {
             let slot = slot as u32;
             let mut cmd = tokio::process::Command::new(&spec.worker_bin);
+            if device == "cpu" && std::env::var_os("OMP_NUM_THREADS").is_none() {
+                cmd.env("OMP_NUM_THREADS", &threads);
+            }
             cmd.arg("--coordinator")
                 .arg(&spec.coordinator_url)
                 .arg("--slot")
