@@ -1,16 +1,20 @@
-//! Data parallelism for the trainer: the model's [`Collective`] over a
-//! [`Communicator`] (host memory: the CPU backend), gradient averaging in buckets, and the
-//! Partial-FC exchange of embeddings and their gradients.
+//! Data parallelism for the trainer: the model's [`Collective`] over either backend
+//! ([`HostCollective`]: a host-memory [`Communicator`], the CPU backend; [`NcclCollective`]:
+//! NCCL on the GPU's own memory), gradient summing in buckets, and the Partial-FC exchange of
+//! embeddings and their gradients.
 //!
 //! A transport failure (a dead or hung peer) inside a forward pass cannot be returned
-//! through the model's infallible `Collective` methods, so [`HostCollective`] records the
-//! first failure, hands back its input unchanged, and fails fast on every later call; the
-//! trainer calls [`HostCollective::check`] before it applies a step, so a step with a failed
-//! exchange never changes the weights.
+//! through the model's infallible `Collective` methods, so both collectives record the first
+//! failure, hand back their input unchanged, and fail fast on every later call; the trainer
+//! calls [`Group::check`] before it applies a step, so a step with a failed exchange never
+//! changes the weights.
 
+use std::ffi::c_void;
+use std::ptr::null_mut;
 use std::sync::{Arc, Mutex};
 
-use lgaf_collective::{CollectiveError, Communicator, ReduceBuf, ReduceOp};
+use lgaf_collective::nccl::NcclCommunicator;
+use lgaf_collective::{CollectiveError, Communicator, DType, ReduceBuf, ReduceOp};
 use lgaf_model::collective::{Collective, SingleProcess};
 use tch::{Device, Kind, Tensor};
 
@@ -18,44 +22,77 @@ use tch::{Device, Kind, Tensor};
 /// dominate, small enough that the flattened copy stays cheap (PyTorch DDP's default).
 pub const BUCKET_BYTES: usize = 25 * 1024 * 1024;
 
-/// The model's [`Collective`] over a host-memory [`Communicator`]. Tensors on any device
-/// are staged through the CPU.
-pub struct HostCollective {
-    comm: Arc<dyn Communicator>,
-    failure: Mutex<Option<CollectiveError>>,
-}
+/// The first transport failure of a group; once set the group is dead for good.
+#[derive(Default)]
+struct FailureSlot(Mutex<Option<CollectiveError>>);
 
-impl HostCollective {
-    pub fn new(comm: Arc<dyn Communicator>) -> Self {
-        Self {
-            comm,
-            failure: Mutex::new(None),
-        }
-    }
-
-    /// The first failure since the group was built, if any. The group stays failed: the
-    /// worker must leave the generation.
-    pub fn check(&self) -> Result<(), String> {
-        match &*self.failure.lock().expect("failure slot") {
+impl FailureSlot {
+    fn check(&self) -> Result<(), String> {
+        match &*self.0.lock().expect("failure slot") {
             Some(e) => Err(e.to_string()),
             None => Ok(()),
         }
     }
 
     fn failed(&self) -> bool {
-        self.failure.lock().expect("failure slot").is_some()
+        self.0.lock().expect("failure slot").is_some()
     }
 
     fn record(&self, error: CollectiveError) {
-        let mut slot = self.failure.lock().expect("failure slot");
+        let mut slot = self.0.lock().expect("failure slot");
         if slot.is_none() {
             tracing::error!(%error, "collective operation failed");
             *slot = Some(error);
         }
     }
+}
+
+/// The shape of `t` gathered from `world` ranks along dimension 0 (a scalar counts as [1]).
+fn gathered_shape(t: &Tensor, world: usize) -> Vec<i64> {
+    let mut shape = t.size();
+    if shape.is_empty() {
+        shape = vec![1];
+    }
+    std::iter::once(shape[0] * world as i64)
+        .chain(shape[1..].iter().copied())
+        .collect()
+}
+
+/// What a failed all-gather hands back: the input repeated, so shapes stay right until the
+/// trainer's check stops the step.
+fn gather_fallback(t: &Tensor, world: usize) -> Tensor {
+    let rows = if t.dim() == 0 {
+        t.view([1])
+    } else {
+        t.detach()
+    };
+    let copies: Vec<Tensor> = (0..world).map(|_| rows.shallow_clone()).collect();
+    Tensor::cat(&copies, 0)
+}
+
+/// The model's [`Collective`] over a host-memory [`Communicator`]. Tensors on any device
+/// are staged through the CPU.
+pub struct HostCollective {
+    comm: Arc<dyn Communicator>,
+    failure: FailureSlot,
+}
+
+impl HostCollective {
+    pub fn new(comm: Arc<dyn Communicator>) -> Self {
+        Self {
+            comm,
+            failure: FailureSlot::default(),
+        }
+    }
+
+    /// The first failure since the group was built, if any. The group stays failed: the
+    /// worker must leave the generation.
+    pub fn check(&self) -> Result<(), String> {
+        self.failure.check()
+    }
 
     fn reduce(&self, t: &Tensor, op: ReduceOp) -> Tensor {
-        if self.failed() {
+        if self.failure.failed() {
             return t.shallow_clone();
         }
         let (device, kind, shape) = (t.device(), t.kind(), t.size());
@@ -89,7 +126,7 @@ impl HostCollective {
         match result {
             Ok(reduced) => reduced.view(shape.as_slice()).to_device(device),
             Err(e) => {
-                self.record(e);
+                self.failure.record(e);
                 t.shallow_clone()
             }
         }
@@ -123,41 +160,195 @@ impl Collective for HostCollective {
 
     fn all_gather(&self, t: &Tensor) -> Tensor {
         let world = self.comm.world_size();
-        let mut shape = t.size();
-        if shape.is_empty() {
-            shape = vec![1];
-        }
-        let gathered_shape: Vec<i64> = std::iter::once(shape[0] * world as i64)
-            .chain(shape[1..].iter().copied())
-            .collect();
-        if self.failed() {
-            return t.repeat([world as i64]).view(gathered_shape.as_slice());
+        if self.failure.failed() {
+            return gather_fallback(t, world);
         }
         let send = host_bytes(t);
         let mut recv = vec![0u8; send.len() * world];
         match self.comm.all_gather(&send, &mut recv) {
-            Ok(()) => {
-                Tensor::from_data_size(&recv, &gathered_shape, t.kind()).to_device(t.device())
-            }
+            Ok(()) => Tensor::from_data_size(&recv, &gathered_shape(t, world), t.kind())
+                .to_device(t.device()),
             Err(e) => {
-                self.record(e);
-                t.repeat([world as i64]).view(gathered_shape.as_slice())
+                self.failure.record(e);
+                gather_fallback(t, world)
             }
         }
     }
 
     fn broadcast(&self, t: &Tensor, root: i64) -> Tensor {
-        if self.failed() {
+        if self.failure.failed() {
             return t.shallow_clone();
         }
         let mut bytes = host_bytes(t);
         match self.comm.broadcast(&mut bytes, root as usize) {
             Ok(()) => Tensor::from_data_size(&bytes, &t.size(), t.kind()).to_device(t.device()),
             Err(e) => {
-                self.record(e);
+                self.failure.record(e);
                 t.shallow_clone()
             }
         }
+    }
+}
+
+/// The model's [`Collective`] over NCCL, on the tensors' own device memory (no host
+/// staging). Operations go on the legacy default stream (null), which is libtorch's current
+/// stream unless someone sets another (this trainer never does), so they are ordered after
+/// the kernels that produced their inputs; the communicator waits for the stream under its
+/// watchdog before returning, so results are ready when a call returns.
+pub struct NcclCollective {
+    comm: NcclCommunicator,
+    device: Device,
+    failure: FailureSlot,
+}
+
+impl NcclCollective {
+    /// The collective of a communicator on a CUDA device.
+    pub fn on_cuda(comm: NcclCommunicator) -> Self {
+        let device = Device::Cuda(comm.device_index());
+        // SAFETY: a communicator on CUDA device i operates on that device's memory.
+        unsafe { Self::new(comm, device) }
+    }
+
+    /// # Safety
+    /// `device` is the memory the communicator's library operates on: `Device::Cuda(i)` for
+    /// real NCCL on device `i` (use [`Self::on_cuda`]), `Device::Cpu` only for a stand-in
+    /// library that works on host memory (the tests').
+    pub unsafe fn new(comm: NcclCommunicator, device: Device) -> Self {
+        Self {
+            comm,
+            device,
+            failure: FailureSlot::default(),
+        }
+    }
+
+    /// The first failure since the group was built, if any (see [`HostCollective::check`]).
+    pub fn check(&self) -> Result<(), String> {
+        self.failure.check()
+    }
+
+    /// A contiguous copy of `t`, owned by the caller, in a kind NCCL handles: f64 and i64 as
+    /// they are, everything else through f32 (as [`HostCollective`] does).
+    fn staged(&self, op: &'static str, t: &Tensor) -> Result<(Tensor, DType), CollectiveError> {
+        if t.device() != self.device {
+            return Err(CollectiveError::Usage {
+                op,
+                message: format!(
+                    "a tensor on {:?}; this NCCL communicator works on {:?}",
+                    t.device(),
+                    self.device
+                ),
+            });
+        }
+        let (kind, dtype) = match t.kind() {
+            Kind::Double => (Kind::Double, DType::F64),
+            Kind::Int64 => (Kind::Int64, DType::I64),
+            _ => (Kind::Float, DType::F32),
+        };
+        // `copy`: the in-place operations must not write into the caller's tensor, which
+        // `to_kind` and `contiguous` return as it is when nothing needs converting.
+        Ok((t.detach().to_kind(kind).contiguous().copy(), dtype))
+    }
+
+    /// Runs `op` and converts the result back to `t`'s kind; on failure records it and
+    /// returns `fallback()`.
+    fn guarded(
+        &self,
+        t: &Tensor,
+        run: impl FnOnce() -> Result<Tensor, CollectiveError>,
+        fallback: impl FnOnce() -> Tensor,
+    ) -> Tensor {
+        if self.failure.failed() {
+            return fallback();
+        }
+        match run() {
+            Ok(result) => result.to_kind(t.kind()),
+            Err(e) => {
+                self.failure.record(e);
+                fallback()
+            }
+        }
+    }
+
+    fn reduce(&self, t: &Tensor, op: ReduceOp) -> Tensor {
+        self.guarded(
+            t,
+            || {
+                let (buf, dtype) = self.staged("all_reduce", t)?;
+                // SAFETY: `buf` is a contiguous tensor of `numel` elements of `dtype` in the
+                // communicator's memory (checked by `staged`), alive and untouched by other
+                // work until the call returns; every rank runs the same graph, so the calls
+                // match across ranks.
+                unsafe {
+                    self.comm
+                        .all_reduce(buf.data_ptr(), buf.numel(), dtype, op, null_mut())?
+                };
+                Ok(buf)
+            },
+            || t.shallow_clone(),
+        )
+    }
+}
+
+impl Collective for NcclCollective {
+    fn world_size(&self) -> i64 {
+        self.comm.world_size() as i64
+    }
+
+    fn rank(&self) -> i64 {
+        self.comm.rank() as i64
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Tensor {
+        self.reduce(t, ReduceOp::Sum)
+    }
+
+    fn all_reduce_max(&self, t: &Tensor) -> Tensor {
+        self.reduce(t, ReduceOp::Max)
+    }
+
+    fn all_gather(&self, t: &Tensor) -> Tensor {
+        let world = self.comm.world_size();
+        self.guarded(
+            t,
+            || {
+                let (send, dtype) = self.staged("all_gather", t)?;
+                let recv = Tensor::empty(gathered_shape(t, world), (send.kind(), self.device));
+                // SAFETY: as in `reduce`; `recv` is a fresh contiguous tensor of
+                // `world * numel` elements of the same kind on the same memory.
+                unsafe {
+                    self.comm.all_gather(
+                        send.data_ptr() as *const c_void,
+                        recv.data_ptr(),
+                        send.numel(),
+                        dtype,
+                        null_mut(),
+                    )?
+                };
+                Ok(recv)
+            },
+            || gather_fallback(t, world),
+        )
+    }
+
+    fn broadcast(&self, t: &Tensor, root: i64) -> Tensor {
+        self.guarded(
+            t,
+            || {
+                let (buf, dtype) = self.staged("broadcast", t)?;
+                // SAFETY: as in `reduce`.
+                unsafe {
+                    self.comm.broadcast(
+                        buf.data_ptr(),
+                        buf.numel(),
+                        dtype,
+                        root as usize,
+                        null_mut(),
+                    )?
+                };
+                Ok(buf)
+            },
+            || t.shallow_clone(),
+        )
     }
 }
 
@@ -166,6 +357,7 @@ impl Collective for HostCollective {
 pub enum Group {
     Single,
     Host(Arc<HostCollective>),
+    Nccl(Arc<NcclCollective>),
 }
 
 impl Group {
@@ -173,6 +365,7 @@ impl Group {
         match self {
             Self::Single => Arc::new(SingleProcess),
             Self::Host(h) => h.clone(),
+            Self::Nccl(n) => n.clone(),
         }
     }
 
@@ -180,6 +373,7 @@ impl Group {
         match self {
             Self::Single => 0,
             Self::Host(h) => h.rank(),
+            Self::Nccl(n) => n.rank(),
         }
     }
 
@@ -187,6 +381,7 @@ impl Group {
         match self {
             Self::Single => 1,
             Self::Host(h) => h.world_size(),
+            Self::Nccl(n) => n.world_size(),
         }
     }
 
@@ -195,6 +390,7 @@ impl Group {
         match self {
             Self::Single => Ok(()),
             Self::Host(h) => h.check(),
+            Self::Nccl(n) => n.check(),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use lgaf_collective::nccl::{NcclCommunicator, NcclUniqueId};
 use lgaf_collective::tcp::{TcpGroup, TcpOptions};
 use lgaf_proto::v1::coordinator_client::CoordinatorClient;
 use lgaf_proto::v1::{self, CheckpointObject, CollectiveBackend, TrainingFacts, WorkerAction};
@@ -23,7 +24,8 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::config::TrainConfig;
-use crate::dist::{Group, HostCollective};
+use crate::device::parse_device;
+use crate::dist::{Group, HostCollective, NcclCollective};
 use crate::loader::open_source;
 use crate::trainer::{StepReport, Trainer};
 
@@ -179,6 +181,59 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     outcome.map(|_| ())
 }
 
+/// Forms the generation's NCCL communicator on `device`: rank 0 makes the unique id (in this
+/// process, which must stay alive while the others connect to it) and publishes it through
+/// the coordinator; the other ranks wait for it there.
+fn nccl_group(
+    client: &mut Client,
+    registered: &v1::RegisterReply,
+    joined: &v1::JoinReply,
+    device: tch::Device,
+    timeout: Duration,
+) -> Result<NcclCollective> {
+    let tch::Device::Cuda(index) = device else {
+        return Err(RunError::Other(format!(
+            "the coordinator chose NCCL for this generation, but this worker trains on {device:?}"
+        )));
+    };
+    let rt = client.rt.clone();
+    let id = if joined.rank == 0 {
+        let id = NcclUniqueId::new()?;
+        rt.block_on(client.inner.publish_nccl_id(v1::PublishNcclIdRequest {
+            api_version: API_VERSION,
+            worker_id: registered.worker_id.clone(),
+            generation: joined.generation,
+            nccl_id: id.to_bytes(),
+        }))
+        .map_err(|s| client.fail("PublishNcclId", s))?;
+        id
+    } else {
+        let reply = rt
+            .block_on(client.inner.get_nccl_id(v1::GetNcclIdRequest {
+                api_version: API_VERSION,
+                worker_id: registered.worker_id.clone(),
+                generation: joined.generation,
+            }))
+            .map_err(|s| client.fail("GetNcclId", s))?
+            .into_inner();
+        NcclUniqueId::from_bytes(&reply.nccl_id)?
+    };
+    let comm = NcclCommunicator::new(
+        &id,
+        joined.rank as usize,
+        joined.world_size as usize,
+        index,
+        timeout,
+    )?;
+    info!(
+        rank = joined.rank,
+        world_size = joined.world_size,
+        device = index,
+        "NCCL communicator formed"
+    );
+    Ok(NcclCollective::on_cuda(comm))
+}
+
 /// The generation this worker is in (0 before the first Join), for Finish.
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -228,26 +283,35 @@ fn train(
         resume_step = joined.resume_step,
         "joined"
     );
-    if joined.backend() != CollectiveBackend::Cpu {
-        return Err(RunError::Other(format!(
-            "collective backend {:?}: this worker build trains over the CPU backend only; \
-             run CPU workers (device = cpu)",
-            joined.backend()
-        )));
-    }
     let timeout = Duration::from_millis(u64::from(joined.collective_timeout_ms).max(1000));
-    let group = TcpGroup::connect(
-        joined.rank as usize,
-        &joined.peers,
-        listener,
-        TcpOptions {
-            op_timeout: timeout,
-            connect_timeout: Duration::from_secs(60),
-            group_tag: joined.generation,
-        },
-    )?;
-    let host = Arc::new(HostCollective::new(Arc::new(group)));
-    let mut trainer = Trainer::with_group(cfg.clone(), Group::Host(host))?;
+    let group = match joined.backend() {
+        CollectiveBackend::Cpu => {
+            let group = TcpGroup::connect(
+                joined.rank as usize,
+                &joined.peers,
+                listener,
+                TcpOptions {
+                    op_timeout: timeout,
+                    connect_timeout: Duration::from_secs(60),
+                    group_tag: joined.generation,
+                },
+            )?;
+            Group::Host(Arc::new(HostCollective::new(Arc::new(group))))
+        }
+        CollectiveBackend::Nccl => {
+            drop(listener);
+            let device = parse_device(&args.device)?;
+            Group::Nccl(Arc::new(nccl_group(
+                client, registered, &joined, device, timeout,
+            )?))
+        }
+        other => {
+            return Err(RunError::Other(format!(
+            "the coordinator named collective backend {other:?}, which this worker does not know"
+        )))
+        }
+    };
+    let mut trainer = Trainer::with_group(cfg.clone(), group)?;
     if trainer.steps_per_epoch() != joined.steps_per_epoch {
         return Err(RunError::Other(format!(
             "steps per epoch: the coordinator computed {}, this worker's sampler {}",
@@ -300,7 +364,8 @@ fn train(
                         message: "the coordinator ended the job or this generation".into(),
                     });
                 }
-                window.0 += report.batch_size;
+                // Every rank trains the same number of samples a step: the job's rate.
+                window.0 += report.batch_size * joined.world_size as usize;
                 window.1 += report.step_time;
                 // Rank 0 reports every `train.log_every` steps, and the first and last.
                 let step = report.step;

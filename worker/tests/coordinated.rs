@@ -1,7 +1,7 @@
 //! Coordinated runs end to end through the binaries: `lgaf-coordinator --spawn-local`
 //! starting real `lgaf-worker` processes on the CPU backend over loopback, checkpoints in a
-//! file:// store, resume on the same and on another world size, a corrupted checkpoint,
-//! and `lgaf ckpt ls / export`.
+//! file:// store, resume on the same and on another world size, past a corrupted and an
+//! uncommitted checkpoint, and `lgaf ckpt ls / export`.
 //!
 //! The coordinator is another package's binary: `cargo test --workspace` (what `make test`
 //! runs) builds it beside this test's binaries before any test runs.
@@ -101,6 +101,19 @@ fn lgaf(args: &[&str]) -> (bool, String) {
     )
 }
 
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 fn committed_steps(dir: &Path, run: &str) -> Vec<u64> {
     let store = dir.join("store").display().to_string();
     let (ok, out) = lgaf(&["ckpt", "ls", "--store", &store, "--run", run, "--json"]);
@@ -174,6 +187,11 @@ fn a_run_resumes_on_another_world_size_and_skips_a_corrupted_checkpoint() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&shard, bytes).unwrap();
+    // A newer step whose upload never finished: every object there (step 2's, intact), but
+    // no manifest. It must not be loaded either.
+    let ckpt = dir.join("store/runs/r/ckpt");
+    copy_tree(&ckpt.join("000000000002"), &ckpt.join("000000000005"));
+    std::fs::remove_file(ckpt.join("000000000005/MANIFEST.json")).unwrap();
     // Three ranks now: 96 / 3 = 32 per rank, 4 steps an epoch (2 ranks had 6).
     let (ok, losses, log) = coordinate(&dir, "r", 3, 0);
     assert!(ok, "{log}");
@@ -181,6 +199,7 @@ fn a_run_resumes_on_another_world_size_and_skips_a_corrupted_checkpoint() {
         log.contains("000000000004") && log.contains("rank-00001"),
         "the corruption is not reported:\n{log}"
     );
+    assert!(!log.contains("resuming from step 5"), "{log}");
     // Step 2 of 6 per epoch maps to step 1 of 4 (the epoch position rounded down).
     let first = losses.first().expect("progress was reported").0;
     assert_eq!(first, 2, "{log}");

@@ -22,6 +22,8 @@
 mod comm;
 pub mod cuda;
 mod loader;
+#[doc(hidden)]
+pub mod stand_in;
 pub mod sys;
 
 use std::ffi::{c_char, c_int};

@@ -32,12 +32,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    lgaf_worker::progress::init_logging();
     let cli = Cli::parse();
     let args = WorkerArgs {
         coordinator: cli.coordinator,

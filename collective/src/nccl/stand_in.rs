@@ -1,0 +1,100 @@
+//! A stand-in for `libnccl.so.2` and `libcudart.so` in one C library, for tests on machines
+//! without a GPU (here and in the worker's tests); not for training.
+//!
+//! It has NCCL 2.28's non-blocking API and the CUDA runtime calls this crate makes, works on
+//! host memory for a world of one (every collective is a copy), checks the config and unique
+//! id it receives byte for byte, and can be told to hang or fail. Switches
+//! ([`Controls::set`]): `init_hang` (the group never forms), `op_hang` (streams never drain),
+//! `async_error` (ncclCommGetAsyncError reports ncclRemoteError after the next collective),
+//! `enqueue_error` (collectives return ncclInvalidUsage), `enqueue_in_progress` = n
+//! (collectives return ncclInProgress, then the state reads ncclInProgress n times),
+//! `finalize_hang` (ncclCommFinalize never completes). Counters ([`Controls::get`]): `init`,
+//! `abort`, `destroy`, `finalize`, `async_polls`. A call on an aborted or destroyed
+//! communicator fails.
+//!
+//! Point [`NCCL_LIB_ENV`](super::NCCL_LIB_ENV) and [`CUDART_LIB_ENV`](super::CUDART_LIB_ENV)
+//! at the built library before the process first uses NCCL (the crate loads it once).
+
+use std::ffi::{c_char, c_int, CString};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The library's C source.
+pub const SOURCE: &str = include_str!("stand_in.c");
+
+/// Compiles the stand-in into `dir` with `$CC` (default `cc`) unless this version of the
+/// source is there already, and returns its path. Concurrent callers do not collide: the
+/// file is named by a hash of the source and renamed into place.
+pub fn build(dir: &Path) -> Result<PathBuf, String> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    SOURCE.hash(&mut hasher);
+    let lib = dir.join(format!("libfakenccl-{:016x}.so", hasher.finish()));
+    if lib.exists() {
+        return Ok(lib);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let pid = std::process::id();
+    let source = dir.join(format!("fake_nccl.{pid}.c"));
+    let partial = dir.join(format!("libfakenccl.{pid}.so.partial"));
+    std::fs::write(&source, SOURCE).map_err(|e| format!("write {}: {e}", source.display()))?;
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let output = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
+        .arg(&partial)
+        .arg(&source)
+        .output()
+        .map_err(|e| format!("run the C compiler {cc}: {e}"))?;
+    let _ = std::fs::remove_file(&source);
+    if !output.status.success() {
+        return Err(format!(
+            "compiling the stand-in NCCL with {cc} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    std::fs::rename(&partial, &lib).map_err(|e| format!("rename into {}: {e}", lib.display()))?;
+    Ok(lib)
+}
+
+/// The stand-in's switches and counters, in a process that loaded it (dlopen gives back the
+/// same copy, so these act on the one the crate uses).
+pub struct Controls {
+    set: unsafe extern "C" fn(*const c_char, c_int) -> c_int,
+    get: unsafe extern "C" fn(*const c_char) -> c_int,
+    _lib: libloading::Library,
+}
+
+impl Controls {
+    /// Opens the stand-in at `path`.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let fail = |e: libloading::Error| format!("open the stand-in {}: {e}", path.display());
+        // SAFETY: the stand-in has no initialisers; the symbols have these C signatures.
+        unsafe {
+            let lib = libloading::Library::new(path).map_err(fail)?;
+            let set = *lib.get(b"fake_set\0").map_err(fail)?;
+            let get = *lib.get(b"fake_get\0").map_err(fail)?;
+            Ok(Self {
+                set,
+                get,
+                _lib: lib,
+            })
+        }
+    }
+
+    /// Sets a switch; panics on a name the stand-in does not have.
+    pub fn set(&self, name: &str, value: i32) {
+        let c_name = CString::new(name).expect("switch name without NUL");
+        // SAFETY: a valid C string.
+        let known = unsafe { (self.set)(c_name.as_ptr(), value) } == 0;
+        assert!(known, "the stand-in NCCL has no switch {name:?}");
+    }
+
+    /// Reads a counter; panics on a name the stand-in does not have.
+    pub fn get(&self, name: &str) -> i32 {
+        let c_name = CString::new(name).expect("counter name without NUL");
+        // SAFETY: a valid C string.
+        let value = unsafe { (self.get)(c_name.as_ptr()) };
+        assert!(value >= 0, "the stand-in NCCL has no counter {name:?}");
+        value
+    }
+}
