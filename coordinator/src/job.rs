@@ -92,7 +92,16 @@ pub struct JobSettings {
     pub config_toml: String,
     pub store_url: String,
     pub heartbeat_interval_ms: u32,
+    /// A member not heard from for this long fails the generation (see
+    /// [`Job::expire_silent`]); workers stop when the coordinator is silent as long.
+    #[serde(default = "default_heartbeat_deadline_ms")]
+    pub heartbeat_deadline_ms: u32,
     pub collective_timeout_ms: u32,
+}
+
+/// Snapshots written before the deadline was configurable get the CLI's default.
+fn default_heartbeat_deadline_ms() -> u32 {
+    20_000
 }
 
 /// [`v1::TrainingFacts`] in the job's own (serialisable) form.
@@ -850,6 +859,7 @@ impl Job {
             config_toml: self.settings.config_toml.clone(),
             store_url: self.settings.store_url.clone(),
             heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
+            heartbeat_deadline_ms: self.settings.heartbeat_deadline_ms,
             max_steps: self.settings.max_steps,
         })
     }
@@ -1483,6 +1493,43 @@ impl Job {
             error: error.into(),
         });
         true
+    }
+
+    /// Fails the job if a rank of the running generation has not been heard from (any call
+    /// counts, heartbeats come every interval) for longer than the heartbeat deadline: it
+    /// exited, hung (SIGSTOP, a stuck host) or is unreachable. The error names every such
+    /// rank. Returns true when it did.
+    pub fn expire_silent(&mut self, now: Millis) -> bool {
+        if self.phase.is_over() {
+            return false;
+        }
+        let Some(generation) = &self.generation else {
+            return false;
+        };
+        let deadline = u64::from(self.settings.heartbeat_deadline_ms);
+        let silent: Vec<String> = generation
+            .members
+            .iter()
+            .enumerate()
+            .filter_map(|(rank, id)| {
+                let w = self.workers.get(id)?;
+                let quiet = now.saturating_sub(w.last_seen);
+                (w.phase == WorkerPhase::Training && quiet > deadline).then(|| {
+                    format!(
+                        "rank {rank} (worker {id} on {}, pid {}) silent for {quiet} ms",
+                        w.host, w.pid
+                    )
+                })
+            })
+            .collect();
+        if silent.is_empty() {
+            return false;
+        }
+        self.fail(format!(
+            "{}: no heartbeat within the {deadline} ms deadline (the worker exited, hung or is \
+             unreachable)",
+            silent.join("; ")
+        ))
     }
 
     fn end(&mut self, phase: JobPhase) {

@@ -10,6 +10,7 @@ fn settings(world_size: u32) -> JobSettings {
         config_toml: "[train]\nepochs = 3\n".into(),
         store_url: "file:///store".into(),
         heartbeat_interval_ms: 1000,
+        heartbeat_deadline_ms: 10_000,
         collective_timeout_ms: 5000,
     }
 }
@@ -1009,4 +1010,75 @@ fn a_resumed_job_decides_at_once_from_the_previous_jobs_facts() {
     other.config_toml = "[train]\nepochs = 6\n".into();
     let job = Job::resume(other, checkpoint_at(30), Some(&previous)).unwrap();
     assert_eq!(job.phase(), &JobPhase::Waiting);
+}
+
+#[test]
+fn a_silent_rank_fails_the_job_once_past_the_deadline_and_is_named() {
+    let (mut job, ids) = formed(3);
+    let heartbeat = |job: &mut Job, id: &str, now: Millis| {
+        let hb = v1::HeartbeatRequest {
+            api_version: 1,
+            worker_id: id.into(),
+            generation: 1,
+            step: 3,
+        };
+        job.heartbeat(&hb, now).unwrap();
+    };
+    // Ranks 0 and 2 keep calling; rank 1 has been quiet since it joined at t = 2.
+    for now in [4_000, 8_000, 10_002] {
+        heartbeat(&mut job, &ids[0], now);
+        heartbeat(&mut job, &ids[2], now);
+        assert!(!job.expire_silent(now), "expired at {now} ms");
+    }
+    assert_eq!(job.phase(), &JobPhase::Running);
+    assert!(job.expire_silent(10_003));
+    let JobPhase::Failed { error } = job.phase().clone() else {
+        panic!("not failed: {:?}", job.phase());
+    };
+    assert!(
+        error.contains(&format!("rank 1 (worker {} on ", ids[1]))
+            && error.contains("silent for 10001 ms")
+            && error.contains("10000 ms deadline"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("rank 0") && !error.contains("rank 2"),
+        "{error}"
+    );
+    assert!(job
+        .take_effects()
+        .iter()
+        .any(|e| matches!(e, Effect::JobEnded(_))));
+    assert!(
+        !job.expire_silent(60_000),
+        "an ended job is not failed twice"
+    );
+}
+
+#[test]
+fn finished_ranks_and_jobs_without_a_generation_never_expire() {
+    let mut waiting = job(2);
+    register(&mut waiting, None, 4000);
+    assert!(!waiting.expire_silent(1_000_000));
+
+    let (mut job, ids) = formed(2);
+    let total = job.generation().unwrap().schedule.total_steps;
+    let done = v1::FinishRequest {
+        api_version: 1,
+        worker_id: ids[0].clone(),
+        generation: 1,
+        step: total,
+        error: String::new(),
+    };
+    job.finish(&done, 5).unwrap();
+    // Rank 0 finished and went quiet; rank 1 is still training and calling.
+    let hb = v1::HeartbeatRequest {
+        api_version: 1,
+        worker_id: ids[1].clone(),
+        generation: 1,
+        step: total - 1,
+    };
+    job.heartbeat(&hb, 50_000).unwrap();
+    assert!(!job.expire_silent(50_000));
+    assert_eq!(job.phase(), &JobPhase::Running);
 }

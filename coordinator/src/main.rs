@@ -82,6 +82,12 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(10..))]
     heartbeat_ms: u32,
 
+    /// A worker not heard from for this long (milliseconds) is declared failed, and the
+    /// job with it; workers stop when the coordinator has not answered for as long.
+    #[arg(long, value_name = "MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u32).range(100..))]
+    heartbeat_deadline_ms: u32,
+
     /// Collective operation timeout handed to the workers, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 300_000,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -127,6 +133,14 @@ async fn run(args: Args) -> Result<ExitCode> {
     // First of all, so that a signal never kills the coordinator without its children.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    if args.heartbeat_deadline_ms < args.heartbeat_ms.saturating_mul(3) {
+        bail!(
+            "--heartbeat-deadline-ms {} must be at least three heartbeat intervals \
+             (--heartbeat-ms {}), or one late heartbeat fails the job",
+            args.heartbeat_deadline_ms,
+            args.heartbeat_ms
+        );
+    }
     let config_toml = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -159,6 +173,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         config_toml,
         store_url: store_url.clone(),
         heartbeat_interval_ms: args.heartbeat_ms,
+        heartbeat_deadline_ms: args.heartbeat_deadline_ms,
         collective_timeout_ms: args.collective_timeout_ms,
     };
     let job = match &stored.resume {
@@ -261,9 +276,19 @@ async fn run(args: Args) -> Result<ExitCode> {
     let grace = tokio::time::sleep(Duration::from_secs(args.grace_secs));
     tokio::pin!(grace);
 
+    // Failure detection: a rank silent past the deadline fails the job (checked a few times
+    // a deadline, so it is noticed within about a tenth of the deadline after it passes).
+    let mut liveness = tokio::time::interval(Duration::from_millis(
+        (u64::from(args.heartbeat_deadline_ms) / 10).max(10),
+    ));
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     let ended = loop {
         tokio::select! {
             _ = service.wait_until_over() => break Ended::Over,
+            _ = liveness.tick() => {
+                service.expire_silent().await;
+            }
             _ = &mut grace, if !grace_over => {
                 grace_over = true;
                 let registered = service.with_job(|j| j.registered_count());

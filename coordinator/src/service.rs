@@ -166,6 +166,14 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
             .unwrap_or(false)
     }
 
+    /// Fails the job if a rank is silent past the heartbeat deadline (see
+    /// [`Job::expire_silent`]).
+    pub async fn expire_silent(&self) -> bool {
+        self.call(|job, now| Ok::<_, JobError>(job.expire_silent(now)))
+            .await
+            .unwrap_or(false)
+    }
+
     /// Saves a snapshot of the job now.
     pub async fn persist(&self) -> Result<(), StoreError> {
         let _order = self.shared.persist_lock.lock().await;

@@ -480,6 +480,7 @@ mod tests {
             config_toml: "[train]\nepochs = 1\n".into(),
             store_url: run.store().url().into(),
             heartbeat_interval_ms: 1000,
+            heartbeat_deadline_ms: 10_000,
             collective_timeout_ms: 1000,
         })
         .unwrap();

@@ -283,6 +283,16 @@ fn train(
         resume_step = joined.resume_step,
         "joined"
     );
+    // From here on the coordinator hears from this rank even while it forms the group,
+    // builds the model or downloads a checkpoint, and this rank notices a vanished
+    // coordinator.
+    let heartbeat = Heartbeat::start(
+        client.clone_handle(),
+        registered.worker_id.clone(),
+        joined.generation,
+        Duration::from_millis(u64::from(registered.heartbeat_interval_ms).max(100)),
+        Duration::from_millis(u64::from(registered.heartbeat_deadline_ms).max(1000)),
+    );
     let timeout = Duration::from_millis(u64::from(joined.collective_timeout_ms).max(1000));
     let group = match joined.backend() {
         CollectiveBackend::Cpu => {
@@ -325,16 +335,6 @@ fn train(
         resume(&mut trainer, &store, joined.resume_step, facts.num_classes)?;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let heartbeat = spawn_heartbeat(
-        client.clone_handle(),
-        registered.worker_id.clone(),
-        joined.generation,
-        Duration::from_millis(u64::from(registered.heartbeat_interval_ms).max(100)),
-        stop.clone(),
-        trainer_step_probe(),
-    );
-
     let uploader = store.uploader(1 << 30)?;
     let acks: Arc<Mutex<Vec<JoinHandle<Result<()>>>>> = Arc::default();
     let total = joined.total_steps;
@@ -358,10 +358,10 @@ fn train(
             let end = plan.end_step.min(total);
             trainer.run_until(end, |trainer, report| {
                 STEP.store(report.step, Ordering::SeqCst);
-                if stop.load(Ordering::SeqCst) {
+                if let Some(reason) = heartbeat.stopped() {
                     return Err(crate::WorkerError::Collective {
                         step: report.step,
-                        message: "the coordinator ended the job or this generation".into(),
+                        message: reason,
                     });
                 }
                 // Every rank trains the same number of samples a step: the job's rate.
@@ -415,8 +415,7 @@ fn train(
         upload_ms = stats.upload_total.as_millis() as u64,
         "checkpoint uploads: the training step waited only for the stall"
     );
-    stop.store(true, Ordering::SeqCst);
-    let _ = heartbeat.join();
+    drop(heartbeat);
     result?;
     Ok(trainer.steps_done())
 }
@@ -424,43 +423,111 @@ fn train(
 /// The last completed step, for heartbeats.
 static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn trainer_step_probe() -> fn() -> u64 {
-    || STEP.load(Ordering::SeqCst)
+/// The heartbeat thread: tells the coordinator every `interval` that this rank lives, and
+/// watches it in turn. It asks the training loop to stop when the coordinator says so, or
+/// when no heartbeat has been answered for `deadline` (the coordinator is gone). Dropping
+/// it stops the thread.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    reason: Arc<Mutex<Option<String>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
-fn spawn_heartbeat(
+impl Heartbeat {
+    fn start(
+        client: Client,
+        worker_id: String,
+        generation: u64,
+        interval: Duration,
+        deadline: Duration,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reason = Arc::new(Mutex::new(None));
+        let thread = {
+            let (stop, reason) = (stop.clone(), reason.clone());
+            std::thread::spawn(move || {
+                beat(
+                    client, worker_id, generation, interval, deadline, &stop, &reason,
+                )
+            })
+        };
+        Self {
+            stop,
+            reason,
+            thread: Some(thread),
+        }
+    }
+
+    /// Why the training loop must stop, once it must.
+    fn stopped(&self) -> Option<String> {
+        self.reason.lock().expect("heartbeat reason").clone()
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn beat(
     mut client: Client,
     worker_id: String,
     generation: u64,
     interval: Duration,
-    stop: Arc<AtomicBool>,
-    step: fn() -> u64,
-) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::SeqCst) {
-            let reply = client
-                .rt
-                .block_on(client.inner.heartbeat(v1::HeartbeatRequest {
-                    api_version: API_VERSION,
-                    worker_id: worker_id.clone(),
-                    generation,
-                    step: step(),
-                }));
-            match reply.map(|r| r.into_inner().action()) {
-                Ok(WorkerAction::Continue) => {}
-                Ok(action) => {
-                    warn!(?action, "the coordinator asks this worker to stop");
-                    stop.store(true, Ordering::SeqCst);
+    deadline: Duration,
+    stop: &AtomicBool,
+    reason: &Mutex<Option<String>>,
+) {
+    let give_up = |why: String| {
+        warn!("{why}");
+        *reason.lock().expect("heartbeat reason") = Some(why);
+    };
+    let mut last_answer = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let request = client.inner.heartbeat(v1::HeartbeatRequest {
+            api_version: API_VERSION,
+            worker_id: worker_id.clone(),
+            generation,
+            step: STEP.load(Ordering::SeqCst),
+        });
+        // Bounded, so that an unreachable coordinator (no RST, just silence) is noticed.
+        let reply = client
+            .rt
+            .block_on(async { tokio::time::timeout(interval.max(deadline / 4), request).await });
+        match reply {
+            Ok(Ok(reply)) => {
+                last_answer = Instant::now();
+                let action = reply.into_inner().action();
+                if action != WorkerAction::Continue {
+                    give_up(format!(
+                        "the coordinator ended the job or this generation ({action:?})"
+                    ));
+                    return;
                 }
-                Err(status) => warn!(error = %status.message(), "heartbeat failed"),
             }
-            // Sleep in small slices so a finished run does not wait a whole interval.
-            let until = Instant::now() + interval;
-            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            Ok(Err(status)) => warn!(error = %status.message(), "heartbeat failed"),
+            Err(_) => warn!("heartbeat: no answer from the coordinator"),
         }
-    })
+        if last_answer.elapsed() > deadline {
+            give_up(format!(
+                "the coordinator at {} has not answered a heartbeat for {} ms (deadline {} ms): \
+                 it is gone or unreachable; stopping",
+                client.url,
+                last_answer.elapsed().as_millis(),
+                deadline.as_millis()
+            ));
+            return;
+        }
+        // Sleep in small slices so a finished run does not wait a whole interval.
+        let until = Instant::now() + interval;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn report_progress(

@@ -56,6 +56,7 @@ pub fn settings(world_size: u32, store: &RunStore) -> JobSettings {
         config_toml: "[train]\nepochs = 2\n".into(),
         store_url: store.store().url().into(),
         heartbeat_interval_ms: 100,
+        heartbeat_deadline_ms: 5_000,
         collective_timeout_ms: 1000,
     }
 }
