@@ -6,9 +6,11 @@
 //! [`Job::take_effects`].
 //!
 //! Generations: the first generation forms when `--workers N` registered workers have
-//! joined. The state keeps the generation number, members by rank and the schedule per
-//! generation so that failure detection can later end a generation and form the next one
-//! (possibly at another world size); this version never does.
+//! joined. When a rank is lost (silent past the heartbeat deadline, its local process
+//! exited, or it left its failed collective group and joined again) the generation ends:
+//! the lost workers are forgotten (their places free for replacements), the others must
+//! join again, and the next generation forms from the last committed checkpoint, at most
+//! `max_restarts` times.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -97,6 +99,9 @@ pub struct JobSettings {
     #[serde(default = "default_heartbeat_deadline_ms")]
     pub heartbeat_deadline_ms: u32,
     pub collective_timeout_ms: u32,
+    /// Generations that may be restarted after a lost rank before the job fails.
+    #[serde(default)]
+    pub max_restarts: u32,
 }
 
 /// Snapshots written before the deadline was configurable get the CLI's default.
@@ -377,6 +382,9 @@ pub struct Generation {
     pub start_step: u64,
     pub resume_manifest: String,
     pub formed_at: Millis,
+    /// Why it ended, once it has: its members must join the next one.
+    #[serde(default)]
+    pub ended: Option<String>,
 }
 
 impl Generation {
@@ -434,6 +442,21 @@ pub struct CommittedCheckpoint {
     /// The manifest's key in the store (`runs/<run_id>/ckpt/<step:012>/MANIFEST.json`),
     /// handed to workers as `resume_manifest`.
     pub manifest: String,
+    /// The step its folder is named by, once `step` has been mapped to another world
+    /// size's numbering (0: the same as `step`).
+    #[serde(default)]
+    pub folder_step: u64,
+}
+
+impl CommittedCheckpoint {
+    /// The step the workers load it by (its folder's).
+    pub fn stored_step(&self) -> u64 {
+        if self.folder_step == 0 {
+            self.step
+        } else {
+            self.folder_step
+        }
+    }
 }
 
 /// What a [`crate::store::CheckpointCommitter`] writes: the manifest of one checkpoint,
@@ -528,6 +551,21 @@ pub enum Effect {
         /// The committed checkpoint the ranks start from (0: from scratch).
         resume_step: u64,
     },
+    /// A generation ended after a lost rank; the next forms when enough workers join.
+    GenerationEnded {
+        generation: u64,
+        reason: String,
+        restart: u32,
+        max_restarts: u32,
+    },
+    /// A lost worker was forgotten; a local one must be stopped (if still running) and
+    /// started again in its slot.
+    WorkerLost {
+        worker_id: String,
+        slot: Option<u32>,
+        pid: u32,
+        host: String,
+    },
     /// Rank 0 published the NCCL id: long-polling GetNcclIds can answer.
     NcclIdPublished { generation: u64 },
     /// Rank 0's latest numbers, to log.
@@ -566,6 +604,9 @@ pub struct Job {
     /// By step.
     pending: BTreeMap<u64, PendingCheckpoint>,
     last_commit: Option<CommittedCheckpoint>,
+    /// Generations restarted so far (see `JobSettings::max_restarts`).
+    #[serde(default)]
+    restarts: u32,
     /// Transient: rank 0's numbers for status and logs, not worth persisting.
     #[serde(skip)]
     progress: Option<Progress>,
@@ -591,6 +632,7 @@ impl Job {
             generation: None,
             pending: BTreeMap::new(),
             last_commit: None,
+            restarts: 0,
             progress: None,
             effects: Vec::new(),
         })
@@ -780,7 +822,7 @@ impl Job {
         if self.phase.is_over() {
             return Err(JobError::JobOver(self.phase.describe()));
         }
-        if let Some(g) = &self.generation {
+        if let Some(g) = self.generation.as_ref().filter(|g| g.ended.is_none()) {
             return Err(JobError::precondition(format!(
                 "the job is already running generation {} with {} workers; there is no place \
                  for another worker",
@@ -924,6 +966,24 @@ impl Job {
             }
         }
 
+        if req.left_generation != 0 {
+            let running = self
+                .generation
+                .as_ref()
+                .filter(|g| g.ended.is_none() && g.number == req.left_generation);
+            if let Some(g) = running {
+                let rank = self.workers[id].rank.unwrap_or(u32::MAX);
+                let why = format!(
+                    "rank {rank} (worker {id}) left generation {} (its collective group failed) \
+                     and joined again",
+                    g.number
+                );
+                self.lose(&[], why, true);
+                if self.phase.is_over() {
+                    return Err(JobError::JobOver(self.phase.describe()));
+                }
+            }
+        }
         let worker = self.workers.get_mut(id).expect("checked above");
         worker.last_seen = now;
         if worker.phase == WorkerPhase::Registered {
@@ -950,14 +1010,18 @@ impl Job {
         };
         let ids: Vec<String> = members.iter().map(|w| w.id.clone()).collect();
         let number = self.generation.as_ref().map_or(1, |g| g.number + 1);
-        let (resume_step, resume_manifest, saved_spe) = match &self.last_commit {
-            Some(c) => (c.step, c.manifest.clone(), c.steps_per_epoch),
+        let (resume_step, resume_manifest, start_step) = match &self.last_commit {
+            Some(c) => (
+                c.stored_step(),
+                c.manifest.clone(),
+                lgaf_proto::resumed_step(c.step, c.steps_per_epoch, schedule.steps_per_epoch),
+            ),
             None => (0, String::new(), 0),
         };
-        let start_step = lgaf_proto::resumed_step(resume_step, saved_spe, schedule.steps_per_epoch);
         if let Some(c) = self.last_commit.as_mut() {
             // From here on steps count in this world size's numbering; the checkpoint
             // itself is still loaded from its folder (`resume_step`).
+            c.folder_step = resume_step;
             c.step = start_step;
             c.steps_per_epoch = schedule.steps_per_epoch;
         }
@@ -979,6 +1043,7 @@ impl Job {
             start_step,
             resume_manifest,
             formed_at: now,
+            ended: None,
         });
         self.phase = JobPhase::Running;
         self.effects.push(Effect::GenerationFormed {
@@ -1023,6 +1088,12 @@ impl Job {
             .workers
             .get(id)
             .ok_or_else(|| JobError::UnknownWorker(id.to_string()))?;
+        if self.ended_generation() == Some(generation) {
+            return Err(JobError::StaleGeneration {
+                got: generation,
+                current: format!("none: generation {generation} has ended"),
+            });
+        }
         let current = self.generation.as_ref().map(|g| g.number);
         if current != Some(generation) {
             return Err(JobError::StaleGeneration {
@@ -1196,6 +1267,10 @@ impl Job {
             w.last_seen = now;
             w.released = true;
             return Ok(v1::WorkerAction::Stop);
+        }
+        if self.ended_generation() == Some(generation) {
+            self.touch(id, now);
+            return Ok(v1::WorkerAction::Rejoin);
         }
         self.member(id, generation)?;
         let w = self.workers.get_mut(id).expect("checked");
@@ -1396,6 +1471,7 @@ impl Job {
                         epoch: p.epoch,
                         steps_per_epoch: self.schedule.map_or(0, |s| s.steps_per_epoch),
                         manifest: manifest.clone(),
+                        folder_step: 0,
                     });
                 }
                 // Older sets that never completed can never commit now.
@@ -1495,19 +1571,19 @@ impl Job {
         true
     }
 
-    /// Fails the job if a rank of the running generation has not been heard from (any call
-    /// counts, heartbeats come every interval) for longer than the heartbeat deadline: it
-    /// exited, hung (SIGSTOP, a stuck host) or is unreachable. The error names every such
-    /// rank. Returns true when it did.
+    /// Ends the running generation if ranks have not been heard from (any call counts,
+    /// heartbeats come every interval) for longer than the heartbeat deadline: they exited,
+    /// hung (SIGSTOP, a stuck host) or are unreachable. They are lost (see [`Job::lose`]);
+    /// the reason names each. Returns true when it did.
     pub fn expire_silent(&mut self, now: Millis) -> bool {
-        if self.phase.is_over() {
+        if self.phase != JobPhase::Running {
             return false;
         }
         let Some(generation) = &self.generation else {
             return false;
         };
         let deadline = u64::from(self.settings.heartbeat_deadline_ms);
-        let silent: Vec<String> = generation
+        let (silent, why): (Vec<String>, Vec<String>) = generation
             .members
             .iter()
             .enumerate()
@@ -1515,21 +1591,116 @@ impl Job {
                 let w = self.workers.get(id)?;
                 let quiet = now.saturating_sub(w.last_seen);
                 (w.phase == WorkerPhase::Training && quiet > deadline).then(|| {
-                    format!(
-                        "rank {rank} (worker {id} on {}, pid {}) silent for {quiet} ms",
-                        w.host, w.pid
+                    (
+                        id.clone(),
+                        format!(
+                            "rank {rank} (worker {id} on {}, pid {}) silent for {quiet} ms",
+                            w.host, w.pid
+                        ),
                     )
                 })
             })
-            .collect();
+            .unzip();
         if silent.is_empty() {
             return false;
         }
-        self.fail(format!(
-            "{}: no heartbeat within the {deadline} ms deadline (the worker exited, hung or is \
-             unreachable)",
-            silent.join("; ")
-        ))
+        self.lose(
+            &silent,
+            format!(
+                "{}: no heartbeat within the {deadline} ms deadline (the worker exited, hung or \
+                 is unreachable)",
+                why.join("; ")
+            ),
+            true,
+        );
+        true
+    }
+
+    /// A local worker process of `slot` exited with `how` before the job ended: its worker
+    /// (if it had registered) is lost. Returns whether a replacement should be started in
+    /// the slot (false once the job is over, the restart budget spent included).
+    pub fn local_worker_exited(&mut self, slot: u32, how: &str) -> bool {
+        if self.phase.is_over() {
+            return false;
+        }
+        let lost: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| w.slot == Some(slot))
+            .map(|w| w.id.clone())
+            .collect();
+        // The death of a rank that already ended its generation (a survivor noticed first)
+        // is the same failure: it costs no second restart.
+        let already_counted = self.phase == JobPhase::Waiting
+            && self
+                .generation
+                .as_ref()
+                .is_some_and(|g| g.ended.is_some() && lost.iter().all(|id| g.members.contains(id)))
+            && !lost.is_empty();
+        let who = match lost.first().and_then(|id| self.workers.get(id)) {
+            Some(w) => match w.rank {
+                Some(rank) => format!("rank {rank} (worker {}, local slot {slot})", w.id),
+                None => format!("worker {} (local slot {slot})", w.id),
+            },
+            None => format!("the local worker of slot {slot}, before it registered,"),
+        };
+        self.lose(&lost, format!("{who} {how}"), !already_counted);
+        !self.phase.is_over()
+    }
+
+    /// Forgets the workers `lost` (their places become free for replacements) and, if
+    /// `spend`, spends one restart: ends the running generation (its other members must join
+    /// again, and the next generation forms from the last committed checkpoint), or, between
+    /// generations, counts a worker that died before it could join. Past `max_restarts` the
+    /// job fails with `why`.
+    fn lose(&mut self, lost: &[String], why: String, spend: bool) {
+        for id in lost {
+            if let Some(w) = self.workers.remove(id) {
+                self.effects.push(Effect::WorkerLost {
+                    worker_id: w.id,
+                    slot: w.slot,
+                    pid: w.pid,
+                    host: w.host,
+                });
+            }
+        }
+        if self.phase.is_over() || !spend {
+            return;
+        }
+        if self.restarts >= self.settings.max_restarts {
+            self.fail(format!(
+                "{why}; the restart budget is spent ({} of max_restarts = {} used)",
+                self.restarts, self.settings.max_restarts
+            ));
+            return;
+        }
+        self.restarts += 1;
+        let ended = match self.generation.as_mut() {
+            Some(g) if g.ended.is_none() => {
+                g.ended = Some(why.clone());
+                for id in &g.members {
+                    if let Some(w) = self.workers.get_mut(id) {
+                        w.rank = None;
+                        w.phase = WorkerPhase::Registered;
+                    }
+                }
+                g.number
+            }
+            // Between generations already (or before the first): nothing more to end.
+            Some(g) => g.number,
+            None => 0,
+        };
+        // Unacknowledged checkpoints of the ended generation can never commit.
+        self.pending.clear();
+        self.progress = None;
+        self.phase = JobPhase::Waiting;
+        self.effects.push(Effect::GenerationEnded {
+            generation: ended,
+            reason: why,
+            restart: self.restarts,
+            max_restarts: self.settings.max_restarts,
+        });
+        self.effects.push(Effect::Persist);
     }
 
     fn end(&mut self, phase: JobPhase) {
@@ -1544,6 +1715,14 @@ impl Job {
         } else {
             Ok(())
         }
+    }
+
+    /// The number of the last generation if it has ended (the job is between generations).
+    fn ended_generation(&self) -> Option<u64> {
+        self.generation
+            .as_ref()
+            .filter(|g| g.ended.is_some())
+            .map(|g| g.number)
     }
 
     fn touch(&mut self, worker_id: &str, now: Millis) {

@@ -12,6 +12,7 @@ fn settings(world_size: u32) -> JobSettings {
         heartbeat_interval_ms: 1000,
         heartbeat_deadline_ms: 10_000,
         collective_timeout_ms: 5000,
+        max_restarts: 2,
     }
 }
 
@@ -61,6 +62,7 @@ fn join_req(id: &str, facts: v1::TrainingFacts) -> v1::JoinRequest {
         api_version: 1,
         worker_id: id.into(),
         facts: Some(facts),
+        left_generation: 0,
     }
 }
 
@@ -845,6 +847,7 @@ fn checkpoint_at(step: u64) -> CommittedCheckpoint {
         epoch: step / 10,
         steps_per_epoch: 0,
         manifest: format!("runs/run/ckpt/{step:012}/MANIFEST.json"),
+        folder_step: 0,
     }
 }
 
@@ -1012,22 +1015,34 @@ fn a_resumed_job_decides_at_once_from_the_previous_jobs_facts() {
     assert_eq!(job.phase(), &JobPhase::Waiting);
 }
 
+fn heartbeat_req(id: &str, generation: u64) -> v1::HeartbeatRequest {
+    v1::HeartbeatRequest {
+        api_version: 1,
+        worker_id: id.into(),
+        generation,
+        step: 3,
+    }
+}
+
+fn rejoin(job: &mut Job, id: &str, left: u64) -> Option<v1::JoinReply> {
+    let mut req = join_req(id, facts());
+    req.left_generation = left;
+    job.join(&req, 20_000).unwrap()
+}
+
 #[test]
-fn a_silent_rank_fails_the_job_once_past_the_deadline_and_is_named() {
-    let (mut job, ids) = formed(3);
-    let heartbeat = |job: &mut Job, id: &str, now: Millis| {
-        let hb = v1::HeartbeatRequest {
-            api_version: 1,
-            worker_id: id.into(),
-            generation: 1,
-            step: 3,
-        };
-        job.heartbeat(&hb, now).unwrap();
-    };
+fn a_silent_rank_fails_the_job_when_no_restart_is_left() {
+    let mut settings = settings(3);
+    settings.max_restarts = 0;
+    let mut job = Job::new(settings).unwrap();
+    let ids: Vec<String> = (0..3).map(|i| register(&mut job, None, 4000 + i)).collect();
+    for id in &ids {
+        join(&mut job, id);
+    }
     // Ranks 0 and 2 keep calling; rank 1 has been quiet since it joined at t = 2.
     for now in [4_000, 8_000, 10_002] {
-        heartbeat(&mut job, &ids[0], now);
-        heartbeat(&mut job, &ids[2], now);
+        job.heartbeat(&heartbeat_req(&ids[0], 1), now).unwrap();
+        job.heartbeat(&heartbeat_req(&ids[2], 1), now).unwrap();
         assert!(!job.expire_silent(now), "expired at {now} ms");
     }
     assert_eq!(job.phase(), &JobPhase::Running);
@@ -1038,20 +1053,132 @@ fn a_silent_rank_fails_the_job_once_past_the_deadline_and_is_named() {
     assert!(
         error.contains(&format!("rank 1 (worker {} on ", ids[1]))
             && error.contains("silent for 10001 ms")
-            && error.contains("10000 ms deadline"),
+            && error.contains("10000 ms deadline")
+            && error.contains("restart budget is spent (0 of max_restarts = 0 used)"),
         "{error}"
     );
     assert!(
         !error.contains("rank 0") && !error.contains("rank 2"),
         "{error}"
     );
-    assert!(job
-        .take_effects()
-        .iter()
-        .any(|e| matches!(e, Effect::JobEnded(_))));
     assert!(
         !job.expire_silent(60_000),
         "an ended job is not failed twice"
+    );
+}
+
+#[test]
+fn a_lost_rank_ends_the_generation_and_the_next_resumes_from_the_last_commit() {
+    let (mut job, ids) = formed(3);
+    for (rank, id) in ids.iter().enumerate() {
+        job.checkpoint_ack(&ack(id, rank as u32, 4), 3).unwrap();
+    }
+    let commit = commits(&job.take_effects())[0].clone();
+    job.commit_done(
+        4,
+        Ok(format!("runs/run/ckpt/{:012}/MANIFEST.json", commit.step)),
+    );
+
+    job.heartbeat(&heartbeat_req(&ids[0], 1), 9_000).unwrap();
+    job.heartbeat(&heartbeat_req(&ids[2], 1), 9_000).unwrap();
+    // Rank 1 was last heard from with its ack at t = 3.
+    assert!(!job.expire_silent(10_003));
+    assert!(job.expire_silent(10_004));
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    let effects = job.take_effects();
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::WorkerLost { worker_id, .. } if worker_id == &ids[1])));
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::GenerationEnded { generation: 1, restart: 1, max_restarts: 2, reason }
+            if reason.contains("rank 1")
+    )));
+    // The survivors are told to join again; the old generation's calls are stale.
+    let reply = job.heartbeat(&heartbeat_req(&ids[0], 1), 10_100).unwrap();
+    assert_eq!(reply.action, v1::WorkerAction::Rejoin as i32);
+    assert!(matches!(
+        job.checkpoint_ack(&ack(&ids[2], 2, 8), 10_100).unwrap_err(),
+        JobError::StaleGeneration { got: 1, .. }
+    ));
+    // The lost worker is forgotten; a replacement takes its place.
+    assert_eq!(job.registered_count(), 2);
+    let replacement = register(&mut job, None, 4010);
+    assert!(rejoin(&mut job, &ids[0], 1).is_none());
+    assert!(rejoin(&mut job, &ids[2], 1).is_none());
+    let reply = join(&mut job, &replacement).expect("generation 2 formed");
+    assert_eq!((reply.generation, reply.rank, reply.world_size), (2, 2, 3));
+    assert_eq!(reply.resume_step, 4);
+    assert_eq!(
+        reply.resume_manifest,
+        "runs/run/ckpt/000000000004/MANIFEST.json"
+    );
+    assert_eq!(job.phase(), &JobPhase::Running);
+}
+
+#[test]
+fn a_rank_that_left_its_failed_group_ends_the_generation_once() {
+    let mut job = job(2);
+    let a = register(&mut job, Some(0), 4000);
+    let b = register(&mut job, Some(1), 4001);
+    join(&mut job, &a);
+    join(&mut job, &b);
+    job.take_effects();
+    // Rank 0 saw its group fail (rank 1 died) before anyone told the coordinator.
+    assert!(rejoin(&mut job, &a, 1).is_none());
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    let effects = job.take_effects();
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::GenerationEnded { generation: 1, restart: 1, reason, .. }
+            if reason.contains("rank 0") && reason.contains("left generation 1")
+    )));
+    // Rank 1's process is reported dead afterwards: the same failure, no second restart.
+    assert!(job.local_worker_exited(1, "was killed by SIGKILL"));
+    let effects = job.take_effects();
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::WorkerLost { worker_id, .. } if worker_id == &b)));
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::GenerationEnded { .. })),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn local_worker_deaths_spend_the_restart_budget() {
+    let mut job = job(2);
+    let a = register(&mut job, Some(0), 4000);
+    let b = register(&mut job, Some(1), 4001);
+    join(&mut job, &a);
+    join(&mut job, &b);
+    assert_eq!(job.phase(), &JobPhase::Running);
+    job.take_effects();
+
+    // The member in slot 1 dies: generation 1 ends (restart 1 of 2).
+    assert!(job.local_worker_exited(1, "was killed by SIGKILL"));
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    assert_eq!(job.registered_count(), 1);
+    let effects = job.take_effects();
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::GenerationEnded { generation: 1, restart: 1, reason, .. }
+            if reason.contains(&format!("rank 1 (worker {b}, local slot 1) was killed by SIGKILL"))
+    )));
+    // Its replacement dies before registering: restart 2 of 2.
+    assert!(job.local_worker_exited(1, "exited with status 1"));
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    // And once more: the budget is spent, the job fails and no replacement is wanted.
+    assert!(!job.local_worker_exited(1, "exited with status 1"));
+    let JobPhase::Failed { error } = job.phase().clone() else {
+        panic!("not failed: {:?}", job.phase());
+    };
+    assert!(
+        error.contains("the local worker of slot 1, before it registered, exited with status 1")
+            && error.contains("(2 of max_restarts = 2 used)"),
+        "{error}"
     );
 }
 

@@ -50,8 +50,13 @@ struct Child {
     exited: watch::Receiver<bool>,
 }
 
-/// The spawned children.
+/// The spawned children: the newest process of each slot (a restarted slot's earlier
+/// process has exited).
 pub struct LocalWorkers {
+    spec: SpawnSpec,
+    exits: mpsc::UnboundedSender<ChildExit>,
+    /// OMP_NUM_THREADS for CPU workers.
+    threads: String,
     children: Vec<Child>,
 }
 
@@ -69,69 +74,96 @@ impl LocalWorkers {
         spec: &SpawnSpec,
         exits: mpsc::UnboundedSender<ChildExit>,
     ) -> std::io::Result<Self> {
-        let mut children = Vec::with_capacity(spec.devices.len());
-        let mut started = LocalWorkers {
-            children: Vec::new(),
-        };
         // CPU workers on one machine share its cores: each gets its share of libtorch's
         // threads unless the user chose (one process per core set would oversubscribe).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpu_workers = spec.devices.iter().filter(|d| *d == "cpu").count().max(1);
-        let threads = (cores / cpu_workers).max(1).to_string();
-        for (slot, device) in spec.devices.iter().enumerate() {
-            let slot = slot as u32;
-            let mut cmd = tokio::process::Command::new(&spec.worker_bin);
-            if device == "cpu" && std::env::var_os("OMP_NUM_THREADS").is_none() {
-                cmd.env("OMP_NUM_THREADS", &threads);
+        let mut started = LocalWorkers {
+            spec: spec.clone(),
+            exits,
+            threads: (cores / cpu_workers).max(1).to_string(),
+            children: Vec::with_capacity(spec.devices.len()),
+        };
+        for slot in 0..spec.devices.len() as u32 {
+            if let Err(e) = started.start(slot) {
+                // Do not leave the first few running when a later one cannot start.
+                started.kill_all();
+                return Err(e);
             }
-            cmd.arg("--coordinator")
-                .arg(&spec.coordinator_url)
-                .arg("--slot")
-                .arg(slot.to_string())
-                .arg("--device")
-                .arg(device)
-                .stdin(Stdio::null())
-                .process_group(0)
-                // Should the coordinator itself fail, no child outlives it unattended.
-                .kill_on_drop(true);
-            let mut child = match cmd.spawn() {
-                Ok(c) => c,
-                Err(e) => {
-                    started.children = children;
-                    // Do not leave the first few running when a later one cannot start.
-                    started.kill_all();
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "starting {} for slot {slot}: {e}",
-                            spec.worker_bin.display()
-                        ),
-                    ));
-                }
-            };
-            let pid = child.id().unwrap_or(0);
-            info!("started worker slot {slot} ({device}) as pid {pid}");
-            let (tx, rx) = watch::channel(false);
-            let exits = exits.clone();
-            tokio::spawn(async move {
-                let status = child.wait().await.map_err(|e| e.to_string());
-                let exit = ChildExit { slot, pid, status };
-                if exit.success() {
-                    info!("worker slot {slot} (pid {pid}) {}", exit.describe());
-                } else {
-                    warn!("worker slot {slot} (pid {pid}) {}", exit.describe());
-                }
-                let _ = tx.send(true);
-                let _ = exits.send(exit);
-            });
-            children.push(Child {
-                slot,
-                pid,
-                exited: rx,
-            });
         }
-        started.children = children;
         Ok(started)
+    }
+
+    /// Starts `slot`'s worker again after its process exited.
+    pub fn restart(&mut self, slot: u32) -> std::io::Result<()> {
+        self.start(slot)
+    }
+
+    /// SIGKILL to `slot`'s process if it is `pid` and still running (a worker the job lost
+    /// while it still runs: hung, or cut off).
+    pub fn kill(&self, slot: u32, pid: u32) {
+        let running = self
+            .children
+            .iter()
+            .any(|c| c.slot == slot && c.pid == pid && !*c.exited.borrow());
+        if running {
+            warn!("killing worker slot {slot} (pid {pid}): the job lost it");
+            if let Err(e) = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL) {
+                warn!("sending SIGKILL to worker slot {slot} (pid {pid}): {e}");
+            }
+        }
+    }
+
+    fn start(&mut self, slot: u32) -> std::io::Result<()> {
+        let device = &self.spec.devices[slot as usize];
+        let mut cmd = tokio::process::Command::new(&self.spec.worker_bin);
+        if device == "cpu" && std::env::var_os("OMP_NUM_THREADS").is_none() {
+            cmd.env("OMP_NUM_THREADS", &self.threads);
+        }
+        cmd.arg("--coordinator")
+            .arg(&self.spec.coordinator_url)
+            .arg("--slot")
+            .arg(slot.to_string())
+            .arg("--device")
+            .arg(device)
+            .stdin(Stdio::null())
+            .process_group(0)
+            // Should the coordinator itself fail, no child outlives it unattended.
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "starting {} for slot {slot}: {e}",
+                    self.spec.worker_bin.display()
+                ),
+            )
+        })?;
+        let pid = child.id().unwrap_or(0);
+        info!("started worker slot {slot} ({device}) as pid {pid}");
+        let (tx, rx) = watch::channel(false);
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await.map_err(|e| e.to_string());
+            let exit = ChildExit { slot, pid, status };
+            if exit.success() {
+                info!("worker slot {slot} (pid {pid}) {}", exit.describe());
+            } else {
+                warn!("worker slot {slot} (pid {pid}) {}", exit.describe());
+            }
+            let _ = tx.send(true);
+            let _ = exits.send(exit);
+        });
+        let child = Child {
+            slot,
+            pid,
+            exited: rx,
+        };
+        match self.children.iter_mut().find(|c| c.slot == slot) {
+            Some(old) => *old = child,
+            None => self.children.push(child),
+        }
+        Ok(())
     }
 
     pub fn pids(&self) -> Vec<u32> {

@@ -93,6 +93,11 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..))]
     collective_timeout_ms: u32,
 
+    /// Times a generation may be restarted from the last checkpoint after losing a worker
+    /// (a crash, a hang, an unreachable host) before the job fails.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    max_restarts: u32,
+
     /// Seconds local workers get to exit after SIGTERM before they are killed.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     stop_timeout_secs: u64,
@@ -175,6 +180,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         heartbeat_interval_ms: args.heartbeat_ms,
         heartbeat_deadline_ms: args.heartbeat_deadline_ms,
         collective_timeout_ms: args.collective_timeout_ms,
+        max_restarts: args.max_restarts,
     };
     let job = match &stored.resume {
         Some(from) => {
@@ -283,6 +289,9 @@ async fn run(args: Args) -> Result<ExitCode> {
     ));
     liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    let mut lost_rx = service.lost_workers();
+    // Pids of local workers killed because the job had lost them.
+    let mut killed = std::collections::HashSet::new();
     let ended = loop {
         tokio::select! {
             _ = service.wait_until_over() => break Ended::Over,
@@ -303,13 +312,32 @@ async fn run(args: Args) -> Result<ExitCode> {
             }
             Some(exit) = exit_rx.recv() => {
                 let running = local.as_ref().map_or(0, LocalWorkers::running);
-                if !exit.success() {
-                    service.fail(format!(
-                        "local worker slot {} (pid {}) {} before the job ended",
-                        exit.slot, exit.pid, exit.describe()
-                    )).await;
-                } else if running == 0 {
-                    service.fail("every local worker exited, but the job is not over").await;
+                if exit.success() {
+                    if running == 0 {
+                        service.fail("every local worker exited, but the job is not over").await;
+                    }
+                    continue;
+                }
+                // A worker the job had already lost (and we killed) costs nothing more; any
+                // other death is news to the job, which decides whether to go on.
+                let replace = if killed.remove(&exit.pid) {
+                    service.with_job(|j| !j.is_over())
+                } else {
+                    service.local_worker_exited(exit.slot, exit.describe()).await
+                };
+                if let (true, Some(workers)) = (replace, local.as_mut()) {
+                    if let Err(e) = workers.restart(exit.slot) {
+                        service.fail(format!("restarting local worker slot {}: {e}", exit.slot))
+                            .await;
+                    }
+                }
+            }
+            Ok(lost) = lost_rx.recv() => {
+                if let (Some(slot), Some(workers)) = (lost.slot, local.as_ref()) {
+                    if workers.pids().contains(&lost.pid) {
+                        killed.insert(lost.pid);
+                        workers.kill(slot, lost.pid);
+                    }
                 }
             }
             ended = &mut server, if server_running => {

@@ -66,6 +66,17 @@ struct Shared<C, P> {
     /// older snapshot never overwrites a newer one.
     persist_lock: tokio::sync::Mutex<()>,
     options: ServiceOptions,
+    /// Workers the job lost, for the binary to stop (if local and still running).
+    lost: tokio::sync::broadcast::Sender<LostWorker>,
+}
+
+/// A worker the job forgot after losing it (see `Job::lose`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostWorker {
+    pub worker_id: String,
+    pub slot: Option<u32>,
+    pub pid: u32,
+    pub host: String,
 }
 
 /// The coordinator's gRPC service and a handle on its job for the binary and tests.
@@ -84,6 +95,7 @@ impl<C, P> Clone for CoordinatorService<C, P> {
 impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
     pub fn new(job: Job, committer: C, persistence: P, options: ServiceOptions) -> Self {
         let (changed, _) = watch::channel(0);
+        let (lost, _) = tokio::sync::broadcast::channel(64);
         CoordinatorService {
             shared: Arc::new(Shared {
                 job: Mutex::new(job),
@@ -92,6 +104,7 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
                 persistence,
                 persist_lock: tokio::sync::Mutex::new(()),
                 options,
+                lost,
             }),
         }
     }
@@ -172,6 +185,19 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
         self.call(|job, now| Ok::<_, JobError>(job.expire_silent(now)))
             .await
             .unwrap_or(false)
+    }
+
+    /// A local worker process exited before the job ended (see
+    /// [`Job::local_worker_exited`]); true if a replacement should be started.
+    pub async fn local_worker_exited(&self, slot: u32, how: String) -> bool {
+        self.call(|job, _| Ok::<_, JobError>(job.local_worker_exited(slot, &how)))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Every worker the job loses from now on.
+    pub fn lost_workers(&self) -> tokio::sync::broadcast::Receiver<LostWorker> {
+        self.shared.lost.subscribe()
     }
 
     /// Saves a snapshot of the job now.
@@ -277,6 +303,21 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
                     commits.push((step, outcome));
                 }
                 Effect::Persist => persist = true,
+                Effect::WorkerLost {
+                    worker_id,
+                    slot,
+                    pid,
+                    host,
+                } => {
+                    warn!("worker {worker_id} (pid {pid} on {host}) is lost and forgotten");
+                    // Nobody listening (no local workers) is fine.
+                    let _ = self.shared.lost.send(LostWorker {
+                        worker_id,
+                        slot,
+                        pid,
+                        host,
+                    });
+                }
                 other => log_effect(&other),
             }
         }
@@ -385,6 +426,16 @@ fn log_effect(effect: &Effect) {
         Effect::CheckpointCommitted { step, manifest } => {
             info!("checkpoint at step {step} committed: {manifest}")
         }
+        Effect::GenerationEnded {
+            generation,
+            reason,
+            restart,
+            max_restarts,
+        } => warn!(
+            "generation {generation} ended: {reason}; restart {restart} of {max_restarts}: the \
+             next generation resumes from the last committed checkpoint"
+        ),
+        Effect::WorkerLost { worker_id, .. } => warn!("worker {worker_id} is lost"),
         Effect::JobEnded(JobPhase::Failed { error }) => error!("job failed: {error}"),
         Effect::JobEnded(phase) => info!("job {phase:?}"),
         Effect::Commit(c) => debug!("commit of step {} requested", c.step),

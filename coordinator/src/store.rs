@@ -220,6 +220,7 @@ pub async fn stored_run(run: &RunStore) -> Result<StoredRun, StoreError> {
                     epoch: m.epoch,
                     steps_per_epoch: m.state["steps_per_epoch"].as_u64().unwrap_or(0),
                     manifest: run.manifest_key(m.step),
+                    folder_step: 0,
                 }
             })
         }
@@ -482,6 +483,7 @@ mod tests {
             heartbeat_interval_ms: 1000,
             heartbeat_deadline_ms: 10_000,
             collective_timeout_ms: 1000,
+            max_restarts: 2,
         })
         .unwrap();
         run.save(job.snapshot(42)).await.unwrap();

@@ -409,7 +409,7 @@ fn spawned_local_workers_are_stopped_on_sigterm() {
 }
 
 #[test]
-fn local_workers_start_after_the_grace_period_and_their_failure_fails_the_job() {
+fn local_workers_start_after_the_grace_period_and_their_failures_spend_the_restart_budget() {
     let dir = tempfile::tempdir().unwrap();
     let standin_dir = dir.path().join("standin");
     std::fs::create_dir(&standin_dir).unwrap();
@@ -440,12 +440,19 @@ fn local_workers_start_after_the_grace_period_and_their_failure_fails_the_job() 
         stderr.contains("no worker registered within 1 s"),
         "{stderr}"
     );
+    // Every death is replaced until the budget (3 by default) is spent.
     assert!(
-        stderr.contains("exited with status 3 before the job ended"),
+        stderr.matches("started worker slot").count() >= 2 + 3,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "exited with status 3; the restart budget is spent (3 of max_restarts = 3 used)"
+        ),
         "{stderr}"
     );
     assert!(stderr.contains("error: the job failed"), "{stderr}");
-    // The first failure fails the job and the other worker is stopped, possibly before it
+    // The last failure fails the job and the other worker is stopped, possibly before it
     // got as far as writing its pid.
     assert!(standin_dir.join("pid-0").exists() || standin_dir.join("pid-1").exists());
     assert!(standin_pids(&standin_dir)

@@ -177,6 +177,7 @@ async fn malformed_requests_get_their_codes_and_change_nothing() {
             api_version: 1,
             worker_id: id.clone(),
             facts: None,
+            left_generation: 0,
         })
         .await
         .unwrap_err();
@@ -191,6 +192,7 @@ async fn malformed_requests_get_their_codes_and_change_nothing() {
             api_version: 1,
             worker_id: id.clone(),
             facts: Some(other),
+            left_generation: 0,
         })
         .await
         .unwrap_err();
@@ -290,6 +292,7 @@ async fn join_answers_deadline_exceeded_while_the_generation_is_incomplete() {
         api_version: 1,
         worker_id: a.id.clone(),
         facts: Some(facts()),
+        left_generation: 0,
     };
     let started = Instant::now();
     let e = a.client.clone().join(req()).await.unwrap_err();
@@ -309,6 +312,7 @@ async fn join_answers_deadline_exceeded_while_the_generation_is_incomplete() {
         api_version: 1,
         worker_id: w.id.clone(),
         facts: Some(facts()),
+        left_generation: 0,
     });
     r.set_timeout(Duration::from_millis(600));
     let started = Instant::now();
@@ -339,6 +343,7 @@ async fn nccl_id_long_polls_until_rank0_publishes() {
         api_version: 1,
         worker_id: id,
         facts: Some(facts()),
+        left_generation: 0,
     };
     let (j0, j1) = tokio::join!(c0.join(join(id0.clone())), c1.join(join(id1.clone())));
     let (j0, j1) = (j0.unwrap().into_inner(), j1.unwrap().into_inner());

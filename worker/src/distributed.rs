@@ -55,11 +55,27 @@ pub enum RunError {
     Store(#[from] lgaf_store::StoreError),
     #[error("collective group: {0}")]
     Collective(#[from] lgaf_collective::CollectiveError),
+    /// The coordinator ended this rank's generation (a peer was lost): join the next.
+    #[error("the generation ended: {0}")]
+    GenerationOver(String),
     #[error("{0}")]
     Other(String),
 }
 
 type Result<T, E = RunError> = std::result::Result<T, E>;
+
+impl RunError {
+    /// The generation failed under this rank (a peer died or hung, the coordinator ended
+    /// it), not the rank itself: it may join the next generation.
+    fn ends_generation_only(&self) -> bool {
+        matches!(
+            self,
+            RunError::GenerationOver(_)
+                | RunError::Collective(_)
+                | RunError::Worker(crate::WorkerError::Collective { .. })
+        )
+    }
+}
 
 struct Client {
     url: String,
@@ -99,6 +115,10 @@ impl Client {
     }
 
     fn fail(&self, call: &str, status: tonic::Status) -> RunError {
+        if status.code() == tonic::Code::Aborted {
+            // StaleGeneration: the generation ended under this call.
+            return RunError::GenerationOver(format!("{call}: {}", status.message()));
+        }
         RunError::Coordinator {
             url: self.url.clone(),
             message: format!("{call}: {} ({:?})", status.message(), status.code()),
@@ -162,7 +182,23 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         "registered"
     );
 
-    let outcome = train(&args, &mut client, &registered, listener);
+    // One generation after another until the job is over for this worker: when a
+    // generation ends (a peer was lost, the group failed), join the next one, which
+    // resumes from the last committed checkpoint.
+    let mut left = 0;
+    let outcome = loop {
+        let listener = match listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => break Err(RunError::Other(format!("collective listener: {e}"))),
+        };
+        match train(&args, &mut client, &registered, listener, left) {
+            Err(e) if e.ends_generation_only() => {
+                left = GENERATION.load(Ordering::SeqCst);
+                warn!(generation = left, error = %e, "left the generation; joining the next");
+            }
+            other => break other,
+        }
+    };
     let (step, error) = match &outcome {
         Ok(step) => (*step, String::new()),
         Err(e) => (0, e.to_string()),
@@ -249,6 +285,7 @@ fn train(
     client: &mut Client,
     registered: &v1::RegisterReply,
     listener: TcpListener,
+    left_generation: u64,
 ) -> Result<u64> {
     let rt = client.rt.clone();
     let mut cfg = TrainConfig::from_toml_str(&registered.config_toml)?;
@@ -271,6 +308,7 @@ fn train(
             api_version: API_VERSION,
             worker_id: registered.worker_id.clone(),
             facts: Some(facts),
+            left_generation,
         }))
         .map_err(|s| client.fail("Join", s))?
         .into_inner();
@@ -358,10 +396,10 @@ fn train(
             let end = plan.end_step.min(total);
             trainer.run_until(end, |trainer, report| {
                 STEP.store(report.step, Ordering::SeqCst);
-                if let Some(reason) = heartbeat.stopped() {
+                if let Some(stopped) = heartbeat.stopped() {
                     return Err(crate::WorkerError::Collective {
                         step: report.step,
-                        message: reason,
+                        message: stopped.to_string(),
                     });
                 }
                 // Every rank trains the same number of samples a step: the job's rate.
@@ -415,6 +453,10 @@ fn train(
         upload_ms = stats.upload_total.as_millis() as u64,
         "checkpoint uploads: the training step waited only for the stall"
     );
+    // The coordinator's word overrides what the loop saw: the job may be over.
+    if let Some(Stopped::Stop(why)) = heartbeat.stopped() {
+        return Err(RunError::Other(why));
+    }
     drop(heartbeat);
     result?;
     Ok(trainer.steps_done())
@@ -429,7 +471,7 @@ static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0)
 /// it stops the thread.
 struct Heartbeat {
     stop: Arc<AtomicBool>,
-    reason: Arc<Mutex<Option<String>>>,
+    reason: Arc<Mutex<Option<Stopped>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -459,7 +501,7 @@ impl Heartbeat {
     }
 
     /// Why the training loop must stop, once it must.
-    fn stopped(&self) -> Option<String> {
+    fn stopped(&self) -> Option<Stopped> {
         self.reason.lock().expect("heartbeat reason").clone()
     }
 }
@@ -473,6 +515,23 @@ impl Drop for Heartbeat {
     }
 }
 
+/// Why the heartbeat asks the training loop to stop.
+#[derive(Clone, Debug)]
+enum Stopped {
+    /// The generation ended: join the next one.
+    Rejoin(String),
+    /// The job is over or the coordinator is gone: exit.
+    Stop(String),
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::Rejoin(why) | Stopped::Stop(why) => f.write_str(why),
+        }
+    }
+}
+
 fn beat(
     mut client: Client,
     worker_id: String,
@@ -480,9 +539,9 @@ fn beat(
     interval: Duration,
     deadline: Duration,
     stop: &AtomicBool,
-    reason: &Mutex<Option<String>>,
+    reason: &Mutex<Option<Stopped>>,
 ) {
-    let give_up = |why: String| {
+    let give_up = |why: Stopped| {
         warn!("{why}");
         *reason.lock().expect("heartbeat reason") = Some(why);
     };
@@ -501,25 +560,37 @@ fn beat(
         match reply {
             Ok(Ok(reply)) => {
                 last_answer = Instant::now();
-                let action = reply.into_inner().action();
-                if action != WorkerAction::Continue {
-                    give_up(format!(
-                        "the coordinator ended the job or this generation ({action:?})"
-                    ));
-                    return;
+                match reply.into_inner().action() {
+                    WorkerAction::Continue => {}
+                    WorkerAction::Rejoin => {
+                        give_up(Stopped::Rejoin(format!(
+                            "the coordinator ended generation {generation} (a peer was lost)"
+                        )));
+                        return;
+                    }
+                    action => {
+                        give_up(Stopped::Stop(format!(
+                            "the coordinator ended the job ({action:?})"
+                        )));
+                        return;
+                    }
                 }
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Aborted => {
+                give_up(Stopped::Rejoin(format!("heartbeat: {}", status.message())));
+                return;
             }
             Ok(Err(status)) => warn!(error = %status.message(), "heartbeat failed"),
             Err(_) => warn!("heartbeat: no answer from the coordinator"),
         }
         if last_answer.elapsed() > deadline {
-            give_up(format!(
+            give_up(Stopped::Stop(format!(
                 "the coordinator at {} has not answered a heartbeat for {} ms (deadline {} ms): \
                  it is gone or unreachable; stopping",
                 client.url,
                 last_answer.elapsed().as_millis(),
                 deadline.as_millis()
-            ));
+            )));
             return;
         }
         // Sleep in small slices so a finished run does not wait a whole interval.

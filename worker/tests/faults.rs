@@ -1,6 +1,8 @@
-//! Failure detection end to end, with real processes: a worker that hangs (SIGSTOP) is
-//! declared failed by the coordinator within the heartbeat deadline and nothing is left
-//! running; workers whose coordinator is killed stop by themselves within the deadline.
+//! Failure detection and recovery end to end, with real processes: a worker that hangs
+//! (SIGSTOP) is declared lost within the heartbeat deadline (and, with no restart left,
+//! fails the job with nothing left running); workers killed at random steps are replaced
+//! and the run ends exactly as an uninterrupted one; workers whose coordinator is killed
+//! stop by themselves within the deadline.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use nix::unistd::Pid;
 
 /// Long enough that the faults below happen in the first epoch (12 x 400 images, 16 a step
 /// on two ranks: 300 steps an epoch), with no checkpoint before its end.
-const CONFIG: &str = r#"
+const LONG_EPOCH: &str = r#"
 [model]
 arch = "r18"
 width = 0.125
@@ -48,16 +50,28 @@ struct Run {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
+fn work_dir(name: &str, config: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lgaf-faults-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("train.toml"), config).unwrap();
+    dir
+}
+
 impl Run {
-    fn start(name: &str) -> Run {
-        let dir = std::env::temp_dir().join(format!("lgaf-faults-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("train.toml"), CONFIG).unwrap();
+    /// `workers` local workers on `dir`'s config and store, with `extra` arguments.
+    fn start(dir: &Path, run: &str, workers: u32, extra: &[&str]) -> Run {
         let mut coordinator = Command::new(bin("lgaf-coordinator"))
-            .args(["--workers", "2", "--spawn-local", "--run-id", name])
+            .args([
+                "--workers",
+                &workers.to_string(),
+                "--spawn-local",
+                "--run-id",
+                run,
+            ])
             .args(["--config", &dir.join("train.toml").display().to_string()])
-            .args(["--store", &store_url(&dir)])
+            .args(["--store", &store_url(dir)])
+            .args(extra)
             .args(["--heartbeat-ms", "100"])
             .args(["--heartbeat-deadline-ms", &DEADLINE_MS.to_string()])
             // Far beyond the deadline: the heartbeat, not a collective timeout, must notice.
@@ -107,11 +121,12 @@ impl Run {
         started.elapsed()
     }
 
-    /// The pid of local worker `slot`, from the coordinator's "started worker slot" line.
+    /// The pid of local worker `slot`'s newest process, from the coordinator's "started
+    /// worker slot" lines.
     fn worker_pid(&self, slot: u32) -> Pid {
         let log = self.log();
         let prefix = format!("started worker slot {slot} (cpu) as pid ");
-        let at = log.find(&prefix).expect("worker started") + prefix.len();
+        let at = log.rfind(&prefix).expect("worker started") + prefix.len();
         let pid: i32 = log[at..]
             .split(|c: char| !c.is_ascii_digit())
             .next()
@@ -160,8 +175,9 @@ fn alive(pid: Pid) -> bool {
 }
 
 #[test]
-fn a_hung_worker_is_declared_failed_within_the_deadline_and_nothing_is_left_running() {
-    let mut run = Run::start("sigstop");
+fn a_hung_worker_without_restarts_left_fails_the_job_and_nothing_is_left_running() {
+    let dir = work_dir("sigstop", LONG_EPOCH);
+    let mut run = Run::start(&dir, "sigstop", 2, &["--max-restarts", "0"]);
     run.wait_for("step 3/", Duration::from_secs(120));
     let (rank0, rank1) = (run.worker_pid(0), run.worker_pid(1));
     kill(rank1, Signal::SIGSTOP).unwrap();
@@ -179,6 +195,10 @@ fn a_hung_worker_is_declared_failed_within_the_deadline_and_nothing_is_left_runn
     let log = run.finish_log(Duration::from_secs(10));
     assert!(log.contains("rank 1 (worker "), "{log}");
     assert!(
+        log.contains("the restart budget is spent (0 of max_restarts = 0 used)"),
+        "{log}"
+    );
+    assert!(
         !alive(rank0) && !alive(rank1),
         "a worker is still running:\n{log}"
     );
@@ -186,7 +206,8 @@ fn a_hung_worker_is_declared_failed_within_the_deadline_and_nothing_is_left_runn
 
 #[test]
 fn workers_stop_by_themselves_when_the_coordinator_is_killed() {
-    let mut run = Run::start("coordinator-killed");
+    let dir = work_dir("coordinator-killed", LONG_EPOCH);
+    let mut run = Run::start(&dir, "coordinator-killed", 2, &[]);
     run.wait_for("step 3/", Duration::from_secs(120));
     let (rank0, rank1) = (run.worker_pid(0), run.worker_pid(1));
     run.coordinator.kill().unwrap();
@@ -222,4 +243,100 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// 96 images, 8 a rank, 3 ranks: 4 steps an epoch, 24 in all, a checkpoint every 2 steps.
+const SHORT_EPOCHS: &str = r#"
+[model]
+arch = "r18"
+width = 0.125
+embedding_size = 32
+[data]
+batch_size = 8
+workers = 1
+[data.synthetic]
+identities = 12
+images_per_identity = 8
+[train]
+epochs = 6
+log_every = 1
+[optim]
+warmup_epochs = 0.0
+lr_steps = []
+[checkpoint]
+every_steps = 2
+keep_last = 20
+"#;
+
+fn export(dir: &Path, run: &str) -> Vec<(String, tch::Tensor)> {
+    let out = dir.join(format!("{run}.safetensors"));
+    let result = Command::new(bin("lgaf"))
+        .args(["ckpt", "export", "--store", &store_url(dir), "--run", run])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&result.stdout).to_string()
+        + &String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{text}");
+    assert!(text.contains("step 24"), "{text}");
+    lgaf_model::weights::read_tensors(&out).unwrap()
+}
+
+#[test]
+fn workers_killed_at_random_steps_are_replaced_and_the_run_ends_as_an_uninterrupted_one() {
+    let dir = work_dir("kill-9", SHORT_EPOCHS);
+    let mut straight = Run::start(&dir, "straight", 3, &[]);
+    let status = wait_exit(&mut straight.coordinator, Duration::from_secs(300));
+    assert!(status.success(), "{}", straight.log());
+
+    let mut faulted = Run::start(&dir, "faulted", 3, &[]);
+    // Two faults, each at a step that varies from run to run (whatever the workers have
+    // reached when the test gets there): rank 1, then rank 2 of the next generation.
+    for (slot, after, generation) in [(1, "step 5/", 2), (2, "step 11/", 3)] {
+        faulted.wait_for(after, Duration::from_secs(300));
+        kill(faulted.worker_pid(slot), Signal::SIGKILL).unwrap();
+        faulted.wait_for(
+            &format!("generation {generation} formed"),
+            Duration::from_secs(120),
+        );
+    }
+    let status = wait_exit(&mut faulted.coordinator, Duration::from_secs(300));
+    let log = faulted.finish_log(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("restart 2 of 3"), "{log}");
+    assert!(
+        log.contains("job Finished") && log.contains("step 24/24 epoch 5"),
+        "{log}"
+    );
+
+    // Same final step, and in deterministic CPU mode the same network, bit for bit.
+    let (a, b) = (export(&dir, "straight"), export(&dir, "faulted"));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            x.equal(y),
+            "`{name}` differs between the uninterrupted and the faulted run"
+        );
+    }
+}
+
+#[test]
+fn a_hung_worker_is_killed_replaced_and_the_run_finishes() {
+    let dir = work_dir("sigstop-recovered", SHORT_EPOCHS);
+    let mut run = Run::start(&dir, "hung", 3, &[]);
+    run.wait_for("step 5/", Duration::from_secs(300));
+    let hung = run.worker_pid(1);
+    kill(hung, Signal::SIGSTOP).unwrap();
+    run.wait_for("generation 2 formed", Duration::from_secs(60));
+    let status = wait_exit(&mut run.coordinator, Duration::from_secs(300));
+    let log = run.finish_log(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("no heartbeat within the 1500 ms deadline")
+            && log.contains(&format!("killing worker slot 1 (pid {hung})")),
+        "{log}"
+    );
+    assert!(log.contains("step 24/24 epoch 5"), "{log}");
+    assert!(!alive(hung), "the hung worker is still there");
 }

@@ -58,6 +58,7 @@ pub fn settings(world_size: u32, store: &RunStore) -> JobSettings {
         heartbeat_interval_ms: 100,
         heartbeat_deadline_ms: 5_000,
         collective_timeout_ms: 1000,
+        max_restarts: 2,
     }
 }
 
@@ -184,6 +185,7 @@ impl TestWorker {
                 api_version: 1,
                 worker_id: self.id.clone(),
                 facts: Some(facts),
+                left_generation: 0,
             };
             match self.client.join(req).await {
                 Ok(r) => {
