@@ -453,6 +453,49 @@ fn child_init_hang() {
 }
 
 #[test]
+fn fake_abort_handle_ends_a_hung_collective_before_the_timeout() {
+    run_child("child_abort_handle", &fake_env());
+}
+
+#[test]
+#[ignore = "run by fake_abort_handle_ends_a_hung_collective_before_the_timeout in a child process"]
+fn child_abort_handle() {
+    if !is_child("child_abort_handle") {
+        return;
+    }
+    let fake = Fake::open();
+    let id = NcclUniqueId::new().unwrap();
+    let timeout = Duration::from_secs(60);
+    let comm = NcclCommunicator::new(&id, 0, 1, 0, timeout).unwrap();
+    let buf = DeviceBuffer::from_slice(0, &[1.0f32; 16]).unwrap();
+    fake.set("op_hang", 1);
+    let abort = comm.abort_handle();
+    let aborter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        abort.abort("the coordinator ended generation 3");
+    });
+    let started = Instant::now();
+    let message = nccl_message(unsafe {
+        comm.all_reduce(buf.as_ptr(), 16, DType::F32, ReduceOp::Sum, null_mut())
+    });
+    aborter.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        message.contains("was aborted before it completed (the coordinator ended generation 3)"),
+        "{message}"
+    );
+    assert_eq!(fake.get("abort"), 1);
+    fake.set("op_hang", 0);
+    let later =
+        nccl_message(unsafe { comm.broadcast(buf.as_ptr(), 16, DType::F32, 0, null_mut()) });
+    assert!(later.contains("dead since an earlier failure"), "{later}");
+}
+
+#[test]
 fn fake_collective_that_never_completes_times_out_and_kills_the_communicator() {
     run_child("child_op_hang", &fake_env());
 }

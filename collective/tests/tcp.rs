@@ -451,3 +451,55 @@ fn strangers_are_refused_and_the_group_still_forms() {
     assert_eq!(v, vec![7; 10]);
     assert_eq!(t.join().unwrap(), vec![7; 10]);
 }
+
+/// The abort handle unblocks an operation waiting on a peer that never comes (the
+/// coordinator ended the generation), long before the operation's timeout.
+#[test]
+fn an_abort_ends_a_blocked_operation_at_once() {
+    let listeners: Vec<TcpListener> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let peers: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let mut groups: Vec<TcpGroup> = std::thread::scope(|scope| {
+        let joins: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(rank, listener)| {
+                let peers = peers.clone();
+                scope.spawn(move || {
+                    let mut opts = options();
+                    opts.op_timeout = Duration::from_secs(60);
+                    TcpGroup::connect(rank, &peers, listener, opts).unwrap()
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    // Rank 1 is alive but never calls: rank 0 waits inside the all-reduce.
+    let _rank1 = groups.pop().unwrap();
+    let rank0 = groups.pop().unwrap();
+    let abort = rank0.abort_handle().unwrap();
+    let started = Instant::now();
+    let aborter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        abort.abort();
+    });
+    let mut v = vec![1.0f32; 1000];
+    let err = rank0
+        .all_reduce(ReduceBuf::F32(&mut v), ReduceOp::Sum)
+        .unwrap_err();
+    aborter.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, CollectiveError::Io { .. }), "{err}");
+    assert!(
+        rank0.barrier().is_err(),
+        "the aborted group must stay failed"
+    );
+}

@@ -13,7 +13,7 @@ use std::ffi::c_void;
 use std::ptr::null_mut;
 use std::sync::{Arc, Mutex};
 
-use lgaf_collective::nccl::NcclCommunicator;
+use lgaf_collective::nccl::{NcclAbortHandle, NcclCommunicator};
 use lgaf_collective::{CollectiveError, Communicator, DType, ReduceBuf, ReduceOp};
 use lgaf_model::collective::{Collective, SingleProcess};
 use tch::{Device, Kind, Tensor};
@@ -224,6 +224,11 @@ impl NcclCollective {
     /// The first failure since the group was built, if any (see [`HostCollective::check`]).
     pub fn check(&self) -> Result<(), String> {
         self.failure.check()
+    }
+
+    /// Aborts the collective in progress from another thread (see [`NcclAbortHandle`]).
+    pub fn abort_handle(&self) -> NcclAbortHandle {
+        self.comm.abort_handle()
     }
 
     /// A contiguous copy of `t`, owned by the caller, in a kind NCCL handles: f64 and i64 as

@@ -344,14 +344,21 @@ fn train(
                     group_tag: joined.generation,
                 },
             )?;
+            let abort = group
+                .abort_handle()
+                .map_err(|e| RunError::Other(format!("collective group: {e}")))?;
+            heartbeat.on_stop(Box::new(move || abort.abort()));
             Group::Host(Arc::new(HostCollective::new(Arc::new(group))))
         }
         CollectiveBackend::Nccl => {
             drop(listener);
             let device = parse_device(&args.device)?;
-            Group::Nccl(Arc::new(nccl_group(
-                client, registered, &joined, device, timeout,
-            )?))
+            let nccl = nccl_group(client, registered, &joined, device, timeout)?;
+            let abort = nccl.abort_handle();
+            heartbeat.on_stop(Box::new(move || {
+                abort.abort("the coordinator ended the generation")
+            }));
+            Group::Nccl(Arc::new(nccl))
         }
         other => {
             return Err(RunError::Other(format!(
@@ -472,6 +479,8 @@ static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0)
 struct Heartbeat {
     stop: Arc<AtomicBool>,
     reason: Arc<Mutex<Option<Stopped>>>,
+    /// Unblocks a collective waiting on a peer once the generation is over.
+    abort: AbortHook,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -485,19 +494,38 @@ impl Heartbeat {
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let reason = Arc::new(Mutex::new(None));
+        let abort = AbortHook::default();
         let thread = {
-            let (stop, reason) = (stop.clone(), reason.clone());
+            let (stop, reason, abort) = (stop.clone(), reason.clone(), abort.clone());
             std::thread::spawn(move || {
+                let give_up = |why: Stopped| {
+                    warn!("{why}");
+                    *reason.lock().expect("heartbeat reason") = Some(why);
+                    if let Some(abort) = abort.lock().expect("abort hook").as_ref() {
+                        abort();
+                    }
+                };
                 beat(
-                    client, worker_id, generation, interval, deadline, &stop, &reason,
+                    client, worker_id, generation, interval, deadline, &stop, give_up,
                 )
             })
         };
         Self {
             stop,
             reason,
+            abort,
             thread: Some(thread),
         }
+    }
+
+    /// Once the generation is over, `abort` is called (once the group exists).
+    fn on_stop(&self, abort: Box<dyn Fn() + Send>) {
+        let mut hook = self.abort.lock().expect("abort hook");
+        // The generation may have ended while the group was forming.
+        if self.stopped().is_some() {
+            abort();
+        }
+        *hook = Some(abort);
     }
 
     /// Why the training loop must stop, once it must.
@@ -514,6 +542,8 @@ impl Drop for Heartbeat {
         }
     }
 }
+
+type AbortHook = Arc<Mutex<Option<Box<dyn Fn() + Send>>>>;
 
 /// Why the heartbeat asks the training loop to stop.
 #[derive(Clone, Debug)]
@@ -539,12 +569,8 @@ fn beat(
     interval: Duration,
     deadline: Duration,
     stop: &AtomicBool,
-    reason: &Mutex<Option<Stopped>>,
+    give_up: impl Fn(Stopped),
 ) {
-    let give_up = |why: Stopped| {
-        warn!("{why}");
-        *reason.lock().expect("heartbeat reason") = Some(why);
-    };
     let mut last_answer = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let request = client.inner.heartbeat(v1::HeartbeatRequest {

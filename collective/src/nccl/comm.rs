@@ -3,7 +3,7 @@
 use std::ffi::{c_int, c_void};
 use std::fmt;
 use std::ptr::null_mut;
-use std::sync::{mpsc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::loader::{self, CudaRt, NcclLib};
@@ -42,6 +42,23 @@ pub struct NcclCommunicator {
     timeout: Duration,
     nccl: &'static NcclLib,
     cuda: &'static CudaRt,
+    /// Set by an [`NcclAbortHandle`]: the collective in progress (or the next) aborts.
+    abort: Arc<Mutex<Option<String>>>,
+}
+
+/// Aborts a communicator's collective from another thread, for when the generation is
+/// known to be over: the watchdog sees it at its next poll and aborts the communicator as
+/// it does on a timeout, so a rank waiting on a hung peer returns at once.
+#[derive(Clone, Debug)]
+pub struct NcclAbortHandle {
+    abort: Arc<Mutex<Option<String>>>,
+}
+
+impl NcclAbortHandle {
+    pub fn abort(&self, why: impl Into<String>) {
+        let mut slot = self.abort.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.get_or_insert_with(|| why.into());
+    }
 }
 
 struct State {
@@ -272,7 +289,22 @@ impl NcclCommunicator {
             timeout,
             nccl,
             cuda,
+            abort: Arc::default(),
         })
+    }
+
+    /// See [`NcclAbortHandle`].
+    pub fn abort_handle(&self) -> NcclAbortHandle {
+        NcclAbortHandle {
+            abort: self.abort.clone(),
+        }
+    }
+
+    fn abort_requested(&self) -> Option<String> {
+        self.abort
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn rank(&self) -> usize {
@@ -442,6 +474,9 @@ impl NcclCommunicator {
             CollectiveError::Nccl(format!("{op} as {}: {message}", self.who()))
         })?;
         let comm = state.comm;
+        if let Some(why) = self.abort_requested() {
+            return Err(self.fail(&mut state, op, format!("was not started: aborted ({why})")));
+        }
         let started = Instant::now();
         let mut backoff = Backoff::new();
 
@@ -450,6 +485,10 @@ impl NcclCommunicator {
             // Non-blocking communicators may still be enqueueing; NCCL asks that we poll until
             // ncclSuccess before anything else touches the communicator or the stream.
             NCCL_IN_PROGRESS => loop {
+                if let Some(why) = self.abort_requested() {
+                    let reason = format!("was aborted while being enqueued ({why})");
+                    return Err(self.fail(&mut state, op, reason));
+                }
                 // SAFETY: `comm` is live while we hold the lock and have not failed.
                 match unsafe { async_state(self.nccl, comm) } {
                     NCCL_SUCCESS => break,
@@ -496,6 +535,10 @@ impl NcclCommunicator {
                     let reason = format!("its stream reported {}", self.cuda.describe(error));
                     return Err(self.fail(&mut state, op, reason));
                 }
+            }
+            if let Some(why) = self.abort_requested() {
+                let reason = format!("was aborted before it completed ({why})");
+                return Err(self.fail(&mut state, op, reason));
             }
             if started.elapsed() >= self.timeout {
                 let reason = format!(

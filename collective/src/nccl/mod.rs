@@ -29,7 +29,7 @@ pub mod sys;
 use std::ffi::{c_char, c_int};
 use std::fmt;
 
-pub use comm::NcclCommunicator;
+pub use comm::{NcclAbortHandle, NcclCommunicator};
 pub use loader::{CUDART_LIB_ENV, NCCL_LIB_ENV};
 
 use crate::{CollectiveError, Result};

@@ -199,6 +199,21 @@ impl TcpGroup {
         &self.addrs
     }
 
+    /// A handle that closes this rank's connections from any thread, for when the
+    /// generation is known to be over (the coordinator said so): an operation blocked on a
+    /// hung peer then fails at once with a closed connection instead of at its timeout, and
+    /// the group is failed for good.
+    pub fn abort_handle(&self) -> std::io::Result<TcpAbortHandle> {
+        let streams = self
+            .streams
+            .iter()
+            .map(TcpStream::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(TcpAbortHandle {
+            streams: Arc::new(streams),
+        })
+    }
+
     fn lock_inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -313,6 +328,20 @@ impl Communicator for TcpGroup {
 
     fn barrier(&self) -> Result<()> {
         self.run("barrier", OpKind::Barrier, 0, algo::barrier)
+    }
+}
+
+/// See [`TcpGroup::abort_handle`].
+#[derive(Clone, Debug)]
+pub struct TcpAbortHandle {
+    streams: Arc<Vec<TcpStream>>,
+}
+
+impl TcpAbortHandle {
+    pub fn abort(&self) {
+        for stream in self.streams.iter() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
 }
 
