@@ -66,6 +66,8 @@ pub struct SpawnSpec {
     pub worker_bin: PathBuf,
     pub coordinator_url: String,
     pub devices: Vec<String>,
+    /// Handed to the workers in their environment (LGAF_JOB_TOKEN), never as an argument.
+    pub token: Option<lgaf_proto::auth::JobToken>,
 }
 
 impl LocalWorkers {
@@ -120,6 +122,10 @@ impl LocalWorkers {
         if device == "cpu" && std::env::var_os("OMP_NUM_THREADS").is_none() {
             cmd.env("OMP_NUM_THREADS", &self.threads);
         }
+        match &self.spec.token {
+            Some(token) => cmd.env(lgaf_proto::auth::TOKEN_ENV, token.expose()),
+            None => cmd.env_remove(lgaf_proto::auth::TOKEN_ENV),
+        };
         cmd.arg("--coordinator")
             .arg(&self.spec.coordinator_url)
             .arg("--slot")
@@ -299,6 +305,7 @@ mod tests {
             worker_bin: script,
             coordinator_url: "http://127.0.0.1:1".into(),
             devices: vec!["cpu".into()],
+            token: None,
         };
         let workers = LocalWorkers::spawn(&spec, tx).unwrap();
         assert_eq!(workers.running(), 1);

@@ -14,6 +14,7 @@ use lgaf_coordinator::{
     serve, stored_run, CoordinatorService, Job, JobPhase, JobSettings, JobStatePersistence,
     RunStore, ServiceOptions, Store,
 };
+use lgaf_proto::auth::JobToken;
 use lgaf_proto::v1;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, SignalKind};
@@ -92,6 +93,13 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 300_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     collective_timeout_ms: u32,
+
+    /// A file holding the job token every worker must present (e.g. a mounted Kubernetes
+    /// secret); else $LGAF_JOB_TOKEN. With neither, a coordinator that spawns its workers
+    /// (--spawn-local) makes a random one and hands it to them; otherwise requests are not
+    /// authenticated (a warning says so).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
 
     /// Times a generation may be restarted from the last checkpoint after losing a worker
     /// (a crash, a hang, an unreachable host) before the job fails.
@@ -250,8 +258,22 @@ async fn run(args: Args) -> Result<ExitCode> {
     let addr = listener.local_addr()?;
     let url = coordinator_url(addr);
 
+    let token = match &args.token_file {
+        Some(path) => Some(JobToken::from_file(path).map_err(|e| anyhow!(e))?),
+        None => match JobToken::from_env().map_err(|e| anyhow!(e))? {
+            Some(t) => Some(t),
+            None if args.spawn_local => Some(JobToken::generate().map_err(|e| anyhow!(e))?),
+            None => {
+                warn!(
+                    "no job token (--token-file or LGAF_JOB_TOKEN): anyone who can reach \
+                     {url} can act as a worker of this job"
+                );
+                None
+            }
+        },
+    };
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(serve(listener, service.clone(), async {
+    let mut server = tokio::spawn(serve(listener, service.clone(), token.clone(), async {
         let _ = shutdown_rx.await;
     }));
     let mut server_running = true;
@@ -272,6 +294,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         worker_bin: args.worker_bin.clone().unwrap_or_else(default_worker_bin),
         coordinator_url: url.clone(),
         devices: Vec::new(),
+        token: token.clone(),
     };
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
     let mut local: Option<LocalWorkers> = None;

@@ -7,10 +7,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use lgaf_proto::auth::{JobToken, RequireToken};
 use lgaf_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use lgaf_proto::{v1, Versioned, MAX_MESSAGE_BYTES};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
@@ -609,11 +611,15 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> Coordinator for Coordinator
 pub async fn serve<C: CheckpointCommitter, P: JobStatePersistence>(
     listener: tokio::net::TcpListener,
     service: CoordinatorService<C, P>,
+    token: Option<JobToken>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .add_service(service.into_server())
+        .add_service(InterceptedService::new(
+            service.into_server(),
+            RequireToken(token),
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

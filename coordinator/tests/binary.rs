@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use lgaf_proto::auth::{AttachToken, JobToken};
+use lgaf_proto::v1::{self, coordinator_client::CoordinatorClient};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -516,4 +518,90 @@ fn refusals_before_serving() {
         assert!(!out.status.success());
         assert!(err.contains("--store") && err.contains(says), "{err}");
     }
+}
+
+/// With a job token, a request without it or with another is refused UNAUTHENTICATED,
+/// the status and the log never show the token, the job is unchanged, and the right token
+/// gets through.
+#[test]
+fn requests_without_the_job_token_are_refused_and_the_token_is_never_shown() {
+    const SECRET: &str = "tok-7f3a9c1e5b2d";
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{SECRET}\n")).unwrap();
+    let store = dir.path().join("store");
+    let mut coord = Coordinator::start(
+        &[
+            "--workers",
+            "2",
+            "--store",
+            store.to_str().unwrap(),
+            "--grace-secs",
+            "600",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(coord.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let with = |token: Option<&str>| {
+            let token = token.map(|t| JobToken::new(t).unwrap());
+            CoordinatorClient::with_interceptor(channel.clone(), AttachToken(token))
+        };
+        for token in [None, Some("tok-7f3a9c1e5b2e"), Some("tok")] {
+            let status = with(token)
+                .register(register_request(None, 9000))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+            assert!(!status.message().contains(SECRET), "{}", status.message());
+            let status = with(token)
+                .get_job_status(v1::JobStatusRequest { api_version: 1 })
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        }
+        let mut ok = with(Some(SECRET));
+        let status = ok
+            .get_job_status(v1::JobStatusRequest { api_version: 1 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            status.workers.is_empty(),
+            "a refused request changed the job"
+        );
+        ok.register(register_request(None, 9001)).await.unwrap();
+    });
+    coord.signal(Signal::SIGTERM);
+    coord.wait(Duration::from_secs(30));
+    let log = coord.stderr() + &coord.remaining_stdout().join("\n");
+    assert!(
+        !log.contains(SECRET),
+        "the token leaked into the log:\n{log}"
+    );
+    let saved: String = walk(&store)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    assert!(!saved.contains(SECRET), "the token leaked into the store");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

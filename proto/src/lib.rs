@@ -7,6 +7,8 @@ use std::fmt;
 
 use tonic::Status;
 
+pub mod auth;
+
 #[allow(clippy::all, missing_docs)]
 pub mod lgaf {
     pub mod v1 {

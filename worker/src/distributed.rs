@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lgaf_collective::nccl::{NcclCommunicator, NcclUniqueId};
 use lgaf_collective::tcp::{TcpGroup, TcpOptions};
+use lgaf_proto::auth::{AttachToken, JobToken};
 use lgaf_proto::v1::coordinator_client::CoordinatorClient;
 use lgaf_proto::v1::{self, CheckpointObject, CollectiveBackend, TrainingFacts, WorkerAction};
 use lgaf_proto::{API_VERSION, MAX_MESSAGE_BYTES};
 use lgaf_store::{BackgroundUploader, BlockingRunStore, UploadTicket};
 use tokio::runtime::Runtime;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
@@ -42,6 +44,8 @@ pub struct WorkerArgs {
     pub collective_bind: String,
     /// The host peers reach this worker's listener at (default: the bind address's).
     pub collective_host: Option<String>,
+    /// The job's token, presented on every call.
+    pub token: Option<JobToken>,
 }
 
 /// Why a worker stopped.
@@ -80,11 +84,11 @@ impl RunError {
 struct Client {
     url: String,
     rt: Arc<Runtime>,
-    inner: CoordinatorClient<Channel>,
+    inner: CoordinatorClient<InterceptedService<Channel, AttachToken>>,
 }
 
 impl Client {
-    fn connect(url: &str, rt: Arc<Runtime>) -> Result<Self> {
+    fn connect(url: &str, token: Option<JobToken>, rt: Arc<Runtime>) -> Result<Self> {
         let fail = |message: String| RunError::Coordinator {
             url: url.to_string(),
             message,
@@ -104,7 +108,7 @@ impl Client {
                 Err(e) => return Err(fail(format!("unreachable: {e}"))),
             }
         };
-        let inner = CoordinatorClient::new(channel)
+        let inner = CoordinatorClient::with_interceptor(channel, AttachToken(token))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self {
@@ -145,7 +149,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             .build()
             .map_err(|e| RunError::Other(format!("cannot start the gRPC runtime: {e}")))?,
     );
-    let mut client = Client::connect(&args.coordinator, rt.clone())?;
+    let mut client = Client::connect(&args.coordinator, args.token.clone(), rt.clone())?;
 
     let listener = TcpListener::bind(&args.collective_bind).map_err(|e| {
         RunError::Other(format!(

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use lgaf_proto::auth::JobToken;
 use lgaf_worker::distributed::{self, WorkerArgs};
 
 #[derive(Parser)]
@@ -29,17 +30,33 @@ struct Cli {
     /// address's IP; on Kubernetes, the pod IP).
     #[arg(long, env = "LGAF_COLLECTIVE_HOST")]
     collective_host: Option<String>,
+    /// A file holding the job's token (else $LGAF_JOB_TOKEN, which a spawning coordinator
+    /// sets).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
     lgaf_worker::progress::init_logging();
     let cli = Cli::parse();
+    let token = match &cli.token_file {
+        Some(path) => JobToken::from_file(path).map(Some),
+        None => JobToken::from_env(),
+    };
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lgaf-worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let args = WorkerArgs {
         coordinator: cli.coordinator,
         slot: cli.slot,
         device: cli.device,
         collective_bind: cli.collective_bind,
         collective_host: cli.collective_host,
+        token,
     };
     match distributed::run(args) {
         Ok(()) => ExitCode::SUCCESS,

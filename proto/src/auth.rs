@@ -1,0 +1,165 @@
+//! The per-job token every worker presents (`authorization: Bearer <token>` metadata), and
+//! the tonic interceptors of both sides.
+//!
+//! The token is a secret: it is never logged, never echoed in a status, and never written
+//! to the store (the coordinator keeps it out of the job state). Workers take it from
+//! `--token-file` or [`TOKEN_ENV`]; a coordinator that spawns its workers passes it to them
+//! in the environment, not on the command line (where `ps` would show it).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// The environment variable holding the job token.
+pub const TOKEN_ENV: &str = "LGAF_JOB_TOKEN";
+
+const SCHEME: &str = "Bearer ";
+
+/// A job token. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JobToken(Arc<str>);
+
+impl JobToken {
+    /// A token from text: surrounding whitespace is dropped; it must be non-empty printable
+    /// ASCII (it travels in an HTTP/2 header).
+    pub fn new(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("the job token is empty".into());
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the job token must be printable ASCII without spaces".into());
+        }
+        Ok(Self(text.into()))
+    }
+
+    /// The token in a file (e.g. a mounted Kubernetes secret).
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the job token file {}: {e}", path.display()))?;
+        Self::new(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The token in [`TOKEN_ENV`], if set.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var(TOKEN_ENV) {
+            Ok(text) => Self::new(&text)
+                .map(Some)
+                .map_err(|e| format!("{TOKEN_ENV}: {e}")),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(e) => Err(format!("{TOKEN_ENV}: {e}")),
+        }
+    }
+
+    /// A fresh random token (256 bits from the kernel, hex).
+    pub fn generate() -> Result<Self, String> {
+        let mut bytes = [0u8; 32];
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| format!("drawing a job token from /dev/urandom: {e}"))?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self(hex.into()))
+    }
+
+    /// The secret itself, to hand to a child process.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares in time independent of where the first difference is.
+    fn matches(&self, presented: &[u8]) -> bool {
+        let ours = self.0.as_bytes();
+        if ours.len() != presented.len() {
+            return false;
+        }
+        ours.iter()
+            .zip(presented)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    }
+}
+
+impl fmt::Debug for JobToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JobToken(<redacted>)")
+    }
+}
+
+/// Server side: refuses every request without the job's token (UNAUTHENTICATED); with no
+/// token configured, lets everything through.
+#[derive(Clone, Debug)]
+pub struct RequireToken(pub Option<JobToken>);
+
+impl Interceptor for RequireToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.0 else {
+            return Ok(request);
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.as_bytes().strip_prefix(SCHEME.as_bytes()));
+        match presented {
+            Some(p) if token.matches(p) => Ok(request),
+            Some(_) => Err(Status::unauthenticated(
+                "authorization: the job token is wrong; use this job's token (--token-file \
+                 or LGAF_JOB_TOKEN)",
+            )),
+            None => Err(Status::unauthenticated(
+                "authorization: missing; this job requires its token as `authorization: \
+                 Bearer <token>` (--token-file or LGAF_JOB_TOKEN)",
+            )),
+        }
+    }
+}
+
+/// Client side: adds the token to every request (nothing when there is none).
+#[derive(Clone, Debug)]
+pub struct AttachToken(pub Option<JobToken>);
+
+impl Interceptor for AttachToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            let value: MetadataValue<_> = format!("{SCHEME}{}", token.expose())
+                .parse()
+                .map_err(|_| Status::internal("the job token is not a valid header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_and_never_shown() {
+        let token = JobToken::new("  s3cret-token\n").unwrap();
+        assert_eq!(token.expose(), "s3cret-token");
+        assert_eq!(format!("{token:?}"), "JobToken(<redacted>)");
+        assert!(JobToken::new(" \n").is_err());
+        assert!(JobToken::new("two words").is_err());
+        let generated = JobToken::generate().unwrap();
+        assert_eq!(generated.expose().len(), 64);
+        assert_ne!(generated, JobToken::generate().unwrap());
+
+        let mut server = RequireToken(Some(token.clone()));
+        let mut client = AttachToken(Some(token.clone()));
+        assert!(server.call(client.call(Request::new(())).unwrap()).is_ok());
+        for wrong in [None, Some("s3cret-tokeN"), Some("s3cret"), Some("")] {
+            let mut client = AttachToken(wrong.map(|w| JobToken(w.into())));
+            let status = server
+                .call(client.call(Request::new(())).unwrap())
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            assert!(!status.message().contains("s3cret"), "{}", status.message());
+        }
+        assert!(RequireToken(None).call(Request::new(())).is_ok());
+    }
+}
