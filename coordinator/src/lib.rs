@@ -15,5 +15,5 @@ pub mod store;
 
 pub use job::{Effect, Job, JobError, JobPhase, JobSettings};
 pub use lgaf_store::{RunStore, Store};
-pub use service::{serve, CoordinatorService, ServiceOptions};
+pub use service::{serve, CoordinatorService, Security, ServiceOptions};
 pub use store::{stored_run, CheckpointCommitter, JobStatePersistence, StoreError, StoredRun};

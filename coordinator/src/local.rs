@@ -68,6 +68,8 @@ pub struct SpawnSpec {
     pub devices: Vec<String>,
     /// Handed to the workers in their environment (LGAF_JOB_TOKEN), never as an argument.
     pub token: Option<lgaf_proto::auth::JobToken>,
+    /// The CA certificate the workers verify a TLS coordinator with (LGAF_TLS_CA).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl LocalWorkers {
@@ -125,6 +127,10 @@ impl LocalWorkers {
         match &self.spec.token {
             Some(token) => cmd.env(lgaf_proto::auth::TOKEN_ENV, token.expose()),
             None => cmd.env_remove(lgaf_proto::auth::TOKEN_ENV),
+        };
+        match &self.spec.tls_ca {
+            Some(ca) => cmd.env(lgaf_proto::tls::TLS_CA_ENV, ca),
+            None => cmd.env_remove(lgaf_proto::tls::TLS_CA_ENV),
         };
         cmd.arg("--coordinator")
             .arg(&self.spec.coordinator_url)
@@ -306,6 +312,7 @@ mod tests {
             coordinator_url: "http://127.0.0.1:1".into(),
             devices: vec!["cpu".into()],
             token: None,
+            tls_ca: None,
         };
         let workers = LocalWorkers::spawn(&spec, tx).unwrap();
         assert_eq!(workers.running(), 1);

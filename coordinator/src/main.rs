@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use lgaf_coordinator::local::{default_worker_bin, local_devices, LocalWorkers, SpawnSpec};
+use lgaf_coordinator::Security;
 use lgaf_coordinator::{
     serve, stored_run, CoordinatorService, Job, JobPhase, JobSettings, JobStatePersistence,
     RunStore, ServiceOptions, Store,
@@ -100,6 +101,20 @@ struct Args {
     /// authenticated (a warning says so).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+
+    /// Serve over TLS with this certificate (PEM; with --tls-key). Workers then connect to
+    /// https:// and verify it against their --tls-ca.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// The CA certificate (PEM) spawned local workers verify --tls-cert against (default:
+    /// --tls-cert itself, for a self-signed certificate).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
 
     /// Times a generation may be restarted from the last checkpoint after losing a worker
     /// (a crash, a hang, an unreachable host) before the job fails.
@@ -256,7 +271,13 @@ async fn run(args: Args) -> Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
-    let url = coordinator_url(addr);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(lgaf_proto::tls::server_config(cert, key).map_err(|e| anyhow!(e))?)
+        }
+        _ => None,
+    };
+    let url = coordinator_url(addr, tls.is_some());
 
     let token = match &args.token_file {
         Some(path) => Some(JobToken::from_file(path).map_err(|e| anyhow!(e))?),
@@ -273,7 +294,11 @@ async fn run(args: Args) -> Result<ExitCode> {
         },
     };
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(serve(listener, service.clone(), token.clone(), async {
+    let security = Security {
+        token: token.clone(),
+        tls,
+    };
+    let mut server = tokio::spawn(serve(listener, service.clone(), security, async {
         let _ = shutdown_rx.await;
     }));
     let mut server_running = true;
@@ -295,6 +320,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         coordinator_url: url.clone(),
         devices: Vec::new(),
         token: token.clone(),
+        tls_ca: args.tls_ca.clone().or_else(|| args.tls_cert.clone()),
     };
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
     let mut local: Option<LocalWorkers> = None;
@@ -494,13 +520,14 @@ fn parse_listen(s: &str) -> Result<SocketAddr> {
 }
 
 /// The URL local workers dial: loopback when listening on all interfaces.
-fn coordinator_url(addr: SocketAddr) -> String {
+fn coordinator_url(addr: SocketAddr, tls: bool) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Run ids become folder names and object-key prefixes.
@@ -583,12 +610,12 @@ mod tests {
         assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
         assert!(parse_listen("localhost:1").is_err());
         assert_eq!(
-            coordinator_url("0.0.0.0:7000".parse().unwrap()),
+            coordinator_url("0.0.0.0:7000".parse().unwrap(), false),
             "http://127.0.0.1:7000"
         );
         assert_eq!(
-            coordinator_url("10.0.0.5:7000".parse().unwrap()),
-            "http://10.0.0.5:7000"
+            coordinator_url("10.0.0.5:7000".parse().unwrap(), true),
+            "https://10.0.0.5:7000"
         );
     }
 }

@@ -608,17 +608,33 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> Coordinator for Coordinator
 }
 
 /// Serves `service` on `listener` until `shutdown` completes.
+/// Who may talk to the coordinator: the job token workers must present, and the TLS
+/// identity it serves with (plain HTTP/2 without).
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    pub token: Option<JobToken>,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
 pub async fn serve<C: CheckpointCommitter, P: JobStatePersistence>(
     listener: tokio::net::TcpListener,
     service: CoordinatorService<C, P>,
-    token: Option<JobToken>,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    // A worker makes a handful of calls at a time (long polls, heartbeat, acks): a client
+    // with many more in flight is confused or hostile, and waits.
+    let mut builder = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(32)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(InterceptedService::new(
             service.into_server(),
-            RequireToken(token),
+            RequireToken(security.token),
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -524,7 +524,7 @@ async fn a_commit_completes_even_when_the_acking_worker_hangs_up() {
     tokio::spawn(lgaf_coordinator::serve(
         listener,
         service.clone(),
-        None,
+        Default::default(),
         std::future::pending(),
     ));
     let mut a = TestWorker::register(&url, Some(0), 8100).await;

@@ -46,6 +46,8 @@ pub struct WorkerArgs {
     pub collective_host: Option<String>,
     /// The job's token, presented on every call.
     pub token: Option<JobToken>,
+    /// The CA certificate (PEM) to verify an `https://` coordinator with.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Why a worker stopped.
@@ -88,27 +90,50 @@ struct Client {
 }
 
 impl Client {
-    fn connect(url: &str, token: Option<JobToken>, rt: Arc<Runtime>) -> Result<Self> {
+    fn connect(url: &str, args: &WorkerArgs, rt: Arc<Runtime>) -> Result<Self> {
         let fail = |message: String| RunError::Coordinator {
             url: url.to_string(),
             message,
         };
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
             .map_err(|e| fail(format!("not a URL: {e}")))?
             .connect_timeout(Duration::from_secs(10));
+        match (url.starts_with("https://"), &args.tls_ca) {
+            (true, Some(ca)) => {
+                let tls = lgaf_proto::tls::client_config(ca).map_err(fail)?;
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|e| fail(format!("TLS: {e}")))?;
+            }
+            (true, None) => {
+                return Err(fail(
+                    "an https:// coordinator needs the CA certificate to verify it (--tls-ca \
+                     or LGAF_TLS_CA)"
+                        .into(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(fail(
+                    "a TLS CA certificate was given but the URL is not https://; use the \
+                     https:// URL the coordinator printed"
+                        .into(),
+                ))
+            }
+            (false, None) => {}
+        }
         // The coordinator may still be starting: retry for a while.
         let deadline = Instant::now() + Duration::from_secs(60);
         let channel = loop {
             match rt.block_on(endpoint.connect()) {
                 Ok(c) => break c,
-                Err(e) if Instant::now() < deadline => {
-                    warn!(coordinator = url, error = %e, "coordinator not reachable yet; retrying");
+                Err(e) if not_listening_yet(&e) && Instant::now() < deadline => {
+                    warn!(coordinator = url, error = %error_chain(&e), "coordinator not reachable yet; retrying");
                     std::thread::sleep(Duration::from_millis(500));
                 }
-                Err(e) => return Err(fail(format!("unreachable: {e}"))),
+                Err(e) => return Err(fail(format!("unreachable: {}", error_chain(&e)))),
             }
         };
-        let inner = CoordinatorClient::with_interceptor(channel, AttachToken(token))
+        let inner = CoordinatorClient::with_interceptor(channel, AttachToken(args.token.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self {
@@ -139,6 +164,38 @@ impl Client {
     }
 }
 
+/// Whether a failed connect may just be early (nothing listens yet), as opposed to a
+/// refusal worth reporting at once (a certificate that does not verify, say).
+fn not_listening_yet(e: &tonic::transport::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionRefused | ConnectionReset | TimedOut | AddrNotAvailable | NotFound
+            );
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// An error and its sources, "outer: inner: ...".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let next = err.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = err.source();
+    }
+    text
+}
+
 /// Runs this worker until the job finishes (Ok) or fails (Err, also reported to the
 /// coordinator when it can be).
 pub fn run(args: WorkerArgs) -> Result<()> {
@@ -149,7 +206,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             .build()
             .map_err(|e| RunError::Other(format!("cannot start the gRPC runtime: {e}")))?,
     );
-    let mut client = Client::connect(&args.coordinator, args.token.clone(), rt.clone())?;
+    let mut client = Client::connect(&args.coordinator, &args, rt.clone())?;
 
     let listener = TcpListener::bind(&args.collective_bind).map_err(|e| {
         RunError::Other(format!(

@@ -94,9 +94,14 @@ pub async fn serve_job(job: Job, store: &RunStore, long_poll: Duration) -> Serve
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(serve(listener, service.clone(), None, async {
-        let _ = rx.await;
-    }));
+    tokio::spawn(serve(
+        listener,
+        service.clone(),
+        Default::default(),
+        async {
+            let _ = rx.await;
+        },
+    ));
     Server {
         url: format!("http://{addr}"),
         service,

@@ -34,6 +34,9 @@ struct Cli {
     /// sets).
     #[arg(long, value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
+    /// The CA certificate (PEM) that signed an https:// coordinator's certificate.
+    #[arg(long, value_name = "PATH", env = "LGAF_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         collective_bind: cli.collective_bind,
         collective_host: cli.collective_host,
         token,
+        tls_ca: cli.tls_ca,
     };
     match distributed::run(args) {
         Ok(()) => ExitCode::SUCCESS,
