@@ -268,7 +268,7 @@ every_steps = 2
 keep_last = 20
 "#;
 
-fn export(dir: &Path, run: &str) -> Vec<(String, tch::Tensor)> {
+fn export(dir: &Path, run: &str, final_step: u64) -> Vec<(String, tch::Tensor)> {
     let out = dir.join(format!("{run}.safetensors"));
     let result = Command::new(bin("lgaf"))
         .args(["ckpt", "export", "--store", &store_url(dir), "--run", run])
@@ -279,7 +279,7 @@ fn export(dir: &Path, run: &str) -> Vec<(String, tch::Tensor)> {
     let text = String::from_utf8_lossy(&result.stdout).to_string()
         + &String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "{text}");
-    assert!(text.contains("step 24"), "{text}");
+    assert!(text.contains(&format!("step {final_step}")), "{text}");
     lgaf_model::weights::read_tensors(&out).unwrap()
 }
 
@@ -311,7 +311,7 @@ fn workers_killed_at_random_steps_are_replaced_and_the_run_ends_as_an_uninterrup
     );
 
     // Same final step, and in deterministic CPU mode the same network, bit for bit.
-    let (a, b) = (export(&dir, "straight"), export(&dir, "faulted"));
+    let (a, b) = (export(&dir, "straight", 24), export(&dir, "faulted", 24));
     assert_eq!(a.len(), b.len());
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         assert!(
@@ -339,4 +339,35 @@ fn a_hung_worker_is_killed_replaced_and_the_run_finishes() {
     );
     assert!(log.contains("step 24/24 epoch 5"), "{log}");
     assert!(!alive(hung), "the hung worker is still there");
+}
+
+#[test]
+fn a_killed_coordinator_started_again_continues_the_run_exactly() {
+    let dir = work_dir("coordinator-restart", SHORT_EPOCHS);
+    // 96 images, 8 a rank, 2 ranks: 6 steps an epoch, 36 in all.
+    let mut straight = Run::start(&dir, "straight", 2, &[]);
+    let status = wait_exit(&mut straight.coordinator, Duration::from_secs(300));
+    assert!(status.success(), "{}", straight.log());
+
+    let mut first = Run::start(&dir, "restarted", 2, &[]);
+    first.wait_for("step 13/", Duration::from_secs(300));
+    let workers = [first.worker_pid(0), first.worker_pid(1)];
+    first.coordinator.kill().unwrap();
+    first.coordinator.wait().unwrap();
+    // Its workers notice within the heartbeat deadline and exit.
+    let log = first.finish_log(Duration::from_secs(30));
+    assert!(workers.iter().all(|&pid| !alive(pid)), "{log}");
+
+    // The same command again: the run continues from its last committed checkpoint.
+    let mut second = Run::start(&dir, "restarted", 2, &[]);
+    let status = wait_exit(&mut second.coordinator, Duration::from_secs(300));
+    let log = second.finish_log(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("resuming from step 1"), "{log}");
+    assert!(log.contains("step 36/36 epoch 5"), "{log}");
+    let (a, b) = (export(&dir, "straight", 36), export(&dir, "restarted", 36));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "`{name}` differs after the coordinator restart");
+    }
 }
