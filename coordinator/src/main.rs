@@ -17,6 +17,7 @@ use lgaf_coordinator::{
 };
 use lgaf_proto::auth::JobToken;
 use lgaf_proto::v1;
+use lgaf_store::{Lease, LeaseAttempt};
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
@@ -116,6 +117,13 @@ struct Args {
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
 
+    /// Seconds the run's coordinator lease lasts without renewal (it is renewed three
+    /// times as often). A coordinator started while another holds the run's lease waits
+    /// for it to lapse, and refuses to start if it is being renewed.
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    lease_secs: u64,
+
     /// Times a generation may be restarted from the last checkpoint after losing a worker
     /// (a crash, a hang, an unreachable host) before the job fails.
     #[arg(long, value_name = "N", default_value_t = 3)]
@@ -188,6 +196,15 @@ async fn run(args: Args) -> Result<ExitCode> {
     check_run_id(&run_id)?;
     let run = RunStore::new(store, &run_id)?;
     let store_url = run.store().url().to_string();
+    let instance = instance_id();
+    let lease_ms = args.lease_secs.saturating_mul(1000);
+    let lease_for = |now: u64| Lease {
+        holder: instance.clone(),
+        host: hostname(),
+        pid: std::process::id(),
+        expires_at_ms: now + lease_ms,
+    };
+    acquire_lease(&run, &lease_for).await?;
     let stored = stored_run(&run)
         .await
         .with_context(|| format!("reading run {run_id:?} in {store_url}"))?;
@@ -195,7 +212,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     let settings = JobSettings {
         job_id: args.job_id.clone().unwrap_or_else(|| run_id.clone()),
         run_id: run_id.clone(),
-        instance: instance_id(),
+        instance: instance.clone(),
         world_size: args.workers,
         max_steps: args.max_steps,
         config_toml,
@@ -339,6 +356,10 @@ async fn run(args: Args) -> Result<ExitCode> {
     liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut lost_rx = service.lost_workers();
+    // Renewed three times a lease, so one slow store call does not lose it.
+    let mut renew = tokio::time::interval(Duration::from_millis((lease_ms / 3).max(100)));
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
     // Pids of local workers killed because the job had lost them.
     let mut killed = std::collections::HashSet::new();
     let ended = loop {
@@ -346,6 +367,15 @@ async fn run(args: Args) -> Result<ExitCode> {
             _ = service.wait_until_over() => break Ended::Over,
             _ = liveness.tick() => {
                 service.expire_silent().await;
+            }
+            _ = renew.tick() => {
+                if let Err(e) = run.renew_lease(&lease_for(now_ms())).await {
+                    if matches!(e, lgaf_store::StoreError::LeaseHeld { .. }) {
+                        service.fail(format!("this coordinator lost its lease: {e}")).await;
+                    } else {
+                        warn!("renewing the coordinator lease: {e}");
+                    }
+                }
             }
             _ = &mut grace, if !grace_over => {
                 grace_over = true;
@@ -443,6 +473,9 @@ async fn run(args: Args) -> Result<ExitCode> {
         }
     }
 
+    if let Err(e) = run.release_lease(&instance).await {
+        warn!("releasing the coordinator lease: {e}");
+    }
     let status = service.status();
     println!("{}", describe(&status));
     match (ended, service.with_job(|j| j.phase().clone())) {
@@ -579,6 +612,57 @@ fn utc_stamp(secs: u64) -> String {
 }
 
 /// Distinguishes this process's worker ids from an earlier coordinator's.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Takes the run's coordinator lease, so that only one coordinator acts for a run. A lease
+/// whose holder is a dead process on this host is taken at once; one that lapses without
+/// being renewed (its coordinator died elsewhere) is taken when it lapses; one that is
+/// being renewed means another coordinator is running: an error naming it.
+async fn acquire_lease(run: &RunStore, lease_for: &impl Fn(u64) -> Lease) -> Result<()> {
+    let here = hostname();
+    let gone = |held: &Lease| {
+        held.host == here
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(held.pid as i32), None)
+                == Err(nix::errno::Errno::ESRCH)
+    };
+    let mut seen: Option<u64> = None;
+    loop {
+        let now = now_ms();
+        match run.try_acquire_lease(&lease_for(now), now, gone).await? {
+            LeaseAttempt::Acquired => return Ok(()),
+            LeaseAttempt::HeldBy(held) => {
+                if seen.is_some_and(|expiry| held.expires_at_ms > expiry) {
+                    return Err(run.lease_held(held).into());
+                }
+                if seen.is_none() {
+                    info!(
+                        "run {} has the lease of coordinator {} on {} (pid {}); waiting to see \
+                         whether it is still alive",
+                        run.run_id(),
+                        held.holder,
+                        held.host,
+                        held.pid
+                    );
+                }
+                seen = Some(held.expires_at_ms);
+                // Until it lapses, looking often enough to see a renewal.
+                let wait = held.expires_at_ms.saturating_sub(now).clamp(100, 2_000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    }
+}
+
 fn instance_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -605,3 +605,43 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// One coordinator per run: a second one on the same run waits to see whether the holder
+/// of the run's lease is alive, and refuses to start when it keeps renewing it; once the
+/// first has exited (releasing the lease) another starts at once.
+#[test]
+fn a_second_coordinator_on_a_live_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let args = |extra: &'static [&'static str]| {
+        let mut a = vec![
+            "--workers",
+            "2",
+            "--store",
+            store.to_str().unwrap(),
+            "--run-id",
+            "shared",
+            "--grace-secs",
+            "600",
+            "--lease-secs",
+            "2",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let mut first = Coordinator::start(&args(&[]), &[]);
+    let started = Instant::now();
+    let second = Command::new(BIN).args(args(&[])).output().unwrap();
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{text}");
+    assert!(
+        text.contains("run shared in") && text.contains("is being coordinated by"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    first.signal(Signal::SIGTERM);
+    first.wait(Duration::from_secs(30));
+    let mut third = Coordinator::start(&args(&[]), &[]);
+    third.signal(Signal::SIGTERM);
+    third.wait(Duration::from_secs(30));
+}

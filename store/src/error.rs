@@ -36,6 +36,18 @@ pub enum StoreError {
     #[error("invalid object key `{key}`: {reason}")]
     InvalidKey { key: String, reason: String },
 
+    #[error(
+        "run {run} in {url} is being coordinated by {} on {} (pid {}), whose lease it keeps \
+         renewing (it lapses {} ms after the Unix epoch unless renewed); stop that \
+         coordinator, or wait for its lease to lapse",
+        holder.holder, holder.host, holder.pid, holder.expires_at_ms
+    )]
+    LeaseHeld {
+        url: String,
+        run: String,
+        holder: Box<crate::Lease>,
+    },
+
     #[error("object `{key}` not found in {url}")]
     NotFound { url: String, key: String },
 

@@ -22,7 +22,8 @@ pub mod uploader;
 pub use blocking::BlockingRunStore;
 pub use error::{Result, StoreError};
 pub use run::{
-    LoadedCheckpoint, Manifest, ManifestObject, ManifestSummary, Pruned, RunStore, FORMAT, MANIFEST,
+    Lease, LeaseAttempt, LoadedCheckpoint, Manifest, ManifestObject, ManifestSummary, Pruned,
+    RunStore, FORMAT, MANIFEST,
 };
 pub use store::{
     sha256_hex, Listed, ObjectInfo, Store, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE,

@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -349,6 +349,26 @@ impl Store {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Writes `bytes` under `key` only if nothing is there (a conditional write:
+    /// If-None-Match on S3, a no-clobber link on a directory). Returns false, writing
+    /// nothing, when the key exists.
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
+        let location = self.location(key)?;
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .inner
+            .put_opts(&location, PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.backend_err("conditional write", key, e)),
         }
     }
 

@@ -62,6 +62,12 @@ async fn commit_refuses_an_object_that_was_not_uploaded() {
 }
 
 #[tokio::test]
+async fn one_coordinator_holds_the_lease_at_a_time() {
+    let dir = TempDir::new("lease");
+    lease(&run_in(&dir, "run-a")).await;
+}
+
+#[tokio::test]
 async fn an_uncommitted_step_is_never_loaded() {
     let dir = TempDir::new("uncommitted");
     uncommitted_ignored(&run_in(&dir, "run-a")).await;

@@ -165,6 +165,7 @@ fn s3_against_moto_server() {
         truncated_manifest(&run("manifest")).await;
         prune_keeps_last(&run("prune")).await;
         job_state(&run("job")).await;
+        lease(&run("lease")).await;
     });
     drop(rt);
 

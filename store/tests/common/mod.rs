@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lgaf_store::{
-    sha256_hex, BackgroundUploader, BlockingRunStore, Manifest, ManifestObject, RunStore, Store,
-    StoreError, MANIFEST,
+    sha256_hex, BackgroundUploader, BlockingRunStore, Lease, LeaseAttempt, Manifest,
+    ManifestObject, RunStore, Store, StoreError, MANIFEST,
 };
 use serde_json::json;
 
@@ -474,4 +474,62 @@ pub fn uploader_round_trip(run: &RunStore, big_bytes: usize) -> UploaderNumbers 
         big_upload,
         backpressure_stall: stats.stall_total,
     }
+}
+
+/// The coordinator lease: one holder at a time; the holder renews; another waits until it
+/// lapses or its holder is known to be gone; a holder whose lease was taken over learns
+/// so at its next renewal.
+pub async fn lease(run: &RunStore) {
+    let lease = |holder: &str, until: u64| Lease {
+        holder: holder.into(),
+        host: "host-a".into(),
+        pid: 42,
+        expires_at_ms: until,
+    };
+    let never = |_: &Lease| false;
+    let a = lease("coord-a", 10_000);
+    assert_eq!(
+        run.try_acquire_lease(&a, 1_000, never).await.unwrap(),
+        LeaseAttempt::Acquired
+    );
+    // Held and running: B is refused, whatever it tries.
+    let b = lease("coord-b", 20_000);
+    assert_eq!(
+        run.try_acquire_lease(&b, 2_000, never).await.unwrap(),
+        LeaseAttempt::HeldBy(a.clone())
+    );
+    assert!(matches!(
+        run.renew_lease(&b).await.unwrap_err(),
+        StoreError::LeaseHeld { holder, .. } if holder.holder == "coord-a"
+    ));
+    // A renews (and may take it again); B's release does not drop A's lease.
+    run.renew_lease(&lease("coord-a", 15_000)).await.unwrap();
+    run.release_lease("coord-b").await.unwrap();
+    assert_eq!(
+        run.try_acquire_lease(&b, 14_000, never).await.unwrap(),
+        LeaseAttempt::HeldBy(lease("coord-a", 15_000))
+    );
+    // Lapsed: B takes over, and A learns it at its next renewal.
+    assert_eq!(
+        run.try_acquire_lease(&b, 16_000, never).await.unwrap(),
+        LeaseAttempt::Acquired
+    );
+    let lost = run.renew_lease(&a).await.unwrap_err().to_string();
+    assert!(
+        lost.contains("coordinated by coord-b on host-a (pid 42)"),
+        "{lost}"
+    );
+    // A holder known to be gone (say, a dead pid on this host) is replaced at once.
+    let c = lease("coord-c", 30_000);
+    assert_eq!(
+        run.try_acquire_lease(&c, 17_000, |held| held.holder == "coord-b")
+            .await
+            .unwrap(),
+        LeaseAttempt::Acquired
+    );
+    run.release_lease("coord-c").await.unwrap();
+    assert_eq!(
+        run.try_acquire_lease(&a, 17_000, never).await.unwrap(),
+        LeaseAttempt::Acquired
+    );
 }
