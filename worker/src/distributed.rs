@@ -97,7 +97,10 @@ impl Client {
         };
         let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
             .map_err(|e| fail(format!("not a URL: {e}")))?
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(Duration::from_secs(10))
+            // A safety net above the longest long poll (30 s by default): a call lost in a
+            // network cut fails instead of waiting for TCP to give up (many minutes).
+            .timeout(Duration::from_secs(90));
         match (url.starts_with("https://"), &args.tls_ca) {
             (true, Some(ca)) => {
                 let tls = lgaf_proto::tls::client_config(ca).map_err(fail)?;
@@ -162,6 +165,21 @@ impl Client {
             inner: self.inner.clone(),
         }
     }
+}
+
+/// `call`, failing with DEADLINE_EXCEEDED after `limit`: for calls that must not hold the
+/// worker up when the coordinator is unreachable (a report, the last word).
+async fn bounded<T>(
+    what: &str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(tonic::Status::deadline_exceeded(format!(
+            "{what}: no answer within {} s",
+            limit.as_secs()
+        )))
+    })
 }
 
 /// Whether a failed connect may just be early (nothing listens yet), as opposed to a
@@ -265,13 +283,17 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         Err(e) => (0, e.to_string()),
     };
     let generation = GENERATION.load(Ordering::SeqCst);
-    let finish = rt.block_on(client.inner.finish(v1::FinishRequest {
-        api_version: API_VERSION,
-        worker_id,
-        generation,
-        step,
-        error,
-    }));
+    let finish = rt.block_on(bounded(
+        "Finish",
+        Duration::from_secs(10),
+        client.inner.finish(v1::FinishRequest {
+            api_version: API_VERSION,
+            worker_id,
+            generation,
+            step,
+            error,
+        }),
+    ));
     if let Err(status) = finish {
         warn!(error = %status.message(), "Finish was not accepted");
     }
@@ -697,9 +719,10 @@ fn report_progress(
 ) {
     let (gamma_local, gamma_global) = report.gamma.unwrap_or((0.0, 0.0));
     let per_s = window.0 as f64 / window.1.as_secs_f64().max(1e-9);
-    let sent = client
-        .rt
-        .block_on(client.inner.report_progress(v1::ProgressReport {
+    let sent = client.rt.block_on(bounded(
+        "ReportProgress",
+        Duration::from_secs(5),
+        client.inner.report_progress(v1::ProgressReport {
             api_version: API_VERSION,
             worker_id: worker_id.to_string(),
             generation,
@@ -712,7 +735,8 @@ fn report_progress(
             bad_records: report.loader.bad_records,
             gamma_local,
             gamma_global,
-        }));
+        }),
+    ));
     if let Err(status) = sent {
         warn!(error = %status.message(), "progress report failed");
     }

@@ -1,0 +1,248 @@
+//! A network cut between two workers on different "hosts": each worker in its own network
+//! namespace, joined by a veth pair, and the link dropped mid-run. The coordinator declares
+//! the cut-off worker lost within the heartbeat deadline, the other one leaves its broken
+//! group, the cut-off one stops (its coordinator is gone for it), and once the link is back
+//! a restarted worker (as a pod would be) joins the next generation and the run finishes.
+//!
+//! Needs root and network namespaces (`ip netns`); elsewhere it prints why it was skipped.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = r#"
+[model]
+arch = "r18"
+width = 0.125
+embedding_size = 32
+[data]
+batch_size = 8
+workers = 1
+[data.synthetic]
+identities = 12
+images_per_identity = 8
+[train]
+epochs = 6
+log_every = 1
+[optim]
+warmup_epochs = 0.0
+lr_steps = []
+[checkpoint]
+every_steps = 2
+"#;
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join(name)
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A namespace `ns` holding one end of a veth pair (`inner`, 10.213.N.2), the other end
+/// (`outer`, 10.213.N.1) in ours. Removed on drop.
+struct Cut {
+    ns: String,
+    outer: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+impl Cut {
+    fn create() -> Result<Cut, String> {
+        let id = std::process::id() % 100_000;
+        let subnet = id % 250 + 1;
+        let cut = Cut {
+            ns: format!("lgafns{id}"),
+            outer: format!("lgafo{id}"),
+            host_ip: format!("10.213.{subnet}.1"),
+            ns_ip: format!("10.213.{subnet}.2"),
+        };
+        let inner = format!("lgafi{id}");
+        ip(&["netns", "add", &cut.ns])?;
+        ip(&[
+            "link", "add", &cut.outer, "type", "veth", "peer", "name", &inner,
+        ])?;
+        ip(&["link", "set", &inner, "netns", &cut.ns])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", cut.host_ip),
+            "dev",
+            &cut.outer,
+        ])?;
+        ip(&["link", "set", &cut.outer, "up"])?;
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", cut.ns.as_str(), "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        in_ns(&["addr", "add", &format!("{}/24", cut.ns_ip), "dev", &inner])?;
+        in_ns(&["link", "set", &inner, "up"])?;
+        in_ns(&["link", "set", "lo", "up"])?;
+        Ok(cut)
+    }
+
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.outer, if up { "up" } else { "down" }]).unwrap();
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.outer]);
+        let _ = ip(&["netns", "del", &self.ns]);
+    }
+}
+
+/// Collects a child's stderr into a string.
+fn collect(child: &mut Child) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    log
+}
+
+fn wait_for(log: &Mutex<String>, text: &str, timeout: Duration) {
+    let started = Instant::now();
+    while !log.lock().unwrap().contains(text) {
+        assert!(
+            started.elapsed() < timeout,
+            "no {text:?} within {timeout:?}:\n{}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
+    let cut = match Cut::create() {
+        Ok(cut) => cut,
+        Err(why) => {
+            println!("skipped: cannot create a network namespace here: {why}");
+            return;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("lgaf-netns-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("train.toml"), CONFIG).unwrap();
+
+    let mut coordinator = Command::new(bin("lgaf-coordinator"))
+        .args(["--workers", "2", "--run-id", "netns", "--grace-secs", "600"])
+        .args(["--listen", &format!("{}:0", cut.host_ip)])
+        .args(["--config", &dir.join("train.toml").display().to_string()])
+        .args([
+            "--store",
+            &format!("file://{}", dir.join("store").display()),
+        ])
+        .args(["--heartbeat-ms", "100", "--heartbeat-deadline-ms", "1500"])
+        .args(["--collective-timeout-ms", "120000"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(coordinator.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let log = collect(&mut coordinator);
+
+    let worker = |slot: &str, bind: &str, netns: Option<&str>| {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("lgaf-worker"));
+                c
+            }
+            None => Command::new(bin("lgaf-worker")),
+        };
+        cmd.args(["--coordinator", &url, "--slot", slot])
+            .args(["--collective-bind", &format!("{bind}:0")])
+            .env("NO_COLOR", "1")
+            .env("OMP_NUM_THREADS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut here = worker("0", &cut.host_ip, None);
+    let mut there = worker("1", &cut.ns_ip, Some(&cut.ns));
+    let there_log = collect(&mut there);
+    wait_for(&log, "step 5/", Duration::from_secs(300));
+
+    cut.link(false);
+    let cut_at = Instant::now();
+    wait_for(
+        &log,
+        "no heartbeat within the 1500 ms deadline",
+        Duration::from_secs(30),
+    );
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(10),
+        "detected after {:?}",
+        cut_at.elapsed()
+    );
+    // The cut-off worker finds its coordinator gone and stops by itself.
+    let status = wait_exit(&mut there, Duration::from_secs(30));
+    assert!(!status.success());
+    wait_for(
+        &there_log,
+        "has not answered a heartbeat",
+        Duration::from_secs(5),
+    );
+
+    // The link returns; the worker is started again, as its pod would be.
+    cut.link(true);
+    let mut again = worker("1", &cut.ns_ip, Some(&cut.ns));
+    let status = wait_exit(&mut coordinator, Duration::from_secs(300));
+    let text = log.lock().unwrap().clone();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("generation 2 formed"), "{text}");
+    assert!(text.contains("step 36/36 epoch 5"), "{text}");
+    assert!(wait_exit(&mut here, Duration::from_secs(30)).success());
+    assert!(wait_exit(&mut again, Duration::from_secs(30)).success());
+}
