@@ -1462,14 +1462,18 @@ impl Job {
     pub fn commit_done(&mut self, step: u64, outcome: Result<String, String>) {
         match outcome {
             Ok(manifest) => {
-                let Some(p) = self.pending.remove(&step) else {
-                    return;
+                // Every rank acknowledged it, so it is a good checkpoint even if its
+                // generation ended while the manifest was being written.
+                let spe = self.schedule.map_or(0, |s| s.steps_per_epoch);
+                let epoch = match self.pending.remove(&step) {
+                    Some(p) => p.epoch,
+                    None => step.checked_div(spe).unwrap_or(0),
                 };
                 if self.last_commit.as_ref().is_none_or(|c| c.step < step) {
                     self.last_commit = Some(CommittedCheckpoint {
                         step,
-                        epoch: p.epoch,
-                        steps_per_epoch: self.schedule.map_or(0, |s| s.steps_per_epoch),
+                        epoch,
+                        steps_per_epoch: spe,
                         manifest: manifest.clone(),
                         folder_step: 0,
                     });

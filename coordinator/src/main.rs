@@ -85,8 +85,9 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(10..))]
     heartbeat_ms: u32,
 
-    /// A worker not heard from for this long (milliseconds) is declared failed, and the
-    /// job with it; workers stop when the coordinator has not answered for as long.
+    /// A worker not heard from for this long (milliseconds) is lost: its generation ends
+    /// and restarts without it (see --max-restarts). Workers stop when the coordinator has
+    /// not answered them for as long.
     #[arg(long, value_name = "MS", default_value_t = 20_000,
           value_parser = clap::value_parser!(u32).range(100..))]
     heartbeat_deadline_ms: u32,
@@ -275,6 +276,9 @@ async fn run(args: Args) -> Result<ExitCode> {
                 "run {run_id}: its newest committed checkpoint is its final step; nothing left \
                  to train"
             );
+        }
+        if let Err(e) = run.release_lease(&instance).await {
+            warn!("releasing the coordinator lease: {e}");
         }
         println!("{}", describe(&service.status()));
         return match phase {

@@ -433,10 +433,13 @@ fn log_effect(effect: &Effect) {
             reason,
             restart,
             max_restarts,
-        } => warn!(
-            "generation {generation} ended: {reason}; restart {restart} of {max_restarts}: the \
-             next generation resumes from the last committed checkpoint"
-        ),
+        } => match generation {
+            0 => warn!("{reason}; restart {restart} of {max_restarts}"),
+            n => warn!(
+                "generation {n} ended: {reason}; restart {restart} of {max_restarts}: the next \
+                 generation resumes from the last committed checkpoint"
+            ),
+        },
         Effect::WorkerLost { worker_id, .. } => warn!("worker {worker_id} is lost"),
         Effect::JobEnded(JobPhase::Failed { error }) => error!("job failed: {error}"),
         Effect::JobEnded(phase) => info!("job {phase:?}"),

@@ -445,8 +445,9 @@ fn train(
         }
         other => {
             return Err(RunError::Other(format!(
-            "the coordinator named collective backend {other:?}, which this worker does not know"
-        )))
+                "the coordinator named collective backend {other:?}, which this worker does \
+                 not know"
+            )))
         }
     };
     let mut trainer = Trainer::with_group(cfg.clone(), group)?;
