@@ -6,54 +6,16 @@
 //! The coordinator is another package's binary: `cargo test --workspace` (what `make test`
 //! runs) builds it beside this test's binaries before any test runs.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
+use common::processes::{bin, tiny_config, work_dir};
+
 /// Runs share two cores: one at a time.
 static ONE_RUN: Mutex<()> = Mutex::new(());
-
-const CONFIG: &str = r#"
-[model]
-arch = "r18"
-width = 0.125
-embedding_size = 32
-[data]
-batch_size = 8
-workers = 1
-[data.synthetic]
-identities = 12
-images_per_identity = 8
-[train]
-epochs = 2
-log_every = 1
-[optim]
-warmup_epochs = 0.0
-lr_steps = []
-[checkpoint]
-every_steps = 2
-keep_last = 10
-"#;
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --release --bins` (make test does)",
-        path.display()
-    );
-    path
-}
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lgaf-coord-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("train.toml"), CONFIG).unwrap();
-    dir
-}
 
 /// One coordinator run; returns (success, the losses rank 0 reported by step, its log).
 fn coordinate(
@@ -129,7 +91,7 @@ fn committed_steps(dir: &Path, run: &str) -> Vec<u64> {
 #[test]
 fn a_resumed_run_continues_the_uninterrupted_one_exactly() {
     let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = work_dir("resume");
+    let dir = work_dir("coord", "resume", &tiny_config(8, 2, 2));
     // 96 images, 2 ranks of 8: 6 steps an epoch, 12 in all.
     let (ok, straight, log) = coordinate(&dir, "straight", 2, 0);
     assert!(ok, "{log}");
@@ -177,7 +139,7 @@ fn a_resumed_run_continues_the_uninterrupted_one_exactly() {
 #[test]
 fn a_run_resumes_on_another_world_size_and_skips_a_corrupted_checkpoint() {
     let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = work_dir("reshape");
+    let dir = work_dir("coord", "reshape", &tiny_config(8, 2, 2));
     let (ok, _, log) = coordinate(&dir, "r", 2, 4);
     assert!(ok, "{log}");
     assert_eq!(committed_steps(&dir, "r"), vec![2, 4]);

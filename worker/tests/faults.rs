@@ -5,57 +5,24 @@
 //! stop by themselves within the deadline.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::processes::{alive, bin, tiny_config, wait_exit, work_dir};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Long enough that the faults below happen in the first epoch (12 x 400 images, 16 a step
-/// on two ranks: 300 steps an epoch), with no checkpoint before its end.
-const LONG_EPOCH: &str = r#"
-[model]
-arch = "r18"
-width = 0.125
-embedding_size = 32
-[data]
-batch_size = 8
-workers = 1
-[data.synthetic]
-identities = 12
-images_per_identity = 400
-[train]
-epochs = 1
-log_every = 1
-[optim]
-warmup_epochs = 0.0
-lr_steps = []
-[checkpoint]
-every_steps = 0
-"#;
-
 const DEADLINE_MS: u64 = 1500;
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join(name)
-}
 
 /// A coordinator spawning two local workers, its stderr collected line by line.
 struct Run {
     coordinator: Child,
     log: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
-}
-
-fn work_dir(name: &str, config: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lgaf-faults-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("train.toml"), config).unwrap();
-    dir
 }
 
 impl Run {
@@ -160,23 +127,25 @@ impl Drop for Run {
     }
 }
 
+/// Long enough that the faults happen in the first epoch (12 x 400 images, 16 a step on two
+/// ranks: 300 steps an epoch), with no checkpoint before its end.
+fn long_epoch() -> String {
+    tiny_config(400, 1, 0)
+}
+
+/// 96 images, 8 a rank: on 3 ranks 4 steps an epoch, 24 in all (on 2 ranks 6 and 36); a
+/// checkpoint every 2 steps.
+fn short_epochs() -> String {
+    tiny_config(8, 6, 2)
+}
+
 fn store_url(dir: &Path) -> String {
     format!("file://{}", dir.join("store").display())
 }
 
-fn alive(pid: Pid) -> bool {
-    // A zombie still answers signal 0; its /proc status says Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
 #[test]
 fn a_hung_worker_without_restarts_left_fails_the_job_and_nothing_is_left_running() {
-    let dir = work_dir("sigstop", LONG_EPOCH);
+    let dir = work_dir("faults", "sigstop", &long_epoch());
     let mut run = Run::start(&dir, "sigstop", 2, &["--max-restarts", "0"]);
     run.wait_for("step 3/", Duration::from_secs(120));
     let (rank0, rank1) = (run.worker_pid(0), run.worker_pid(1));
@@ -206,7 +175,7 @@ fn a_hung_worker_without_restarts_left_fails_the_job_and_nothing_is_left_running
 
 #[test]
 fn workers_stop_by_themselves_when_the_coordinator_is_killed() {
-    let dir = work_dir("coordinator-killed", LONG_EPOCH);
+    let dir = work_dir("faults", "coordinator-killed", &long_epoch());
     let mut run = Run::start(&dir, "coordinator-killed", 2, &[]);
     run.wait_for("step 3/", Duration::from_secs(120));
     let (rank0, rank1) = (run.worker_pid(0), run.worker_pid(1));
@@ -231,43 +200,6 @@ fn workers_stop_by_themselves_when_the_coordinator_is_killed() {
     assert!(!alive(rank0) && !alive(rank1), "a worker is still running");
 }
 
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// 96 images, 8 a rank, 3 ranks: 4 steps an epoch, 24 in all, a checkpoint every 2 steps.
-const SHORT_EPOCHS: &str = r#"
-[model]
-arch = "r18"
-width = 0.125
-embedding_size = 32
-[data]
-batch_size = 8
-workers = 1
-[data.synthetic]
-identities = 12
-images_per_identity = 8
-[train]
-epochs = 6
-log_every = 1
-[optim]
-warmup_epochs = 0.0
-lr_steps = []
-[checkpoint]
-every_steps = 2
-keep_last = 20
-"#;
-
 fn export(dir: &Path, run: &str, final_step: u64) -> Vec<(String, tch::Tensor)> {
     let out = dir.join(format!("{run}.safetensors"));
     let result = Command::new(bin("lgaf"))
@@ -285,7 +217,7 @@ fn export(dir: &Path, run: &str, final_step: u64) -> Vec<(String, tch::Tensor)> 
 
 #[test]
 fn workers_killed_at_random_steps_are_replaced_and_the_run_ends_as_an_uninterrupted_one() {
-    let dir = work_dir("kill-9", SHORT_EPOCHS);
+    let dir = work_dir("faults", "kill-9", &short_epochs());
     let mut straight = Run::start(&dir, "straight", 3, &[]);
     let status = wait_exit(&mut straight.coordinator, Duration::from_secs(300));
     assert!(status.success(), "{}", straight.log());
@@ -323,7 +255,7 @@ fn workers_killed_at_random_steps_are_replaced_and_the_run_ends_as_an_uninterrup
 
 #[test]
 fn a_hung_worker_is_killed_replaced_and_the_run_finishes() {
-    let dir = work_dir("sigstop-recovered", SHORT_EPOCHS);
+    let dir = work_dir("faults", "sigstop-recovered", &short_epochs());
     let mut run = Run::start(&dir, "hung", 3, &[]);
     run.wait_for("step 5/", Duration::from_secs(300));
     let hung = run.worker_pid(1);
@@ -343,7 +275,7 @@ fn a_hung_worker_is_killed_replaced_and_the_run_finishes() {
 
 #[test]
 fn a_killed_coordinator_started_again_continues_the_run_exactly() {
-    let dir = work_dir("coordinator-restart", SHORT_EPOCHS);
+    let dir = work_dir("faults", "coordinator-restart", &short_epochs());
     // 96 images, 8 a rank, 2 ranks: 6 steps an epoch, 36 in all.
     let mut straight = Run::start(&dir, "straight", 2, &[]);
     let status = wait_exit(&mut straight.coordinator, Duration::from_secs(300));

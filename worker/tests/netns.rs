@@ -6,37 +6,14 @@
 //!
 //! Needs root and network namespaces (`ip netns`); elsewhere it prints why it was skipped.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const CONFIG: &str = r#"
-[model]
-arch = "r18"
-width = 0.125
-embedding_size = 32
-[data]
-batch_size = 8
-workers = 1
-[data.synthetic]
-identities = 12
-images_per_identity = 8
-[train]
-epochs = 6
-log_every = 1
-[optim]
-warmup_epochs = 0.0
-lr_steps = []
-[checkpoint]
-every_steps = 2
-"#;
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join(name)
-}
+use common::processes::{bin, tiny_config, wait_exit, work_dir};
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -137,20 +114,6 @@ fn wait_for(log: &Mutex<String>, text: &str, timeout: Duration) {
     }
 }
 
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
     let cut = match Cut::create() {
@@ -160,10 +123,7 @@ fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
             return;
         }
     };
-    let dir = std::env::temp_dir().join(format!("lgaf-netns-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("train.toml"), CONFIG).unwrap();
+    let dir = work_dir("netns", "cut", &tiny_config(8, 6, 2));
 
     let mut coordinator = Command::new(bin("lgaf-coordinator"))
         .args(["--workers", "2", "--run-id", "netns", "--grace-secs", "600"])

@@ -5,35 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::processes::{bin, tiny_config, wait_exit, work_dir};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-
-const CONFIG: &str = r#"
-[model]
-arch = "r18"
-width = 0.125
-embedding_size = 32
-[data]
-batch_size = 8
-workers = 1
-[data.synthetic]
-identities = 12
-images_per_identity = 8
-[train]
-epochs = 1
-log_every = 1
-[optim]
-warmup_epochs = 0.0
-lr_steps = []
-[checkpoint]
-every_steps = 2
-"#;
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join(name)
-}
 
 /// A CA, and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
 fn pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -58,17 +35,9 @@ fn pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     paths
 }
 
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lgaf-security-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("train.toml"), CONFIG).unwrap();
-    dir
-}
-
 #[test]
 fn a_run_trains_over_tls_and_workers_with_the_wrong_ca_or_no_tls_are_refused() {
-    let dir = work_dir("tls");
+    let dir = work_dir("security", "tls", &tiny_config(8, 1, 2));
     let (ca, cert, key) = pki(&dir, "good");
     let (other_ca, _, _) = pki(&dir, "other");
     let store = format!("file://{}", dir.join("store").display());
@@ -134,24 +103,10 @@ fn a_run_trains_over_tls_and_workers_with_the_wrong_ca_or_no_tls_are_refused() {
         assert!(text.contains(expected), "{args:?}: {text}");
     }
 
-    let status = wait(&mut coordinator, Duration::from_secs(300));
+    let status = wait_exit(&mut coordinator, Duration::from_secs(300));
     let mut log = String::new();
     std::io::Read::read_to_string(&mut coordinator.stderr.take().unwrap(), &mut log).unwrap();
     assert!(status.success(), "{log}");
     assert!(log.contains("job Finished"), "{log}");
     assert!(log.contains("starting 2 local worker(s)"), "{log}");
-}
-
-fn wait(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -1,0 +1,83 @@
+//! Helpers for the tests that run `lgaf-coordinator` and `lgaf-worker` as processes.
+
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+/// A binary of this workspace, built beside the test (`cargo test --workspace` builds every
+/// package's binaries first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --release --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh `lgaf-<prefix>-<pid>-<name>` temporary folder holding `config` as `train.toml`.
+pub fn work_dir(prefix: &str, name: &str, config: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lgaf-{prefix}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("train.toml"), config).unwrap();
+    dir
+}
+
+/// Waits for `child` to exit; panics after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` runs (a zombie, which still answers signal 0, does not count).
+pub fn alive(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// The training config of the process tests: a 1/8-width r18 (embedding 32), 8 images a
+/// rank a step, 12 synthetic identities of `images_per_identity` images, `epochs` epochs, a
+/// checkpoint every `every_steps` steps (and at each epoch end), all of them kept.
+pub fn tiny_config(images_per_identity: usize, epochs: usize, every_steps: u64) -> String {
+    format!(
+        r#"
+[model]
+arch = "r18"
+width = 0.125
+embedding_size = 32
+[data]
+batch_size = 8
+workers = 1
+[data.synthetic]
+identities = 12
+images_per_identity = {images_per_identity}
+[train]
+epochs = {epochs}
+log_every = 1
+[optim]
+warmup_epochs = 0.0
+lr_steps = []
+[checkpoint]
+every_steps = {every_steps}
+keep_last = 0
+"#
+    )
+}
