@@ -5,120 +5,16 @@
 //! workspace's `.venv-s3`; with neither, the test prints that it was skipped.
 
 mod common;
+#[path = "support/moto.rs"]
+mod moto;
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use lgaf_store::{RunStore, Store};
+use moto::{moto_server, Moto};
 
 const BUCKET: &str = "lgaf-test";
-
-fn moto_server() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("LGAF_MOTO_SERVER") {
-        let path = PathBuf::from(path);
-        // Set but wrong is a broken setup, not a reason to skip quietly.
-        assert!(
-            path.is_file(),
-            "LGAF_MOTO_SERVER={} does not exist: run `make venv-s3`",
-            path.display()
-        );
-        return Some(path);
-    }
-    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-s3/bin/moto_server");
-    fallback.is_file().then_some(fallback)
-}
-
-/// A running moto_server, killed when dropped (also when a test panics).
-struct Moto {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Moto {
-    fn start(binary: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::env::temp_dir().join(format!("lgaf-store-moto-{}.log", std::process::id()));
-        let child = Command::new(binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let moto = Self { child, port, log };
-        moto.wait_ready();
-        moto
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if self.http("GET", "/").is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "moto_server did not answer on port {} within 60 s:\n{}",
-            self.port,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-
-    /// One bodiless HTTP request; returns the status line. moto does not check signatures,
-    /// so creating a bucket needs no AWS client.
-    fn http(&self, method: &str, path: &str) -> std::io::Result<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\
-             Connection: close\r\n\r\n",
-            self.port
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response.lines().next().unwrap_or_default().to_string())
-    }
-
-    fn create_bucket(&self, bucket: &str) {
-        let status = self.http("PUT", &format!("/{bucket}")).unwrap();
-        assert!(status.contains(" 200"), "PUT /{bucket}: {status}");
-    }
-
-    fn env(&self) -> HashMap<String, String> {
-        [
-            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
-            ("AWS_REGION", "us-east-1".to_string()),
-            (
-                "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{}", self.port),
-            ),
-            ("AWS_ALLOW_HTTP", "true".to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 /// One server for all scenarios (starting moto costs a few seconds); each scenario has its
 /// own prefix or run id.
