@@ -591,27 +591,9 @@ fn default_run_id(config_toml: &str) -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    format!("run-{hex}-{}", utc_stamp(secs))
-}
-
-/// `YYYYMMDD-HHMMSS` in UTC (Howard Hinnant's civil-from-days).
-fn utc_stamp(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "run-{hex}-{}",
+        lgaf_store::time::Utc::from_unix(secs).compact()
     )
 }
 
@@ -681,9 +663,6 @@ mod tests {
 
     #[test]
     fn stamps_and_ids() {
-        assert_eq!(utc_stamp(0), "19700101-000000");
-        assert_eq!(utc_stamp(951_782_400), "20000229-000000");
-        assert_eq!(utc_stamp(1_732_350_245), "20241123-082405");
         let id = default_run_id("[train]\n");
         assert!(id.starts_with("run-") && id.len() == "run-12345678-20241123-082405".len());
         check_run_id(&id).unwrap();

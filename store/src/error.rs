@@ -38,9 +38,10 @@ pub enum StoreError {
 
     #[error(
         "run {run} in {url} is being coordinated by {} on {} (pid {}), whose lease it keeps \
-         renewing (it lapses {} ms after the Unix epoch unless renewed); stop that \
-         coordinator, or wait for its lease to lapse",
-        holder.holder, holder.host, holder.pid, holder.expires_at_ms
+         renewing (it lapses at {} UTC unless renewed); stop that coordinator, or wait \
+         for its lease to lapse",
+        holder.holder, holder.host, holder.pid,
+        crate::time::Utc::from_unix(holder.expires_at_ms / 1000)
     )]
     LeaseHeld {
         url: String,

@@ -17,6 +17,7 @@ pub mod blocking;
 pub mod error;
 pub mod run;
 pub mod store;
+pub mod time;
 pub mod uploader;
 
 pub use blocking::BlockingRunStore;

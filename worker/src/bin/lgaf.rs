@@ -902,32 +902,12 @@ fn ckpt_ls(a: CkptLsArgs) -> Result<()> {
             c.step,
             c.epoch,
             c.world_size,
-            utc(c.created_unix),
+            lgaf_store::time::Utc::from_unix(c.created_unix).to_string(),
             c.objects,
             c.total_bytes
         );
     }
     Ok(())
-}
-
-/// `YYYY-MM-DD hh:mm:ss` of a Unix time (civil-from-days, proleptic Gregorian).
-fn utc(unix: u64) -> String {
-    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
 }
 
 fn ckpt_export(a: CkptExportArgs) -> Result<()> {
