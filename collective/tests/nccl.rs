@@ -11,7 +11,6 @@
 //!   `LGAF_CUDART_LIB`, `LD_LIBRARY_PATH`); elsewhere they print `skipped: <reason>`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::ptr::null_mut;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -184,49 +183,12 @@ fn bad_arguments_are_refused_before_any_library_is_loaded() {
 // ---------------------------------------------------------------------------------------------
 // Child processes and the stand-in library.
 
-/// Names the ignored test a child process is to run; the test does nothing without it.
-const CHILD_ENV: &str = "LGAF_NCCL_TEST_CHILD";
-
-/// Runs the ignored test `name` of this binary in a child process with `env` (and neither
-/// library variable unless given), and returns its output; fails if the child failed.
 fn run_child(name: &str, env: &[(&str, &Path)]) -> String {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut command = Command::new(exe);
-    command
-        .args([
-            name,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, name)
-        .env_remove(NCCL_LIB_ENV)
-        .env_remove(CUDART_LIB_ENV);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let output = command.output().expect("spawn the child test");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "child {name} failed:\n{text}");
-    assert!(
-        text.contains("1 passed") && text.contains(&format!("child {name} ran")),
-        "child {name} did not run:\n{text}"
-    );
-    text
+    stand_in::run_test_in_child(name, env)
 }
 
-/// True in the child process started for `name`.
 fn is_child(name: &str) -> bool {
-    let yes = std::env::var(CHILD_ENV).as_deref() == Ok(name);
-    if yes {
-        println!("child {name} ran");
-    }
-    yes
+    stand_in::in_child(name)
 }
 
 /// The stand-in `libnccl.so.2` + `libcudart.so` (see `lgaf_collective::nccl::stand_in`).

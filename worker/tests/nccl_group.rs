@@ -9,7 +9,6 @@
 //! stand-in.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -24,8 +23,6 @@ use lgaf_worker::loader::Batch;
 use lgaf_worker::{TrainConfig, Trainer};
 use tch::{Device, Kind, Tensor};
 
-const CHILD_ENV: &str = "LGAF_NCCL_GROUP_CHILD";
-
 fn stand_in_lib() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
@@ -36,38 +33,12 @@ fn stand_in_lib() -> &'static Path {
 
 /// Runs the ignored test `name` in a child process that loads the stand-in.
 fn run_child(name: &str) {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            name,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, name)
-        .env(NCCL_LIB_ENV, stand_in_lib())
-        .env(CUDART_LIB_ENV, stand_in_lib())
-        .output()
-        .expect("spawn the child test");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "child {name} failed:\n{text}");
-    assert!(
-        text.contains("1 passed") && text.contains(&format!("child {name} ran")),
-        "child {name} did not run:\n{text}"
-    );
+    let lib = stand_in_lib();
+    stand_in::run_test_in_child(name, &[(NCCL_LIB_ENV, lib), (CUDART_LIB_ENV, lib)]);
 }
 
-/// True in the child started for `name`.
 fn is_child(name: &str) -> bool {
-    let yes = std::env::var(CHILD_ENV).as_deref() == Ok(name);
-    if yes {
-        println!("child {name} ran");
-    }
-    yes
+    stand_in::in_child(name)
 }
 
 fn communicator() -> NcclCommunicator {

@@ -98,3 +98,51 @@ impl Controls {
         value
     }
 }
+
+/// Names the ignored test a child process is to run (see [`run_test_in_child`]).
+const CHILD_ENV: &str = "LGAF_STAND_IN_TEST_CHILD";
+
+/// Runs the ignored test `name` of the calling test binary in a child process, with `env`
+/// and with neither library variable unless `env` sets it (the crate loads its libraries
+/// once per process, from the environment). Panics if the child failed or did not run the
+/// test; returns its output.
+pub fn run_test_in_child(name: &str, env: &[(&str, &Path)]) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut command = Command::new(exe);
+    command
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, name)
+        .env_remove(super::NCCL_LIB_ENV)
+        .env_remove(super::CUDART_LIB_ENV);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("spawn the child test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "child {name} failed:\n{text}");
+    assert!(
+        text.contains("1 passed") && text.contains(&format!("child {name} ran")),
+        "child {name} did not run:\n{text}"
+    );
+    text
+}
+
+/// True in the child [`run_test_in_child`] started for `name` (the test does nothing
+/// elsewhere).
+pub fn in_child(name: &str) -> bool {
+    let yes = std::env::var(CHILD_ENV).as_deref() == Ok(name);
+    if yes {
+        println!("child {name} ran");
+    }
+    yes
+}
