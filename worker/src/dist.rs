@@ -231,8 +231,9 @@ impl NcclCollective {
         self.comm.abort_handle()
     }
 
-    /// A contiguous copy of `t`, owned by the caller, in a kind NCCL handles: f64 and i64 as
-    /// they are, everything else through f32 (as [`HostCollective`] does).
+    /// `t` contiguous, in a kind NCCL handles: f64 and i64 as they are, everything else
+    /// through f32 (as [`HostCollective`] does). It may share the caller's storage, so it is
+    /// only read (in-place operations take a `copy` of it).
     fn staged(&self, op: &'static str, t: &Tensor) -> Result<(Tensor, DType), CollectiveError> {
         if t.device() != self.device {
             return Err(CollectiveError::Usage {
@@ -249,9 +250,7 @@ impl NcclCollective {
             Kind::Int64 => (Kind::Int64, DType::I64),
             _ => (Kind::Float, DType::F32),
         };
-        // `copy`: the in-place operations must not write into the caller's tensor, which
-        // `to_kind` and `contiguous` return as it is when nothing needs converting.
-        Ok((t.detach().to_kind(kind).contiguous().copy(), dtype))
+        Ok((t.detach().to_kind(kind).contiguous(), dtype))
     }
 
     /// Runs `op` and converts the result back to `t`'s kind; on failure records it and
@@ -278,16 +277,25 @@ impl NcclCollective {
         self.guarded(
             t,
             || {
-                let (buf, dtype) = self.staged("all_reduce", t)?;
-                // SAFETY: `buf` is a contiguous tensor of `numel` elements of `dtype` in the
-                // communicator's memory (checked by `staged`), alive and untouched by other
-                // work until the call returns; every rank runs the same graph, so the calls
-                // match across ranks.
+                // Out of place: the input is read where it is (a gradient bucket is not copied
+                // again) and the sum lands in a fresh tensor.
+                let (send, dtype) = self.staged("all_reduce", t)?;
+                let recv = send.empty_like();
+                // SAFETY: `send` and `recv` are contiguous tensors of `numel` elements of
+                // `dtype` in the communicator's memory (checked by `staged`), distinct, alive
+                // and untouched by other work until the call returns; every rank runs the same
+                // graph, so the calls match across ranks.
                 unsafe {
-                    self.comm
-                        .all_reduce(buf.data_ptr(), buf.numel(), dtype, op, null_mut())?
+                    self.comm.all_reduce_into(
+                        send.data_ptr() as *const c_void,
+                        recv.data_ptr(),
+                        send.numel(),
+                        dtype,
+                        op,
+                        null_mut(),
+                    )?
                 };
-                Ok(buf)
+                Ok(recv)
             },
             || t.shallow_clone(),
         )
@@ -339,8 +347,10 @@ impl Collective for NcclCollective {
         self.guarded(
             t,
             || {
+                // In place, so on a copy: the caller's tensor must not change.
                 let (buf, dtype) = self.staged("broadcast", t)?;
-                // SAFETY: as in `reduce`.
+                let buf = buf.copy();
+                // SAFETY: as in `reduce`, with one buffer.
                 unsafe {
                     self.comm.broadcast(
                         buf.data_ptr(),

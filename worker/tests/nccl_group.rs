@@ -95,7 +95,7 @@ fn child_tensors() {
         "the operations did not go through the library"
     );
 
-    // The in-place reduction works on a copy: the caller's tensor is not written through.
+    // The reduction writes a fresh tensor: the caller's tensor is not written through.
     let input = Tensor::from_slice(&[1.0f32, 2.0]);
     let mut result = group.all_reduce_sum(&input);
     let _ = result.fill_(9.0);

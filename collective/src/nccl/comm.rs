@@ -344,13 +344,41 @@ impl NcclCommunicator {
         op: ReduceOp,
         stream: *mut c_void,
     ) -> Result<()> {
+        // SAFETY: the caller's contract; the same buffer on both sides means in place.
+        unsafe { self.all_reduce_into(ptr, ptr, count, dtype, op, stream) }
+    }
+
+    /// Element-wise reduction of `count` elements at every rank's `send` into `recv`, so the
+    /// input need not be copied to be kept.
+    ///
+    /// # Safety
+    /// As for [`Self::all_reduce`], for both buffers (`send` for reads, `recv` for writes);
+    /// they are the same buffer or do not overlap.
+    pub unsafe fn all_reduce_into(
+        &self,
+        send: *const c_void,
+        recv: *mut c_void,
+        count: usize,
+        dtype: DType,
+        op: ReduceOp,
+        stream: *mut c_void,
+    ) -> Result<()> {
         const OP: &str = "all_reduce";
-        self.check_buffer(OP, "buffer", ptr, count, dtype)?;
+        self.check_buffer(OP, "send buffer", send, count, dtype)?;
+        self.check_buffer(OP, "receive buffer", recv, count, dtype)?;
         self.run(OP, stream, |nccl, comm| {
-            // SAFETY: the caller vouches for `ptr`, `count`, `dtype` and `stream`; `comm` is
-            // live while `run` holds the lock. Same send and receive buffer means in place.
+            // SAFETY: the caller vouches for the buffers, `count`, `dtype` and `stream`;
+            // `comm` is live while `run` holds the lock.
             unsafe {
-                (nccl.all_reduce)(ptr, ptr, count, data_type(dtype), red_op(op), comm, stream)
+                (nccl.all_reduce)(
+                    send,
+                    recv,
+                    count,
+                    data_type(dtype),
+                    red_op(op),
+                    comm,
+                    stream,
+                )
             }
         })
     }
