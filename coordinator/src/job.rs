@@ -11,6 +11,15 @@
 //! the lost workers are forgotten (their places free for replacements), the others must
 //! join again, and the next generation forms from the last committed checkpoint, at most
 //! `max_restarts` times.
+//!
+//! Elasticity: `world_size` (`--workers`) is the job's size and the number of data shards
+//! every global batch is cut into; it fixes the schedule once for the whole run. When a lost
+//! worker is not replaced within `elastic_grace_ms`, the next generation forms with the
+//! workers there are (at least `min_workers`), each rank holding several data shards
+//! (`lgaf_proto::data_shards`), so the global batch, the step count and the learning-rate
+//! schedule stay the full job's. A worker that registers while such a smaller generation
+//! runs waits; at the next committed checkpoint the generation ends (no restart is spent)
+//! and the next one forms with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -86,8 +95,17 @@ pub struct JobSettings {
     /// Part of every worker id, so that a worker of an earlier coordinator process gets
     /// NOT_FOUND (and registers again) instead of being mistaken for a new worker.
     pub instance: String,
-    /// `--workers N`: the world size of the first generation.
+    /// `--workers N`: the world size of the first generation, the most ranks a generation
+    /// has, and the number of data shards of every global batch.
     pub world_size: u32,
+    /// `--min-workers`: the fewest ranks a generation may continue with when lost workers
+    /// are not replaced within `elastic_grace_ms` (0, or `world_size`: never fewer).
+    #[serde(default)]
+    pub min_workers: u32,
+    /// How long after a generation ends the next waits for the full `world_size` before it
+    /// forms with fewer (elastic jobs only).
+    #[serde(default)]
+    pub elastic_grace_ms: u64,
     /// `--max-steps` (0: none); caps the schedule on top of the facts' own max_steps.
     pub max_steps: u64,
     /// The training configuration handed to every worker, uninterpreted.
@@ -361,6 +379,9 @@ pub struct Worker {
     pub step: u64,
     /// Told STOP or finished: nothing more to say to it once the job is over.
     pub released: bool,
+    /// It has been a rank of some generation (one that must join again once that ended).
+    #[serde(default)]
+    pub was_rank: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -545,17 +566,22 @@ pub enum Effect {
     GenerationFormed {
         generation: u64,
         world_size: u32,
+        /// The job's data shards (`--workers`): more than `world_size` in a smaller
+        /// (elastic) generation.
+        data_world_size: u32,
         backend: Backend,
         steps_per_epoch: u64,
         total_steps: u64,
         /// The committed checkpoint the ranks start from (0: from scratch).
         resume_step: u64,
     },
-    /// A generation ended after a lost rank; the next forms when enough workers join.
+    /// A generation ended; the next forms when enough workers join.
     GenerationEnded {
         generation: u64,
         reason: String,
-        restart: u32,
+        /// After a lost rank: the restart this spent (of `max_restarts`). None: it ended
+        /// to grow (no restart spent).
+        restart: Option<u32>,
         max_restarts: u32,
     },
     /// A lost worker was forgotten; a local one must be stopped (if still running) and
@@ -565,6 +591,7 @@ pub enum Effect {
         slot: Option<u32>,
         pid: u32,
         host: String,
+        reason: String,
     },
     /// Rank 0 published the NCCL id: long-polling GetNcclIds can answer.
     NcclIdPublished { generation: u64 },
@@ -579,6 +606,16 @@ pub enum Effect {
     JobEnded(JobPhase),
     /// Something worth keeping changed: save a [`JobSnapshot`].
     Persist,
+}
+
+/// When a generation that ended may be followed by a smaller one (elastic jobs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Reform {
+    /// The grace period's end: from then on, with whichever workers have joined.
+    not_before: Millis,
+    /// Also as soon as every registered worker has joined (after an end for growth: the
+    /// ranks of the ended generation and the newcomers are all there is to wait for).
+    when_all_joined: bool,
 }
 
 /// The job as saved by a [`crate::store::JobStatePersistence`].
@@ -607,6 +644,9 @@ pub struct Job {
     /// Generations restarted so far (see `JobSettings::max_restarts`).
     #[serde(default)]
     restarts: u32,
+    /// Set when a generation ends: when the next may form with fewer than `world_size`.
+    #[serde(default)]
+    reform: Option<Reform>,
     /// Transient: rank 0's numbers for status and logs, not worth persisting.
     #[serde(skip)]
     progress: Option<Progress>,
@@ -622,6 +662,15 @@ impl Job {
         if settings.run_id.is_empty() {
             return Err(JobError::invalid("run_id", "missing"));
         }
+        if settings.min_workers > settings.world_size {
+            return Err(JobError::invalid(
+                "min_workers",
+                format!(
+                    "{} is more than the {} workers of the job",
+                    settings.min_workers, settings.world_size
+                ),
+            ));
+        }
         Ok(Job {
             settings,
             phase: JobPhase::Waiting,
@@ -633,6 +682,7 @@ impl Job {
             pending: BTreeMap::new(),
             last_commit: None,
             restarts: 0,
+            reform: None,
             progress: None,
             effects: Vec::new(),
         })
@@ -823,12 +873,15 @@ impl Job {
             return Err(JobError::JobOver(self.phase.describe()));
         }
         if let Some(g) = self.generation.as_ref().filter(|g| g.ended.is_none()) {
-            return Err(JobError::precondition(format!(
-                "the job is already running generation {} with {} workers; there is no place \
-                 for another worker",
-                g.number,
-                g.world_size()
-            )));
+            if g.world_size() >= self.settings.world_size {
+                return Err(JobError::precondition(format!(
+                    "the job is already running generation {} with {} workers; there is no \
+                     place for another worker",
+                    g.number,
+                    g.world_size()
+                )));
+            }
+            // A smaller (elastic) generation: the newcomer waits for its next checkpoint.
         }
         if self.registered_count() >= self.settings.world_size {
             let ids: Vec<&str> = self.workers.keys().map(String::as_str).collect();
@@ -884,6 +937,7 @@ impl Job {
                 rank: None,
                 step: 0,
                 released: false,
+                was_rank: false,
             },
         );
         self.effects.push(Effect::WorkerRegistered {
@@ -978,7 +1032,7 @@ impl Job {
                      and joined again",
                     g.number
                 );
-                self.lose(&[], why, true);
+                self.lose(&[], why, true, now);
                 if self.phase.is_over() {
                     return Err(JobError::JobOver(self.phase.describe()));
                 }
@@ -993,12 +1047,22 @@ impl Job {
         Ok(self.assignment(id))
     }
 
+    /// Forms the next generation once `world_size` workers have joined, or, in an elastic
+    /// job, with the workers there are once [`Reform`] allows it.
     fn try_form(&mut self, now: Millis) {
-        if self.phase != JobPhase::Waiting || self.joined_count() < self.settings.world_size {
+        if self.phase != JobPhase::Waiting {
+            return;
+        }
+        let joined = self.joined_count();
+        if joined < self.settings.world_size && !self.may_form_smaller(joined, now) {
             return;
         }
         let schedule = self.schedule.expect("a worker has joined");
-        let mut members: Vec<&Worker> = self.workers.values().collect();
+        let mut members: Vec<&Worker> = self
+            .workers
+            .values()
+            .filter(|w| w.phase == WorkerPhase::Joined)
+            .collect();
         // Ranks by slot where given (spawned and indexed workers), then registration order.
         members.sort_by_key(|w| (w.slot.unwrap_or(u32::MAX), w.seq));
         let backend = Device::parse(&members[0].device)
@@ -1028,6 +1092,7 @@ impl Job {
         for (rank, id) in ids.iter().enumerate() {
             let w = self.workers.get_mut(id).expect("member");
             w.rank = Some(rank as u32);
+            w.was_rank = true;
             w.phase = WorkerPhase::Training;
             // Where every rank starts.
             w.step = start_step;
@@ -1046,15 +1111,29 @@ impl Job {
             ended: None,
         });
         self.phase = JobPhase::Running;
+        self.reform = None;
         self.effects.push(Effect::GenerationFormed {
             generation: number,
-            world_size: schedule.world_size,
+            world_size: self.generation.as_ref().map_or(0, Generation::world_size),
+            data_world_size: schedule.world_size,
             backend,
             steps_per_epoch: schedule.steps_per_epoch,
             total_steps: schedule.total_steps,
             resume_step,
         });
         self.effects.push(Effect::Persist);
+    }
+
+    /// Whether an elastic job may form a generation of `joined` (< `world_size`) workers now.
+    fn may_form_smaller(&self, joined: u32, now: Millis) -> bool {
+        let Some(reform) = self.reform else {
+            return false; // the first generation always waits for every worker
+        };
+        let min = self.settings.min_workers;
+        if min == 0 || min >= self.settings.world_size || joined < min {
+            return false;
+        }
+        now >= reform.not_before || (reform.when_all_joined && joined == self.registered_count())
     }
 
     fn assignment(&self, id: &str) -> Option<v1::JoinReply> {
@@ -1071,6 +1150,7 @@ impl Job {
             total_steps: g.schedule.total_steps,
             steps_per_epoch: g.schedule.steps_per_epoch,
             collective_timeout_ms: self.settings.collective_timeout_ms,
+            data_world_size: g.schedule.world_size,
         })
     }
 
@@ -1458,8 +1538,10 @@ impl Job {
     }
 
     /// The outcome of an [`Effect::Commit`]: `Ok(manifest key)` or `Err(why)`. A failed
-    /// commit stays pending; an identical ack from any rank of it tries again.
-    pub fn commit_done(&mut self, step: u64, outcome: Result<String, String>) {
+    /// commit stays pending; an identical ack from any rank of it tries again. A committed
+    /// checkpoint is where a smaller generation grows: with workers waiting to join, it
+    /// ends there and the next forms with them.
+    pub fn commit_done(&mut self, step: u64, outcome: Result<String, String>, now: Millis) {
         match outcome {
             Ok(manifest) => {
                 // Every rank acknowledged it, so it is a good checkpoint even if its
@@ -1483,6 +1565,7 @@ impl Job {
                 self.effects
                     .push(Effect::CheckpointCommitted { step, manifest });
                 self.effects.push(Effect::Persist);
+                self.grow_at_checkpoint(step, now);
             }
             Err(why) => {
                 if let Some(p) = self.pending.get_mut(&step) {
@@ -1490,6 +1573,30 @@ impl Job {
                 }
             }
         }
+    }
+
+    /// After the commit of `step`: ends a smaller generation that has workers waiting to
+    /// join it, so that the next forms with them from this checkpoint.
+    fn grow_at_checkpoint(&mut self, step: u64, now: Millis) {
+        let Some(g) = self.generation.as_ref() else {
+            return;
+        };
+        let newcomers = self
+            .workers
+            .values()
+            .filter(|w| w.phase == WorkerPhase::Joined && !g.members.contains(&w.id))
+            .count() as u32;
+        let running = self.phase == JobPhase::Running && g.ended.is_none();
+        let at_checkpoint = self.last_commit.as_ref().is_some_and(|c| c.step == step);
+        if !running || newcomers == 0 || !at_checkpoint || step >= g.schedule.total_steps {
+            return;
+        }
+        let (from, to) = (g.world_size(), g.world_size() + newcomers);
+        let why = format!(
+            "growing from {from} to {to} ranks at the checkpoint of step {step} ({newcomers} \
+             worker(s) joined)"
+        );
+        self.end_generation(why, None, now);
     }
 
     pub fn finish(&mut self, req: &v1::FinishRequest, now: Millis) -> Result<v1::FinishReply> {
@@ -1575,6 +1682,54 @@ impl Job {
         true
     }
 
+    /// The coordinator's clock, called a few times a heartbeat deadline: loses the silent
+    /// (see [`Job::expire_silent`] and [`Job::expire_waiting`]), and forms a smaller
+    /// generation once its grace period is over.
+    pub fn tick(&mut self, now: Millis) {
+        self.expire_silent(now);
+        self.expire_waiting(now);
+        self.try_form(now);
+    }
+
+    /// Forgets workers that wait for a generation but have not been heard from for longer
+    /// than the heartbeat deadline: those that joined (between generations, or to grow a
+    /// smaller one; their Join long poll is answered again every heartbeat interval), and
+    /// ranks of an ended generation that never joined again (they died with it, unseen
+    /// when a survivor ended it). Their places are free again. Waiting costs no restart, and
+    /// neither does losing a waiting worker. (A worker that registered and has not joined
+    /// yet is not judged: it may be opening a large dataset.)
+    pub fn expire_waiting(&mut self, now: Millis) -> bool {
+        if self.phase.is_over() {
+            return false;
+        }
+        let deadline = u64::from(self.settings.heartbeat_deadline_ms);
+        let (silent, why): (Vec<String>, Vec<String>) = self
+            .workers
+            .values()
+            .filter(|w| {
+                w.phase == WorkerPhase::Joined || (w.phase == WorkerPhase::Registered && w.was_rank)
+            })
+            .filter_map(|w| {
+                let quiet = now.saturating_sub(w.last_seen);
+                (quiet > deadline).then(|| {
+                    (
+                        w.id.clone(),
+                        format!(
+                            "worker {} on {} (pid {}) waits for a generation and has been \
+                             silent for {quiet} ms",
+                            w.id, w.host, w.pid
+                        ),
+                    )
+                })
+            })
+            .unzip();
+        if silent.is_empty() {
+            return false;
+        }
+        self.lose(&silent, why.join("; "), false, now);
+        true
+    }
+
     /// Ends the running generation if ranks have not been heard from (any call counts,
     /// heartbeats come every interval) for longer than the heartbeat deadline: they exited,
     /// hung (SIGSTOP, a stuck host) or are unreachable. They are lost (see [`Job::lose`]);
@@ -1616,6 +1771,7 @@ impl Job {
                 why.join("; ")
             ),
             true,
+            now,
         );
         true
     }
@@ -1623,7 +1779,7 @@ impl Job {
     /// A local worker process of `slot` exited with `how` before the job ended: its worker
     /// (if it had registered) is lost. Returns whether a replacement should be started in
     /// the slot (false once the job is over, the restart budget spent included).
-    pub fn local_worker_exited(&mut self, slot: u32, how: &str) -> bool {
+    pub fn local_worker_exited(&mut self, slot: u32, how: &str, now: Millis) -> bool {
         if self.phase.is_over() {
             return false;
         }
@@ -1648,7 +1804,7 @@ impl Job {
             },
             None => format!("the local worker of slot {slot}, before it registered,"),
         };
-        self.lose(&lost, format!("{who} {how}"), !already_counted);
+        self.lose(&lost, format!("{who} {how}"), !already_counted, now);
         !self.phase.is_over()
     }
 
@@ -1657,7 +1813,7 @@ impl Job {
     /// again, and the next generation forms from the last committed checkpoint), or, between
     /// generations, counts a worker that died before it could join. Past `max_restarts` the
     /// job fails with `why`.
-    fn lose(&mut self, lost: &[String], why: String, spend: bool) {
+    fn lose(&mut self, lost: &[String], why: String, spend: bool, now: Millis) {
         for id in lost {
             if let Some(w) = self.workers.remove(id) {
                 self.effects.push(Effect::WorkerLost {
@@ -1665,6 +1821,7 @@ impl Job {
                     slot: w.slot,
                     pid: w.pid,
                     host: w.host,
+                    reason: why.clone(),
                 });
             }
         }
@@ -1679,6 +1836,13 @@ impl Job {
             return;
         }
         self.restarts += 1;
+        self.end_generation(why, Some(self.restarts), now);
+    }
+
+    /// Ends the running generation (if one runs): its members must join again, and the next
+    /// generation forms from the last committed checkpoint; `restart` is the restart this
+    /// spends (None: none, the generation ends to grow).
+    fn end_generation(&mut self, why: String, restart: Option<u32>, now: Millis) {
         let ended = match self.generation.as_mut() {
             Some(g) if g.ended.is_none() => {
                 g.ended = Some(why.clone());
@@ -1698,10 +1862,17 @@ impl Job {
         self.pending.clear();
         self.progress = None;
         self.phase = JobPhase::Waiting;
+        if ended > 0 {
+            // Newcomers that waited for this end join the next generation as they are.
+            self.reform = Some(Reform {
+                not_before: now.saturating_add(self.settings.elastic_grace_ms),
+                when_all_joined: restart.is_none(),
+            });
+        }
         self.effects.push(Effect::GenerationEnded {
             generation: ended,
             reason: why,
-            restart: self.restarts,
+            restart,
             max_restarts: self.settings.max_restarts,
         });
         self.effects.push(Effect::Persist);

@@ -6,6 +6,8 @@ fn settings(world_size: u32) -> JobSettings {
         run_id: "run".into(),
         instance: "t".into(),
         world_size,
+        min_workers: 0,
+        elastic_grace_ms: 0,
         max_steps: 0,
         config_toml: "[train]\nepochs = 3\n".into(),
         store_url: "file:///store".into(),
@@ -163,6 +165,7 @@ fn ranks_follow_registration_order_without_slots() {
     assert!(effects.contains(&Effect::GenerationFormed {
         generation: 1,
         world_size: 3,
+        data_world_size: 3,
         backend: Backend::Cpu,
         steps_per_epoch: 10,
         total_steps: 30,
@@ -628,7 +631,7 @@ fn checkpoint_commits_only_after_every_rank_acked() {
     job.checkpoint_ack(&ack(&ids[1], 1, 4), 6).unwrap();
     assert!(commits(&job.take_effects()).is_empty());
 
-    job.commit_done(4, Ok("runs/run/ckpt/000000000004/MANIFEST.json".into()));
+    job.commit_done(4, Ok("runs/run/ckpt/000000000004/MANIFEST.json".into()), 5);
     let effects = job.take_effects();
     assert!(effects.contains(&Effect::Persist));
     assert_eq!(job.last_commit().unwrap().step, 4);
@@ -647,11 +650,11 @@ fn a_failed_commit_is_retried_by_a_repeated_ack() {
     job.checkpoint_ack(&ack(&ids[0], 0, 12), 5).unwrap();
     job.checkpoint_ack(&ack(&ids[1], 1, 12), 5).unwrap();
     assert_eq!(commits(&job.take_effects()).len(), 1);
-    job.commit_done(12, Err("disk full".into()));
+    job.commit_done(12, Err("disk full".into()), 5);
     assert!(job.last_commit().is_none());
     job.checkpoint_ack(&ack(&ids[1], 1, 12), 6).unwrap();
     assert_eq!(commits(&job.take_effects()).len(), 1);
-    job.commit_done(12, Ok("m".into()));
+    job.commit_done(12, Ok("m".into()), 5);
     assert_eq!(job.last_commit().unwrap().manifest, "m");
 }
 
@@ -886,6 +889,7 @@ fn a_resumed_job_hands_out_its_checkpoint_and_continues_the_schedule() {
     assert!(job.take_effects().contains(&Effect::GenerationFormed {
         generation: 1,
         world_size: 3,
+        data_world_size: 3,
         backend: Backend::Cpu,
         steps_per_epoch: 10,
         total_steps: 30,
@@ -932,7 +936,7 @@ fn a_resumed_job_hands_out_its_checkpoint_and_continues_the_schedule() {
     let c = commits(&effects);
     assert_eq!(c.len(), 1);
     assert_eq!((c[0].step, c[0].keep_last), (20, 2));
-    job.commit_done(20, Ok("m20".into()));
+    job.commit_done(20, Ok("m20".into()), 5);
     assert_eq!(job.status(6).last_checkpoint_step, 20);
     for id in &ids {
         job.finish(
@@ -1024,10 +1028,15 @@ fn heartbeat_req(id: &str, generation: u64) -> v1::HeartbeatRequest {
     }
 }
 
+fn rejoin_req(id: &str, left: u64) -> v1::JoinRequest {
+    v1::JoinRequest {
+        left_generation: left,
+        ..join_req(id, facts())
+    }
+}
+
 fn rejoin(job: &mut Job, id: &str, left: u64) -> Option<v1::JoinReply> {
-    let mut req = join_req(id, facts());
-    req.left_generation = left;
-    job.join(&req, 20_000).unwrap()
+    job.join(&rejoin_req(id, left), 20_000).unwrap()
 }
 
 #[test]
@@ -1077,6 +1086,7 @@ fn a_lost_rank_ends_the_generation_and_the_next_resumes_from_the_last_commit() {
     job.commit_done(
         4,
         Ok(format!("runs/run/ckpt/{:012}/MANIFEST.json", commit.step)),
+        3,
     );
 
     job.heartbeat(&heartbeat_req(&ids[0], 1), 9_000).unwrap();
@@ -1091,7 +1101,7 @@ fn a_lost_rank_ends_the_generation_and_the_next_resumes_from_the_last_commit() {
         .any(|e| matches!(e, Effect::WorkerLost { worker_id, .. } if worker_id == &ids[1])));
     assert!(effects.iter().any(|e| matches!(
         e,
-        Effect::GenerationEnded { generation: 1, restart: 1, max_restarts: 2, reason }
+        Effect::GenerationEnded { generation: 1, restart: Some(1), max_restarts: 2, reason }
             if reason.contains("rank 1")
     )));
     // The survivors are told to join again; the old generation's calls are stale.
@@ -1130,11 +1140,11 @@ fn a_rank_that_left_its_failed_group_ends_the_generation_once() {
     let effects = job.take_effects();
     assert!(effects.iter().any(|e| matches!(
         e,
-        Effect::GenerationEnded { generation: 1, restart: 1, reason, .. }
+        Effect::GenerationEnded { generation: 1, restart: Some(1), reason, .. }
             if reason.contains("rank 0") && reason.contains("left generation 1")
     )));
     // Rank 1's process is reported dead afterwards: the same failure, no second restart.
-    assert!(job.local_worker_exited(1, "was killed by SIGKILL"));
+    assert!(job.local_worker_exited(1, "was killed by SIGKILL", 20_000));
     let effects = job.take_effects();
     assert!(effects
         .iter()
@@ -1158,20 +1168,20 @@ fn local_worker_deaths_spend_the_restart_budget() {
     job.take_effects();
 
     // The member in slot 1 dies: generation 1 ends (restart 1 of 2).
-    assert!(job.local_worker_exited(1, "was killed by SIGKILL"));
+    assert!(job.local_worker_exited(1, "was killed by SIGKILL", 20_000));
     assert_eq!(job.phase(), &JobPhase::Waiting);
     assert_eq!(job.registered_count(), 1);
     let effects = job.take_effects();
     assert!(effects.iter().any(|e| matches!(
         e,
-        Effect::GenerationEnded { generation: 1, restart: 1, reason, .. }
+        Effect::GenerationEnded { generation: 1, restart: Some(1), reason, .. }
             if reason.contains(&format!("rank 1 (worker {b}, local slot 1) was killed by SIGKILL"))
     )));
     // Its replacement dies before registering: restart 2 of 2.
-    assert!(job.local_worker_exited(1, "exited with status 1"));
+    assert!(job.local_worker_exited(1, "exited with status 1", 20_000));
     assert_eq!(job.phase(), &JobPhase::Waiting);
     // And once more: the budget is spent, the job fails and no replacement is wanted.
-    assert!(!job.local_worker_exited(1, "exited with status 1"));
+    assert!(!job.local_worker_exited(1, "exited with status 1", 20_000));
     let JobPhase::Failed { error } = job.phase().clone() else {
         panic!("not failed: {:?}", job.phase());
     };
@@ -1208,4 +1218,228 @@ fn finished_ranks_and_jobs_without_a_generation_never_expire() {
     job.heartbeat(&hb, 50_000).unwrap();
     assert!(!job.expire_silent(50_000));
     assert_eq!(job.phase(), &JobPhase::Running);
+}
+
+/// A formed elastic job of 3 workers (at least 2, a grace of 30 s) whose rank 2 was lost
+/// at t = 20 000 after the checkpoint at step 4 committed; ids by rank.
+fn elastic_after_a_loss() -> (Job, Vec<String>) {
+    let mut job = Job::new(JobSettings {
+        min_workers: 2,
+        elastic_grace_ms: 30_000,
+        ..settings(3)
+    })
+    .unwrap();
+    let ids: Vec<String> = (0..3).map(|i| register(&mut job, None, 4000 + i)).collect();
+    for id in &ids {
+        join(&mut job, id);
+    }
+    for (rank, id) in ids.iter().enumerate() {
+        job.checkpoint_ack(&ack(id, rank as u32, 4), 3).unwrap();
+    }
+    job.commit_done(4, Ok("runs/run/ckpt/000000000004/MANIFEST.json".into()), 5);
+    job.heartbeat(&heartbeat_req(&ids[0], 1), 15_000).unwrap();
+    job.heartbeat(&heartbeat_req(&ids[1], 1), 15_000).unwrap();
+    assert!(job.expire_silent(20_000));
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    job.take_effects();
+    (job, ids)
+}
+
+/// `waiting` long-poll their Join (answered again every second, which keeps them fresh)
+/// while the coordinator's clock ticks from `from` to `to` ms.
+fn wait_joined(job: &mut Job, waiting: &[&String], from: Millis, to: Millis) {
+    for now in (from..=to).step_by(1000) {
+        for id in waiting {
+            job.join(&rejoin_req(id, 1), now).unwrap();
+        }
+        job.tick(now);
+    }
+}
+
+#[test]
+fn an_elastic_job_continues_with_fewer_ranks_after_the_grace_period() {
+    let (mut job, ids) = elastic_after_a_loss();
+    // Within the grace period the job waits for a replacement.
+    wait_joined(&mut job, &[&ids[0], &ids[1]], 20_100, 49_100);
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    job.tick(50_000);
+    assert_eq!(job.phase(), &JobPhase::Running);
+    let effects = job.take_effects();
+    assert!(effects.contains(&Effect::GenerationFormed {
+        generation: 2,
+        world_size: 2,
+        data_world_size: 3,
+        backend: Backend::Cpu,
+        steps_per_epoch: 10,
+        total_steps: 30,
+        resume_step: 4,
+    }));
+    // Two ranks hold the three data shards; the schedule is the full job's.
+    let reply = job.join(&rejoin_req(&ids[1], 1), 50_001).unwrap().unwrap();
+    assert_eq!(
+        (
+            reply.generation,
+            reply.rank,
+            reply.world_size,
+            reply.data_world_size
+        ),
+        (2, 1, 2, 3)
+    );
+    assert_eq!((reply.steps_per_epoch, reply.total_steps), (10, 30));
+    assert_eq!(reply.resume_step, 4);
+    // Checkpoints commit with the two ranks' acks.
+    for rank in 0..2u32 {
+        let mut a = ack(&ids[rank as usize], rank, 8);
+        a.generation = 2;
+        job.checkpoint_ack(&a, 50_100).unwrap();
+    }
+    assert_eq!(commits(&job.take_effects())[0].world_size, 2);
+}
+
+#[test]
+fn an_elastic_job_never_goes_below_min_workers() {
+    let (mut job, ids) = elastic_after_a_loss();
+    // Rank 1 never comes back: one worker is fewer than min_workers = 2.
+    wait_joined(&mut job, &[&ids[0]], 20_100, 60_100);
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    // A replacement makes two: the job goes on with them.
+    let replacement = register(&mut job, None, 4010);
+    assert!(job
+        .join(&join_req(&replacement, facts()), 60_100)
+        .unwrap()
+        .is_some());
+    assert_eq!(job.generation().unwrap().world_size(), 2);
+}
+
+#[test]
+fn a_replacement_within_the_grace_period_restores_the_full_size() {
+    let (mut job, ids) = elastic_after_a_loss();
+    job.join(&rejoin_req(&ids[0], 1), 20_100).unwrap();
+    job.join(&rejoin_req(&ids[1], 1), 20_100).unwrap();
+    let replacement = register(&mut job, None, 4010);
+    let reply = job
+        .join(&join_req(&replacement, facts()), 21_000)
+        .unwrap()
+        .expect("formed at once");
+    assert_eq!((reply.world_size, reply.data_world_size), (3, 3));
+}
+
+#[test]
+fn a_smaller_generation_grows_at_its_next_checkpoint_without_spending_a_restart() {
+    let (mut job, ids) = elastic_after_a_loss();
+    wait_joined(&mut job, &[&ids[0], &ids[1]], 20_100, 50_100);
+    assert_eq!(job.generation().unwrap().world_size(), 2);
+    job.take_effects();
+
+    // A worker arrives while the smaller generation trains: it is taken, and waits.
+    let newcomer = register(&mut job, None, 4010);
+    assert!(job
+        .join(&join_req(&newcomer, facts()), 51_000)
+        .unwrap()
+        .is_none());
+    assert_eq!(job.phase(), &JobPhase::Running);
+    // The next checkpoint commits, and the generation ends there to grow.
+    for rank in 0..2u32 {
+        let mut a = ack(&ids[rank as usize], rank, 8);
+        a.generation = 2;
+        job.checkpoint_ack(&a, 52_000).unwrap();
+    }
+    job.take_effects();
+    job.commit_done(
+        8,
+        Ok("runs/run/ckpt/000000000008/MANIFEST.json".into()),
+        52_001,
+    );
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    let effects = job.take_effects();
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::GenerationEnded { generation: 2, restart: None, reason, .. }
+            if reason.contains("growing from 2 to 3 ranks at the checkpoint of step 8")
+    )));
+    let reply = job.heartbeat(&heartbeat_req(&ids[0], 2), 52_100).unwrap();
+    assert_eq!(reply.action, v1::WorkerAction::Rejoin as i32);
+    // The ranks join again, and generation 3 forms with all three from step 8.
+    assert!(job.join(&rejoin_req(&ids[0], 2), 52_200).unwrap().is_none());
+    let reply = job
+        .join(&rejoin_req(&ids[1], 2), 52_200)
+        .unwrap()
+        .expect("every registered worker has joined");
+    assert_eq!(
+        (reply.generation, reply.world_size, reply.data_world_size),
+        (3, 3, 3)
+    );
+    assert_eq!(reply.resume_step, 8);
+    // Only the loss spent a restart; growing did not.
+    let json = serde_json::to_value(&job).unwrap();
+    assert_eq!(json["restarts"], 1);
+}
+
+#[test]
+fn a_full_size_generation_takes_no_newcomer() {
+    let (mut job, _) = formed(2);
+    let err = job
+        .register(&register_req("cpu", None, 4100), 10)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no place for another worker"),
+        "{err}"
+    );
+}
+
+#[test]
+fn waiting_workers_that_go_silent_are_forgotten_without_a_restart() {
+    let (mut job, ids) = elastic_after_a_loss();
+    job.join(&rejoin_req(&ids[0], 1), 20_100).unwrap();
+    job.join(&rejoin_req(&ids[1], 1), 25_000).unwrap();
+    // Worker 0's long poll stopped being refreshed at 20 100: it hung up or died.
+    assert!(!job.expire_waiting(30_100));
+    assert!(job.expire_waiting(30_101));
+    let effects = job.take_effects();
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::WorkerLost { worker_id, .. } if worker_id == &ids[0])));
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::GenerationEnded { .. })));
+    assert_eq!(job.registered_count(), 1);
+    // Its place is free again.
+    register(&mut job, None, 4020);
+}
+
+#[test]
+fn a_rank_that_never_joins_again_after_its_generation_ended_is_forgotten() {
+    let mut job = job(2);
+    let a = register(&mut job, Some(0), 4000);
+    let b = register(&mut job, Some(1), 4001);
+    join(&mut job, &a);
+    join(&mut job, &b);
+    job.heartbeat(&heartbeat_req(&b, 1), 1_000).unwrap();
+    // Rank 0 ends the generation (its group failed: rank 1 died, unseen until now).
+    job.join(&rejoin_req(&a, 1), 1_500).unwrap();
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    job.join(&rejoin_req(&a, 1), 11_000).unwrap();
+    assert!(!job.expire_waiting(11_000));
+    assert!(job.expire_waiting(11_001));
+    assert_eq!(job.registered_count(), 1);
+    let effects = job.take_effects();
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::WorkerLost { worker_id, .. } if worker_id == &b)));
+    // A replacement takes rank 1's place and the next generation forms.
+    let c = register(&mut job, Some(1), 4002);
+    assert!(join(&mut job, &c).is_some());
+}
+
+#[test]
+fn min_workers_above_the_job_size_is_refused() {
+    let err = Job::new(JobSettings {
+        min_workers: 4,
+        ..settings(3)
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "min_workers: 4 is more than the 3 workers of the job"
+    );
 }

@@ -32,9 +32,22 @@ use tracing::{error, info, warn};
 #[derive(Parser, Debug)]
 #[command(name = "lgaf-coordinator", version)]
 struct Args {
-    /// Number of workers (the world size): one per GPU, or CPU processes.
+    /// Number of workers (the world size): one per GPU, or CPU processes. Every global
+    /// batch is cut into this many data shards, whatever the ranks of a generation.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     workers: u32,
+
+    /// Elastic: continue with as few as this many workers when lost ones are not replaced
+    /// within --elastic-grace-secs (ranks then hold several data shards: the same global
+    /// batch, steps and learning rate), and grow back at the next checkpoint when workers
+    /// join. Default: --workers (a lost worker must be replaced).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    min_workers: Option<u32>,
+
+    /// How long a job with --min-workers waits for the full --workers after losing one
+    /// before it continues with fewer, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    elastic_grace_secs: f64,
 
     /// Training configuration (TOML), handed to every worker as is; the workers apply
     /// their LGAF__SECTION__KEY environment overrides. Without it, the workers' defaults.
@@ -170,6 +183,19 @@ async fn run(args: Args) -> Result<ExitCode> {
     // First of all, so that a signal never kills the coordinator without its children.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let min_workers = args.min_workers.unwrap_or(args.workers);
+    if min_workers > args.workers {
+        bail!(
+            "--min-workers {min_workers} is more than --workers {}",
+            args.workers
+        );
+    }
+    if !(args.elastic_grace_secs.is_finite() && args.elastic_grace_secs >= 0.0) {
+        bail!(
+            "--elastic-grace-secs {}: expected a number of seconds, 0 or more",
+            args.elastic_grace_secs
+        );
+    }
     if args.heartbeat_deadline_ms < args.heartbeat_ms.saturating_mul(3) {
         bail!(
             "--heartbeat-deadline-ms {} must be at least three heartbeat intervals \
@@ -215,6 +241,8 @@ async fn run(args: Args) -> Result<ExitCode> {
         run_id: run_id.clone(),
         instance: instance.clone(),
         world_size: args.workers,
+        min_workers,
+        elastic_grace_ms: (args.elastic_grace_secs * 1000.0) as u64,
         max_steps: args.max_steps,
         config_toml,
         store_url: store_url.clone(),
@@ -263,6 +291,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         run.clone(),
         ServiceOptions {
             long_poll_max: Duration::from_secs(args.long_poll_secs),
+            long_poll_refresh: Duration::from_millis(u64::from(args.heartbeat_ms)),
         },
     );
     service
@@ -352,8 +381,9 @@ async fn run(args: Args) -> Result<ExitCode> {
     let grace = tokio::time::sleep(Duration::from_secs(args.grace_secs));
     tokio::pin!(grace);
 
-    // Failure detection: a rank silent past the deadline fails the job (checked a few times
-    // a deadline, so it is noticed within about a tenth of the deadline after it passes).
+    // Failure detection: a rank silent past the deadline ends its generation (checked ten
+    // times a deadline, so it is noticed within about a tenth of the deadline after it
+    // passes); the same clock ends an elastic grace period.
     let mut liveness = tokio::time::interval(Duration::from_millis(
         (u64::from(args.heartbeat_deadline_ms) / 10).max(10),
     ));
@@ -370,7 +400,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         tokio::select! {
             _ = service.wait_until_over() => break Ended::Over,
             _ = liveness.tick() => {
-                service.expire_silent().await;
+                service.tick().await;
             }
             _ = renew.tick() => {
                 if let Err(e) = run.renew_lease(&lease_for(now_ms())).await {

@@ -47,12 +47,16 @@ pub struct ServiceOptions {
     /// client's own grpc-timeout is shorter). Bounded so that a worker notices a dead
     /// coordinator and the server never holds a call forever.
     pub long_poll_max: Duration,
+    /// A waiting Join looks at the job again at least this often, which also counts as
+    /// hearing from the worker (see `Job::expire_waiting`): the heartbeat interval.
+    pub long_poll_refresh: Duration,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
         ServiceOptions {
             long_poll_max: Duration::from_secs(30),
+            long_poll_refresh: Duration::from_secs(2),
         }
     }
 }
@@ -181,18 +185,21 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
             .unwrap_or(false)
     }
 
-    /// Fails the job if a rank is silent past the heartbeat deadline (see
-    /// [`Job::expire_silent`]).
-    pub async fn expire_silent(&self) -> bool {
-        self.call(|job, now| Ok::<_, JobError>(job.expire_silent(now)))
-            .await
-            .unwrap_or(false)
+    /// The job's clock (see [`Job::tick`]): loses silent workers, forms a smaller
+    /// generation once its grace period is over.
+    pub async fn tick(&self) {
+        let _ = self
+            .call(|job, now| {
+                job.tick(now);
+                Ok::<_, JobError>(())
+            })
+            .await;
     }
 
     /// A local worker process exited before the job ended (see
     /// [`Job::local_worker_exited`]); true if a replacement should be started.
     pub async fn local_worker_exited(&self, slot: u32, how: String) -> bool {
-        self.call(|job, _| Ok::<_, JobError>(job.local_worker_exited(slot, &how)))
+        self.call(|job, now| Ok::<_, JobError>(job.local_worker_exited(slot, &how, now)))
             .await
             .unwrap_or(false)
     }
@@ -268,6 +275,9 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
                     let why = waiting_for(&self.lock());
                     return Err(Status::deadline_exceeded(why));
                 }
+                // While the client waits, it is alive; once it hangs up, tonic drops this
+                // future and the refreshes stop.
+                _ = tokio::time::sleep(self.shared.options.long_poll_refresh) => {}
             }
         }
     }
@@ -310,8 +320,11 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
                     slot,
                     pid,
                     host,
+                    reason,
                 } => {
-                    warn!("worker {worker_id} (pid {pid} on {host}) is lost and forgotten");
+                    warn!(
+                        "worker {worker_id} (pid {pid} on {host}) is lost and forgotten: {reason}"
+                    );
                     // Nobody listening (no local workers) is fine.
                     let _ = self.shared.lost.send(LostWorker {
                         worker_id,
@@ -343,7 +356,7 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
         }
         let effects = {
             let mut job = self.lock();
-            job.commit_done(step, outcome.clone());
+            job.commit_done(step, outcome.clone(), now_ms());
             job.take_effects()
         };
         if !effects.is_empty() {
@@ -393,6 +406,7 @@ fn log_effect(effect: &Effect) {
         Effect::GenerationFormed {
             generation,
             world_size,
+            data_world_size,
             backend,
             steps_per_epoch,
             total_steps,
@@ -402,8 +416,13 @@ fn log_effect(effect: &Effect) {
                 0 => String::new(),
                 s => format!(", resuming from the checkpoint at step {s}"),
             };
+            let shards = if data_world_size > world_size {
+                format!(" holding the job's {data_world_size} data shards")
+            } else {
+                String::new()
+            };
             info!(
-                "generation {generation} formed: {world_size} ranks, {backend} backend, \
+                "generation {generation} formed: {world_size} ranks{shards}, {backend} backend, \
                  {steps_per_epoch} steps per epoch, {total_steps} steps{from}"
             )
         }
@@ -433,11 +452,15 @@ fn log_effect(effect: &Effect) {
             reason,
             restart,
             max_restarts,
-        } => match generation {
-            0 => warn!("{reason}; restart {restart} of {max_restarts}"),
-            n => warn!(
+        } => match (generation, restart) {
+            (0, Some(restart)) => warn!("{reason}; restart {restart} of {max_restarts}"),
+            (n, Some(restart)) => warn!(
                 "generation {n} ended: {reason}; restart {restart} of {max_restarts}: the next \
                  generation resumes from the last committed checkpoint"
+            ),
+            (n, None) => info!(
+                "generation {n} ended: {reason}; the next generation resumes from that \
+                 checkpoint"
             ),
         },
         Effect::WorkerLost { worker_id, .. } => warn!("worker {worker_id} is lost"),

@@ -477,6 +477,8 @@ mod tests {
             run_id: "r".into(),
             instance: "i".into(),
             world_size: 2,
+            min_workers: 0,
+            elastic_grace_ms: 0,
             max_steps: 0,
             config_toml: "[train]\nepochs = 1\n".into(),
             store_url: run.store().url().into(),

@@ -248,6 +248,20 @@ mod tests {
     }
 }
 
+/// The data shards rank `rank` of a generation of `world_size` ranks trains on when the job
+/// cuts every global batch into `data_world_size` shards: `rank`, `rank + world_size`, ...
+/// below `data_world_size`. Every shard has exactly one rank, and ranks hold at most one
+/// shard more than each other. With `world_size == data_world_size` (or 0, an older
+/// coordinator) it is `[rank]`. Coordinator and workers both call this, so they agree.
+pub fn data_shards(rank: u32, world_size: u32, data_world_size: u32) -> Vec<u32> {
+    if data_world_size == 0 || data_world_size == world_size {
+        return vec![rank];
+    }
+    (rank..data_world_size)
+        .step_by(world_size.max(1) as usize)
+        .collect()
+}
+
 /// Where a run resumed on another world size continues: the same epoch, and the same
 /// fraction of it rounded down, in the new world's steps (`steps_per_epoch` depends on the
 /// world size because the per-rank batch is fixed). The identity when the sizes match.
@@ -263,7 +277,29 @@ pub fn resumed_step(saved_step: u64, saved_steps_per_epoch: u64, steps_per_epoch
 
 #[cfg(test)]
 mod resume_tests {
-    use super::resumed_step;
+    use super::{data_shards, resumed_step};
+
+    #[test]
+    fn data_shards_give_every_shard_one_rank() {
+        assert_eq!(data_shards(1, 3, 3), vec![1]);
+        assert_eq!(data_shards(1, 3, 0), vec![1]);
+        assert_eq!(data_shards(0, 2, 3), vec![0, 2]);
+        assert_eq!(data_shards(1, 2, 3), vec![1]);
+        for data in 1..9u32 {
+            for world in 1..=data {
+                let mut all: Vec<u32> = (0..world)
+                    .flat_map(|rank| data_shards(rank, world, data))
+                    .collect();
+                let sizes: Vec<usize> = (0..world)
+                    .map(|rank| data_shards(rank, world, data).len())
+                    .collect();
+                all.sort_unstable();
+                assert_eq!(all, (0..data).collect::<Vec<_>>(), "{world} of {data}");
+                let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{world} of {data}: {sizes:?}");
+            }
+        }
+    }
 
     #[test]
     fn resumed_step_keeps_the_epoch_and_its_fraction() {

@@ -463,30 +463,154 @@ fn reduce_bucket(collective: &dyn Collective, params: &[&Tensor]) {
     });
 }
 
+/// Which rows of the global batch each rank holds. Rank `r` of `world_size` holds the data
+/// shards `r, r + world_size, ...` of `data_world_size` (`lgaf_proto::data_shards`),
+/// `shard_batch` rows each, in that order; the global batch is the shards in shard order,
+/// so it is the same rows whether a shard has a rank of its own or shares one (an elastic
+/// generation with fewer ranks than the job's `--workers`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataLayout {
+    rank: u32,
+    world_size: u32,
+    data_world_size: u32,
+    shard_batch: i64,
+}
+
+impl DataLayout {
+    /// `data_world_size` 0 means one shard per rank.
+    pub fn new(rank: u32, world_size: u32, data_world_size: u32, shard_batch: usize) -> Self {
+        let data_world_size = if data_world_size == 0 {
+            world_size
+        } else {
+            data_world_size
+        };
+        Self {
+            rank,
+            world_size,
+            data_world_size,
+            shard_batch: shard_batch as i64,
+        }
+    }
+
+    pub fn data_world_size(&self) -> u32 {
+        self.data_world_size
+    }
+
+    /// The data shards this rank holds, ascending.
+    pub fn shards(&self) -> Vec<u32> {
+        lgaf_proto::data_shards(self.rank, self.world_size, self.data_world_size)
+    }
+
+    fn one_shard_per_rank(&self) -> bool {
+        self.data_world_size == self.world_size
+    }
+
+    /// Rows every rank sends in the gather: the most shards a rank holds, padded.
+    fn padded_rows(&self) -> i64 {
+        i64::from(self.data_world_size.div_ceil(self.world_size)) * self.shard_batch
+    }
+
+    /// For each row of the global batch, in shard order, its row in the padded gather.
+    fn gather_order(&self) -> Vec<i64> {
+        let (w, b) = (self.world_size, self.shard_batch);
+        (0..self.data_world_size)
+            .flat_map(|shard| {
+                let (rank, within) = (i64::from(shard % w), i64::from(shard / w));
+                let first = rank * self.padded_rows() + within * b;
+                first..first + b
+            })
+            .collect()
+    }
+
+    /// This rank's rows of the global batch, in its local order.
+    fn local_rows(&self) -> Vec<i64> {
+        let b = self.shard_batch;
+        self.shards()
+            .into_iter()
+            .flat_map(|shard| i64::from(shard) * b..(i64::from(shard) + 1) * b)
+            .collect()
+    }
+}
+
 /// Partial FC across ranks (spec section 3): every rank scores the global batch against
 /// its own class range, so the embeddings and labels of all ranks are gathered first, and
 /// the gradient of the gathered embeddings (which each rank computes for its own centres
 /// only) is summed over ranks and each rank keeps its own rows.
 pub struct EmbeddingExchange {
-    /// The gathered embeddings [W*B, D], a leaf that collects the head's gradient.
+    /// The gathered embeddings [D*B, D], in shard order; a leaf that collects the head's
+    /// gradient.
     pub global: Tensor,
-    /// The gathered labels [W*B].
+    /// The gathered labels [D*B].
     pub labels: Tensor,
-    local_rows: (i64, i64),
+    local_rows: LocalRows,
+}
+
+enum LocalRows {
+    /// One shard per rank: rows `start..start + len`.
+    Span(i64, i64),
+    /// Several shards on some rank: this rank's rows, in its local order.
+    Index(Tensor),
 }
 
 impl EmbeddingExchange {
-    /// Gathers `embeddings` [B, D] (part of this rank's graph) and `labels` [B].
-    pub fn gather(collective: &dyn Collective, embeddings: &Tensor, labels: &Tensor) -> Self {
-        let b = embeddings.size()[0];
+    /// Gathers `embeddings` [local, D] (part of this rank's graph) and `labels` [local].
+    /// Ranks that hold fewer shards than others pad their rows for the transport; the
+    /// padding never reaches the global batch.
+    pub fn gather(
+        collective: &dyn Collective,
+        layout: &DataLayout,
+        embeddings: &Tensor,
+        labels: &Tensor,
+    ) -> Self {
+        let local = embeddings.size()[0];
+        if layout.one_shard_per_rank() {
+            let global = collective
+                .all_gather(&embeddings.detach())
+                .set_requires_grad(true);
+            let labels = collective.all_gather(labels);
+            return Self {
+                global,
+                labels,
+                local_rows: LocalRows::Span(collective.rank() * local, local),
+            };
+        }
+        let pad = layout.padded_rows() - local;
+        let embeddings = embeddings.detach();
+        let (embeddings, labels) = if pad > 0 {
+            let dim = embeddings.size()[1];
+            (
+                Tensor::cat(
+                    &[
+                        &embeddings,
+                        &embeddings.new_zeros([pad, dim], (embeddings.kind(), embeddings.device())),
+                    ],
+                    0,
+                ),
+                Tensor::cat(
+                    &[
+                        labels,
+                        &labels.new_full([pad], -1, (labels.kind(), labels.device())),
+                    ],
+                    0,
+                ),
+            )
+        } else {
+            (embeddings, labels.shallow_clone())
+        };
+        let device = embeddings.device();
+        let order = Tensor::from_slice(&layout.gather_order()).to_device(device);
         let global = collective
-            .all_gather(&embeddings.detach())
+            .all_gather(&embeddings)
+            .index_select(0, &order)
             .set_requires_grad(true);
-        let labels = collective.all_gather(labels);
+        let labels = collective
+            .all_gather(&labels)
+            .index_select(0, &order.to_device(labels.device()));
+        let rows = Tensor::from_slice(&layout.local_rows()).to_device(device);
         Self {
             global,
             labels,
-            local_rows: (collective.rank() * b, b),
+            local_rows: LocalRows::Index(rows),
         }
     }
 
@@ -498,6 +622,30 @@ impl EmbeddingExchange {
             return None;
         }
         let summed = collective.all_reduce_sum(&g);
-        Some(summed.narrow(0, self.local_rows.0, self.local_rows.1))
+        Some(match &self.local_rows {
+            LocalRows::Span(start, len) => summed.narrow(0, *start, *len),
+            LocalRows::Index(rows) => summed.index_select(0, rows),
+        })
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::DataLayout;
+
+    #[test]
+    fn the_gather_order_puts_every_shard_back_in_place() {
+        // 3 shards of 2 rows on 2 ranks: rank 0 sends shards 0 and 2, rank 1 shard 1 and
+        // two rows of padding.
+        let layout = DataLayout::new(0, 2, 3, 2);
+        assert_eq!(layout.shards(), vec![0, 2]);
+        assert_eq!(layout.padded_rows(), 4);
+        assert_eq!(layout.gather_order(), vec![0, 1, 4, 5, 2, 3]);
+        assert_eq!(layout.local_rows(), vec![0, 1, 4, 5]);
+        assert_eq!(DataLayout::new(1, 2, 3, 2).local_rows(), vec![2, 3]);
+        // One shard per rank: the identity.
+        let full = DataLayout::new(1, 3, 0, 2);
+        assert!(full.one_shard_per_rank());
+        assert_eq!(full.gather_order(), vec![0, 1, 2, 3, 4, 5]);
     }
 }

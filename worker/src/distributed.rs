@@ -386,20 +386,34 @@ fn train(
         seed: cfg.train.seed,
     };
     drop(source);
-    let joined = rt
-        .block_on(client.inner.join(v1::JoinRequest {
+    // A Join waits (on the coordinator) until this worker's generation forms: for the rest
+    // of the job's workers, the end of an elastic grace period, or the next checkpoint of
+    // a smaller generation this worker is to grow. Each call waits at most the
+    // coordinator's long-poll limit and then says what it waits for; call again.
+    let joined = loop {
+        let reply = rt.block_on(client.inner.join(v1::JoinRequest {
             api_version: API_VERSION,
             worker_id: registered.worker_id.clone(),
             facts: Some(facts),
             left_generation,
-        }))
-        .map_err(|s| client.fail("Join", s))?
-        .into_inner();
+        }));
+        match reply {
+            Ok(reply) => break reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                info!(
+                    waiting_for = status.message(),
+                    "no generation yet; joining again"
+                );
+            }
+            Err(status) => return Err(client.fail("Join", status)),
+        }
+    };
     GENERATION.store(joined.generation, Ordering::SeqCst);
     info!(
         generation = joined.generation,
         rank = joined.rank,
         world_size = joined.world_size,
+        data_shards = ?lgaf_proto::data_shards(joined.rank, joined.world_size, joined.data_world_size),
         total_steps = joined.total_steps,
         resume_step = joined.resume_step,
         "joined"
@@ -450,7 +464,7 @@ fn train(
             )))
         }
     };
-    let mut trainer = Trainer::with_group(cfg.clone(), group)?;
+    let mut trainer = Trainer::with_data_shards(cfg.clone(), group, joined.data_world_size)?;
     if trainer.steps_per_epoch() != joined.steps_per_epoch {
         return Err(RunError::Other(format!(
             "steps per epoch: the coordinator computed {}, this worker's sampler {}",
@@ -469,6 +483,10 @@ fn train(
     let total = joined.total_steps;
     let spe = joined.steps_per_epoch.max(1);
     let rank = joined.rank;
+    let data_world_size = match joined.data_world_size {
+        0 => joined.world_size,
+        n => n,
+    };
     let log_every = cfg.train.log_every.max(1);
     let mut window = (0usize, Duration::ZERO);
     let result = (|| -> Result<()> {
@@ -493,8 +511,8 @@ fn train(
                         message: stopped.to_string(),
                     });
                 }
-                // Every rank trains the same number of samples a step: the job's rate.
-                window.0 += report.batch_size * joined.world_size as usize;
+                // The job's rate: a step is the global batch, whichever ranks hold it.
+                window.0 += cfg.data.batch_size * data_world_size as usize;
                 window.1 += report.step_time;
                 // Rank 0 reports every `train.log_every` steps, and the first and last.
                 let step = report.step;

@@ -207,8 +207,9 @@ struct Queue {
     ready: BTreeMap<u64, Result<Batch, LoaderError>>,
     /// Buffers handed back for reuse.
     free: Vec<Batch>,
-    /// The shards of epochs in flight (at most the current and the next).
-    shards: Vec<(u64, Arc<[usize]>)>,
+    /// The shards of epochs in flight (at most the current and the next): each held data
+    /// shard's samples.
+    shards: Vec<(u64, Arc<[Vec<usize>]>)>,
     /// Set when the loader is dropped or has failed: threads exit, delivery ends.
     closed: bool,
     /// Steps whose thread panicked (several threads may).
@@ -239,12 +240,12 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The shard of `epoch`, computed outside the lock by whichever thread needs it first.
-    fn shard(&self, epoch: u64) -> Arc<[usize]> {
+    /// The shards of `epoch`, computed outside the lock by whichever thread needs them first.
+    fn shards(&self, epoch: u64) -> Arc<[Vec<usize>]> {
         if let Some((_, shard)) = self.lock().shards.iter().find(|(e, _)| *e == epoch) {
             return Arc::clone(shard);
         }
-        let computed: Arc<[usize]> = self.sampler.epoch_shard(epoch).into();
+        let computed: Arc<[Vec<usize>]> = self.sampler.epoch_shards(epoch).into();
         let mut queue = self.lock();
         if let Some((_, shard)) = queue.shards.iter().find(|(e, _)| *e == epoch) {
             return Arc::clone(shard); // another thread was quicker
@@ -431,7 +432,7 @@ fn build_batches(shared: &Shared) {
             (step, queue.free.pop())
         };
         let guard = PanicGuard { shared, step };
-        let batch = buffer.unwrap_or_else(|| Batch::allocate(shared.sampler.batch_size()));
+        let batch = buffer.unwrap_or_else(|| Batch::allocate(shared.sampler.local_batch_size()));
         let result = build_batch(shared, &mut augmenter, step, batch);
         drop(guard);
         shared.lock().ready.insert(step, result);
@@ -439,8 +440,9 @@ fn build_batches(shared: &Shared) {
     }
 }
 
-/// Fills `batch` with step `step`'s samples: read, decode, augment. A bad record is
-/// replaced by the next sample of the shard (wrapping), unless `strict`.
+/// Fills `batch` with step `step`'s samples (`batch_size` from each held data shard, one
+/// shard after the other): read, decode, augment. A bad record is replaced by the next
+/// sample of its shard (wrapping), unless `strict`.
 fn build_batch(
     shared: &Shared,
     augmenter: &mut Augmenter,
@@ -451,7 +453,7 @@ fn build_batch(
     let settings = &shared.settings;
     let source = shared.source.as_ref();
     let at = shared.sampler.locate(step);
-    let shard = shared.shard(at.epoch);
+    let shards = shared.shards(at.epoch);
     let batch_size = shared.sampler.batch_size();
     batch.step = step;
     batch.epoch = at.epoch;
@@ -459,10 +461,14 @@ fn build_batch(
     batch.records_read = 0;
     batch.bad_records = 0;
     batch.last_bad_record = None;
-    batch.images.resize(batch_size * RGB112_BYTES, 0);
+    batch
+        .images
+        .resize(shared.sampler.local_batch_size() * RGB112_BYTES, 0);
 
     for (slot, out) in batch.images.chunks_exact_mut(RGB112_BYTES).enumerate() {
-        let mut position = at.start + slot;
+        let shard = &shards[slot / batch_size];
+        let first = at.start + slot % batch_size;
+        let mut position = first;
         let index = loop {
             let index = shard[position % shard.len()];
             batch.records_read += 1;
@@ -479,7 +485,7 @@ fn build_batch(
                     let (bad, read) = (batch.bad_records, batch.records_read);
                     // Also judged here, so a source that is all bad stops within one
                     // batch; and a slot that has tried every sample of the shard stops.
-                    let walked_whole_shard = position + 1 - (at.start + slot) >= shard.len();
+                    let walked_whole_shard = position + 1 - first >= shard.len();
                     if settings.too_many_bad(bad, read) || walked_whole_shard {
                         return Err(LoaderError::TooManyBad {
                             source_name: source.name(),

@@ -19,7 +19,7 @@ use tracing::{info, info_span};
 use crate::checkpoint::{CheckpointStore, Loaded, TrainState};
 use crate::config::TrainConfig;
 use crate::device::{channels_last, images_to_tensor, parse_device};
-use crate::dist::{self, EmbeddingExchange, Group};
+use crate::dist::{self, DataLayout, EmbeddingExchange, Group};
 use crate::error::{Result, WorkerError};
 use crate::eval::HeldOut;
 use crate::loader::{
@@ -73,6 +73,7 @@ pub struct Trainer {
     store: CheckpointStore,
     source: Arc<dyn FaceSource>,
     sampler: ShardedSampler,
+    layout: DataLayout,
     group: Group,
     /// Steps completed.
     step: u64,
@@ -106,6 +107,14 @@ impl Trainer {
     /// over the group, and every weight and buffer taken from rank 0, so all ranks start
     /// identical. Does not resume: the distributed worker loads what the coordinator says.
     pub fn with_group(cfg: TrainConfig, group: Group) -> Result<Self> {
+        Self::with_data_shards(cfg, group, 0)
+    }
+
+    /// [`Trainer::with_group`] for a job whose global batch is cut into `data_world_size`
+    /// data shards (0: one per rank). With fewer ranks than shards (an elastic generation)
+    /// this rank trains on its shards' batches together (`DataLayout`), so the global
+    /// batch, the steps per epoch and the learning-rate schedule are the full job's.
+    pub fn with_data_shards(cfg: TrainConfig, group: Group, data_world_size: u32) -> Result<Self> {
         cfg.validate()?;
         let device = parse_device(&cfg.train.device)?;
         if cfg.train.precision == Precision::Fp16 && !device.is_cuda() {
@@ -116,11 +125,18 @@ impl Trainer {
         }
         let source = open_source(&cfg.data)?;
         let (rank, world) = (group.rank(), group.world_size());
-        let sampler = ShardedSampler::new(
+        let layout = DataLayout::new(
+            rank as u32,
+            world as u32,
+            data_world_size,
+            cfg.data.batch_size,
+        );
+        let shards: Vec<usize> = layout.shards().into_iter().map(|s| s as usize).collect();
+        let sampler = ShardedSampler::with_shards(
             source.len(),
             cfg.train.seed,
-            rank as usize,
-            world as usize,
+            &shards,
+            layout.data_world_size() as usize,
             cfg.data.batch_size,
         )
         .map_err(LoaderError::from)?;
@@ -163,6 +179,7 @@ impl Trainer {
             store,
             source,
             sampler,
+            layout,
             group,
             step: 0,
             resumed_from: None,
@@ -305,6 +322,7 @@ impl Trainer {
             };
             let mut value = serde_json::to_value(&train_state).expect("state serialises");
             value["world_size"] = self.group.world_size().into();
+            value["data_world_size"] = self.layout.data_world_size().into();
             value["steps_per_epoch"] = spe.into();
             state = Some(value);
         }
@@ -529,7 +547,12 @@ impl Trainer {
                 self.model.forward_t(&images, true)
             });
             if self.group.world_size() > 1 {
-                let exchange = EmbeddingExchange::gather(collective.as_ref(), &out.kappa, &labels);
+                let exchange = EmbeddingExchange::gather(
+                    collective.as_ref(),
+                    &self.layout,
+                    &out.kappa,
+                    &labels,
+                );
                 let fwd = self.pfc.forward(&exchange.global, &exchange.labels);
                 (out, fwd, Some(exchange))
             } else {

@@ -21,7 +21,7 @@ use lgaf_model::lgf::Lgf;
 use lgaf_model::margin::CombinedMargin;
 use lgaf_model::partial_fc::{normalize, ClassRange, PartialFc};
 use lgaf_model::{weights, Arch, LgfConfig};
-use lgaf_worker::dist::{EmbeddingExchange, Group, HostCollective};
+use lgaf_worker::dist::{DataLayout, EmbeddingExchange, Group, HostCollective};
 use lgaf_worker::loader::Batch;
 use lgaf_worker::{TrainConfig, Trainer};
 use tch::nn::VarStore;
@@ -166,6 +166,12 @@ fn peer_entry() {
         "train" => train_steps(
             Group::Host(host.clone()),
             var("LGAF_DP_STEPS").parse().unwrap(),
+            Batches::Halves,
+        ),
+        "train_shards" => train_steps(
+            Group::Host(host.clone()),
+            var("LGAF_DP_STEPS").parse().unwrap(),
+            Batches::Shards(var("LGAF_DP_DATA_WORLD").parse().unwrap()),
         ),
         other => panic!("unknown case {other}"),
     };
@@ -202,7 +208,8 @@ fn peer_pfc(host: Arc<HostCollective>, sample_rate: f64) -> Vec<(String, Tensor)
     let local_labels = labels.narrow(0, rank * PER_RANK, PER_RANK);
     // A stand-in for the network: the gradient must come back through this product.
     let kappa = &local * 1.0;
-    let exchange = EmbeddingExchange::gather(host.as_ref(), &kappa, &local_labels);
+    let layout = DataLayout::new(rank as u32, world as u32, 0, PER_RANK as usize);
+    let exchange = EmbeddingExchange::gather(host.as_ref(), &layout, &kappa, &local_labels);
     let fwd = pfc.forward(&exchange.global, &exchange.labels);
     fwd.surrogate.backward();
     let grad = exchange.local_grad(host.as_ref()).unwrap();
@@ -281,19 +288,62 @@ fn global_indices(step: u64) -> Vec<usize> {
     half.iter().chain(&half).copied().collect()
 }
 
-fn batch_for(step: u64, rank: usize, world: usize, cfg: &TrainConfig) -> Batch {
+/// The global batch of `step` for a job of `shards` data shards: one shard's worth of images
+/// repeated, so whichever shards a rank holds, its BatchNorm statistics are those of the
+/// whole batch.
+fn repeated_shard_indices(step: u64, shards: usize) -> Vec<usize> {
+    let n = 16 * 8;
+    let one: Vec<usize> = (0..GLOBAL_BATCH / shards)
+        .map(|i| (step as usize * 37 + i * 7) % n)
+        .collect();
+    one.repeat(shards)
+}
+
+/// How the tests cut global batches.
+#[derive(Clone, Copy)]
+enum Batches {
+    /// [`global_indices`], a shard per rank.
+    Halves,
+    /// [`repeated_shard_indices`] cut into this many data shards, spread over the ranks as
+    /// an elastic generation spreads them (`lgaf_proto::data_shards`).
+    Shards(u32),
+}
+
+impl Batches {
+    fn data_world(self, world: usize) -> u32 {
+        match self {
+            Batches::Halves => world as u32,
+            Batches::Shards(n) => n,
+        }
+    }
+
+    fn global(self, step: u64) -> Vec<usize> {
+        match self {
+            Batches::Halves => global_indices(step),
+            Batches::Shards(n) => repeated_shard_indices(step, n as usize),
+        }
+    }
+}
+
+/// This rank's part of the global batch: its data shards' rows, one shard after the other.
+fn batch_for(step: u64, rank: usize, world: usize, batches: Batches, cfg: &TrainConfig) -> Batch {
     let ds = SynthDataset::new(SynthConfig {
         seed: cfg.data.synthetic.seed,
         identities: cfg.data.synthetic.identities,
         images_per_identity: cfg.data.synthetic.images_per_identity,
         nuisance_prob: cfg.data.synthetic.nuisance_prob,
     });
-    let per_rank = GLOBAL_BATCH / world;
-    let mine = &global_indices(step)[rank * per_rank..(rank + 1) * per_rank];
-    let mut batch = Batch::allocate(per_rank);
+    let data_world = batches.data_world(world);
+    let per_shard = GLOBAL_BATCH / data_world as usize;
+    let global = batches.global(step);
+    let mine: Vec<usize> = lgaf_proto::data_shards(rank as u32, world as u32, data_world)
+        .into_iter()
+        .flat_map(|s| global[s as usize * per_shard..(s as usize + 1) * per_shard].to_vec())
+        .collect();
+    let mut batch = Batch::allocate(mine.len());
     batch.step = step;
     batch.images.clear();
-    for &i in mine {
+    for &i in &mine {
         let sample = ds.get(i);
         batch.images.extend_from_slice(&sample.rgb);
         batch.labels.push(i64::from(sample.label));
@@ -303,13 +353,14 @@ fn batch_for(step: u64, rank: usize, world: usize, cfg: &TrainConfig) -> Batch {
 
 /// Runs `steps` steps on this rank's part of each global batch; returns the losses and
 /// every variable and buffer after the last step.
-fn train_steps(group: Group, steps: u64) -> Vec<(String, Tensor)> {
+fn train_steps(group: Group, steps: u64, batches: Batches) -> Vec<(String, Tensor)> {
     let (rank, world) = (group.rank() as usize, group.world_size() as usize);
-    let cfg = train_config(GLOBAL_BATCH / world);
-    let mut trainer = Trainer::with_group(cfg.clone(), group).unwrap();
+    let data_world = batches.data_world(world);
+    let cfg = train_config(GLOBAL_BATCH / data_world as usize);
+    let mut trainer = Trainer::with_data_shards(cfg.clone(), group, data_world).unwrap();
     let mut losses = Vec::new();
     for step in 0..steps {
-        let batch = batch_for(step, rank, world, &cfg);
+        let batch = batch_for(step, rank, world, batches, &cfg);
         let report = trainer.train_step(&batch, Duration::ZERO).unwrap();
         losses.push(report.loss);
     }
@@ -481,7 +532,9 @@ fn two_ranks_hold_identical_weights_and_track_one_rank_on_the_same_global_batch(
             "rank 0's `{name}` changed in the sync"
         );
     }
-    let single: HashMap<String, Tensor> = train_steps(Group::Single, steps).into_iter().collect();
+    let single: HashMap<String, Tensor> = train_steps(Group::Single, steps, Batches::Halves)
+        .into_iter()
+        .collect();
     let two = Vec::<f64>::try_from(&ranks[0]["losses"]).unwrap();
     let one = Vec::<f64>::try_from(&single["losses"]).unwrap();
     eprintln!("losses, 2 ranks x 8: {two:?}\nlosses, 1 rank x 16: {one:?}");
@@ -491,6 +544,47 @@ fn two_ranks_hold_identical_weights_and_track_one_rank_on_the_same_global_batch(
         assert!(
             (a - b).abs() < 0.05 * b,
             "step {step}: loss {a} with 2 ranks vs {b} with 1"
+        );
+    }
+}
+
+#[test]
+fn three_ranks_holding_four_data_shards_train_the_global_batch_of_four() {
+    // An elastic generation: a job of 4 data shards continues on 3 ranks, rank 0 holding
+    // shards 0 and 3. The global batch, and so the loss, stays that of the whole job.
+    let _one = one_test();
+    let steps = 3;
+    let ranks = run_group(
+        "train_shards",
+        3,
+        &out_dir("train_shards"),
+        &[
+            ("LGAF_DP_STEPS", steps.to_string()),
+            ("LGAF_DP_DATA_WORLD", "4".into()),
+        ],
+    );
+    for (name, t) in &ranks[0] {
+        let own = name.contains("running_") || name.ends_with("num_batches_tracked");
+        if own || name.starts_with("synced.") {
+            continue;
+        }
+        for (rank, other) in ranks.iter().enumerate().skip(1) {
+            assert!(t.equal(&other[name]), "`{name}` differs on rank {rank}");
+        }
+    }
+    // One process on the same global batch: every rank's BatchNorm sees the statistics
+    // of the whole batch (its shards repeat one another), so only the order of float sums
+    // and the per-rank random draws differ.
+    let single: HashMap<String, Tensor> = train_steps(Group::Single, steps, Batches::Shards(4))
+        .into_iter()
+        .collect();
+    let three = Vec::<f64>::try_from(&ranks[0]["losses"]).unwrap();
+    let one = Vec::<f64>::try_from(&single["losses"]).unwrap();
+    eprintln!("losses, 3 ranks holding 4 shards: {three:?}\nlosses, 1 rank: {one:?}");
+    for (step, (a, b)) in three.iter().zip(&one).enumerate() {
+        assert!(
+            (a - b).abs() < 1e-3 * b,
+            "step {step}: loss {a} on 3 ranks holding 4 shards vs {b} on 1"
         );
     }
 }

@@ -2,7 +2,8 @@
 //! (SIGSTOP) is declared lost within the heartbeat deadline (and, with no restart left,
 //! fails the job with nothing left running); workers killed at random steps are replaced
 //! and the run ends exactly as an uninterrupted one; workers whose coordinator is killed
-//! stop by themselves within the deadline.
+//! stop by themselves within the deadline; an elastic job continues on fewer workers when a
+//! lost one is not replaced, and grows back when a worker comes.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -18,24 +19,38 @@ use nix::unistd::Pid;
 
 const DEADLINE_MS: u64 = 1500;
 
-/// A coordinator spawning two local workers, its stderr collected line by line.
+/// A coordinator (and its local workers, which inherit its stderr) or workers started by
+/// the test, their stderr collected line by line into one log.
 struct Run {
     coordinator: Child,
     log: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// The coordinator's URL, for workers started by the test.
+    url: String,
+    /// Workers started by the test (killed on drop).
+    outside: Vec<Child>,
 }
 
 impl Run {
     /// `workers` local workers on `dir`'s config and store, with `extra` arguments.
     fn start(dir: &Path, run: &str, workers: u32, extra: &[&str]) -> Run {
+        Self::coordinator(dir, run, workers, &[&["--spawn-local"], extra].concat())
+    }
+
+    /// A coordinator of `workers` that starts none: the test starts them with
+    /// [`Run::worker`], as pods would be.
+    fn without_local_workers(dir: &Path, run: &str, workers: u32, extra: &[&str]) -> Run {
+        Self::coordinator(
+            dir,
+            run,
+            workers,
+            &[&["--grace-secs", "600"], extra].concat(),
+        )
+    }
+
+    fn coordinator(dir: &Path, run: &str, workers: u32, extra: &[&str]) -> Run {
         let mut coordinator = Command::new(bin("lgaf-coordinator"))
-            .args([
-                "--workers",
-                &workers.to_string(),
-                "--spawn-local",
-                "--run-id",
-                run,
-            ])
+            .args(["--workers", &workers.to_string(), "--run-id", run])
             .args(["--config", &dir.join("train.toml").display().to_string()])
             .args(["--store", &store_url(dir)])
             .args(extra)
@@ -46,28 +61,46 @@ impl Run {
             .args(["--stop-timeout-secs", "2"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = coordinator.stderr.take().unwrap();
-        let reader = {
-            let log = log.clone();
-            // The workers inherit this pipe: it ends when the last of them has exited.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
+        let mut first = String::new();
+        // Read through a borrow: the pipe stays open for the rest of the coordinator's life.
+        BufReader::new(coordinator.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let url = match first.trim().strip_prefix("listening on ") {
+            Some(url) => url.to_string(),
+            None => panic!("the coordinator's first line: {first:?}"),
         };
+        let log = Arc::new(Mutex::new(String::new()));
+        // Local workers inherit this pipe: it ends when the last of them has exited.
+        let reader = collect_into(&log, coordinator.stderr.take().unwrap());
         Run {
             coordinator,
             log,
             reader: Some(reader),
+            url,
+            outside: Vec::new(),
         }
+    }
+
+    /// Starts a worker of this run in `slot` from outside the coordinator; returns its pid.
+    fn worker(&mut self, slot: u32) -> Pid {
+        let mut child = Command::new(bin("lgaf-worker"))
+            .args(["--coordinator", &self.url, "--slot", &slot.to_string()])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("OMP_NUM_THREADS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        collect_into(&self.log, child.stderr.take().unwrap());
+        let pid = Pid::from_raw(child.id() as i32);
+        self.outside.push(child);
+        pid
     }
 
     fn log(&self) -> String {
@@ -124,7 +157,26 @@ impl Drop for Run {
     fn drop(&mut self) {
         let _ = self.coordinator.kill();
         let _ = self.coordinator.wait();
+        for child in &mut self.outside {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// Appends `pipe`'s lines to `log` until it closes.
+fn collect_into(
+    log: &Arc<Mutex<String>>,
+    pipe: impl std::io::Read + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let log = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    })
 }
 
 /// Long enough that the faults happen in the first epoch (12 x 400 images, 16 a step on two
@@ -302,4 +354,49 @@ fn a_killed_coordinator_started_again_continues_the_run_exactly() {
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         assert!(x.equal(y), "`{name}` differs after the coordinator restart");
     }
+}
+
+#[test]
+fn an_elastic_job_goes_on_with_fewer_workers_and_grows_back_at_a_checkpoint() {
+    // 96 images, 8 a shard, 3 shards: 4 steps an epoch, 48 in all, a checkpoint every 2.
+    let dir = work_dir("faults", "elastic", &tiny_config(8, 12, 2));
+    let mut run = Run::without_local_workers(
+        &dir,
+        "elastic",
+        3,
+        &["--min-workers", "2", "--elastic-grace-secs", "1"],
+    );
+    let lost = [run.worker(0), run.worker(1), run.worker(2)][2];
+    run.wait_for("step 5/", Duration::from_secs(300));
+    kill(lost, Signal::SIGKILL).unwrap();
+    // Nobody replaces it: after the grace period the job goes on with two ranks holding
+    // the three data shards, on the same schedule.
+    run.wait_for(
+        "generation 2 formed: 2 ranks holding the job's 3 data shards, cpu backend, 4 steps \
+         per epoch, 48 steps",
+        Duration::from_secs(60),
+    );
+    // The killed worker, unseen when a survivor ended the generation, is forgotten once
+    // silent past the deadline; then a worker comes (a rescheduled pod) and waits for the
+    // next checkpoint.
+    run.wait_for("is lost and forgotten", Duration::from_secs(30));
+    run.worker(2);
+    run.wait_for(
+        "growing from 2 to 3 ranks at the checkpoint of step",
+        Duration::from_secs(120),
+    );
+    run.wait_for(
+        "generation 3 formed: 3 ranks, cpu backend",
+        Duration::from_secs(60),
+    );
+    let status = wait_exit(&mut run.coordinator, Duration::from_secs(300));
+    let log = run.log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("step 48/48 epoch 11"), "{log}");
+    // The loss spent the one restart; shrinking and growing spent none.
+    assert!(
+        log.contains("restart 1 of 3") && !log.contains("restart 2 of"),
+        "{log}"
+    );
+    export(&dir, "elastic", 48);
 }

@@ -52,6 +52,8 @@ pub fn settings(world_size: u32, store: &RunStore) -> JobSettings {
         run_id: store.run_id().into(),
         instance: "t".into(),
         world_size,
+        min_workers: 0,
+        elastic_grace_ms: 0,
         max_steps: 0,
         config_toml: "[train]\nepochs = 2\n".into(),
         store_url: store.store().url().into(),
@@ -89,6 +91,7 @@ pub async fn serve_job(job: Job, store: &RunStore, long_poll: Duration) -> Serve
         store.clone(),
         ServiceOptions {
             long_poll_max: long_poll,
+            ..ServiceOptions::default()
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
