@@ -376,17 +376,6 @@ fn wrong_group_tag_is_refused_at_connect() {
     group.assert_all_exit(None);
 }
 
-/// Prints the throughput of 25 MB f32 all-reduces between two processes (not asserted).
-#[test]
-fn throughput_of_25_mb_all_reduce_on_two_ranks() {
-    let mut group = Group::spawn(2, "bench", |_| args(&["--iters", "10"]));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let line = group.wait_line(0, &["BENCH"], deadline);
-    eprintln!("{line}");
-    group.all_ok(deadline);
-    group.assert_all_exit(None);
-}
-
 fn options() -> TcpOptions {
     TcpOptions {
         op_timeout: Duration::from_secs(5),

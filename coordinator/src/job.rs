@@ -883,7 +883,24 @@ impl Job {
             }
             // A smaller (elastic) generation: the newcomer waits for its next checkpoint.
         }
-        if self.registered_count() >= self.settings.world_size {
+        // Between generations, a new worker in the slot of a rank that has not joined again
+        // takes its place: a slot is one pod or local process, so the old one is gone.
+        let superseded = req.slot.and_then(|slot| {
+            self.workers
+                .values()
+                .find(|w| {
+                    w.slot == Some(slot)
+                        && w.was_rank
+                        && w.phase == WorkerPhase::Registered
+                        && self.phase == JobPhase::Waiting
+                })
+                .map(|w| w.id.clone())
+        });
+        let others = self
+            .workers
+            .values()
+            .filter(|w| Some(&w.id) != superseded.as_ref());
+        if others.clone().count() as u32 >= self.settings.world_size {
             let ids: Vec<&str> = self.workers.keys().map(String::as_str).collect();
             return Err(JobError::precondition(format!(
                 "the job wants {} workers and {} have registered ({})",
@@ -892,7 +909,7 @@ impl Job {
                 ids.join(", ")
             )));
         }
-        for w in self.workers.values() {
+        for w in others {
             let theirs = Device::parse(&w.device).map(Backend::of);
             if theirs != Some(backend) {
                 return Err(JobError::precondition(format!(
@@ -918,6 +935,14 @@ impl Job {
             }
         }
 
+        if let Some(old) = superseded {
+            let why = format!(
+                "worker {old}, a rank of the ended generation that has not joined again, is \
+                 replaced by a new worker in its slot {}",
+                req.slot.unwrap_or_default()
+            );
+            self.lose(&[old], why, false, now);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let id = format!("w{seq}-{}", self.settings.instance);

@@ -1371,8 +1371,7 @@ fn a_smaller_generation_grows_at_its_next_checkpoint_without_spending_a_restart(
     );
     assert_eq!(reply.resume_step, 8);
     // Only the loss spent a restart; growing did not.
-    let json = serde_json::to_value(&job).unwrap();
-    assert_eq!(json["restarts"], 1);
+    assert_eq!(json_restarts(&job), 1);
 }
 
 #[test]
@@ -1429,6 +1428,39 @@ fn a_rank_that_never_joins_again_after_its_generation_ended_is_forgotten() {
     // A replacement takes rank 1's place and the next generation forms.
     let c = register(&mut job, Some(1), 4002);
     assert!(join(&mut job, &c).is_some());
+}
+
+#[test]
+fn a_new_worker_in_the_slot_of_a_rank_that_has_not_rejoined_replaces_it() {
+    let mut job = job(2);
+    let a = register(&mut job, Some(0), 4000);
+    let b = register(&mut job, Some(1), 4001);
+    join(&mut job, &a);
+    join(&mut job, &b);
+    // Rank 1 died; rank 0 ended the generation; rank 1's pod comes back at once, before
+    // the dead process could expire.
+    job.join(&rejoin_req(&a, 1), 1_500).unwrap();
+    job.take_effects();
+    let c = register(&mut job, Some(1), 4002);
+    let effects = job.take_effects();
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::WorkerLost { worker_id, reason, .. }
+            if worker_id == &b && reason.contains("replaced by a new worker in its slot 1")
+    )));
+    assert!(join(&mut job, &c).is_some());
+    assert_eq!(json_restarts(&job), 1);
+    // While a generation runs, a slot is not taken over.
+    let err = job
+        .register(&register_req("cpu", Some(1), 4003), 2_000)
+        .unwrap_err();
+    assert!(err.to_string().contains("no place"), "{err}");
+}
+
+fn json_restarts(job: &Job) -> u64 {
+    serde_json::to_value(job).unwrap()["restarts"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]

@@ -761,6 +761,20 @@ fn report_progress(
     }
 }
 
+/// Fault injection for the fault tests and `tests/chaos`: with `LGAF_FAILPOINT` set to
+/// `stall-upload@S`, this worker uploads the first object of its checkpoint at step S and
+/// then stops (training thread included, heartbeats not), never acknowledging it: what a
+/// process killed in the middle of its upload leaves in the store.
+pub const FAILPOINT_ENV: &str = "LGAF_FAILPOINT";
+
+fn stall_upload_at() -> Option<u64> {
+    std::env::var(FAILPOINT_ENV)
+        .ok()?
+        .strip_prefix("stall-upload@")?
+        .parse()
+        .ok()
+}
+
 /// Serialises this rank's checkpoint parts, hands them to the background uploader (the
 /// step waits only for that hand-over) and returns a thread that acknowledges them once
 /// uploaded.
@@ -774,7 +788,21 @@ fn checkpoint(
 ) -> Result<JoinHandle<Result<()>>> {
     let step = trainer.steps_done();
     let started = Instant::now();
-    let (objects, state) = trainer.checkpoint_objects()?;
+    let (mut objects, state) = trainer.checkpoint_objects()?;
+    if stall_upload_at() == Some(step) {
+        objects.truncate(1);
+        let (key, bytes) = objects.pop().expect("a rank writes at least one object");
+        let uploaded = uploader.submit(step, &key, Bytes::from(bytes)).wait();
+        warn!(
+            step,
+            key,
+            ok = uploaded.is_ok(),
+            "{FAILPOINT_ENV}: the upload of the checkpoint at step {step} stops here"
+        );
+        loop {
+            std::thread::park();
+        }
+    }
     let tickets: Vec<UploadTicket> = objects
         .into_iter()
         .map(|(key, bytes)| uploader.submit(step, &key, Bytes::from(bytes)))

@@ -2,7 +2,8 @@
 //! (SIGSTOP) is declared lost within the heartbeat deadline (and, with no restart left,
 //! fails the job with nothing left running); workers killed at random steps are replaced
 //! and the run ends exactly as an uninterrupted one; workers whose coordinator is killed
-//! stop by themselves within the deadline; an elastic job continues on fewer workers when a
+//! stop by themselves within the deadline; a checkpoint half uploaded by a worker killed
+//! in the middle is never used; an elastic job continues on fewer workers when a
 //! lost one is not replaced, and grows back when a worker comes.
 
 use std::io::{BufRead, BufReader};
@@ -88,8 +89,14 @@ impl Run {
 
     /// Starts a worker of this run in `slot` from outside the coordinator; returns its pid.
     fn worker(&mut self, slot: u32) -> Pid {
+        self.worker_with(slot, &[])
+    }
+
+    /// [`Run::worker`] with extra environment variables.
+    fn worker_with(&mut self, slot: u32, env: &[(&str, &str)]) -> Pid {
         let mut child = Command::new(bin("lgaf-worker"))
             .args(["--coordinator", &self.url, "--slot", &slot.to_string()])
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env("OMP_NUM_THREADS", "1")
@@ -399,4 +406,59 @@ fn an_elastic_job_goes_on_with_fewer_workers_and_grows_back_at_a_checkpoint() {
         "{log}"
     );
     export(&dir, "elastic", 48);
+}
+
+#[test]
+fn a_checkpoint_half_uploaded_by_a_killed_worker_is_never_used() {
+    let dir = work_dir("faults", "upload-kill", &short_epochs());
+    let mut straight = Run::start(&dir, "straight", 3, &[]);
+    let status = wait_exit(&mut straight.coordinator, Duration::from_secs(300));
+    assert!(status.success(), "{}", straight.log());
+
+    let mut run = Run::without_local_workers(&dir, "upload-kill", 3, &[]);
+    // Rank 0 uploads the first object of its checkpoint at step 6 and stops there.
+    let stalled = run.worker_with(0, &[("LGAF_FAILPOINT", "stall-upload@6")]);
+    run.worker(1);
+    run.worker(2);
+    run.wait_for(
+        "the upload of the checkpoint at step 6 stops here",
+        Duration::from_secs(300),
+    );
+    let folder = dir.join("store/runs/upload-kill/ckpt/000000000006");
+    let written: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        written.contains(&"model.safetensors".to_string()),
+        "{written:?}"
+    );
+    assert!(
+        !written.contains(&"MANIFEST.json".to_string()),
+        "{written:?}"
+    );
+    kill(stalled, Signal::SIGKILL).unwrap();
+
+    // The generation ends; the replacement's generation starts from step 4, the last
+    // committed checkpoint, not from the half-written one.
+    run.wait_for("generation 1 ended", Duration::from_secs(60));
+    run.worker(0);
+    run.wait_for(
+        "generation 2 formed: 3 ranks, cpu backend, 4 steps per epoch, 24 steps, resuming \
+         from the checkpoint at step 4",
+        Duration::from_secs(120),
+    );
+    let status = wait_exit(&mut run.coordinator, Duration::from_secs(300));
+    let log = run.log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("step 24/24 epoch 5"), "{log}");
+    // Step 6 was trained again and committed properly this time.
+    assert!(folder.join("MANIFEST.json").is_file());
+    let (a, b) = (
+        export(&dir, "straight", 24),
+        export(&dir, "upload-kill", 24),
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "`{name}` differs from the uninterrupted run");
+    }
 }

@@ -1,4 +1,5 @@
-//! One rank of a TCP collective group, driven by `tests/tcp.rs` (and usable by hand).
+//! One rank of a TCP collective group, driven by `tests/tcp.rs` and `bench/allreduce.sh`
+//! (and usable by hand).
 //!
 //! Protocol on stdio, so the ports are race-free: the peer binds 127.0.0.1:0 and prints
 //! `PORT <port>`; it then reads one line from stdin, the comma-separated `host:port` of every
