@@ -6,10 +6,12 @@
 //! - [`service`]: the tonic handlers over it, with long-polling `Join`/`GetNcclId`;
 //! - [`store`]: the traits commits and job snapshots go through, implemented by
 //!   [`lgaf_store::RunStore`] (a local directory or S3), and what a resumed run finds there;
-//! - [`local`]: workers spawned on this machine.
+//! - [`local`]: workers spawned on this machine;
+//! - [`rate`]: request rates per peer.
 
 pub mod job;
 pub mod local;
+pub mod rate;
 pub mod service;
 pub mod store;
 

@@ -143,6 +143,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 3)]
     max_restarts: u32,
 
+    /// Requests a second one client address may make (in bursts of twice that); more are
+    /// refused with RESOURCE_EXHAUSTED. Workers make a few a second each.
+    #[arg(long, value_name = "N", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_requests_per_sec: u32,
+
     /// Seconds local workers get to exit after SIGTERM before they are killed.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     stop_timeout_secs: u64,
@@ -347,6 +353,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     let security = Security {
         token: token.clone(),
         tls,
+        requests_per_sec: Some(args.max_requests_per_sec),
     };
     let mut server = tokio::spawn(serve(listener, service.clone(), security, async {
         let _ = shutdown_rx.await;

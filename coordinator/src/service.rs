@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::job::{CommitRequest, Effect, Job, JobError, JobPhase, Millis};
+use crate::rate::{Gate, PeerRateLimit};
 use crate::store::{CheckpointCommitter, JobStatePersistence, StoreError};
 
 /// The status code of each refusal, as `coordinator.proto` promises.
@@ -640,6 +641,8 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> Coordinator for Coordinator
 pub struct Security {
     pub token: Option<JobToken>,
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Requests a second each client address may make (bursts of twice that); None: any.
+    pub requests_per_sec: Option<u32>,
 }
 
 pub async fn serve<C: CheckpointCommitter, P: JobStatePersistence>(
@@ -660,7 +663,10 @@ pub async fn serve<C: CheckpointCommitter, P: JobStatePersistence>(
     builder
         .add_service(InterceptedService::new(
             service.into_server(),
-            RequireToken(security.token),
+            Gate {
+                rate: security.requests_per_sec.map(PeerRateLimit::new),
+                token: RequireToken(security.token),
+            },
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

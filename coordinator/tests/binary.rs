@@ -593,6 +593,55 @@ fn requests_without_the_job_token_are_refused_and_the_token_is_never_shown() {
     assert!(!saved.contains(SECRET), "the token leaked into the store");
 }
 
+#[test]
+fn a_client_over_the_request_rate_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut coord = Coordinator::start(
+        &[
+            "--workers",
+            "2",
+            "--store",
+            store.to_str().unwrap(),
+            "--grace-secs",
+            "600",
+            "--max-requests-per-sec",
+            "5",
+        ],
+        &[],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = CoordinatorClient::connect(coord.url.clone()).await.unwrap();
+        // A burst of registrations: twice the rate gets through, the rest are refused.
+        let mut refused = 0;
+        for i in 0..40 {
+            match client.register(register_request(None, 9000 + i)).await {
+                Ok(_) => {}
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    assert!(status
+                        .message()
+                        .starts_with("rate: 127.0.0.1 sent more than"));
+                    refused += 1;
+                }
+                // Past two workers the job has no place: also no change.
+                Err(status) => assert_eq!(status.code(), tonic::Code::FailedPrecondition),
+            }
+        }
+        assert!(refused >= 25, "only {refused} of 40 refused");
+        // After a pause the client is served again, and the job holds what it accepted.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let status = client
+            .get_job_status(v1::JobStatusRequest { api_version: 1 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.workers.len(), 2);
+    });
+    coord.signal(Signal::SIGTERM);
+    coord.wait(Duration::from_secs(30));
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

@@ -761,7 +761,7 @@ fn report_progress(
     }
 }
 
-/// Fault injection for the fault tests and `tests/chaos`: with `LGAF_FAILPOINT` set to
+/// Fault injection for the fault tests (`worker/tests/faults.rs`): with `LGAF_FAILPOINT` set to
 /// `stall-upload@S`, this worker uploads the first object of its checkpoint at step S and
 /// then stops (training thread included, heartbeats not), never acknowledging it: what a
 /// process killed in the middle of its upload leaves in the store.
