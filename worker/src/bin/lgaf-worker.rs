@@ -17,7 +17,8 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     coordinator: String,
-    /// The slot a spawning coordinator assigned (keeps a restarted worker in its place).
+    /// This worker's slot, 0..N (its rank order): a spawning coordinator assigns it; on
+    /// Kubernetes, the pod ordinal. A restarted worker in the same slot takes its place.
     #[arg(long)]
     slot: Option<u32>,
     /// `cpu` or `cuda:N`.
