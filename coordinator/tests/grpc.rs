@@ -264,6 +264,27 @@ async fn malformed_requests_get_their_codes_and_change_nothing() {
     let e = c.register(huge).await.unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange, "{}", e.message());
 
+    // Bytes that are not a protobuf message at all, on every method.
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    for method in ["Register", "Join", "Heartbeat", "CheckpointAck", "Finish"] {
+        raw.ready().await.unwrap();
+        let path = format!("/lgaf.v1.Coordinator/{method}");
+        let e = raw
+            .unary(
+                tonic::Request::new(vec![0xff; 64]),
+                tonic::codegen::http::uri::PathAndQuery::try_from(path).unwrap(),
+                RawBytes,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Internal, "{method}: {}", e.message());
+    }
+
     assert_eq!(
         job_state(&server),
         before,
@@ -646,4 +667,50 @@ async fn a_second_coordinator_on_the_same_run_resumes_from_the_newest_committed_
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("finished"), "{}", e.message());
+}
+
+/// A codec that sends bytes as they are: requests that are not protobuf at all.
+#[derive(Clone, Copy, Default)]
+struct RawBytes;
+
+impl tonic::codec::Codec for RawBytes {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
 }
