@@ -33,8 +33,9 @@ use tracing::{error, info, warn};
 #[command(name = "lgaf-coordinator", version)]
 struct Args {
     /// Number of workers (the world size): one per GPU, or CPU processes. Every global
-    /// batch is cut into this many data shards, whatever the ranks of a generation.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// batch is cut into this many data shards, whatever the ranks of a generation. With
+    /// --min-workers it is the most ranks a generation has, hence its alias.
+    #[arg(long, visible_alias = "max-workers", value_parser = clap::value_parser!(u32).range(1..=4096))]
     workers: u32,
 
     /// Elastic: continue with as few as this many workers when lost ones are not replaced
@@ -706,6 +707,20 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "a b", "../x"] {
             assert!(check_run_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn max_workers_is_workers() {
+        let args = Args::try_parse_from([
+            "lgaf-coordinator",
+            "--max-workers",
+            "4",
+            "--min-workers",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!((args.workers, args.min_workers), (4, Some(2)));
+        assert!(Args::try_parse_from(["lgaf-coordinator", "--workers", "0"]).is_err());
     }
 
     #[test]
