@@ -885,15 +885,11 @@ impl Job {
         }
         // Between generations, a new worker in the slot of a rank that has not joined again
         // takes its place: a slot is one pod or local process, so the old one is gone.
-        let superseded = req.slot.and_then(|slot| {
+        let between_generations = self.phase == JobPhase::Waiting;
+        let superseded = req.slot.filter(|_| between_generations).and_then(|slot| {
             self.workers
                 .values()
-                .find(|w| {
-                    w.slot == Some(slot)
-                        && w.was_rank
-                        && w.phase == WorkerPhase::Registered
-                        && self.phase == JobPhase::Waiting
-                })
+                .find(|w| w.slot == Some(slot) && w.was_rank && w.phase == WorkerPhase::Registered)
                 .map(|w| w.id.clone())
         });
         let others = self
@@ -1098,6 +1094,7 @@ impl Job {
             Backend::Nccl => Vec::new(),
         };
         let ids: Vec<String> = members.iter().map(|w| w.id.clone()).collect();
+        let world_size = ids.len() as u32;
         let number = self.generation.as_ref().map_or(1, |g| g.number + 1);
         let (resume_step, resume_manifest, start_step) = match &self.last_commit {
             Some(c) => (
@@ -1139,7 +1136,7 @@ impl Job {
         self.reform = None;
         self.effects.push(Effect::GenerationFormed {
             generation: number,
-            world_size: self.generation.as_ref().map_or(0, Generation::world_size),
+            world_size,
             data_world_size: schedule.world_size,
             backend,
             steps_per_epoch: schedule.steps_per_epoch,

@@ -249,17 +249,26 @@ mod tests {
 }
 
 /// The data shards rank `rank` of a generation of `world_size` ranks trains on when the job
-/// cuts every global batch into `data_world_size` shards: `rank`, `rank + world_size`, ...
-/// below `data_world_size`. Every shard has exactly one rank, and ranks hold at most one
-/// shard more than each other. With `world_size == data_world_size` (or 0, an older
-/// coordinator) it is `[rank]`. Coordinator and workers both call this, so they agree.
+/// cuts every global batch into `data_world_size` (at least `world_size`) shards: `rank`,
+/// `rank + world_size`, ... below `data_world_size`. Every shard has exactly one rank, and
+/// ranks hold at most one shard more than each other; with `world_size == data_world_size`
+/// it is `[rank]`. The one definition of the layout: the workers' sampler and Partial-FC
+/// exchange follow it.
 pub fn data_shards(rank: u32, world_size: u32, data_world_size: u32) -> Vec<u32> {
-    if data_world_size == 0 || data_world_size == world_size {
-        return vec![rank];
-    }
     (rank..data_world_size)
         .step_by(world_size.max(1) as usize)
         .collect()
+}
+
+impl v1::JoinReply {
+    /// The job's data shards: `data_world_size`, or `world_size` from a coordinator older
+    /// than that field (0).
+    pub fn data_shard_count(&self) -> u32 {
+        match self.data_world_size {
+            0 => self.world_size,
+            n => n,
+        }
+    }
 }
 
 /// Where a run resumed on another world size continues: the same epoch, and the same
@@ -282,7 +291,11 @@ mod resume_tests {
     #[test]
     fn data_shards_give_every_shard_one_rank() {
         assert_eq!(data_shards(1, 3, 3), vec![1]);
-        assert_eq!(data_shards(1, 3, 0), vec![1]);
+        let older = super::v1::JoinReply {
+            world_size: 3,
+            ..Default::default()
+        };
+        assert_eq!(older.data_shard_count(), 3);
         assert_eq!(data_shards(0, 2, 3), vec![0, 2]);
         assert_eq!(data_shards(1, 2, 3), vec![1]);
         for data in 1..9u32 {

@@ -477,13 +477,7 @@ pub struct DataLayout {
 }
 
 impl DataLayout {
-    /// `data_world_size` 0 means one shard per rank.
     pub fn new(rank: u32, world_size: u32, data_world_size: u32, shard_batch: usize) -> Self {
-        let data_world_size = if data_world_size == 0 {
-            world_size
-        } else {
-            data_world_size
-        };
         Self {
             rank,
             world_size,
@@ -574,29 +568,10 @@ impl EmbeddingExchange {
                 local_rows: LocalRows::Span(collective.rank() * local, local),
             };
         }
+        // Zero rows at the end; `gather_order` never picks them.
         let pad = layout.padded_rows() - local;
-        let embeddings = embeddings.detach();
-        let (embeddings, labels) = if pad > 0 {
-            let dim = embeddings.size()[1];
-            (
-                Tensor::cat(
-                    &[
-                        &embeddings,
-                        &embeddings.new_zeros([pad, dim], (embeddings.kind(), embeddings.device())),
-                    ],
-                    0,
-                ),
-                Tensor::cat(
-                    &[
-                        labels,
-                        &labels.new_full([pad], -1, (labels.kind(), labels.device())),
-                    ],
-                    0,
-                ),
-            )
-        } else {
-            (embeddings, labels.shallow_clone())
-        };
+        let embeddings = embeddings.detach().constant_pad_nd([0, 0, 0, pad]);
+        let labels = labels.constant_pad_nd([0, pad]);
         let device = embeddings.device();
         let order = Tensor::from_slice(&layout.gather_order()).to_device(device);
         let global = collective
@@ -644,7 +619,7 @@ mod layout_tests {
         assert_eq!(layout.local_rows(), vec![0, 1, 4, 5]);
         assert_eq!(DataLayout::new(1, 2, 3, 2).local_rows(), vec![2, 3]);
         // One shard per rank: the identity.
-        let full = DataLayout::new(1, 3, 0, 2);
+        let full = DataLayout::new(1, 3, 3, 2);
         assert!(full.one_shard_per_rank());
         assert_eq!(full.gather_order(), vec![0, 1, 2, 3, 4, 5]);
     }

@@ -409,11 +409,12 @@ fn train(
         }
     };
     GENERATION.store(joined.generation, Ordering::SeqCst);
+    let data_world_size = joined.data_shard_count();
     info!(
         generation = joined.generation,
         rank = joined.rank,
         world_size = joined.world_size,
-        data_shards = ?lgaf_proto::data_shards(joined.rank, joined.world_size, joined.data_world_size),
+        data_shards = ?lgaf_proto::data_shards(joined.rank, joined.world_size, data_world_size),
         total_steps = joined.total_steps,
         resume_step = joined.resume_step,
         "joined"
@@ -464,7 +465,7 @@ fn train(
             )))
         }
     };
-    let mut trainer = Trainer::with_data_shards(cfg.clone(), group, joined.data_world_size)?;
+    let mut trainer = Trainer::with_data_shards(cfg.clone(), group, data_world_size)?;
     if trainer.steps_per_epoch() != joined.steps_per_epoch {
         return Err(RunError::Other(format!(
             "steps per epoch: the coordinator computed {}, this worker's sampler {}",
@@ -483,10 +484,6 @@ fn train(
     let total = joined.total_steps;
     let spe = joined.steps_per_epoch.max(1);
     let rank = joined.rank;
-    let data_world_size = match joined.data_world_size {
-        0 => joined.world_size,
-        n => n,
-    };
     let log_every = cfg.train.log_every.max(1);
     let mut window = (0usize, Duration::ZERO);
     let result = (|| -> Result<()> {
@@ -788,10 +785,12 @@ fn checkpoint(
 ) -> Result<JoinHandle<Result<()>>> {
     let step = trainer.steps_done();
     let started = Instant::now();
-    let (mut objects, state) = trainer.checkpoint_objects()?;
+    let (objects, state) = trainer.checkpoint_objects()?;
     if stall_upload_at() == Some(step) {
-        objects.truncate(1);
-        let (key, bytes) = objects.pop().expect("a rank writes at least one object");
+        let (key, bytes) = objects
+            .into_iter()
+            .next()
+            .expect("a rank writes at least one object");
         let uploaded = uploader.submit(step, &key, Bytes::from(bytes)).wait();
         warn!(
             step,

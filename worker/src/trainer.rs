@@ -107,11 +107,12 @@ impl Trainer {
     /// over the group, and every weight and buffer taken from rank 0, so all ranks start
     /// identical. Does not resume: the distributed worker loads what the coordinator says.
     pub fn with_group(cfg: TrainConfig, group: Group) -> Result<Self> {
-        Self::with_data_shards(cfg, group, 0)
+        let world = group.world_size() as u32;
+        Self::with_data_shards(cfg, group, world)
     }
 
     /// [`Trainer::with_group`] for a job whose global batch is cut into `data_world_size`
-    /// data shards (0: one per rank). With fewer ranks than shards (an elastic generation)
+    /// data shards (at least one per rank). With fewer ranks than shards (an elastic generation)
     /// this rank trains on its shards' batches together (`DataLayout`), so the global
     /// batch, the steps per epoch and the learning-rate schedule are the full job's.
     pub fn with_data_shards(cfg: TrainConfig, group: Group, data_world_size: u32) -> Result<Self> {

@@ -208,7 +208,7 @@ fn peer_pfc(host: Arc<HostCollective>, sample_rate: f64) -> Vec<(String, Tensor)
     let local_labels = labels.narrow(0, rank * PER_RANK, PER_RANK);
     // A stand-in for the network: the gradient must come back through this product.
     let kappa = &local * 1.0;
-    let layout = DataLayout::new(rank as u32, world as u32, 0, PER_RANK as usize);
+    let layout = DataLayout::new(rank as u32, world as u32, world as u32, PER_RANK as usize);
     let exchange = EmbeddingExchange::gather(host.as_ref(), &layout, &kappa, &local_labels);
     let fwd = pfc.forward(&exchange.global, &exchange.labels);
     fwd.surrogate.backward();
