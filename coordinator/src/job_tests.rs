@@ -74,9 +74,15 @@ fn join(job: &mut Job, id: &str) -> Option<v1::JoinReply> {
 
 /// A formed job of `n` CPU workers without slots; ids by rank.
 fn formed(n: u32) -> (Job, Vec<String>) {
-    let mut job = job(n);
+    formed_with(settings(n), false)
+}
+
+/// A formed job of `settings`, its CPU workers in slots by rank if `slots`; ids by rank.
+fn formed_with(settings: JobSettings, slots: bool) -> (Job, Vec<String>) {
+    let n = settings.world_size;
+    let mut job = Job::new(settings).unwrap();
     let ids: Vec<String> = (0..n)
-        .map(|i| register(&mut job, None, 4000 + i as u16))
+        .map(|i| register(&mut job, slots.then_some(i), 4000 + i as u16))
         .collect();
     for id in &ids {
         join(&mut job, id);
@@ -122,6 +128,13 @@ fn commits(effects: &[Effect]) -> Vec<&CommitRequest> {
 
 fn state(job: &Job) -> serde_json::Value {
     serde_json::to_value(job).unwrap()
+}
+
+/// Whether `effects` say worker `id` was lost.
+fn lost(effects: &[Effect], id: &str) -> bool {
+    effects
+        .iter()
+        .any(|e| matches!(e, Effect::WorkerLost { worker_id, .. } if worker_id == id))
 }
 
 fn invalid_field(e: JobError) -> String {
@@ -1096,9 +1109,7 @@ fn a_lost_rank_ends_the_generation_and_the_next_resumes_from_the_last_commit() {
     assert!(job.expire_silent(10_004));
     assert_eq!(job.phase(), &JobPhase::Waiting);
     let effects = job.take_effects();
-    assert!(effects
-        .iter()
-        .any(|e| matches!(e, Effect::WorkerLost { worker_id, .. } if worker_id == &ids[1])));
+    assert!(lost(&effects, &ids[1]));
     assert!(effects.iter().any(|e| matches!(
         e,
         Effect::GenerationEnded { generation: 1, restart: Some(1), max_restarts: 2, reason }
@@ -1128,12 +1139,8 @@ fn a_lost_rank_ends_the_generation_and_the_next_resumes_from_the_last_commit() {
 
 #[test]
 fn a_rank_that_left_its_failed_group_ends_the_generation_once() {
-    let mut job = job(2);
-    let a = register(&mut job, Some(0), 4000);
-    let b = register(&mut job, Some(1), 4001);
-    join(&mut job, &a);
-    join(&mut job, &b);
-    job.take_effects();
+    let (mut job, ids) = formed_with(settings(2), true);
+    let (a, b) = (ids[0].clone(), ids[1].clone());
     // Rank 0 saw its group fail (rank 1 died) before anyone told the coordinator.
     assert!(rejoin(&mut job, &a, 1).is_none());
     assert_eq!(job.phase(), &JobPhase::Waiting);
@@ -1146,9 +1153,7 @@ fn a_rank_that_left_its_failed_group_ends_the_generation_once() {
     // Rank 1's process is reported dead afterwards: the same failure, no second restart.
     assert!(job.local_worker_exited(1, "was killed by SIGKILL", 20_000));
     let effects = job.take_effects();
-    assert!(effects
-        .iter()
-        .any(|e| matches!(e, Effect::WorkerLost { worker_id, .. } if worker_id == &b)));
+    assert!(lost(&effects, &b));
     assert!(
         !effects
             .iter()
@@ -1159,13 +1164,8 @@ fn a_rank_that_left_its_failed_group_ends_the_generation_once() {
 
 #[test]
 fn local_worker_deaths_spend_the_restart_budget() {
-    let mut job = job(2);
-    let a = register(&mut job, Some(0), 4000);
-    let b = register(&mut job, Some(1), 4001);
-    join(&mut job, &a);
-    join(&mut job, &b);
-    assert_eq!(job.phase(), &JobPhase::Running);
-    job.take_effects();
+    let (mut job, ids) = formed_with(settings(2), true);
+    let b = ids[1].clone();
 
     // The member in slot 1 dies: generation 1 ends (restart 1 of 2).
     assert!(job.local_worker_exited(1, "was killed by SIGKILL", 20_000));
@@ -1223,16 +1223,12 @@ fn finished_ranks_and_jobs_without_a_generation_never_expire() {
 /// A formed elastic job of 3 workers (at least 2, a grace of 30 s) whose rank 2 was lost
 /// at t = 20 000 after the checkpoint at step 4 committed; ids by rank.
 fn elastic_after_a_loss() -> (Job, Vec<String>) {
-    let mut job = Job::new(JobSettings {
+    let elastic = JobSettings {
         min_workers: 2,
         elastic_grace_ms: 30_000,
         ..settings(3)
-    })
-    .unwrap();
-    let ids: Vec<String> = (0..3).map(|i| register(&mut job, None, 4000 + i)).collect();
-    for id in &ids {
-        join(&mut job, id);
-    }
+    };
+    let (mut job, ids) = formed_with(elastic, false);
     for (rank, id) in ids.iter().enumerate() {
         job.checkpoint_ack(&ack(id, rank as u32, 4), 3).unwrap();
     }
@@ -1289,8 +1285,10 @@ fn an_elastic_job_continues_with_fewer_ranks_after_the_grace_period() {
     assert_eq!(reply.resume_step, 4);
     // Checkpoints commit with the two ranks' acks.
     for rank in 0..2u32 {
-        let mut a = ack(&ids[rank as usize], rank, 8);
-        a.generation = 2;
+        let a = v1::CheckpointAckRequest {
+            generation: 2,
+            ..ack(&ids[rank as usize], rank, 8)
+        };
         job.checkpoint_ack(&a, 50_100).unwrap();
     }
     assert_eq!(commits(&job.take_effects())[0].world_size, 2);
@@ -1340,8 +1338,10 @@ fn a_smaller_generation_grows_at_its_next_checkpoint_without_spending_a_restart(
     assert_eq!(job.phase(), &JobPhase::Running);
     // The next checkpoint commits, and the generation ends there to grow.
     for rank in 0..2u32 {
-        let mut a = ack(&ids[rank as usize], rank, 8);
-        a.generation = 2;
+        let a = v1::CheckpointAckRequest {
+            generation: 2,
+            ..ack(&ids[rank as usize], rank, 8)
+        };
         job.checkpoint_ack(&a, 52_000).unwrap();
     }
     job.take_effects();
@@ -1371,7 +1371,7 @@ fn a_smaller_generation_grows_at_its_next_checkpoint_without_spending_a_restart(
     );
     assert_eq!(reply.resume_step, 8);
     // Only the loss spent a restart; growing did not.
-    assert_eq!(json_restarts(&job), 1);
+    assert_eq!(state(&job)["restarts"], 1);
 }
 
 #[test]
@@ -1395,9 +1395,7 @@ fn waiting_workers_that_go_silent_are_forgotten_without_a_restart() {
     assert!(!job.expire_waiting(30_100));
     assert!(job.expire_waiting(30_101));
     let effects = job.take_effects();
-    assert!(effects
-        .iter()
-        .any(|e| matches!(e, Effect::WorkerLost { worker_id, .. } if worker_id == &ids[0])));
+    assert!(lost(&effects, &ids[0]));
     assert!(!effects
         .iter()
         .any(|e| matches!(e, Effect::GenerationEnded { .. })));
@@ -1408,11 +1406,8 @@ fn waiting_workers_that_go_silent_are_forgotten_without_a_restart() {
 
 #[test]
 fn a_rank_that_never_joins_again_after_its_generation_ended_is_forgotten() {
-    let mut job = job(2);
-    let a = register(&mut job, Some(0), 4000);
-    let b = register(&mut job, Some(1), 4001);
-    join(&mut job, &a);
-    join(&mut job, &b);
+    let (mut job, ids) = formed_with(settings(2), true);
+    let (a, b) = (ids[0].clone(), ids[1].clone());
     job.heartbeat(&heartbeat_req(&b, 1), 1_000).unwrap();
     // Rank 0 ends the generation (its group failed: rank 1 died, unseen until now).
     job.join(&rejoin_req(&a, 1), 1_500).unwrap();
@@ -1422,9 +1417,7 @@ fn a_rank_that_never_joins_again_after_its_generation_ended_is_forgotten() {
     assert!(job.expire_waiting(11_001));
     assert_eq!(job.registered_count(), 1);
     let effects = job.take_effects();
-    assert!(effects
-        .iter()
-        .any(|e| matches!(e, Effect::WorkerLost { worker_id, .. } if worker_id == &b)));
+    assert!(lost(&effects, &b));
     // A replacement takes rank 1's place and the next generation forms.
     let c = register(&mut job, Some(1), 4002);
     assert!(join(&mut job, &c).is_some());
@@ -1432,11 +1425,8 @@ fn a_rank_that_never_joins_again_after_its_generation_ended_is_forgotten() {
 
 #[test]
 fn a_new_worker_in_the_slot_of_a_rank_that_has_not_rejoined_replaces_it() {
-    let mut job = job(2);
-    let a = register(&mut job, Some(0), 4000);
-    let b = register(&mut job, Some(1), 4001);
-    join(&mut job, &a);
-    join(&mut job, &b);
+    let (mut job, ids) = formed_with(settings(2), true);
+    let (a, b) = (ids[0].clone(), ids[1].clone());
     // Rank 1 died; rank 0 ended the generation; rank 1's pod comes back at once, before
     // the dead process could expire.
     job.join(&rejoin_req(&a, 1), 1_500).unwrap();
@@ -1449,18 +1439,12 @@ fn a_new_worker_in_the_slot_of_a_rank_that_has_not_rejoined_replaces_it() {
             if worker_id == &b && reason.contains("replaced by a new worker in its slot 1")
     )));
     assert!(join(&mut job, &c).is_some());
-    assert_eq!(json_restarts(&job), 1);
+    assert_eq!(state(&job)["restarts"], 1);
     // While a generation runs, a slot is not taken over.
     let err = job
         .register(&register_req("cpu", Some(1), 4003), 2_000)
         .unwrap_err();
     assert!(err.to_string().contains("no place"), "{err}");
-}
-
-fn json_restarts(job: &Job) -> u64 {
-    serde_json::to_value(job).unwrap()["restarts"]
-        .as_u64()
-        .unwrap()
 }
 
 #[test]

@@ -503,6 +503,20 @@ fn lgf_statistics_are_bit_identical_on_every_rank_and_those_of_the_global_batch(
     }
 }
 
+/// Every variable and LGF buffer (and the loss) is bit-identical on every rank; BatchNorm's
+/// running statistics are each rank's own until a checkpoint takes rank 0's.
+fn assert_ranks_agree(ranks: &[HashMap<String, Tensor>]) {
+    for (name, t) in &ranks[0] {
+        let own = name.contains("running_") || name.ends_with("num_batches_tracked");
+        if own || name.starts_with("synced.") {
+            continue;
+        }
+        for (rank, other) in ranks.iter().enumerate().skip(1) {
+            assert!(t.equal(&other[name]), "`{name}` differs on rank {rank}");
+        }
+    }
+}
+
 #[test]
 fn two_ranks_hold_identical_weights_and_track_one_rank_on_the_same_global_batch() {
     let _one = one_test();
@@ -513,15 +527,11 @@ fn two_ranks_hold_identical_weights_and_track_one_rank_on_the_same_global_batch(
         &out_dir("train"),
         &[("LGAF_DP_STEPS", steps.to_string())],
     );
+    assert_ranks_agree(&ranks);
     for (name, t) in &ranks[0] {
         if name.starts_with("synced.") || name == "losses" {
             continue;
         }
-        // BatchNorm's running statistics are each rank's own until a checkpoint takes
-        // rank 0's; everything else (weights, LGF buffers) must agree bit for bit.
-        let own = name.contains("running_") || name.ends_with("num_batches_tracked");
-        let same = t.equal(&ranks[1][name]);
-        assert!(same || own, "`{name}` differs between the two ranks");
         let synced = &format!("synced.{name}");
         assert!(
             ranks[0][synced].equal(&ranks[1][synced]),
@@ -563,15 +573,7 @@ fn three_ranks_holding_four_data_shards_train_the_global_batch_of_four() {
             ("LGAF_DP_DATA_WORLD", "4".into()),
         ],
     );
-    for (name, t) in &ranks[0] {
-        let own = name.contains("running_") || name.ends_with("num_batches_tracked");
-        if own || name.starts_with("synced.") {
-            continue;
-        }
-        for (rank, other) in ranks.iter().enumerate().skip(1) {
-            assert!(t.equal(&other[name]), "`{name}` differs on rank {rank}");
-        }
-    }
+    assert_ranks_agree(&ranks);
     // One process on the same global batch: every rank's BatchNorm sees the statistics
     // of the whole batch (its shards repeat one another), so only the order of float sums
     // and the per-rank random draws differ.

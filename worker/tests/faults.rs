@@ -6,15 +6,14 @@
 //! in the middle is never used; an elastic job continues on fewer workers when a
 //! lost one is not replaced, and grows back when a worker comes.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::processes::{alive, bin, tiny_config, wait_exit, work_dir};
+use common::processes::{alive, bin, coordinator_url, tiny_config, wait_exit, work_dir, Log};
+use lgaf_worker::distributed::FAILPOINT_ENV;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -24,7 +23,7 @@ const DEADLINE_MS: u64 = 1500;
 /// the test, their stderr collected line by line into one log.
 struct Run {
     coordinator: Child,
-    log: Arc<Mutex<String>>,
+    log: Log,
     reader: Option<std::thread::JoinHandle<()>>,
     /// The coordinator's URL, for workers started by the test.
     url: String,
@@ -66,18 +65,10 @@ impl Run {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut first = String::new();
-        // Read through a borrow: the pipe stays open for the rest of the coordinator's life.
-        BufReader::new(coordinator.stdout.as_mut().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let url = match first.trim().strip_prefix("listening on ") {
-            Some(url) => url.to_string(),
-            None => panic!("the coordinator's first line: {first:?}"),
-        };
-        let log = Arc::new(Mutex::new(String::new()));
+        let url = coordinator_url(&mut coordinator);
+        let log = Log::default();
         // Local workers inherit this pipe: it ends when the last of them has exited.
-        let reader = collect_into(&log, coordinator.stderr.take().unwrap());
+        let reader = log.collect(coordinator.stderr.take().unwrap());
         Run {
             coordinator,
             log,
@@ -104,28 +95,18 @@ impl Run {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        collect_into(&self.log, child.stderr.take().unwrap());
+        self.log.collect(child.stderr.take().unwrap());
         let pid = Pid::from_raw(child.id() as i32);
         self.outside.push(child);
         pid
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.text()
     }
 
-    /// Waits until the log contains `text`; panics with the log after `timeout`.
     fn wait_for(&self, text: &str, timeout: Duration) -> Duration {
-        let started = Instant::now();
-        while !self.log().contains(text) {
-            assert!(
-                started.elapsed() < timeout,
-                "no {text:?} within {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        started.elapsed()
+        self.log.wait_for(text, timeout)
     }
 
     /// The pid of local worker `slot`'s newest process, from the coordinator's "started
@@ -169,21 +150,6 @@ impl Drop for Run {
             let _ = child.wait();
         }
     }
-}
-
-/// Appends `pipe`'s lines to `log` until it closes.
-fn collect_into(
-    log: &Arc<Mutex<String>>,
-    pipe: impl std::io::Read + Send + 'static,
-) -> std::thread::JoinHandle<()> {
-    let log = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            let mut log = log.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    })
 }
 
 /// Long enough that the faults happen in the first epoch (12 x 400 images, 16 a step on two
@@ -274,6 +240,15 @@ fn export(dir: &Path, run: &str, final_step: u64) -> Vec<(String, tch::Tensor)> 
     lgaf_model::weights::read_tensors(&out).unwrap()
 }
 
+/// Runs `a` and `b` of `dir` ended at `final_step` with bit-identical weights and buffers.
+fn assert_same_network(dir: &Path, a: &str, b: &str, final_step: u64) {
+    let (x, y) = (export(dir, a, final_step), export(dir, b, final_step));
+    assert_eq!(x.len(), y.len());
+    for ((name, x), (_, y)) in x.iter().zip(&y) {
+        assert!(x.equal(y), "`{name}` differs between runs {a} and {b}");
+    }
+}
+
 #[test]
 fn workers_killed_at_random_steps_are_replaced_and_the_run_ends_as_an_uninterrupted_one() {
     let dir = work_dir("faults", "kill-9", &short_epochs());
@@ -302,14 +277,7 @@ fn workers_killed_at_random_steps_are_replaced_and_the_run_ends_as_an_uninterrup
     );
 
     // Same final step, and in deterministic CPU mode the same network, bit for bit.
-    let (a, b) = (export(&dir, "straight", 24), export(&dir, "faulted", 24));
-    assert_eq!(a.len(), b.len());
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(
-            x.equal(y),
-            "`{name}` differs between the uninterrupted and the faulted run"
-        );
-    }
+    assert_same_network(&dir, "straight", "faulted", 24);
 }
 
 #[test]
@@ -356,11 +324,7 @@ fn a_killed_coordinator_started_again_continues_the_run_exactly() {
     assert!(status.success(), "{log}");
     assert!(log.contains("resuming from step 1"), "{log}");
     assert!(log.contains("step 36/36 epoch 5"), "{log}");
-    let (a, b) = (export(&dir, "straight", 36), export(&dir, "restarted", 36));
-    assert_eq!(a.len(), b.len());
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "`{name}` differs after the coordinator restart");
-    }
+    assert_same_network(&dir, "straight", "restarted", 36);
 }
 
 #[test]
@@ -417,7 +381,7 @@ fn a_checkpoint_half_uploaded_by_a_killed_worker_is_never_used() {
 
     let mut run = Run::without_local_workers(&dir, "upload-kill", 3, &[]);
     // Rank 0 uploads the first object of its checkpoint at step 6 and stops there.
-    let stalled = run.worker_with(0, &[("LGAF_FAILPOINT", "stall-upload@6")]);
+    let stalled = run.worker_with(0, &[(FAILPOINT_ENV, "stall-upload@6")]);
     run.worker(1);
     run.worker(2);
     run.wait_for(
@@ -454,11 +418,5 @@ fn a_checkpoint_half_uploaded_by_a_killed_worker_is_never_used() {
     assert!(log.contains("step 24/24 epoch 5"), "{log}");
     // Step 6 was trained again and committed properly this time.
     assert!(folder.join("MANIFEST.json").is_file());
-    let (a, b) = (
-        export(&dir, "straight", 24),
-        export(&dir, "upload-kill", 24),
-    );
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "`{name}` differs from the uninterrupted run");
-    }
+    assert_same_network(&dir, "straight", "upload-kill", 24);
 }

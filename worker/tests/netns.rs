@@ -8,12 +8,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::processes::{bin, tiny_config, wait_exit, work_dir};
+use common::processes::{bin, coordinator_url, tiny_config, wait_exit, work_dir, Log};
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -87,33 +85,6 @@ impl Drop for Cut {
     }
 }
 
-/// Collects a child's stderr into a string.
-fn collect(child: &mut Child) -> Arc<Mutex<String>> {
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    log
-}
-
-fn wait_for(log: &Mutex<String>, text: &str, timeout: Duration) {
-    let started = Instant::now();
-    while !log.lock().unwrap().contains(text) {
-        assert!(
-            started.elapsed() < timeout,
-            "no {text:?} within {timeout:?}:\n{}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
     let cut = match Cut::create() {
@@ -140,16 +111,9 @@ fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(coordinator.stdout.as_mut().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let url = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
-    let log = collect(&mut coordinator);
+    let url = coordinator_url(&mut coordinator);
+    let log = Log::default();
+    log.collect(coordinator.stderr.take().unwrap());
 
     let worker = |slot: &str, bind: &str, netns: Option<&str>| {
         let mut cmd = match netns {
@@ -171,13 +135,13 @@ fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
     };
     let mut here = worker("0", &cut.host_ip, None);
     let mut there = worker("1", &cut.ns_ip, Some(&cut.ns));
-    let there_log = collect(&mut there);
-    wait_for(&log, "step 5/", Duration::from_secs(300));
+    let there_log = Log::default();
+    there_log.collect(there.stderr.take().unwrap());
+    log.wait_for("step 5/", Duration::from_secs(300));
 
     cut.link(false);
     let cut_at = Instant::now();
-    wait_for(
-        &log,
+    log.wait_for(
         "no heartbeat within the 1500 ms deadline",
         Duration::from_secs(30),
     );
@@ -189,17 +153,13 @@ fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
     // The cut-off worker finds its coordinator gone and stops by itself.
     let status = wait_exit(&mut there, Duration::from_secs(30));
     assert!(!status.success());
-    wait_for(
-        &there_log,
-        "has not answered a heartbeat",
-        Duration::from_secs(5),
-    );
+    there_log.wait_for("has not answered a heartbeat", Duration::from_secs(5));
 
     // The link returns; the worker is started again, as its pod would be.
     cut.link(true);
     let mut again = worker("1", &cut.ns_ip, Some(&cut.ns));
     let status = wait_exit(&mut coordinator, Duration::from_secs(300));
-    let text = log.lock().unwrap().clone();
+    let text = log.text();
     assert!(status.success(), "{text}");
     assert!(text.contains("generation 2 formed"), "{text}");
     assert!(text.contains("step 36/36 epoch 5"), "{text}");

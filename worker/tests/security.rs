@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::processes::{bin, tiny_config, wait_exit, work_dir};
+use common::processes::{bin, coordinator_url, tiny_config, wait_exit, work_dir};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 /// A CA, and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
@@ -56,15 +56,7 @@ fn a_run_trains_over_tls_and_workers_with_the_wrong_ca_or_no_tls_are_refused() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The first stdout line is the address.
-    let mut stdout = std::io::BufReader::new(coordinator.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let url = coordinator_url(&mut coordinator);
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
     // Before the local workers start (grace period): outsiders that cannot verify the

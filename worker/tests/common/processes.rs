@@ -1,7 +1,10 @@
 //! Helpers for the tests that run `lgaf-coordinator` and `lgaf-worker` as processes.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
@@ -40,6 +43,56 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
             "did not exit within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The URL a just-started `lgaf-coordinator` prints as its first line ("listening on
+/// URL"). Reads through a borrow: the pipe stays open for the rest of its life.
+pub fn coordinator_url(coordinator: &mut Child) -> String {
+    let mut first = String::new();
+    BufReader::new(coordinator.stdout.as_mut().expect("stdout piped"))
+        .read_line(&mut first)
+        .unwrap();
+    match first.trim().strip_prefix("listening on ") {
+        Some(url) => url.to_string(),
+        None => panic!("the coordinator's first line: {first:?}"),
+    }
+}
+
+/// The output lines of child processes, collected as they come (several into one log).
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    /// Appends `pipe`'s lines until it closes, on a thread that ends then.
+    pub fn collect(&self, pipe: impl Read + Send + 'static) -> JoinHandle<()> {
+        let log = Arc::clone(&self.0);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `text` and returns how long that took; panics with the
+    /// log after `timeout`.
+    pub fn wait_for(&self, text: &str, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        while !self.text().contains(text) {
+            assert!(
+                started.elapsed() < timeout,
+                "no {text:?} within {timeout:?}:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        started.elapsed()
     }
 }
 
