@@ -382,6 +382,10 @@ pub struct Worker {
     /// It has been a rank of some generation (one that must join again once that ended).
     #[serde(default)]
     pub was_rank: bool,
+    /// The end of the last epoch plan given to it in its generation: it cannot have
+    /// trained (or checkpointed) a step past this.
+    #[serde(default)]
+    pub planned_to: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -833,9 +837,7 @@ impl Job {
                 self.settings.job_id, req.job_id
             )));
         }
-        if req.host.is_empty() {
-            return Err(JobError::invalid("host", "missing"));
-        }
+        check_host(&req.host).map_err(|m| JobError::invalid("host", m))?;
         if req.pid == 0 {
             return Err(JobError::invalid("pid", "missing"));
         }
@@ -959,6 +961,7 @@ impl Job {
                 step: 0,
                 released: false,
                 was_rank: false,
+                planned_to: 0,
             },
         );
         self.effects.push(Effect::WorkerRegistered {
@@ -1118,6 +1121,7 @@ impl Job {
             w.phase = WorkerPhase::Training;
             // Where every rank starts.
             w.step = start_step;
+            w.planned_to = start_step;
         }
         self.generation = Some(Generation {
             number,
@@ -1306,6 +1310,8 @@ impl Job {
             checkpoint_steps,
         };
         self.touch(&req.worker_id, now);
+        let w = self.workers.get_mut(&req.worker_id).expect("a member");
+        w.planned_to = w.planned_to.max(end);
         Ok(plan)
     }
 
@@ -1326,6 +1332,16 @@ impl Job {
         req: &v1::ProgressReport,
         now: Millis,
     ) -> Result<v1::ProgressReply> {
+        check_progress_numbers(req)?;
+        if let Some(g) = &self.generation {
+            let epochs = g.schedule.planned_epochs();
+            if req.epoch >= epochs {
+                return Err(JobError::OutOfRange {
+                    field: "epoch".into(),
+                    message: format!("{} is past the run's epochs 0..{epochs}", req.epoch),
+                });
+            }
+        }
         let action = self.liveness(&req.worker_id, req.generation, req.step, now)?;
         if action == v1::WorkerAction::Continue
             && self.workers.get(&req.worker_id).and_then(|w| w.rank) == Some(0)
@@ -1375,6 +1391,13 @@ impl Job {
             return Ok(v1::WorkerAction::Rejoin);
         }
         self.member(id, generation)?;
+        let total = self.current().schedule.total_steps;
+        if step > total {
+            return Err(JobError::OutOfRange {
+                field: "step".into(),
+                message: format!("{step} is past the end of the run ({total} steps)"),
+            });
+        }
         let w = self.workers.get_mut(id).expect("checked");
         w.last_seen = now;
         w.step = step;
@@ -1436,6 +1459,15 @@ impl Job {
                     schedule.describe_checkpoints()
                 ),
             ));
+        }
+        let planned_to = self.workers[&req.worker_id].planned_to;
+        if req.step > planned_to {
+            return Err(JobError::precondition(format!(
+                "step: rank {rank} acknowledged a checkpoint at step {} but has not been given \
+                 the plan of its epoch (its plans reach step {planned_to}): a checkpoint is \
+                 acknowledged after its step is trained",
+                req.step
+            )));
         }
         match (rank, req.state_json.is_empty()) {
             (0, true) => {
@@ -1676,7 +1708,7 @@ impl Job {
                 Some(r) => format!("rank {r} (worker {id} on {})", w.host),
                 None => format!("worker {id} on {} (before it had a rank)", w.host),
             };
-            let error = format!("{who} failed: {}", req.error);
+            let error = format!("{who} failed: {}", one_line(&req.error, MAX_ERROR_CHARS));
             self.end(JobPhase::Failed { error });
         } else {
             w.phase = WorkerPhase::Finished;
@@ -1994,6 +2026,70 @@ fn first_difference(theirs: &Facts, ours: &Facts) -> Option<(&'static str, u64, 
         .zip(ours.fields())
         .find(|((_, a), (_, b))| a != b)
         .map(|((field, a), (_, b))| (field, a, b))
+}
+
+/// A worker's host name as it goes into logs and status lines: a DNS name or an address,
+/// so that no newline or escape sequence from a client can forge or garble a log line.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("missing".into());
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':');
+    if host.len() > 253 || !host.chars().all(allowed) {
+        return Err(format!(
+            "{host:?} is not a host name (at most 253 of A-Z a-z 0-9 - . _ :)"
+        ));
+    }
+    Ok(())
+}
+
+/// The longest error text of a Finish kept in the job's state and log (characters).
+const MAX_ERROR_CHARS: usize = 4096;
+
+/// `text` on one line, for logs and status lines: control characters (newlines included)
+/// escaped, so a client's text cannot start a forged log line; cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let mut line = String::with_capacity(text.len().min(max));
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            line.push_str(" [...]");
+            break;
+        }
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
+/// A progress report's numbers are finite: a NaN loss or an infinite rate is a broken or
+/// hostile worker, never something to show on a dashboard.
+fn check_progress_numbers(req: &v1::ProgressReport) -> Result<()> {
+    // (field, value, whether it may be negative)
+    let fields = [
+        ("loss", req.loss, true),
+        ("lr", req.lr, false),
+        ("samples_per_s", req.samples_per_s, false),
+        ("data_wait_ms", req.data_wait_ms, false),
+        ("gamma_local", req.gamma_local, false),
+        ("gamma_global", req.gamma_global, false),
+    ];
+    for (field, value, signed) in fields {
+        if !value.is_finite() || (!signed && value < 0.0) {
+            let expected = if signed {
+                "a finite number"
+            } else {
+                "a finite number, 0 or more"
+            };
+            return Err(JobError::invalid(
+                field,
+                format!("{value}: expected {expected}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Object keys are relative paths inside the step's folder: no absolute paths, no `..`,

@@ -116,6 +116,35 @@ fn ack(id: &str, rank: u32, step: u64) -> v1::CheckpointAckRequest {
     }
 }
 
+/// Gives rank `id` of generation 1 the plan of `epoch`, as a rank asks before training it.
+fn plan(job: &mut Job, id: &str, epoch: u64, now: Millis) -> v1::EpochPlan {
+    let request = v1::EpochPlanRequest {
+        api_version: 1,
+        worker_id: id.into(),
+        generation: 1,
+        epoch,
+    };
+    job.epoch_plan(&request, now).unwrap()
+}
+
+/// Gives every rank of the current generation the plans of the epochs up to `step`'s, as
+/// ranks that trained to `step` have had them (a checkpoint ack needs its epoch's plan).
+fn trained_to(job: &mut Job, step: u64, now: Millis) {
+    let g = job.generation().unwrap().clone();
+    let last_epoch = (step - 1) / g.schedule.steps_per_epoch;
+    for id in &g.members {
+        for epoch in 0..=last_epoch {
+            let request = v1::EpochPlanRequest {
+                api_version: 1,
+                worker_id: id.clone(),
+                generation: g.number,
+                epoch,
+            };
+            job.epoch_plan(&request, now).unwrap();
+        }
+    }
+}
+
 fn commits(effects: &[Effect]) -> Vec<&CommitRequest> {
     effects
         .iter()
@@ -601,15 +630,188 @@ fn progress_keeps_rank_zero_numbers() {
         (status.step, status.loss, status.samples_per_s),
         (4, 2.5, 100.0)
     );
-    // NaN is a training fact to report, and the snapshot still serialises.
-    job.report_progress(&report(&ids[0], 5, f64::NAN), 8)
+}
+
+/// What a client with the job's token can no longer make the coordinator believe or show:
+/// steps past the end of the run, a NaN loss, epochs that do not exist.
+#[test]
+fn progress_and_heartbeats_past_the_run_or_not_finite_are_refused_and_change_nothing() {
+    let (mut job, ids) = formed(2);
+    let report = v1::ProgressReport {
+        api_version: 1,
+        worker_id: ids[0].clone(),
+        generation: 1,
+        step: 4,
+        epoch: 0,
+        loss: 2.5,
+        lr: 0.1,
+        samples_per_s: 100.0,
+        ..Default::default()
+    };
+    job.report_progress(&report, 5).unwrap();
+    job.take_effects();
+    let before = state(&job);
+    let bad_numbers = [
+        (
+            "loss",
+            v1::ProgressReport {
+                loss: f64::NAN,
+                ..report.clone()
+            },
+        ),
+        (
+            "loss",
+            v1::ProgressReport {
+                loss: f64::INFINITY,
+                ..report.clone()
+            },
+        ),
+        (
+            "lr",
+            v1::ProgressReport {
+                lr: -0.1,
+                ..report.clone()
+            },
+        ),
+        (
+            "samples_per_s",
+            v1::ProgressReport {
+                samples_per_s: f64::NAN,
+                ..report.clone()
+            },
+        ),
+        (
+            "data_wait_ms",
+            v1::ProgressReport {
+                data_wait_ms: -1.0,
+                ..report.clone()
+            },
+        ),
+        (
+            "gamma_local",
+            v1::ProgressReport {
+                gamma_local: f64::INFINITY,
+                ..report.clone()
+            },
+        ),
+    ];
+    for (field, bad) in bad_numbers {
+        let e = job.report_progress(&bad, 6).unwrap_err();
+        assert_eq!(invalid_field(e), field);
+    }
+    let past_the_end = v1::ProgressReport {
+        step: u64::MAX,
+        ..report.clone()
+    };
+    let e = job.report_progress(&past_the_end, 6).unwrap_err();
+    assert!(
+        matches!(&e, JobError::OutOfRange { field, message } if field == "step"
+            && message.contains("45 steps")),
+        "{e}"
+    );
+    let no_such_epoch = v1::ProgressReport {
+        epoch: 3,
+        ..report.clone()
+    };
+    let e = job.report_progress(&no_such_epoch, 6).unwrap_err();
+    assert!(
+        matches!(&e, JobError::OutOfRange { field, .. } if field == "epoch"),
+        "{e}"
+    );
+    let beat = v1::HeartbeatRequest {
+        api_version: 1,
+        worker_id: ids[1].clone(),
+        generation: 1,
+        step: 46,
+    };
+    let e = job.heartbeat(&beat, 6).unwrap_err();
+    assert!(
+        matches!(&e, JobError::OutOfRange { field, .. } if field == "step"),
+        "{e}"
+    );
+    assert_eq!(state(&job), before, "a refused report changed the job");
+    assert!(job.take_effects().is_empty());
+    // The last step of the run is fine.
+    job.heartbeat(&v1::HeartbeatRequest { step: 45, ..beat }, 7)
         .unwrap();
-    serde_json::to_string(&job.snapshot(8)).unwrap();
+}
+
+/// A rank acknowledges a checkpoint after training its step, which needs the plan of its
+/// epoch: an ack for a step past every plan the rank was given is refused.
+#[test]
+fn a_checkpoint_of_a_step_never_planned_is_refused() {
+    let (mut job, ids) = formed(2);
+    let before = state(&job);
+    let e = job.checkpoint_ack(&ack(&ids[0], 0, 4), 5).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("has not been given the plan of its epoch"),
+        "{e}"
+    );
+    assert_eq!(state(&job), before);
+    // With the plan of epoch 0 (steps 1..=15 at two ranks), step 12 may be acked, 16 not.
+    plan(&mut job, &ids[0], 0, 5);
+    job.checkpoint_ack(&ack(&ids[0], 0, 12), 5).unwrap();
+    let e = job.checkpoint_ack(&ack(&ids[0], 0, 16), 5).unwrap_err();
+    assert!(e.to_string().contains("its plans reach step 15"), "{e}");
+}
+
+#[test]
+fn host_names_that_could_forge_log_lines_are_refused() {
+    let mut job = job(2);
+    for bad in [
+        "",
+        "a\nb",
+        "evil\n2026-12-03T00:00:00Z INFO job Finished",
+        "\u{1b}[31m",
+        "a b",
+    ] {
+        let mut r = register_req("cpu", None, 4000);
+        r.host = bad.into();
+        assert_eq!(
+            invalid_field(job.register(&r, 1).unwrap_err()),
+            "host",
+            "{bad:?}"
+        );
+    }
+    let mut r = register_req("cpu", None, 4000);
+    r.host = "x".repeat(254);
+    assert_eq!(invalid_field(job.register(&r, 1).unwrap_err()), "host");
+    assert_eq!(job.registered_count(), 0);
+    for good in ["node-3.cluster.local", "10.0.0.7", "fe80::1", "pod_a"] {
+        let mut r = register_req("cpu", None, 4000);
+        r.host = good.into();
+        job.register(&r, 1).unwrap();
+        job = self::job(2);
+    }
+}
+
+#[test]
+fn a_workers_error_text_reaches_the_log_on_one_line() {
+    let (mut job, ids) = formed(2);
+    let finish = v1::FinishRequest {
+        api_version: 1,
+        worker_id: ids[1].clone(),
+        generation: 1,
+        step: 3,
+        error: format!("boom\nINFO job Finished\r\u{1b}[0m{}", "x".repeat(10_000)),
+    };
+    job.finish(&finish, 5).unwrap();
+    let JobPhase::Failed { error } = job.phase() else {
+        panic!("{:?}", job.phase())
+    };
+    assert!(!error.chars().any(char::is_control), "{error}");
+    assert!(
+        error.contains("boom\\nINFO job Finished\\r\\u{1b}[0m"),
+        "{error}"
+    );
+    assert!(error.len() < 4096 + 200, "{} bytes", error.len());
 }
 
 #[test]
 fn checkpoint_commits_only_after_every_rank_acked() {
     let (mut job, ids) = formed(3);
+    trained_to(&mut job, 4, 5);
     assert_eq!(
         job.checkpoint_ack(&ack(&ids[0], 0, 4), 5).unwrap(),
         v1::CheckpointAckReply { committed: false }
@@ -660,6 +862,7 @@ fn checkpoint_commits_only_after_every_rank_acked() {
 #[test]
 fn a_failed_commit_is_retried_by_a_repeated_ack() {
     let (mut job, ids) = formed(2);
+    trained_to(&mut job, 12, 5);
     job.checkpoint_ack(&ack(&ids[0], 0, 12), 5).unwrap();
     job.checkpoint_ack(&ack(&ids[1], 1, 12), 5).unwrap();
     assert_eq!(commits(&job.take_effects()).len(), 1);
@@ -674,6 +877,7 @@ fn a_failed_commit_is_retried_by_a_repeated_ack() {
 #[test]
 fn checkpoint_acks_are_validated_without_changing_the_job() {
     let (mut job, ids) = formed(2);
+    trained_to(&mut job, 8, 8);
     job.checkpoint_ack(&ack(&ids[0], 0, 8), 8).unwrap();
     job.take_effects();
     let before = state(&job);
@@ -850,6 +1054,7 @@ fn a_worker_failing_before_it_has_a_rank_fails_the_job() {
 #[test]
 fn snapshots_round_trip() {
     let (mut job, ids) = formed(2);
+    trained_to(&mut job, 8, 5);
     job.checkpoint_ack(&ack(&ids[0], 0, 8), 5).unwrap();
     let json = serde_json::to_string(&job.snapshot(9)).unwrap();
     let back: JobSnapshot = serde_json::from_str(&json).unwrap();
@@ -932,6 +1137,7 @@ fn a_resumed_job_hands_out_its_checkpoint_and_continues_the_schedule() {
     assert_eq!(p.checkpoint_steps, [20]);
     assert_eq!(plan(&mut job, 2).checkpoint_steps, [24, 28, 30]);
 
+    trained_to(&mut job, 20, 4);
     // The checkpoint itself counts as committed; older steps are refused.
     assert!(
         job.checkpoint_ack(&ack(&ids[1], 1, 16), 4)
@@ -1092,6 +1298,7 @@ fn a_silent_rank_fails_the_job_when_no_restart_is_left() {
 #[test]
 fn a_lost_rank_ends_the_generation_and_the_next_resumes_from_the_last_commit() {
     let (mut job, ids) = formed(3);
+    trained_to(&mut job, 4, 3);
     for (rank, id) in ids.iter().enumerate() {
         job.checkpoint_ack(&ack(id, rank as u32, 4), 3).unwrap();
     }
@@ -1229,6 +1436,7 @@ fn elastic_after_a_loss() -> (Job, Vec<String>) {
         ..settings(3)
     };
     let (mut job, ids) = formed_with(elastic, false);
+    trained_to(&mut job, 4, 3);
     for (rank, id) in ids.iter().enumerate() {
         job.checkpoint_ack(&ack(id, rank as u32, 4), 3).unwrap();
     }
@@ -1284,6 +1492,7 @@ fn an_elastic_job_continues_with_fewer_ranks_after_the_grace_period() {
     assert_eq!((reply.steps_per_epoch, reply.total_steps), (10, 30));
     assert_eq!(reply.resume_step, 4);
     // Checkpoints commit with the two ranks' acks.
+    trained_to(&mut job, 8, 50_100);
     for rank in 0..2u32 {
         let a = v1::CheckpointAckRequest {
             generation: 2,
@@ -1337,6 +1546,7 @@ fn a_smaller_generation_grows_at_its_next_checkpoint_without_spending_a_restart(
         .is_none());
     assert_eq!(job.phase(), &JobPhase::Running);
     // The next checkpoint commits, and the generation ends there to grow.
+    trained_to(&mut job, 8, 52_000);
     for rank in 0..2u32 {
         let a = v1::CheckpointAckRequest {
             generation: 2,

@@ -1,7 +1,6 @@
 //! `lgaf-coordinator`: runs one training job's control plane, and on a single machine
 //! starts the workers itself.
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +15,7 @@ use lgaf_coordinator::{
     RunStore, ServiceOptions, Store,
 };
 use lgaf_proto::auth::JobToken;
+use lgaf_proto::console::{eprint_line, print_line};
 use lgaf_proto::v1;
 use lgaf_store::{Lease, LeaseAttempt};
 use sha2::{Digest, Sha256};
@@ -46,8 +46,8 @@ struct Args {
     min_workers: Option<u32>,
 
     /// How long a job with --min-workers waits for the full --workers after losing one
-    /// before it continues with fewer, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    /// before it continues with fewer, in seconds (at most a day).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = wait_secs)]
     elastic_grace_secs: f64,
 
     /// Training configuration (TOML), handed to every worker as is; the workers apply
@@ -90,8 +90,9 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     worker_bin: Option<PathBuf>,
 
-    /// Seconds to wait for workers from outside before starting local ones.
-    #[arg(long, value_name = "SECS", default_value_t = 3)]
+    /// Seconds to wait for workers from outside before starting local ones (at most a day).
+    #[arg(long, value_name = "SECS", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     grace_secs: u64,
 
     /// How often workers send heartbeats, in milliseconds.
@@ -133,10 +134,10 @@ struct Args {
     tls_ca: Option<PathBuf>,
 
     /// Seconds the run's coordinator lease lasts without renewal (it is renewed three
-    /// times as often). A coordinator started while another holds the run's lease waits
-    /// for it to lapse, and refuses to start if it is being renewed.
+    /// times as often), at most a day. A coordinator started while another holds the run's
+    /// lease waits for it to lapse, and refuses to start if it is being renewed.
     #[arg(long, value_name = "SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_WAIT_SECS))]
     lease_secs: u64,
 
     /// Times a generation may be restarted from the last checkpoint after losing a worker
@@ -145,20 +146,44 @@ struct Args {
     max_restarts: u32,
 
     /// Requests a second one client address may make (in bursts of twice that); more are
-    /// refused with RESOURCE_EXHAUSTED. Workers make a few a second each.
+    /// refused with RESOURCE_EXHAUSTED, and workers retry them after a pause. Callers with
+    /// the job token and callers without it are counted apart, so unauthenticated traffic
+    /// never slows the job's workers. Workers make a few a second each.
     #[arg(long, value_name = "N", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_requests_per_sec: u32,
 
-    /// Seconds local workers get to exit after SIGTERM before they are killed.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    /// Seconds local workers get to exit after SIGTERM before they are killed (at most a
+    /// day).
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     stop_timeout_secs: u64,
 
     /// Longest wait of a blocking Join or GetNcclId before the worker is told to call
-    /// again, in seconds.
+    /// again, in seconds (at most an hour).
     #[arg(long, value_name = "SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     long_poll_secs: u64,
+}
+
+/// The longest wait any flag may ask for: a day. Longer ones are surely a typo, and the
+/// bound keeps every `now + wait` (instants, lease expiry) far from overflowing.
+const MAX_WAIT_SECS: u64 = 86_400;
+
+/// Seconds, fractions allowed, from 0 to [`MAX_WAIT_SECS`].
+fn wait_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.0..=MAX_WAIT_SECS as f64).contains(&secs) => Ok(secs),
+        _ => Err(format!("expected seconds from 0 to {MAX_WAIT_SECS}")),
+    }
+}
+
+/// A line on stdout (the address, the final status): a reader that went away does not
+/// change the job or its exit status, and any other failure is logged.
+fn say(line: String) {
+    if let Err(e) = print_line(line) {
+        warn!("writing to stdout: {e}");
+    }
 }
 
 enum Ended {
@@ -180,7 +205,7 @@ async fn main() -> ExitCode {
     match run(args).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprint_line(format!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -195,12 +220,6 @@ async fn run(args: Args) -> Result<ExitCode> {
         bail!(
             "--min-workers {min_workers} is more than --workers {}",
             args.workers
-        );
-    }
-    if !(args.elastic_grace_secs.is_finite() && args.elastic_grace_secs >= 0.0) {
-        bail!(
-            "--elastic-grace-secs {}: expected a number of seconds, 0 or more",
-            args.elastic_grace_secs
         );
     }
     if args.heartbeat_deadline_ms < args.heartbeat_ms.saturating_mul(3) {
@@ -236,7 +255,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         holder: instance.clone(),
         host: hostname(),
         pid: std::process::id(),
-        expires_at_ms: now + lease_ms,
+        expires_at_ms: now.saturating_add(lease_ms),
     };
     acquire_lease(&run, &lease_for).await?;
     let stored = stored_run(&run)
@@ -316,7 +335,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         if let Err(e) = run.release_lease(&instance).await {
             warn!("releasing the coordinator lease: {e}");
         }
-        println!("{}", describe(&service.status()));
+        say(describe(&service.status()));
         return match phase {
             JobPhase::Failed { error } => Err(anyhow!("the job failed: {error}")),
             _ => Ok(ExitCode::SUCCESS),
@@ -360,8 +379,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         let _ = shutdown_rx.await;
     }));
     let mut server_running = true;
-    println!("listening on {url}");
-    let _ = std::io::stdout().flush();
+    say(format!("listening on {url}"));
     let job_id = service.with_job(|j| j.settings().job_id.clone());
     let job = if job_id == run_id {
         String::new()
@@ -519,7 +537,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         warn!("releasing the coordinator lease: {e}");
     }
     let status = service.status();
-    println!("{}", describe(&status));
+    say(describe(&status));
     match (ended, service.with_job(|j| j.phase().clone())) {
         (Ended::Signal(_, code), _) => Ok(ExitCode::from(code)),
         (Ended::Over, JobPhase::Finished) => Ok(ExitCode::SUCCESS),

@@ -491,6 +491,37 @@ fn refusals_before_serving() {
     assert!(!status.success());
     assert!(err.contains("--workers"), "{err}");
 
+    // Times that would overflow `now + wait`: an overflowing --lease-secs once wrote a lease
+    // that had already expired, so a second coordinator took the run while the first served.
+    for (flag, value) in [
+        ("--lease-secs", "18446744073709551615"),
+        ("--lease-secs", "86401"),
+        ("--grace-secs", "18446744073709551615"),
+        ("--stop-timeout-secs", "18446744073709551615"),
+        ("--long-poll-secs", "18446744073709551615"),
+        ("--elastic-grace-secs", "1e300"),
+        ("--elastic-grace-secs", "NaN"),
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "--workers",
+                "1",
+                "--store",
+                store.to_str().unwrap(),
+                flag,
+                value,
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+    assert!(
+        !store.join("runs").exists(),
+        "a refused start left a lease or job state behind"
+    );
+
     // No worker executable: the job fails with a hint instead of waiting forever.
     let (status, err) = run(&[
         "--workers",

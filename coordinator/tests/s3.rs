@@ -85,6 +85,7 @@ fn coordinator_on_s3_commits_refuses_missing_objects_and_resumes() {
             .checkpoint_ack(a.checkpoint(4, 0).await)
             .await
             .unwrap();
+        b.plan_to(4).await;
         let objects = b.objects(4);
         let ack = b.ack(4, 0, &objects);
         let e = b.client.checkpoint_ack(ack.clone()).await.unwrap_err();

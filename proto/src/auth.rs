@@ -95,17 +95,18 @@ impl fmt::Debug for JobToken {
 #[derive(Clone, Debug)]
 pub struct RequireToken(pub Option<JobToken>);
 
-impl Interceptor for RequireToken {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+impl RequireToken {
+    /// Whether `request` carries the job's token (always, with no token configured).
+    pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let Some(token) = &self.0 else {
-            return Ok(request);
+            return Ok(());
         };
         let presented = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.as_bytes().strip_prefix(SCHEME.as_bytes()));
         match presented {
-            Some(p) if token.matches(p) => Ok(request),
+            Some(p) if token.matches(p) => Ok(()),
             Some(_) => Err(Status::unauthenticated(
                 "authorization: the job token is wrong; use this job's token (--token-file \
                  or LGAF_JOB_TOKEN)",
@@ -115,6 +116,12 @@ impl Interceptor for RequireToken {
                  Bearer <token>` (--token-file or LGAF_JOB_TOKEN)",
             )),
         }
+    }
+}
+
+impl Interceptor for RequireToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(&request).map(|()| request)
     }
 }
 

@@ -8,6 +8,7 @@ use std::fmt;
 use tonic::Status;
 
 pub mod auth;
+pub mod console;
 pub mod tls;
 
 #[allow(clippy::all, missing_docs)]

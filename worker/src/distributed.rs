@@ -15,17 +15,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lgaf_collective::nccl::{NcclCommunicator, NcclUniqueId};
 use lgaf_collective::tcp::{TcpGroup, TcpOptions};
-use lgaf_proto::auth::{AttachToken, JobToken};
-use lgaf_proto::v1::coordinator_client::CoordinatorClient;
+use lgaf_proto::auth::JobToken;
 use lgaf_proto::v1::{self, CheckpointObject, CollectiveBackend, TrainingFacts, WorkerAction};
-use lgaf_proto::{API_VERSION, MAX_MESSAGE_BYTES};
+use lgaf_proto::API_VERSION;
 use lgaf_store::{BackgroundUploader, BlockingRunStore, UploadTicket};
-use tokio::runtime::Runtime;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::config::TrainConfig;
+use crate::coordinator_client::{bounded, Client, ClientError};
 use crate::device::parse_device;
 use crate::dist::{Group, HostCollective, NcclCollective};
 use crate::loader::open_source;
@@ -53,8 +50,8 @@ pub struct WorkerArgs {
 /// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("coordinator {url}: {message}")]
-    Coordinator { url: String, message: String },
+    #[error(transparent)]
+    Coordinator(ClientError),
     #[error(transparent)]
     Worker(#[from] crate::WorkerError),
     #[error("checkpoint store: {0}")]
@@ -70,6 +67,18 @@ pub enum RunError {
 
 type Result<T, E = RunError> = std::result::Result<T, E>;
 
+impl From<ClientError> for RunError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            // StaleGeneration: the generation ended under this call.
+            ClientError::Call { call, status, .. } if status.code() == tonic::Code::Aborted => {
+                RunError::GenerationOver(format!("{call}: {}", status.message()))
+            }
+            e => RunError::Coordinator(e),
+        }
+    }
+}
+
 impl RunError {
     /// The generation failed under this rank (a peer died or hung, the coordinator ended
     /// it), not the rank itself: it may join the next generation.
@@ -83,137 +92,6 @@ impl RunError {
     }
 }
 
-struct Client {
-    url: String,
-    rt: Arc<Runtime>,
-    inner: CoordinatorClient<InterceptedService<Channel, AttachToken>>,
-}
-
-impl Client {
-    fn connect(url: &str, args: &WorkerArgs, rt: Arc<Runtime>) -> Result<Self> {
-        let fail = |message: String| RunError::Coordinator {
-            url: url.to_string(),
-            message,
-        };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| fail(format!("not a URL: {e}")))?
-            .connect_timeout(Duration::from_secs(10))
-            // A safety net above the longest long poll (30 s by default): a call lost in a
-            // network cut fails instead of waiting for TCP to give up (many minutes).
-            .timeout(Duration::from_secs(90));
-        match (url.starts_with("https://"), &args.tls_ca) {
-            (true, Some(ca)) => {
-                let tls = lgaf_proto::tls::client_config(ca).map_err(fail)?;
-                endpoint = endpoint
-                    .tls_config(tls)
-                    .map_err(|e| fail(format!("TLS: {e}")))?;
-            }
-            (true, None) => {
-                return Err(fail(
-                    "an https:// coordinator needs the CA certificate to verify it (--tls-ca \
-                     or LGAF_TLS_CA)"
-                        .into(),
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(fail(
-                    "a TLS CA certificate was given but the URL is not https://; use the \
-                     https:// URL the coordinator printed"
-                        .into(),
-                ))
-            }
-            (false, None) => {}
-        }
-        // The coordinator may still be starting: retry for a while.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let channel = loop {
-            match rt.block_on(endpoint.connect()) {
-                Ok(c) => break c,
-                Err(e) if not_listening_yet(&e) && Instant::now() < deadline => {
-                    warn!(coordinator = url, error = %error_chain(&e), "coordinator not reachable yet; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => return Err(fail(format!("unreachable: {}", error_chain(&e)))),
-            }
-        };
-        let inner = CoordinatorClient::with_interceptor(channel, AttachToken(args.token.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Self {
-            url: url.to_string(),
-            rt,
-            inner,
-        })
-    }
-
-    fn fail(&self, call: &str, status: tonic::Status) -> RunError {
-        if status.code() == tonic::Code::Aborted {
-            // StaleGeneration: the generation ended under this call.
-            return RunError::GenerationOver(format!("{call}: {}", status.message()));
-        }
-        RunError::Coordinator {
-            url: self.url.clone(),
-            message: format!("{call}: {} ({:?})", status.message(), status.code()),
-        }
-    }
-
-    /// A second handle on the same channel (for the heartbeat and ack threads).
-    fn clone_handle(&self) -> Self {
-        Self {
-            url: self.url.clone(),
-            rt: self.rt.clone(),
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-/// `call`, failing with DEADLINE_EXCEEDED after `limit`: for calls that must not hold the
-/// worker up when the coordinator is unreachable (a report, the last word).
-async fn bounded<T>(
-    what: &str,
-    limit: Duration,
-    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<tonic::Response<T>, tonic::Status> {
-    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-        Err(tonic::Status::deadline_exceeded(format!(
-            "{what}: no answer within {} s",
-            limit.as_secs()
-        )))
-    })
-}
-
-/// Whether a failed connect may just be early (nothing listens yet), as opposed to a
-/// refusal worth reporting at once (a certificate that does not verify, say).
-fn not_listening_yet(e: &tonic::transport::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return matches!(
-                io.kind(),
-                ConnectionRefused | ConnectionReset | TimedOut | AddrNotAvailable | NotFound
-            );
-        }
-        source = err.source();
-    }
-    false
-}
-
-/// An error and its sources, "outer: inner: ...".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        let next = err.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = err.source();
-    }
-    text
-}
-
 /// Runs this worker until the job finishes (Ok) or fails (Err, also reported to the
 /// coordinator when it can be).
 pub fn run(args: WorkerArgs) -> Result<()> {
@@ -224,7 +102,12 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             .build()
             .map_err(|e| RunError::Other(format!("cannot start the gRPC runtime: {e}")))?,
     );
-    let mut client = Client::connect(&args.coordinator, &args, rt.clone())?;
+    let client = Client::connect(
+        &args.coordinator,
+        args.token.clone(),
+        args.tls_ca.as_deref(),
+        rt.clone(),
+    )?;
 
     let listener = TcpListener::bind(&args.collective_bind).map_err(|e| {
         RunError::Other(format!(
@@ -241,18 +124,18 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         .unwrap_or_else(|| local.ip().to_string());
     let collective_addr = format!("{host}:{}", local.port());
 
-    let registered = rt
-        .block_on(client.inner.register(v1::RegisterRequest {
-            api_version: API_VERSION,
-            job_id: String::new(),
-            host: hostname(),
-            pid: std::process::id(),
-            device: args.device.clone(),
-            collective_addr: collective_addr.clone(),
-            slot: args.slot,
-        }))
-        .map_err(|s| client.fail("Register", s))?
-        .into_inner();
+    let register = v1::RegisterRequest {
+        api_version: API_VERSION,
+        job_id: String::new(),
+        host: hostname(),
+        pid: std::process::id(),
+        device: args.device.clone(),
+        collective_addr: collective_addr.clone(),
+        slot: args.slot,
+    };
+    let registered = client.call("Register", register, |mut c, r| async move {
+        c.register(r).await
+    })?;
     let worker_id = registered.worker_id.clone();
     info!(
         worker_id,
@@ -270,7 +153,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             Ok(l) => l,
             Err(e) => break Err(RunError::Other(format!("collective listener: {e}"))),
         };
-        match train(&args, &mut client, &registered, listener, left) {
+        match train(&args, &client, &registered, listener, left) {
             Err(e) if e.ends_generation_only() => {
                 left = GENERATION.load(Ordering::SeqCst);
                 warn!(generation = left, error = %e, "left the generation; joining the next");
@@ -283,16 +166,21 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         Err(e) => (0, e.to_string()),
     };
     let generation = GENERATION.load(Ordering::SeqCst);
+    let finish = v1::FinishRequest {
+        api_version: API_VERSION,
+        worker_id,
+        generation,
+        step,
+        error,
+    };
     let finish = rt.block_on(bounded(
         "Finish",
         Duration::from_secs(10),
-        client.inner.finish(v1::FinishRequest {
-            api_version: API_VERSION,
-            worker_id,
-            generation,
-            step,
-            error,
-        }),
+        client.send(
+            "Finish",
+            finish,
+            |mut c, r| async move { c.finish(r).await },
+        ),
     ));
     if let Err(status) = finish {
         warn!(error = %status.message(), "Finish was not accepted");
@@ -304,7 +192,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
 /// process, which must stay alive while the others connect to it) and publishes it through
 /// the coordinator; the other ranks wait for it there.
 fn nccl_group(
-    client: &mut Client,
+    client: &Client,
     registered: &v1::RegisterReply,
     joined: &v1::JoinReply,
     device: tch::Device,
@@ -315,26 +203,27 @@ fn nccl_group(
             "the coordinator chose NCCL for this generation, but this worker trains on {device:?}"
         )));
     };
-    let rt = client.rt.clone();
     let id = if joined.rank == 0 {
         let id = NcclUniqueId::new()?;
-        rt.block_on(client.inner.publish_nccl_id(v1::PublishNcclIdRequest {
+        let publish = v1::PublishNcclIdRequest {
             api_version: API_VERSION,
             worker_id: registered.worker_id.clone(),
             generation: joined.generation,
             nccl_id: id.to_bytes(),
-        }))
-        .map_err(|s| client.fail("PublishNcclId", s))?;
+        };
+        client.call("PublishNcclId", publish, |mut c, r| async move {
+            c.publish_nccl_id(r).await
+        })?;
         id
     } else {
-        let reply = rt
-            .block_on(client.inner.get_nccl_id(v1::GetNcclIdRequest {
-                api_version: API_VERSION,
-                worker_id: registered.worker_id.clone(),
-                generation: joined.generation,
-            }))
-            .map_err(|s| client.fail("GetNcclId", s))?
-            .into_inner();
+        let get = v1::GetNcclIdRequest {
+            api_version: API_VERSION,
+            worker_id: registered.worker_id.clone(),
+            generation: joined.generation,
+        };
+        let reply = client.call("GetNcclId", get, |mut c, r| async move {
+            c.get_nccl_id(r).await
+        })?;
         NcclUniqueId::from_bytes(&reply.nccl_id)?
     };
     let comm = NcclCommunicator::new(
@@ -365,7 +254,7 @@ fn hostname() -> String {
 /// Joins, trains to the end; returns the steps completed.
 fn train(
     args: &WorkerArgs,
-    client: &mut Client,
+    client: &Client,
     registered: &v1::RegisterReply,
     listener: TcpListener,
     left_generation: u64,
@@ -390,24 +279,28 @@ fn train(
     // of the job's workers, the end of an elastic grace period, or the next checkpoint of
     // a smaller generation this worker is to grow. Each call waits at most the
     // coordinator's long-poll limit and then says what it waits for; call again.
-    let joined = loop {
-        let reply = rt.block_on(client.inner.join(v1::JoinRequest {
-            api_version: API_VERSION,
-            worker_id: registered.worker_id.clone(),
-            facts: Some(facts),
-            left_generation,
-        }));
-        match reply {
-            Ok(reply) => break reply.into_inner(),
-            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
-                info!(
-                    waiting_for = status.message(),
-                    "no generation yet; joining again"
-                );
-            }
-            Err(status) => return Err(client.fail("Join", status)),
-        }
+    let join = v1::JoinRequest {
+        api_version: API_VERSION,
+        worker_id: registered.worker_id.clone(),
+        facts: Some(facts),
+        left_generation,
     };
+    let joined =
+        loop {
+            let reply = rt.block_on(client.send("Join", join.clone(), |mut c, r| async move {
+                c.join(r).await
+            }));
+            match reply {
+                Ok(reply) => break reply,
+                Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                    info!(
+                        waiting_for = status.message(),
+                        "no generation yet; joining again"
+                    );
+                }
+                Err(status) => return Err(client.failed("Join", status).into()),
+            }
+        };
     GENERATION.store(joined.generation, Ordering::SeqCst);
     let data_world_size = joined.data_shard_count();
     info!(
@@ -480,7 +373,8 @@ fn train(
     }
 
     let uploader = store.uploader(1 << 30)?;
-    let acks: Arc<Mutex<Vec<JoinHandle<Result<()>>>>> = Arc::default();
+    // The thread acknowledging the newest checkpoint; it waits for the one before.
+    let last_ack: Arc<Mutex<Option<JoinHandle<Result<()>>>>> = Arc::default();
     let total = joined.total_steps;
     let spe = joined.steps_per_epoch.max(1);
     let rank = joined.rank;
@@ -489,15 +383,15 @@ fn train(
     let result = (|| -> Result<()> {
         while trainer.steps_done() < total {
             let epoch = trainer.steps_done() / spe;
-            let plan = rt
-                .block_on(client.inner.get_epoch_plan(v1::EpochPlanRequest {
-                    api_version: API_VERSION,
-                    worker_id: registered.worker_id.clone(),
-                    generation: joined.generation,
-                    epoch,
-                }))
-                .map_err(|s| client.fail("GetEpochPlan", s))?
-                .into_inner();
+            let request = v1::EpochPlanRequest {
+                api_version: API_VERSION,
+                worker_id: registered.worker_id.clone(),
+                generation: joined.generation,
+                epoch,
+            };
+            let plan = client.call("GetEpochPlan", request, |mut c, r| async move {
+                c.get_epoch_plan(r).await
+            })?;
             let checkpoints: BTreeSet<u64> = plan.checkpoint_steps.iter().copied().collect();
             let end = plan.end_step.min(total);
             trainer.run_until(end, |trainer, report| {
@@ -511,10 +405,12 @@ fn train(
                 // The job's rate: a step is the global batch, whichever ranks hold it.
                 window.0 += cfg.data.batch_size * data_world_size as usize;
                 window.1 += report.step_time;
-                // Rank 0 reports every `train.log_every` steps, and the first and last.
+                // Rank 0 reports every `train.log_every` steps, and the first and last; not
+                // an fp16 step the loss scaler skipped (its loss is not finite, and the
+                // coordinator refuses such numbers).
                 let step = report.step;
                 let due = step == 1 || step == total || step.is_multiple_of(log_every);
-                if rank == 0 && due {
+                if rank == 0 && due && report.loss.is_finite() {
                     report_progress(
                         client,
                         &registered.worker_id,
@@ -525,6 +421,7 @@ fn train(
                     window = (0, Duration::ZERO);
                 }
                 if checkpoints.contains(&report.step) {
+                    let mut last_ack = last_ack.lock().expect("last_ack");
                     let handle = checkpoint(
                         trainer,
                         &uploader,
@@ -532,12 +429,13 @@ fn train(
                         &registered.worker_id,
                         joined.generation,
                         spe,
+                        last_ack.take(),
                     )
                     .map_err(|e| crate::WorkerError::Checkpoint {
                         path: registered.store_url.clone().into(),
                         message: e.to_string(),
                     })?;
-                    acks.lock().expect("acks").push(handle);
+                    *last_ack = Some(handle);
                 }
                 Ok(())
             })?;
@@ -545,12 +443,8 @@ fn train(
         Ok(())
     })();
     // Every checkpoint acknowledged before Finish, so the last one is committed first.
-    for handle in acks.lock().expect("acks").drain(..) {
-        match handle.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(RunError::Other("a checkpoint thread panicked".into())),
-        }
+    if let Some(handle) = last_ack.lock().expect("last_ack").take() {
+        joined_ack(handle)?;
     }
     let stats = uploader.stats();
     info!(
@@ -662,7 +556,7 @@ impl std::fmt::Display for Stopped {
 }
 
 fn beat(
-    mut client: Client,
+    client: Client,
     worker_id: String,
     generation: u64,
     interval: Duration,
@@ -672,20 +566,23 @@ fn beat(
 ) {
     let mut last_answer = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        let request = client.inner.heartbeat(v1::HeartbeatRequest {
+        let request = v1::HeartbeatRequest {
             api_version: API_VERSION,
             worker_id: worker_id.clone(),
             generation,
             step: STEP.load(Ordering::SeqCst),
+        };
+        let send = client.send("Heartbeat", request, |mut c, r| async move {
+            c.heartbeat(r).await
         });
         // Bounded, so that an unreachable coordinator (no RST, just silence) is noticed.
         let reply = client
             .rt
-            .block_on(async { tokio::time::timeout(interval.max(deadline / 4), request).await });
+            .block_on(async { tokio::time::timeout(interval.max(deadline / 4), send).await });
         match reply {
             Ok(Ok(reply)) => {
                 last_answer = Instant::now();
-                match reply.into_inner().action() {
+                match reply.action() {
                     WorkerAction::Continue => {}
                     WorkerAction::Rejoin => {
                         give_up(Stopped::Rejoin(format!(
@@ -727,7 +624,7 @@ fn beat(
 }
 
 fn report_progress(
-    client: &mut Client,
+    client: &Client,
     worker_id: &str,
     generation: u64,
     report: &StepReport,
@@ -735,22 +632,25 @@ fn report_progress(
 ) {
     let (gamma_local, gamma_global) = report.gamma.unwrap_or((0.0, 0.0));
     let per_s = window.0 as f64 / window.1.as_secs_f64().max(1e-9);
+    let progress = v1::ProgressReport {
+        api_version: API_VERSION,
+        worker_id: worker_id.to_string(),
+        generation,
+        step: report.step,
+        epoch: report.epoch,
+        loss: report.loss,
+        lr: report.lr,
+        samples_per_s: per_s,
+        data_wait_ms: report.data_wait.as_secs_f64() * 1e3,
+        bad_records: report.loader.bad_records,
+        gamma_local,
+        gamma_global,
+    };
     let sent = client.rt.block_on(bounded(
         "ReportProgress",
         Duration::from_secs(5),
-        client.inner.report_progress(v1::ProgressReport {
-            api_version: API_VERSION,
-            worker_id: worker_id.to_string(),
-            generation,
-            step: report.step,
-            epoch: report.epoch,
-            loss: report.loss,
-            lr: report.lr,
-            samples_per_s: per_s,
-            data_wait_ms: report.data_wait.as_secs_f64() * 1e3,
-            bad_records: report.loader.bad_records,
-            gamma_local,
-            gamma_global,
+        client.send("ReportProgress", progress, |mut c, r| async move {
+            c.report_progress(r).await
         }),
     ));
     if let Err(status) = sent {
@@ -774,14 +674,15 @@ fn stall_upload_at() -> Option<u64> {
 
 /// Serialises this rank's checkpoint parts, hands them to the background uploader (the
 /// step waits only for that hand-over) and returns a thread that acknowledges them once
-/// uploaded.
+/// uploaded, and once `earlier` (the thread of the checkpoint before) has.
 fn checkpoint(
     trainer: &Trainer,
     uploader: &BackgroundUploader,
-    mut client: Client,
+    client: Client,
     worker_id: &str,
     generation: u64,
     spe: u64,
+    earlier: Option<JoinHandle<Result<()>>>,
 ) -> Result<JoinHandle<Result<()>>> {
     let step = trainer.steps_done();
     let started = Instant::now();
@@ -822,24 +723,36 @@ fn checkpoint(
                 sha256: info.sha256,
             });
         }
-        let reply = client
-            .rt
-            .block_on(client.inner.checkpoint_ack(v1::CheckpointAckRequest {
-                api_version: API_VERSION,
-                worker_id,
-                generation,
-                step,
-                epoch: step / spe,
-                objects: acked,
-                state_json: state.map(|s| s.to_string()).unwrap_or_default(),
-            }))
-            .map_err(|s| client.fail("CheckpointAck", s))?
-            .into_inner();
+        // Acks go in step order: a later one overtaking an earlier (either may be waiting
+        // out refusals for rate) would commit first, and the earlier would then be refused
+        // as older than the last commit.
+        if let Some(earlier) = earlier {
+            joined_ack(earlier)?;
+        }
+        let ack = v1::CheckpointAckRequest {
+            api_version: API_VERSION,
+            worker_id,
+            generation,
+            step,
+            epoch: step / spe,
+            objects: acked,
+            state_json: state.map(|s| s.to_string()).unwrap_or_default(),
+        };
+        let reply = client.call("CheckpointAck", ack, |mut c, r| async move {
+            c.checkpoint_ack(r).await
+        })?;
         if reply.committed {
             info!(step, "checkpoint committed");
         }
         Ok(())
     }))
+}
+
+/// The outcome of an ack thread.
+fn joined_ack(handle: JoinHandle<Result<()>>) -> Result<()> {
+    handle
+        .join()
+        .map_err(|_| RunError::Other("a checkpoint thread panicked".into()))?
 }
 
 /// Loads the committed checkpoint at `step`: only the objects this rank needs, each

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod coordinator_client;
 pub mod dataset_tools;
 pub mod device;
 pub mod dist;

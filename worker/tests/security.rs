@@ -1,15 +1,20 @@
 //! TLS on the control plane, end to end with real processes: a coordinator serving a
 //! certificate signed by a test CA trains a run with its spawned workers over https://; a
 //! worker that trusts another CA, or speaks plain HTTP/2, is refused and the job is
-//! unaffected. (Job tokens: `coordinator/tests/binary.rs`.)
+//! unaffected. Request rates: a flood without the job token from the workers' own address
+//! never disturbs them, and workers the coordinator turns away for rate slow down and
+//! finish. (Job tokens: `coordinator/tests/binary.rs`.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 mod common;
 
-use common::processes::{bin, coordinator_url, tiny_config, wait_exit, work_dir};
+use common::processes::{bin, coordinator_url, tiny_config, wait_exit, work_dir, Log};
+use lgaf_proto::v1::{self, coordinator_client::CoordinatorClient};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 /// A CA, and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
@@ -101,4 +106,159 @@ fn a_run_trains_over_tls_and_workers_with_the_wrong_ca_or_no_tls_are_refused() {
     assert!(status.success(), "{log}");
     assert!(log.contains("job Finished"), "{log}");
     assert!(log.contains("starting 2 local worker(s)"), "{log}");
+}
+
+/// A coordinator spawning `workers` local workers for the config in `dir`, with `extra`
+/// flags; its stderr (and the workers', which inherit it) collected in the returned log.
+fn spawning_coordinator(dir: &Path, workers: u32, extra: &[&str]) -> (Child, String, Log) {
+    let store = format!("file://{}", dir.join("store").display());
+    let mut coordinator = Command::new(bin("lgaf-coordinator"))
+        .args(["--workers", &workers.to_string(), "--spawn-local"])
+        .args(["--config", &dir.join("train.toml").display().to_string()])
+        .args(["--store", &store])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = coordinator_url(&mut coordinator);
+    let log = Log::default();
+    log.collect(coordinator.stderr.take().unwrap());
+    (coordinator, url, log)
+}
+
+/// What the flood's requests got back.
+#[derive(Debug, Default)]
+struct FloodTally {
+    sent: u64,
+    unauthenticated: u64,
+    over_rate: u64,
+    /// Answered: it got through.
+    answered: u64,
+    /// Transport errors (the coordinator exiting at the end).
+    other: u64,
+}
+
+/// Sends heartbeats without the job token to `url` from two connections, each about as
+/// fast as one a millisecond, until `stop` (or 200 000 requests, or two minutes).
+fn flood(url: String, stop: Arc<AtomicBool>) -> FloodTally {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let (url, stop) = (url.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut tally = FloodTally::default();
+                    let mut client = CoordinatorClient::connect(url).await.unwrap();
+                    while !stop.load(Ordering::SeqCst)
+                        && tally.sent < 100_000
+                        && started.elapsed() < Duration::from_secs(120)
+                    {
+                        let beat = v1::HeartbeatRequest {
+                            api_version: 1,
+                            worker_id: "w1-flood".into(),
+                            generation: 1,
+                            step: 1,
+                        };
+                        tally.sent += 1;
+                        match client.heartbeat(beat).await {
+                            Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                                tally.unauthenticated += 1
+                            }
+                            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                                tally.over_rate += 1
+                            }
+                            Ok(_) => tally.answered += 1,
+                            Err(_) => tally.other += 1,
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    tally
+                })
+            })
+            .collect();
+        let mut total = FloodTally::default();
+        for task in tasks {
+            let t = task.await.unwrap();
+            total.sent += t.sent;
+            total.unauthenticated += t.unauthenticated;
+            total.over_rate += t.over_rate;
+            total.answered += t.answered;
+            total.other += t.other;
+        }
+        total
+    })
+}
+
+/// Anyone who can reach the coordinator (any local process, anything behind the same NAT)
+/// floods it without the token from the workers' own address during a run. The workers
+/// are members: none of their calls is refused for rate, the run finishes without losing
+/// a worker, and the flood is refused throughout. Before the token was checked first, the
+/// flood emptied the one bucket of 127.0.0.1 and the job failed within seconds.
+#[test]
+fn a_flood_without_the_token_from_the_workers_address_does_not_disturb_the_run() {
+    let dir = work_dir("security", "flood", &tiny_config(8, 4, 2));
+    // A low rate, so that the flood is far past it from the first second.
+    let (mut coordinator, url, log) =
+        spawning_coordinator(&dir, 2, &["--max-requests-per-sec", "50"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let stop = stop.clone();
+        std::thread::spawn(move || flood(url, stop))
+    };
+    let status = wait_exit(&mut coordinator, Duration::from_secs(300));
+    stop.store(true, Ordering::SeqCst);
+    let tally = flooding.join().unwrap();
+    if status.success() {
+        // The last lines may still be on their way through the pipe.
+        log.wait_for("job Finished", Duration::from_secs(30));
+    }
+    let log = log.text();
+    assert!(
+        status.success(),
+        "the job failed under the flood ({tally:?}):\n{log}"
+    );
+    assert!(log.contains("job Finished"), "{log}");
+    assert!(!log.contains("restart 1 of"), "a worker was lost:\n{log}");
+    assert!(
+        !log.contains("turned the call away for rate"),
+        "a worker was refused for rate:\n{log}"
+    );
+    assert_eq!(
+        tally.answered, 0,
+        "a request without the token got through: {tally:?}"
+    );
+    assert!(
+        tally.over_rate > 0 && tally.unauthenticated > 0,
+        "the flood never went past its rate: {tally:?}"
+    );
+}
+
+/// A coordinator whose rate the job's own workers exceed (a progress report every step, on
+/// top of heartbeats and plans, from one address) turns calls away: the workers wait and
+/// send them again, and the run finishes instead of failing.
+#[test]
+fn workers_turned_away_for_rate_send_again_and_finish() {
+    let dir = work_dir("security", "rate", &tiny_config(8, 2, 4));
+    let (mut coordinator, _url, log) =
+        spawning_coordinator(&dir, 2, &["--max-requests-per-sec", "3"]);
+    let status = wait_exit(&mut coordinator, Duration::from_secs(300));
+    if status.success() {
+        log.wait_for("job Finished", Duration::from_secs(30));
+    }
+    let log = log.text();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("job Finished"), "{log}");
+    assert!(
+        log.contains("the coordinator turned the call away for rate; sending it again"),
+        "no call was turned away: the test did not exercise the retry\n{log}"
+    );
+    assert!(!log.contains("restart 1 of"), "a worker was lost:\n{log}");
 }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -152,6 +153,8 @@ pub struct TestWorker {
     pub join: Option<v1::JoinReply>,
     /// The run's store, opened from the URL and run id the coordinator handed out.
     pub store: RunStore,
+    /// The end of the last epoch plan asked for in this generation.
+    planned_to: AtomicU64,
 }
 
 impl TestWorker {
@@ -183,6 +186,7 @@ impl TestWorker {
             reply,
             join: None,
             store,
+            planned_to: AtomicU64::new(0),
         }
     }
 
@@ -198,6 +202,7 @@ impl TestWorker {
             match self.client.join(req).await {
                 Ok(r) => {
                     self.join = Some(r.get_ref().clone());
+                    self.planned_to.store(0, Ordering::SeqCst);
                     return Ok(r.into_inner());
                 }
                 Err(s) if s.code() == Code::DeadlineExceeded => continue,
@@ -264,6 +269,26 @@ impl TestWorker {
         acked
     }
 
+    /// Asks for the plan of the epoch holding `step`, unless an earlier plan reaches it. A
+    /// refusal is left to the ack that follows: tests of stale generations expect the
+    /// ack's own error.
+    pub async fn plan_to(&self, step: u64) {
+        if step <= self.planned_to.load(Ordering::SeqCst) {
+            return;
+        }
+        let steps_per_epoch = self.join.as_ref().expect("joined").steps_per_epoch.max(1);
+        let request = v1::EpochPlanRequest {
+            api_version: 1,
+            worker_id: self.id.clone(),
+            generation: self.generation(),
+            epoch: step.saturating_sub(1) / steps_per_epoch,
+        };
+        if let Ok(plan) = self.client.clone().get_epoch_plan(request).await {
+            self.planned_to
+                .fetch_max(plan.into_inner().end_step, Ordering::SeqCst);
+        }
+    }
+
     /// The ack of `objects` (not uploaded by this call).
     pub fn ack(
         &self,
@@ -294,8 +319,11 @@ impl TestWorker {
         }
     }
 
-    /// Uploads this rank's objects of checkpoint `step` and returns its ack.
+    /// Uploads this rank's objects of checkpoint `step` and returns its ack, after getting
+    /// the plan of the step's epoch as a rank does before it trains the step (acks of steps
+    /// past a rank's plans are refused).
     pub async fn checkpoint(&self, step: u64, epoch: u64) -> v1::CheckpointAckRequest {
+        self.plan_to(step).await;
         let objects = self.objects(step);
         let acked = self.upload(step, &objects).await;
         let ack = self.ack(step, epoch, &objects);

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lgaf_proto::auth::JobToken;
+use lgaf_proto::console::eprint_line;
 use lgaf_worker::distributed::{self, WorkerArgs};
 
 #[derive(Parser)]
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
     let token = match token {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("lgaf-worker: {e}");
+            eprint_line(format!("lgaf-worker: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
     match distributed::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lgaf-worker: {e}");
+            eprint_line(format!("lgaf-worker: {e}"));
             ExitCode::FAILURE
         }
     }

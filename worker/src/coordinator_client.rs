@@ -1,0 +1,328 @@
+//! The worker's gRPC client of the coordinator: connecting (TLS, the job token, waiting
+//! for a coordinator that is still starting), sending a call again while the coordinator
+//! turns it away for rate, and bounding calls that must not hold the worker up.
+//!
+//! The trainer is synchronous: each call blocks on the small tokio runtime held here.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lgaf_data::rng::Rng;
+use lgaf_proto::auth::{AttachToken, JobToken};
+use lgaf_proto::v1::coordinator_client::CoordinatorClient;
+use lgaf_proto::MAX_MESSAGE_BYTES;
+use tokio::runtime::Runtime;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Response, Status};
+use tracing::warn;
+
+/// The generated client, with the job token attached to every request.
+pub type Stub = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
+
+/// How long a call is sent again while the coordinator refuses it for rate, before the
+/// refusal counts as a failure. Past the default heartbeat deadline (20 s): a coordinator
+/// that busy has lost this worker anyway.
+const RATE_RETRY_FOR: Duration = Duration::from_secs(60);
+/// The first pause after a refusal for rate; each next one doubles, up to the last.
+const RATE_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const RATE_BACKOFF_LAST: Duration = Duration::from_secs(2);
+
+/// Why the coordinator could not be reached or a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No channel to the coordinator (bad URL, TLS set-up, nothing listening).
+    #[error("coordinator {url}: {message}")]
+    Connect { url: String, message: String },
+    /// The coordinator answered `call` with an error status (or never answered).
+    #[error("coordinator {url}: {call}: {} ({:?})", status.message(), status.code())]
+    Call {
+        url: String,
+        call: &'static str,
+        status: Status,
+    },
+}
+
+pub struct Client {
+    pub url: String,
+    pub rt: Arc<Runtime>,
+    pub stub: Stub,
+}
+
+impl Client {
+    /// Connects to `url`, waiting up to a minute for a coordinator that is not listening
+    /// yet; `tls_ca` must be given exactly for an `https://` URL.
+    pub fn connect(
+        url: &str,
+        token: Option<JobToken>,
+        tls_ca: Option<&Path>,
+        rt: Arc<Runtime>,
+    ) -> Result<Self, ClientError> {
+        let fail = |message: String| ClientError::Connect {
+            url: url.to_string(),
+            message,
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| fail(format!("not a URL: {e}")))?
+            .connect_timeout(Duration::from_secs(10))
+            // A safety net above the longest long poll (30 s by default): a call lost in a
+            // network cut fails instead of waiting for TCP to give up (many minutes).
+            .timeout(Duration::from_secs(90));
+        match (url.starts_with("https://"), tls_ca) {
+            (true, Some(ca)) => {
+                let tls = lgaf_proto::tls::client_config(ca).map_err(fail)?;
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|e| fail(format!("TLS: {e}")))?;
+            }
+            (true, None) => {
+                return Err(fail(
+                    "an https:// coordinator needs the CA certificate to verify it (--tls-ca \
+                     or LGAF_TLS_CA)"
+                        .into(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(fail(
+                    "a TLS CA certificate was given but the URL is not https://; use the \
+                     https:// URL the coordinator printed"
+                        .into(),
+                ))
+            }
+            (false, None) => {}
+        }
+        // The coordinator may still be starting: retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let channel = loop {
+            match rt.block_on(endpoint.connect()) {
+                Ok(c) => break c,
+                Err(e) if not_listening_yet(&e) && Instant::now() < deadline => {
+                    warn!(coordinator = url, error = %error_chain(&e), "coordinator not reachable yet; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(fail(format!("unreachable: {}", error_chain(&e)))),
+            }
+        };
+        let stub = CoordinatorClient::with_interceptor(channel, AttachToken(token))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self {
+            url: url.to_string(),
+            rt,
+            stub,
+        })
+    }
+
+    /// Sends `request` through `method` (e.g. `|mut c, r| async move { c.join(r).await }`),
+    /// blocking, and names a failure after `call`.
+    pub fn call<Req, T, Fut>(
+        &self,
+        call: &'static str,
+        request: Req,
+        method: impl Fn(Stub, Req) -> Fut,
+    ) -> Result<T, ClientError>
+    where
+        Req: Clone,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.rt
+            .block_on(self.send(call, request, method))
+            .map_err(|status| self.failed(call, status))
+    }
+
+    /// Sends `request` through `method`, again after a growing, jittered pause while the
+    /// coordinator refuses it for rate (RESOURCE_EXHAUSTED), for up to [`RATE_RETRY_FOR`].
+    /// Such a refusal comes from the coordinator's gate before the call is looked at, so
+    /// sending it again can never apply it twice. Every other outcome is returned as is.
+    pub async fn send<Req, T, Fut>(
+        &self,
+        call: &'static str,
+        request: Req,
+        method: impl Fn(Stub, Req) -> Fut,
+    ) -> Result<T, Status>
+    where
+        Req: Clone,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Backoff::new();
+        loop {
+            match method(self.stub.clone(), request.clone()).await {
+                Err(status)
+                    if status.code() == Code::ResourceExhausted
+                        && started.elapsed() < RATE_RETRY_FOR =>
+                {
+                    let pause = backoff.next_pause();
+                    warn!(
+                        call,
+                        pause_ms = pause.as_millis() as u64,
+                        error = status.message(),
+                        "the coordinator turned the call away for rate; sending it again"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+                outcome => return outcome.map(Response::into_inner),
+            }
+        }
+    }
+
+    /// The error for `call` having failed with `status`.
+    pub fn failed(&self, call: &'static str, status: Status) -> ClientError {
+        ClientError::Call {
+            url: self.url.clone(),
+            call,
+            status,
+        }
+    }
+
+    /// A second handle on the same channel (for the heartbeat and ack threads).
+    pub fn clone_handle(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            rt: self.rt.clone(),
+            stub: self.stub.clone(),
+        }
+    }
+}
+
+/// Pauses that double from [`RATE_BACKOFF_FIRST`] to [`RATE_BACKOFF_LAST`], each scaled by
+/// a random factor in [0.5, 1.5): N workers refused together do not all come back in the
+/// same millisecond.
+struct Backoff {
+    next: Duration,
+    rng: Rng,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self {
+            next: RATE_BACKOFF_FIRST,
+            rng: Rng::from_keys(&[u64::from(std::process::id()), u64::from(nanos)]),
+        }
+    }
+
+    fn next_pause(&mut self) -> Duration {
+        let pause = self.next.mul_f32(self.rng.range(0.5, 1.5));
+        self.next = (self.next * 2).min(RATE_BACKOFF_LAST);
+        pause
+    }
+}
+
+/// `call`, failing with DEADLINE_EXCEEDED after `limit`: for calls that must not hold the
+/// worker up when the coordinator is unreachable (a report, the last word).
+pub async fn bounded<T>(
+    what: &str,
+    limit: Duration,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(format!(
+            "{what}: no answer within {} s",
+            limit.as_secs()
+        )))
+    })
+}
+
+/// Whether a failed connect may just be early (nothing listens yet), as opposed to a
+/// refusal worth reporting at once (a certificate that does not verify, say).
+fn not_listening_yet(e: &tonic::transport::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionRefused | ConnectionReset | TimedOut | AddrNotAvailable | NotFound
+            );
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// An error and its sources, "outer: inner: ...".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let next = err.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = err.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_to_their_cap_and_are_jittered() {
+        let mut backoff = Backoff::new();
+        let pauses: Vec<Duration> = (0..12).map(|_| backoff.next_pause()).collect();
+        assert!(pauses[0] >= RATE_BACKOFF_FIRST / 2 && pauses[0] < RATE_BACKOFF_FIRST * 3 / 2);
+        for p in &pauses {
+            assert!(*p < RATE_BACKOFF_LAST * 3 / 2, "{p:?}");
+        }
+        // At the cap, pauses still differ: the jitter is there.
+        let capped = &pauses[8..];
+        assert!(capped.iter().any(|p| *p != capped[0]), "{capped:?}");
+    }
+
+    /// RESOURCE_EXHAUSTED is sent again until it passes; other refusals are final at once.
+    #[test]
+    fn only_rate_refusals_are_sent_again() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        );
+        // A channel that never connects: the methods below never use it.
+        let channel = rt.block_on(async {
+            tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
+        });
+        let client = Client {
+            url: "http://127.0.0.1:9".into(),
+            rt: rt.clone(),
+            stub: CoordinatorClient::with_interceptor(channel, AttachToken(None)),
+        };
+        let tries = AtomicU32::new(0);
+        let answer = client
+            .call("Heartbeat", (), |_, ()| {
+                let n = tries.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 3 {
+                        Err(Status::resource_exhausted("rate: slow down"))
+                    } else {
+                        Ok(Response::new(n))
+                    }
+                }
+            })
+            .unwrap();
+        assert_eq!(answer, 3);
+
+        tries.store(0, Ordering::SeqCst);
+        let refused = client
+            .call("Register", (), |_, ()| {
+                tries.fetch_add(1, Ordering::SeqCst);
+                async { Err::<Response<()>, _>(Status::unauthenticated("no token")) }
+            })
+            .unwrap_err();
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+        let text = refused.to_string();
+        assert!(
+            text.contains("Register") && text.contains("no token"),
+            "{text}"
+        );
+    }
+}
