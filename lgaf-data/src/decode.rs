@@ -18,13 +18,18 @@
 //! OpenCV do for insightface's packs: a slightly truncated file still decodes, while data
 //! that is not a JPEG at all is an error. PNG is rare in face datasets and goes through
 //! `image`'s decoder, which handles every PNG colour type.
+//!
+//! Every entry point reads the size an image declares from its header first and refuses
+//! one wider or taller than [`MAX_IMAGE_SIDE`] before any pixel buffer exists: a few
+//! hundred bytes of PNG can declare 10000x10000 pixels, which would otherwise be allocated
+//! (and, 16-bit RGBA, take 800 MB) before the data turns out to be missing.
 
 use std::fmt;
 use std::io::Cursor;
 
 use image::codecs::png::PngDecoder;
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageDecoder, RgbImage};
+use image::{DynamicImage, Limits, RgbImage};
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
@@ -34,6 +39,20 @@ use crate::synth::IMAGE_SIZE;
 
 /// Bytes of one 112x112 RGB8 image.
 pub const RGB112_BYTES: usize = IMAGE_SIZE * IMAGE_SIZE * 3;
+
+/// The widest and tallest image decoded, in pixels. Faces are 112x112; this leaves room
+/// for unaligned crops and photos while bounding one decode's buffers (at the bound a
+/// 16-bit RGBA PNG takes 128 MiB, its RGB8 copy 48 MiB). A larger image is an error
+/// ([`DecodeError::TooLarge`]), never resized.
+pub const MAX_IMAGE_SIDE: usize = 4096;
+
+/// The most pixels of one decoded image, [`MAX_IMAGE_SIDE`] squared (16 Mpx).
+pub const MAX_IMAGE_PIXELS: usize = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE;
+
+/// What `image`'s PNG decoder may allocate at once, for chunks that are not pixels
+/// (compressed ICC profiles, text): the largest image at the bound (16-bit RGBA) and as
+/// much again. Pixel buffers themselves are bounded by the size check before decoding.
+const PNG_MAX_ALLOC: u64 = 2 * (MAX_IMAGE_PIXELS as u64) * 8;
 
 const JPEG_MAGIC: &[u8] = &[0xFF, 0xD8, 0xFF];
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
@@ -83,6 +102,18 @@ pub enum DecodeError {
         message: String,
     },
 
+    #[error(
+        "{what}: the {format} header declares {width}x{height} pixels, more than the \
+         {max}x{max} (MAX_IMAGE_SIDE) this decoder accepts; refused before decoding",
+        max = MAX_IMAGE_SIDE
+    )]
+    TooLarge {
+        what: String,
+        format: Format,
+        width: usize,
+        height: usize,
+    },
+
     #[error("{what}: image is {width}x{height}, expected {expected}x{expected}")]
     WrongSize {
         what: String,
@@ -116,11 +147,7 @@ pub fn decode_rgb112_into(
     };
     match sniff(bytes, &what)? {
         Format::Jpeg => {
-            let mut decoder = jpeg_decoder(bytes);
-            decoder
-                .decode_headers()
-                .map_err(|e| corrupt(Format::Jpeg, e, &what))?;
-            let size = jpeg_dimensions(&decoder);
+            let (mut decoder, size) = jpeg_decoder(bytes, &what)?;
             if size != (IMAGE_SIZE, IMAGE_SIZE) {
                 return Err(wrong_size(size));
             }
@@ -129,44 +156,34 @@ pub fn decode_rgb112_into(
                 .map_err(|e| corrupt(Format::Jpeg, e, &what))
         }
         Format::Png => {
-            let decoder = png_decoder(bytes, &what)?;
-            let (width, height) = decoder.dimensions();
-            let size = (width as usize, height as usize);
+            let size = png_dimensions(bytes, &what)?;
             if size != (IMAGE_SIZE, IMAGE_SIZE) {
                 return Err(wrong_size(size));
             }
-            out.copy_from_slice(&decode_png(decoder, &what)?);
+            out.copy_from_slice(&decode_png(png_decoder(bytes, &what)?, &what)?);
             Ok(())
         }
     }
 }
 
-/// (width, height) of a JPEG or PNG, from its headers only.
+/// (width, height) of a JPEG or PNG, from its headers only; a size over
+/// [`MAX_IMAGE_SIDE`] is [`DecodeError::TooLarge`], as decoding it would be.
 pub fn dimensions(bytes: &[u8], what: impl Fn() -> String) -> Result<(usize, usize), DecodeError> {
     match sniff(bytes, &what)? {
-        Format::Jpeg => {
-            let mut decoder = jpeg_decoder(bytes);
-            decoder
-                .decode_headers()
-                .map_err(|e| corrupt(Format::Jpeg, e, &what))?;
-            Ok(jpeg_dimensions(&decoder))
-        }
-        Format::Png => {
-            let (width, height) = png_decoder(bytes, &what)?.dimensions();
-            Ok((width as usize, height as usize))
-        }
+        Format::Jpeg => jpeg_decoder(bytes, &what).map(|(_, size)| size),
+        Format::Png => png_dimensions(bytes, &what),
     }
 }
 
-/// Decodes a JPEG or PNG of any size to RGB8.
+/// Decodes a JPEG or PNG of any size up to [`MAX_IMAGE_SIDE`] to RGB8.
 pub fn decode_rgb(bytes: &[u8], what: impl Fn() -> String) -> Result<RgbImage, DecodeError> {
     match sniff(bytes, &what)? {
         Format::Jpeg => {
-            let mut decoder = jpeg_decoder(bytes);
+            let (mut decoder, _) = jpeg_decoder(bytes, &what)?;
             let pixels = decoder
                 .decode()
                 .map_err(|e| corrupt(Format::Jpeg, e, &what))?;
-            let (width, height) = jpeg_dimensions(&decoder);
+            let (width, height) = decoder.dimensions().unwrap_or((0, 0));
             // zune-jpeg returns exactly width * height * 3 bytes for RGB output.
             RgbImage::from_raw(width as u32, height as u32, pixels).ok_or_else(|| {
                 DecodeError::Corrupt {
@@ -176,12 +193,16 @@ pub fn decode_rgb(bytes: &[u8], what: impl Fn() -> String) -> Result<RgbImage, D
                 }
             })
         }
-        Format::Png => decode_png(png_decoder(bytes, &what)?, &what),
+        Format::Png => {
+            png_dimensions(bytes, &what)?;
+            decode_png(png_decoder(bytes, &what)?, &what)
+        }
     }
 }
 
-/// Decodes a JPEG or PNG of any size to 112x112 RGB8 HWC bytes, resizing other sizes
-/// bilinearly (`image`'s triangle filter), as `lgaf embed` needs for arbitrary crops.
+/// Decodes a JPEG or PNG of any size up to [`MAX_IMAGE_SIDE`] to 112x112 RGB8 HWC bytes,
+/// resizing other sizes bilinearly (`image`'s triangle filter), as `lgaf embed` needs for
+/// arbitrary crops.
 pub fn decode_rgb112_resized(
     bytes: &[u8],
     what: impl Fn() -> String,
@@ -214,21 +235,74 @@ fn corrupt(format: Format, error: impl fmt::Display, what: &impl Fn() -> String)
     }
 }
 
-fn jpeg_decoder(bytes: &[u8]) -> JpegDecoder<ZCursor<&[u8]>> {
-    let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
-    JpegDecoder::new_with_options(ZCursor::new(bytes), options)
+/// Refuses a declared size over [`MAX_IMAGE_SIDE`].
+fn check_size(
+    format: Format,
+    (width, height): (usize, usize),
+    what: &impl Fn() -> String,
+) -> Result<(usize, usize), DecodeError> {
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(DecodeError::TooLarge {
+            what: what(),
+            format,
+            width,
+            height,
+        });
+    }
+    Ok((width, height))
 }
 
-/// (width, height) of a decoder whose headers have been read.
-fn jpeg_dimensions(decoder: &JpegDecoder<ZCursor<&[u8]>>) -> (usize, usize) {
-    decoder.dimensions().unwrap_or((0, 0))
+type Jpeg<'a> = JpegDecoder<ZCursor<&'a [u8]>>;
+
+/// A JPEG decoder with its headers read and its declared (width, height) checked against
+/// [`MAX_IMAGE_SIDE`], ready to decode.
+fn jpeg_decoder<'a>(
+    bytes: &'a [u8],
+    what: &impl Fn() -> String,
+) -> Result<(Jpeg<'a>, (usize, usize)), DecodeError> {
+    // zune-jpeg's own limits stay at the format's maximum so that the check below, which
+    // names the file and the bound, is the one that refuses; headers allocate nothing
+    // that depends on the size.
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(usize::from(u16::MAX))
+        .set_max_height(usize::from(u16::MAX));
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder
+        .decode_headers()
+        .map_err(|e| corrupt(Format::Jpeg, e, what))?;
+    let size = decoder.dimensions().unwrap_or((0, 0));
+    Ok((decoder, check_size(Format::Jpeg, size, what)?))
 }
 
+/// A PNG's declared (width, height), read from its IHDR before any decoder exists (the
+/// decoder sizes buffers by it), and checked against [`MAX_IMAGE_SIDE`].
+fn png_dimensions(bytes: &[u8], what: &impl Fn() -> String) -> Result<(usize, usize), DecodeError> {
+    // Signature (8), IHDR length (4) and type (4), width and height (4 each, big-endian).
+    let ihdr = bytes.get(8..24).filter(|ihdr| &ihdr[4..8] == b"IHDR");
+    let Some(ihdr) = ihdr else {
+        return Err(DecodeError::Corrupt {
+            what: what(),
+            format: Format::Png,
+            message: "expected the IHDR chunk right after the signature".into(),
+        });
+    };
+    let word = |at: usize| u32::from_be_bytes([ihdr[at], ihdr[at + 1], ihdr[at + 2], ihdr[at + 3]]);
+    // u32 fits usize on every target this crate builds for (64-bit).
+    check_size(Format::Png, (word(8) as usize, word(12) as usize), what)
+}
+
+/// A PNG decoder whose allocations outside the pixel buffer are bounded; call
+/// [`png_dimensions`] first, which bounds the pixel buffer.
 fn png_decoder<'a>(
     bytes: &'a [u8],
     what: &impl Fn() -> String,
 ) -> Result<PngDecoder<Cursor<&'a [u8]>>, DecodeError> {
-    PngDecoder::new(Cursor::new(bytes)).map_err(|e| corrupt(Format::Png, e, what))
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE as u32);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE as u32);
+    limits.max_alloc = Some(PNG_MAX_ALLOC);
+    PngDecoder::with_limits(Cursor::new(bytes), limits).map_err(|e| corrupt(Format::Png, e, what))
 }
 
 fn decode_png(
@@ -242,7 +316,7 @@ fn decode_png(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use image::codecs::jpeg::JpegEncoder;
     use image::{ExtendedColorType, ImageEncoder};
@@ -391,6 +465,120 @@ mod tests {
         assert!(text.contains("found 47 49 46 38 39 61 2E 2E"), "{text}");
         let err = decode_rgb112_into(b"", &mut out, what).unwrap_err();
         assert!(err.to_string().contains("no bytes at all"), "{err}");
+    }
+
+    /// CRC-32 (IEEE) as PNG chunks carry it.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// A PNG with a valid IHDR declaring `width`x`height` (`depth` bits, colour `color`) and
+    /// a valid but tiny IDAT: a few hundred bytes that announce a huge image.
+    pub(crate) fn png_declaring(width: u32, height: u32, depth: u8, color: u8) -> Vec<u8> {
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend((data.len() as u32).to_be_bytes());
+            let start = out.len();
+            out.extend(kind);
+            out.extend(data);
+            let crc = crc32(&out[start..]);
+            out.extend(crc.to_be_bytes());
+        }
+        let mut out = PNG_MAGIC.to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend(width.to_be_bytes());
+        ihdr.extend(height.to_be_bytes());
+        ihdr.extend([depth, color, 0, 0, 0]);
+        chunk(&mut out, b"IHDR", &ihdr);
+        // zlib: one stored block of 200 zero bytes (filter 0 and black pixels of row 0).
+        let raw = [0u8; 200];
+        let mut zlib = vec![0x78, 0x01, 0x01];
+        zlib.extend((raw.len() as u16).to_le_bytes());
+        zlib.extend((!(raw.len() as u16)).to_le_bytes());
+        zlib.extend(raw);
+        let (a, b) = raw.iter().fold((1u32, 0u32), |(a, b), &x| {
+            let a = (a + u32::from(x)) % 65521;
+            (a, (b + a) % 65521)
+        });
+        zlib.extend(((b << 16) | a).to_be_bytes());
+        chunk(&mut out, b"IDAT", &zlib);
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    /// A real 16x16 JPEG whose SOF0 is patched to declare `width`x`height`.
+    fn jpeg_declaring(width: u16, height: u16) -> Vec<u8> {
+        let mut bytes = jpeg(&gradient(16, 16), 16, 16, ExtendedColorType::Rgb8);
+        let sof = bytes
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("a baseline JPEG has an SOF0 marker");
+        bytes[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        bytes[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn declared_sizes_over_the_bound_are_refused_before_decoding() {
+        let what = || "bombs/face_0001.png".to_string();
+        let cases = [
+            ("PNG RGB8 10000x10000", png_declaring(10_000, 10_000, 8, 2)),
+            (
+                "PNG RGBA16 10000x10000",
+                png_declaring(10_000, 10_000, 16, 6),
+            ),
+            ("PNG 5000x1", png_declaring(5_000, 1, 8, 0)),
+            ("PNG 2^31-1 x 1", png_declaring(0x7FFF_FFFF, 1, 8, 0)),
+            ("JPEG 5000x5000", jpeg_declaring(5_000, 5_000)),
+            ("JPEG 112x4097", jpeg_declaring(112, 4_097)),
+        ];
+        for (case, bytes) in &cases {
+            assert!(bytes.len() < 1000, "{case}: {} bytes", bytes.len());
+            let mut out = vec![0u8; RGB112_BYTES];
+            let errors = [
+                dimensions(bytes, what).map(drop).unwrap_err(),
+                decode_rgb(bytes, what).map(drop).unwrap_err(),
+                decode_rgb112_resized(bytes, what).map(drop).unwrap_err(),
+                decode_rgb112_into(bytes, &mut out, what).unwrap_err(),
+            ];
+            for (at, error) in errors.iter().enumerate() {
+                let text = error.to_string();
+                if at == 3 {
+                    // The 112x112 path refuses every other size anyway.
+                    assert!(text.contains("face_0001.png"), "{case}: {text}");
+                    continue;
+                }
+                assert!(
+                    matches!(error, DecodeError::TooLarge { .. })
+                        && text.contains("face_0001.png")
+                        && text.contains("4096x4096"),
+                    "{case}, call {at}: {text}"
+                );
+            }
+        }
+        // At the bound is fine as far as the bound goes (this tiny IDAT is then corrupt).
+        let at_bound = png_declaring(4096, 16, 8, 0);
+        assert_eq!(dimensions(&at_bound, what).unwrap(), (4096, 16));
+        let error = decode_rgb(&at_bound, what).unwrap_err();
+        assert!(matches!(error, DecodeError::Corrupt { .. }), "{error}");
+
+        // A real 16-bit RGBA PNG decodes under the PNG decoder's limits.
+        let rgba16: Vec<u8> = (0..30 * 20 * 8).map(|i| (i * 7 % 251) as u8).collect();
+        let mut bytes = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut bytes)
+            .write_image(&rgba16, 30, 20, ExtendedColorType::Rgba16)
+            .unwrap();
+        assert_eq!(decode_rgb(&bytes, what).unwrap().dimensions(), (30, 20));
     }
 
     #[test]

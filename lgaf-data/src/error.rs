@@ -20,12 +20,19 @@ pub enum DataError {
     #[error("no .jpg, .jpeg or .png images directly inside {path}")]
     NoImages { path: PathBuf },
 
-    /// An image file could not be decoded.
+    /// An image file could not be decoded by `image` (kept for callers that
+    /// decode with it; [`load_rgb112`](crate::image_folder::load_rgb112)
+    /// reports [`DataError::Image`]).
     #[error("cannot decode image {path}: {source}")]
     Decode {
         path: PathBuf,
         source: image::ImageError,
     },
+
+    /// An image file is not a JPEG or PNG this crate decodes, is corrupt, or
+    /// declares a size over the bound (the error names the file).
+    #[error(transparent)]
+    Image(#[from] crate::decode::DecodeError),
 
     /// An image could not be encoded or written.
     #[error("cannot write image {path}: {source}")]

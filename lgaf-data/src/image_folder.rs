@@ -4,10 +4,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
-use image::{ImageReader, RgbImage};
+use image::RgbImage;
 
-use crate::synth::IMAGE_SIZE;
+use crate::decode;
 use crate::DataError;
 
 const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -51,34 +50,20 @@ fn has_image_extension(path: &Path) -> bool {
 }
 
 /// Decode an image file to RGB8 112x112 HWC bytes; other sizes are resized
-/// (bilinear, image's Triangle filter) to 112x112. Error names the file and
-/// the reason.
+/// (bilinear, image's Triangle filter) to 112x112. JPEG and PNG are told apart
+/// by their content, not the extension. An image declaring more than
+/// [`decode::MAX_IMAGE_SIDE`] pixels a side is refused before decoding. Error
+/// names the file and the reason.
 pub fn load_rgb112(path: &Path) -> Result<Vec<u8>, DataError> {
-    let decode_error = |source| DataError::Decode {
+    let bytes = fs::read(path).map_err(|source| DataError::Io {
+        action: "cannot read image",
         path: path.to_path_buf(),
         source,
-    };
-    let decoded = ImageReader::open(path)
-        .map_err(|source| DataError::Io {
-            action: "cannot open image",
-            path: path.to_path_buf(),
-            source,
-        })?
-        // Trust the content, not the extension: a .jpg may hold a PNG.
-        .with_guessed_format()
-        .map_err(|source| DataError::Io {
-            action: "cannot read image",
-            path: path.to_path_buf(),
-            source,
-        })?
-        .decode()
-        .map_err(decode_error)?;
-    let mut rgb = decoded.into_rgb8();
-    let side = IMAGE_SIZE as u32;
-    if rgb.dimensions() != (side, side) {
-        rgb = image::imageops::resize(&rgb, side, side, FilterType::Triangle);
-    }
-    Ok(rgb.into_raw())
+    })?;
+    // The same decoder (and size bound) as packs and the loader use.
+    Ok(decode::decode_rgb112_resized(&bytes, || {
+        path.display().to_string()
+    })?)
 }
 
 /// Horizontal flip of an HWC RGB image, returned as a new buffer.
@@ -191,6 +176,24 @@ mod tests {
         fs::write(&path, b"\xFF\xD8\xFFgarbage that is not a jpeg").unwrap();
         let err = load_rgb112(&path).unwrap_err();
         assert!(err.to_string().contains("broken_face.jpg"), "{err}");
+    }
+
+    #[test]
+    fn an_image_declaring_a_huge_size_is_refused_naming_the_file_and_bound() {
+        let dir = TempDir::new("folder-bomb");
+        let path = dir.path().join("bomb_face.png");
+        fs::write(
+            &path,
+            crate::decode::tests::png_declaring(10_000, 10_000, 8, 2),
+        )
+        .unwrap();
+        let err = load_rgb112(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bomb_face.png")
+                && err.contains("10000x10000")
+                && err.contains("4096x4096"),
+            "{err}"
+        );
     }
 
     #[test]

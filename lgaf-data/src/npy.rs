@@ -145,13 +145,22 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError> {
         .ok_or_else(|| invalid("shape", "missing or not a tuple of integers".into()))?;
 
     let payload = &bytes[data_start..];
-    let count: usize = shape.iter().product();
-    if payload.len() != 4 * count {
+    // The shape comes from the file: a product that overflows would wrap to a
+    // size that matches some data section.
+    let needed = shape
+        .iter()
+        .try_fold(4usize, |bytes, &dim| bytes.checked_mul(dim))
+        .ok_or_else(|| {
+            invalid(
+                "shape",
+                format!("shape {shape:?} holds more than 2^64 bytes of float32 values"),
+            )
+        })?;
+    if payload.len() != needed {
         return Err(invalid(
             "data",
             format!(
-                "shape {shape:?} needs {} bytes of data, file has {}",
-                4 * count,
+                "shape {shape:?} needs {needed} bytes of data, file has {}",
                 payload.len()
             ),
         ));
@@ -272,6 +281,24 @@ mod tests {
             .position(|w| w == from.as_bytes())
             .unwrap();
         bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    }
+
+    #[test]
+    fn a_shape_whose_size_overflows_is_refused() {
+        // 2^62 * 4 values wraps to 0 in usize, which would match an empty data section.
+        let msg = read_error_after(|b| {
+            let header_len = usize::from(u16::from_le_bytes([b[8], b[9]]));
+            let header = String::from_utf8(b[10..10 + header_len].to_vec()).unwrap();
+            let header = header.replace("(2, 2), }", "(4611686018427387904, 4), }");
+            let header = format!("{:<width$}\n", header.trim_end(), width = header_len - 1);
+            assert_eq!(header.len(), header_len);
+            b.truncate(10);
+            b.extend(header.as_bytes());
+        });
+        assert!(
+            msg.contains("shape") && msg.contains("4611686018427387904"),
+            "{msg}"
+        );
     }
 
     #[test]

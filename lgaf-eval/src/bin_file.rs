@@ -5,13 +5,47 @@
 //! The published files (`lfw.bin`, `cfp_fp.bin`, `agedb_30.bin`, ...) were
 //! written by Python 2 under protocol 2, so their images are `str` objects;
 //! files written by Python 3 hold `bytes`. Both read the same.
+//!
+//! Reading bounds what the images will cost to decode, from their headers and
+//! before any is decoded: no image may declare more than [`MAX_IMAGE_SIDE`]
+//! pixels a side, and all of them together may not decode to more than
+//! [`decoded_budget`] bytes. Without that, a few hundred KB of tiny images
+//! become gigabytes of 112x112 pixels.
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
+use lgaf_data::decode::{self, DecodeError, MAX_IMAGE_SIDE};
+
 use crate::pickle::{self, Kind, Value, Writer};
 use crate::Error;
+
+/// What one image costs at least once decoded: a 112x112 RGB8 face, the size
+/// evaluation decodes (and resizes) every image to.
+pub const DECODED_FACE_BYTES: u64 = 112 * 112 * 3;
+
+/// Decoded bytes allowed per byte of the file: published sets decode to about
+/// 8 times their size (JPEG faces of about 5 KB), so 64 leaves room for small
+/// JPEGs while refusing images of a few dozen bytes by the thousand.
+pub const DECODED_BYTES_PER_FILE_BYTE: u64 = 64;
+
+/// Decoded bytes every file may use, however small: 64 MiB, about 1,780 faces,
+/// so that small test sets of tiny images still read.
+pub const MIN_DECODED_BUDGET: u64 = 64 << 20;
+
+/// Decoded bytes no file may exceed: 4 GiB, about 114,000 faces, 8 times the
+/// largest published set (cfp_fp, 14,000 images).
+pub const MAX_DECODED_BUDGET: u64 = 4 << 30;
+
+/// The decoded bytes a `.bin` of `file_len` bytes may use:
+/// [`DECODED_BYTES_PER_FILE_BYTE`] per byte, within [`MIN_DECODED_BUDGET`] and
+/// [`MAX_DECODED_BUDGET`].
+pub fn decoded_budget(file_len: usize) -> u64 {
+    (file_len as u64)
+        .saturating_mul(DECODED_BYTES_PER_FILE_BYTE)
+        .clamp(MIN_DECODED_BUDGET, MAX_DECODED_BUDGET)
+}
 
 /// The contents of a verification `.bin` file.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,6 +124,8 @@ impl VerificationBin {
                 format!("{total} bytes (images repeated through memo references)"),
             ));
         }
+
+        layout.check_decoded_size(bins, data.len())?;
 
         let images = bins
             .iter()
@@ -172,6 +208,58 @@ impl Layout<'_> {
             expected,
             found,
         }
+    }
+
+    /// Refuses images whose headers declare more than [`MAX_IMAGE_SIDE`] a side,
+    /// and sets whose images decode to more than [`decoded_budget`]; an image
+    /// costs what its header declares, and at least a 112x112 face (an image
+    /// without a readable header too: the decoder refuses or sizes it).
+    fn check_decoded_size(&self, bins: &[Value], file_len: usize) -> Result<(), Error> {
+        let mut total = 0u64;
+        for (i, value) in bins.iter().enumerate() {
+            let Kind::Bytes(bytes) = &value.kind else {
+                continue;
+            };
+            // The decoder's own header reader and bound: what it would refuse is refused
+            // here before anything is decoded. An unreadable header costs a face; the
+            // decoder reports it when it gets there.
+            let pixels = match decode::dimensions(bytes, || format!("image {i}")) {
+                Ok((width, height)) => (width * height) as u64,
+                Err(DecodeError::TooLarge {
+                    format,
+                    width,
+                    height,
+                    ..
+                }) => {
+                    return Err(self.error(
+                        value,
+                        &format!("image {i}"),
+                        format!(
+                            "at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels (MAX_IMAGE_SIDE)"
+                        ),
+                        format!("a {format} header declaring {width}x{height} pixels"),
+                    ));
+                }
+                Err(_) => 0,
+            };
+            // Both factors are bounded above, so this cannot overflow.
+            total = total.saturating_add((pixels * 3).max(DECODED_FACE_BYTES));
+        }
+        let budget = decoded_budget(file_len);
+        if total > budget {
+            return Err(self.error(
+                &bins[0],
+                "bins",
+                format!(
+                    "images that decode to at most {budget} bytes ({DECODED_BYTES_PER_FILE_BYTE} \
+                     per byte of this {file_len}-byte file, at least {MIN_DECODED_BUDGET} and at \
+                     most {MAX_DECODED_BUDGET}; each image counts as at least a 112x112 RGB \
+                     face of {DECODED_FACE_BYTES} bytes)"
+                ),
+                format!("{} images that decode to {total} bytes", bins.len()),
+            ));
+        }
+        Ok(())
     }
 
     fn pair_tuple<'v>(&self, root: &'v Value) -> Result<[&'v Value; 2], Error> {

@@ -353,3 +353,155 @@ fn missing_files_are_named() {
         "{e}"
     );
 }
+
+// ---- inputs that would decode to far more than they hold ----
+
+/// CRC-32 (IEEE) as PNG chunks carry it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A valid greyscale PNG whose IHDR declares `width`x`height` and whose IDAT holds the
+/// filter byte and pixels of one row (`pixel` repeated): the whole image for 1x1, a
+/// few bytes announcing a huge image otherwise.
+fn png(width: u32, height: u32, pixel: u8) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    let row: Vec<u8> = [0]
+        .into_iter()
+        .chain([pixel; 8])
+        .take(1 + width.min(8) as usize)
+        .collect();
+    // zlib with one stored block.
+    let mut zlib = vec![0x78, 0x01, 0x01];
+    zlib.extend((row.len() as u16).to_le_bytes());
+    zlib.extend((!(row.len() as u16)).to_le_bytes());
+    zlib.extend(&row);
+    let (a, b) = row.iter().fold((1u32, 0u32), |(a, b), &x| {
+        let a = (a + u32::from(x)) % 65521;
+        (a, (b + a) % 65521)
+    });
+    zlib.extend(((b << 16) | a).to_be_bytes());
+    chunk(&mut out, b"IDAT", &zlib);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A real 8x8 baseline JPEG whose SOF0 is patched to declare `width`x`height`: the
+/// headers are whole, as a bomb's would be, and only the size lies.
+fn jpeg_declaring(width: u16, height: u16) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new(&mut bytes)
+        .encode(&[128u8; 8 * 8 * 3], 8, 8, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let sof = bytes
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a baseline JPEG has an SOF0 marker");
+    bytes[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn an_image_declaring_a_huge_size_is_refused_naming_it_and_the_bound() {
+    let cases = [
+        (png(10_000, 10_000, 0), "PNG", "10000x10000"),
+        (jpeg_declaring(5_000, 5_000), "JPEG", "5000x5000"),
+        (png(4_097, 1, 0), "PNG", "4097x1"),
+    ];
+    for (bomb, format, size) in cases {
+        assert!(bomb.len() < 1000, "{} bytes", bomb.len());
+        let images = [png(1, 1, 7), png(1, 1, 8), png(1, 1, 9), bomb];
+        let data = pickle_of(|w| {
+            w.tuple(|w| {
+                w.list(&images, |w, i| w.bytes(i))?;
+                w.list(&[true, false], |w, &b| w.bool(b))
+            })
+        });
+        let e = read_error(&data, "bomb.bin");
+        assert!(
+            e.starts_with("bomb.bin: byte ")
+                && e.contains("image 3")
+                && e.contains(&format!("a {format} header declaring {size} pixels"))
+                && e.contains("at most 4096x4096"),
+            "{e}"
+        );
+    }
+    // At the bound, and images whose header is not recognisable, are left to the decoder.
+    let images = [
+        png(4096, 4096, 0),
+        png(1, 1, 0),
+        b"\xff\xd8ab".to_vec(),
+        b"x".to_vec(),
+    ];
+    let data = pickle_of(|w| {
+        w.tuple(|w| {
+            w.list(&images, |w, i| w.bytes(i))?;
+            w.list(&[true, false], |w, &b| w.bool(b))
+        })
+    });
+    VerificationBin::decode(&data, Path::new("ok.bin")).unwrap();
+}
+
+#[test]
+fn many_tiny_images_that_would_decode_to_far_more_than_the_file_are_refused() {
+    // 8000 distinct 1x1 PNGs of about 70 bytes each: a 600 KB file whose images decode
+    // to 8000 112x112 RGB faces, 300 MB.
+    let images: Vec<Vec<u8>> = (0..8000u32)
+        .map(|i| {
+            let mut image = png(1, 1, i as u8);
+            // Distinct bytes (memo references to one image are refused separately).
+            image.extend(i.to_le_bytes());
+            image
+        })
+        .collect();
+    let issame: Vec<bool> = (0..4000).map(|i| i % 2 == 0).collect();
+    let data = pickle_of(|w| {
+        w.tuple(|w| {
+            w.list(&images, |w, i| w.bytes(i))?;
+            w.list(&issame, |w, &b| w.bool(b))
+        })
+    });
+    assert!(data.len() < 725_000, "{} bytes", data.len());
+    let e = read_error(&data, "tiny.bin");
+    assert!(
+        e.starts_with("tiny.bin: byte ")
+            && e.contains("8000 images that decode to 301056000 bytes")
+            && e.contains("at most 67108864 bytes"),
+        "{e}"
+    );
+
+    // The same images, fewer of them, are a valid file.
+    let data = pickle_of(|w| {
+        w.tuple(|w| {
+            w.list(&images[..1000], |w, i| w.bytes(i))?;
+            w.list(&issame[..500], |w, &b| w.bool(b))
+        })
+    });
+    let bin = VerificationBin::decode(&data, Path::new("small.bin")).unwrap();
+    assert_eq!(bin.pairs(), 500);
+}

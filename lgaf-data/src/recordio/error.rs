@@ -1,7 +1,7 @@
 //! The error type of the RecordIO reader and writer.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// How an error names a record: by its `.idx` key when the index is known,
 /// by its position in the file while the file is scanned without an index.
@@ -152,6 +152,31 @@ pub enum RecordIoError {
         rec_len: u64,
     },
 
+    /// An `.idx` entry does not point at the start of a record of the `.rec`
+    /// (boxed: it is the largest error, and every `Result` of the data path would
+    /// carry its size).
+    #[error(transparent)]
+    IndexMismatch(Box<IndexMismatch>),
+
+    /// The `.rec` holds records after the last one the `.idx` lists: an index
+    /// cut short, or an empty one.
+    #[error(
+        "{path} {listed}, but {rec_path} is {rec_len} bytes long: the records from byte \
+         {indexed_end} on are not in the index; expected the indexed records to reach the \
+         end of the file ({hint})",
+        listed = listed(*.lines, *.indexed_end),
+        hint = rebuild_hint(.rec_path)
+    )]
+    IndexIncomplete {
+        path: PathBuf,
+        /// Entries in the index.
+        lines: usize,
+        /// Where the last indexed record ends (0 for an empty index).
+        indexed_end: u64,
+        rec_path: PathBuf,
+        rec_len: u64,
+    },
+
     /// A payload is too long for a RecordIO record (dmlc's limit).
     #[error(
         "cannot write {path}: {record} has a payload of {len} bytes, \
@@ -186,6 +211,43 @@ pub enum RecordIoError {
         what: &'static str,
         value: u64,
     },
+}
+
+/// An `.idx` entry that does not point where the entries before it say the
+/// next record of the `.rec` starts: two keys at one offset, an offset off the
+/// RecordIO magic or inside a record, or records between two entries that the
+/// index leaves out.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} line {line}: key {key} at offset {offset}: expected {expected}, found {found}; \
+     the index does not match {rec_path} ({hint})",
+    hint = rebuild_hint(.rec_path)
+)]
+pub struct IndexMismatch {
+    pub path: PathBuf,
+    /// 1-based line number.
+    pub line: usize,
+    pub key: u64,
+    pub offset: u64,
+    pub rec_path: PathBuf,
+    pub expected: String,
+    pub found: String,
+}
+
+/// What an incomplete index holds.
+fn listed(lines: usize, indexed_end: u64) -> String {
+    match lines {
+        0 => "lists no records".to_string(),
+        _ => format!("lists {lines} records, which end at byte {indexed_end}"),
+    }
+}
+
+/// How to replace an index that does not match its `.rec`.
+fn rebuild_hint(rec_path: &Path) -> String {
+    format!(
+        "rebuild it from the records with `lgaf inspect --rebuild-index {}`",
+        rec_path.display()
+    )
 }
 
 impl RecordIoError {

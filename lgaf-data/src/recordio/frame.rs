@@ -151,77 +151,95 @@ impl FrameError {
     }
 }
 
+/// One frame's header, read and checked: its continuation flag, where its payload
+/// lies and where the next frame starts.
+struct Frame {
+    cflag: u32,
+    payload: std::ops::Range<usize>,
+    end: usize,
+}
+
+/// Read the frame at `frame_offset`; `opens_record` says whether it must be a
+/// record's first frame (flag 0 or 1) or a later part (flag 2 or 3).
+fn read_frame(bytes: &[u8], frame_offset: usize, opens_record: bool) -> Result<Frame, FrameError> {
+    let header = bytes
+        .get(frame_offset..)
+        .and_then(|rest| rest.get(..FRAME_HEADER_LEN))
+        .ok_or(FrameError::Truncated {
+            part: "frame header",
+            needed: FRAME_HEADER_LEN,
+            at: frame_offset,
+            file_len: bytes.len(),
+        })?;
+    let magic = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    if magic != MAGIC {
+        return Err(FrameError::BadMagic {
+            frame_offset,
+            found: magic,
+        });
+    }
+    let lrecord = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let (cflag, len) = decode_lrecord(lrecord);
+
+    let allowed = if opens_record {
+        [WHOLE, FIRST]
+    } else {
+        [MIDDLE, LAST]
+    };
+    if !allowed.contains(&cflag) {
+        return Err(FrameError::BadContinuation {
+            frame_offset,
+            found: cflag,
+            expected: if opens_record {
+                "0 (whole record) or 1 (first part)"
+            } else {
+                "2 (middle part) or 3 (last part)"
+            },
+        });
+    }
+
+    // The header was inside the file, so `start` is at most its length; the
+    // padded length has 29 bits, so neither sum can overflow.
+    let start = frame_offset + FRAME_HEADER_LEN;
+    let padded = padded_len(len);
+    if bytes.len() - start < padded {
+        return Err(FrameError::Truncated {
+            part: "frame payload",
+            needed: padded,
+            at: start,
+            file_len: bytes.len(),
+        });
+    }
+    Ok(Frame {
+        cflag,
+        payload: start..start + len,
+        end: start + padded,
+    })
+}
+
 /// Decode the record whose first frame starts at `offset`, as dmlc's
 /// `RecordIOReader::NextRecord` does, but checking that the continuation
 /// flags form a whole record (dmlc trusts them).
 pub fn decode_record(bytes: &[u8], offset: usize) -> Result<Decoded<'_>, FrameError> {
     let mut frame_offset = offset;
-    // Filled only for multi-frame records.
+    // Filled only for multi-frame records; every part lies in `bytes`, so it
+    // never holds more than the file.
     let mut joined: Vec<u8> = Vec::new();
     loop {
-        let header = bytes
-            .get(frame_offset..)
-            .and_then(|rest| rest.get(..FRAME_HEADER_LEN))
-            .ok_or(FrameError::Truncated {
-                part: "frame header",
-                needed: FRAME_HEADER_LEN,
-                at: frame_offset,
-                file_len: bytes.len(),
-            })?;
-        let magic = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        if magic != MAGIC {
-            return Err(FrameError::BadMagic {
-                frame_offset,
-                found: magic,
-            });
-        }
-        let lrecord = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let (cflag, len) = decode_lrecord(lrecord);
-
-        let opens_record = frame_offset == offset;
-        let allowed = if opens_record {
-            [WHOLE, FIRST]
-        } else {
-            [MIDDLE, LAST]
-        };
-        if !allowed.contains(&cflag) {
-            return Err(FrameError::BadContinuation {
-                frame_offset,
-                found: cflag,
-                expected: if opens_record {
-                    "0 (whole record) or 1 (first part)"
-                } else {
-                    "2 (middle part) or 3 (last part)"
-                },
-            });
-        }
-
-        let start = frame_offset + FRAME_HEADER_LEN;
-        let padded = padded_len(len);
-        let framed = bytes
-            .get(start..)
-            .and_then(|rest| rest.get(..padded))
-            .ok_or(FrameError::Truncated {
-                part: "frame payload",
-                needed: padded,
-                at: start,
-                file_len: bytes.len(),
-            })?;
-        let part = &framed[..len];
-        let end = start + padded;
-
-        match cflag {
+        let frame = read_frame(bytes, frame_offset, frame_offset == offset)?;
+        let part = &bytes[frame.payload];
+        match frame.cflag {
             WHOLE => {
                 return Ok(Decoded {
                     payload: Cow::Borrowed(part),
-                    end,
+                    end: frame.end,
                 })
             }
             LAST => {
                 joined.extend_from_slice(part);
                 return Ok(Decoded {
                     payload: Cow::Owned(joined),
-                    end,
+                    end: frame.end,
                 });
             }
             _ => {
@@ -229,7 +247,21 @@ pub fn decode_record(bytes: &[u8], offset: usize) -> Result<Decoded<'_>, FrameEr
                 joined.extend_from_slice(&MAGIC_BYTES);
             }
         }
-        frame_offset = end;
+        frame_offset = frame.end;
+    }
+}
+
+/// The offset just past the record whose first frame starts at `offset`,
+/// with the same checks as [`decode_record`] but reading only the frame
+/// headers: what checking an index against its file needs.
+pub fn record_end(bytes: &[u8], offset: usize) -> Result<usize, FrameError> {
+    let mut frame_offset = offset;
+    loop {
+        let frame = read_frame(bytes, frame_offset, frame_offset == offset)?;
+        if matches!(frame.cflag, WHOLE | LAST) {
+            return Ok(frame.end);
+        }
+        frame_offset = frame.end;
     }
 }
 
@@ -366,6 +398,27 @@ mod tests {
         assert_eq!((&*a.payload, a.end), (&first[..], second_offset));
         let b = decode_record(&file, a.end).unwrap();
         assert_eq!((&*b.payload, b.end), (&second[..], file.len()));
+    }
+
+    #[test]
+    fn record_end_agrees_with_decoding() {
+        let first = [&b"abcd"[..], &M, b"e", &M].concat(); // split
+        let mut file = encode(&first);
+        let second_offset = file.len();
+        file.extend(encode(b"plain"));
+        assert_eq!(record_end(&file, 0), Ok(second_offset));
+        assert_eq!(record_end(&file, second_offset), Ok(file.len()));
+        assert_eq!(
+            record_end(&file[..second_offset - 1], 0),
+            decode_record(&file[..second_offset - 1], 0).map(|d| d.end)
+        );
+        assert!(matches!(
+            record_end(&file, 12),
+            Err(FrameError::BadContinuation {
+                frame_offset: 12,
+                ..
+            })
+        ));
     }
 
     #[test]

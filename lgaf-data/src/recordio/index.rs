@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::error::{RecordIoError, RecordRef};
+use super::error::{IndexMismatch, RecordIoError, RecordRef};
 use super::frame;
 use super::irheader;
 
@@ -159,6 +159,143 @@ pub fn parse(
     Ok(RecordIndex::new(
         entries.into_iter().map(|(entry, _)| entry).collect(),
     ))
+}
+
+/// Check an index read from `idx_path` (whose text is `idx_text`) against the
+/// `.rec` it indexes (`rec`, the mapped file): the records must tile the file,
+/// as MXNet's writer lays them out. In offset order, each entry must point at
+/// the first frame of a record (the RecordIO magic, continuation flag 0 or 1)
+/// exactly where the previous record ends (byte 0 for the first), and the
+/// last record must end at the end of the file. So two keys at one offset, an
+/// offset off a record, a line missing in the middle and an index cut short
+/// (or empty) are all refused instead of silently changing the images.
+///
+/// Only frame headers are read (8 bytes per frame): cheap on a memory map even
+/// for millions of records. Payloads are checked when they are read.
+pub fn check_against_rec(
+    index: &RecordIndex,
+    idx_text: &[u8],
+    idx_path: &Path,
+    rec: &[u8],
+    rec_path: &Path,
+) -> Result<(), RecordIoError> {
+    // Line numbers are looked up only for an error, so the good path keeps no
+    // per-entry line table.
+    let line_of = |key: u64| line_of_key(idx_text, key);
+    let mismatch = |entry: IndexEntry, expected: String, found: String| {
+        RecordIoError::IndexMismatch(Box::new(IndexMismatch {
+            path: idx_path.to_path_buf(),
+            line: line_of(entry.key),
+            key: entry.key,
+            offset: entry.offset,
+            rec_path: rec_path.to_path_buf(),
+            expected,
+            found,
+        }))
+    };
+
+    // Where the next record must start, and the entry of the record before it.
+    let mut next_start = 0usize;
+    let mut previous: Option<IndexEntry> = None;
+    for entry in index.in_file_order() {
+        // `parse` checked that offsets lie inside the file, so they fit usize.
+        let at = entry.offset as usize;
+        if let Some(before) = previous.filter(|before| before.offset == entry.offset) {
+            return Err(mismatch(
+                entry,
+                "one key per record offset".into(),
+                format!(
+                    "line {} already gives offset {} to key {}",
+                    line_of(before.key),
+                    before.offset,
+                    before.key
+                ),
+            ));
+        }
+        let end = match frame::record_end(rec, at) {
+            Ok(end) => end,
+            // The first frame is where the index points: an error there is the
+            // index's; an error in a later frame is the record's own damage.
+            Err(frame::FrameError::BadMagic {
+                frame_offset,
+                found,
+            }) if frame_offset == at => {
+                return Err(mismatch(
+                    entry,
+                    format!("the RecordIO magic 0xced7230a at byte {at}"),
+                    format!("{found:#010x} (an offset off any record, or a damaged .rec)"),
+                ))
+            }
+            Err(frame::FrameError::BadContinuation {
+                frame_offset,
+                found,
+                expected,
+            }) if frame_offset == at => {
+                return Err(mismatch(
+                    entry,
+                    format!("the first frame of a record, continuation flag {expected}"),
+                    format!("continuation flag {found}, a later part of a split record"),
+                ))
+            }
+            Err(frame::FrameError::Truncated {
+                part: "frame header",
+                at: header_at,
+                file_len,
+                ..
+            }) if header_at == at => {
+                return Err(mismatch(
+                    entry,
+                    format!("a record's 8-byte frame header at byte {at}"),
+                    format!("only {} bytes before the end of the file", file_len - at),
+                ))
+            }
+            Err(error) => return Err(error.locate(rec_path, RecordRef::Key(entry.key), at)),
+        };
+        if at != next_start {
+            let after = match previous {
+                Some(before) => format!(
+                    ", where the record of key {} (line {}) ends",
+                    before.key,
+                    line_of(before.key)
+                ),
+                None => ", where the file's first record starts".to_string(),
+            };
+            let found = if at > next_start {
+                format!(
+                    "offset {at}: bytes {next_start}..{at} of {} are in no indexed record",
+                    rec_path.display()
+                )
+            } else {
+                format!("offset {at}, inside that record")
+            };
+            return Err(mismatch(
+                entry,
+                format!("offset {next_start}{after}"),
+                found,
+            ));
+        }
+        next_start = end;
+        previous = Some(entry);
+    }
+    if next_start != rec.len() {
+        return Err(RecordIoError::IndexIncomplete {
+            path: idx_path.to_path_buf(),
+            lines: index.len(),
+            indexed_end: next_start as u64,
+            rec_path: rec_path.to_path_buf(),
+            rec_len: rec.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// The 1-based line of `key` in an index's text (which `parse` accepted), for
+/// messages.
+fn line_of_key(idx_text: &[u8], key: u64) -> usize {
+    idx_text
+        .split(|&byte| byte == b'\n')
+        .position(|raw| parse_line(raw).is_ok_and(|entry| entry.key == key))
+        .map_or(0, |at| at + 1)
 }
 
 /// One `key<TAB>offset` line; surrounding whitespace (e.g. a `\r`) is

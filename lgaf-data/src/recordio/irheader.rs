@@ -66,11 +66,16 @@ impl<'a> IrRecord<'a> {
             id2: dword(16),
         };
 
-        let labels_len = 4 * header.flag as usize;
+        // The flag comes from the file: a count that cannot be a length is
+        // simply more than the payload holds.
+        let labels_len = usize::try_from(header.flag)
+            .ok()
+            .and_then(|flag| flag.checked_mul(4))
+            .unwrap_or(usize::MAX);
         if rest.len() < labels_len {
             return Err(ShortPayload {
                 what: format!("an IRHeader and {} extra labels", header.flag),
-                needed: IR_HEADER_LEN + labels_len,
+                needed: labels_len.saturating_add(IR_HEADER_LEN),
                 found: payload.len(),
             });
         }

@@ -153,16 +153,27 @@ fn from_header(
         .find(|(key, entry)| entry.key != *key)
         .map(|(key, _)| key)
         .or_else(|| (by_key.len() < end as usize).then_some(by_key.len() as u64));
+    // Name the .idx and its size: a header that counts more records than the
+    // index holds is how a cut index shows when the .rec was cut with it.
+    let idx_holds = || {
+        format!(
+            "{} holds {} keys",
+            super::index::idx_path_for(records.path()).display(),
+            by_key.len()
+        )
+    };
     if let Some(key) = missing {
         return Err(header_mismatch(format!(
-            "the index has no key {key}; {}",
+            "the index has no key {key} ({}); {}",
+            idx_holds(),
             expected_keys()
         )));
     }
     if let Some(extra) = by_key.get(end as usize) {
         return Err(header_mismatch(format!(
-            "the index also has key {}; {}",
+            "the index also has key {} ({}); {}",
             extra.key,
+            idx_holds(),
             expected_keys()
         )));
     }

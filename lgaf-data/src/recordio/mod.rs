@@ -29,8 +29,13 @@
 //! * [`PackWriter`] writes a pack in insightface's layout; [`RecordWriter`]
 //!   writes raw keyed records. Both publish their files atomically.
 //!
-//! A missing `.idx` is rebuilt by scanning the `.rec` (see
-//! [`RecordFile::open_with_progress`]).
+//! An `.idx` is checked against the `.rec` when a pack is opened: its records
+//! must tile the file (each offset at a record's first frame, where the
+//! previous record ends, the last one ending at the end of the file), so a
+//! cut, emptied or edited index is refused rather than silently changing the
+//! images. A missing `.idx` is rebuilt by scanning the `.rec`, and
+//! [`IndexMode::Rebuild`] rebuilds and replaces one that does not match (see
+//! [`RecordFile::open_with`]).
 
 mod error;
 mod frame;
@@ -42,11 +47,11 @@ mod pack_writer;
 mod reader;
 mod writer;
 
-pub use error::{RecordIoError, RecordRef};
+pub use error::{IndexMismatch, RecordIoError, RecordRef};
 pub use frame::MAGIC;
 pub use irheader::{pack, IrHeader, IrLabel, IrRecord, ShortPayload, IR_HEADER_LEN};
 pub use layout::PackHeader;
 pub use pack::{Images, PackImage, RecordPack};
 pub use pack_writer::{PackSummary, PackWriter};
-pub use reader::{IndexSource, RecordFile, Records};
+pub use reader::{IndexMode, IndexSource, RecordFile, Records};
 pub use writer::{RecordWriter, Written};

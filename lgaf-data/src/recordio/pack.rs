@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::error::{RecordIoError, RecordRef};
 use super::layout::{self, Layout, PackHeader};
-use super::reader::{IndexSource, RecordFile};
+use super::reader::{IndexMode, IndexSource, RecordFile};
 
 /// An insightface `train.rec` + `train.idx`: images with identity labels.
 ///
@@ -46,7 +46,17 @@ impl RecordPack {
         rec_path: impl AsRef<Path>,
         progress: impl FnMut(u64, u64),
     ) -> Result<Self, RecordIoError> {
-        let records = RecordFile::open_with_progress(rec_path, progress)?;
+        Self::open_with(rec_path, IndexMode::Read, progress)
+    }
+
+    /// Open a pack, getting its index as `mode` says (see [`RecordFile::open_with`]):
+    /// [`IndexMode::Rebuild`] repairs an `.idx` that does not match the `.rec`.
+    pub fn open_with(
+        rec_path: impl AsRef<Path>,
+        mode: IndexMode,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Self, RecordIoError> {
+        let records = RecordFile::open_with(rec_path, mode, progress)?;
         let layout = Layout::derive(&records)?;
         Ok(Self { records, layout })
     }

@@ -15,9 +15,23 @@ use super::index::{self, FileOrder, RecordIndex};
 pub enum IndexSource {
     /// Read from the `.idx` next to the `.rec`.
     IdxFile,
-    /// Rebuilt by scanning the `.rec` because the `.idx` was missing;
-    /// `saved` says whether it could be written next to the pack.
+    /// Rebuilt by scanning the `.rec`, because the `.idx` was missing or
+    /// because [`IndexMode::Rebuild`] asked for it; `saved` says whether it
+    /// could be written next to the pack.
     Rebuilt { saved: bool },
+}
+
+/// How [`RecordFile::open_with`] gets the index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IndexMode {
+    /// Read the `.idx` and check it against the `.rec` (an index that does
+    /// not match is an error); scan the `.rec` only when there is no `.idx`.
+    #[default]
+    Read,
+    /// Scan the `.rec` whatever the `.idx` holds, and replace the `.idx` with
+    /// the result: the repair for an index that failed its check. Failing to
+    /// write the new `.idx` is an error here, since writing it was asked for.
+    Rebuild,
 }
 
 /// A `.rec` file and its index. Reads take `&self` and the type is
@@ -43,6 +57,17 @@ impl RecordFile {
     /// folder is writable.
     pub fn open_with_progress(
         rec_path: impl AsRef<Path>,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Self, RecordIoError> {
+        Self::open_with(rec_path, IndexMode::Read, progress)
+    }
+
+    /// Map `rec_path` and get its index as `mode` says. An `.idx` that is read
+    /// is checked against the `.rec` (see [`IndexMode::Read`]); a scan calls
+    /// `progress(bytes_done, bytes_total)` as it advances.
+    pub fn open_with(
+        rec_path: impl AsRef<Path>,
+        mode: IndexMode,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Self, RecordIoError> {
         let path = rec_path.as_ref().to_path_buf();
@@ -55,18 +80,30 @@ impl RecordFile {
             .map_err(|source| RecordIoError::io("cannot memory-map", &path, source))?;
 
         let idx_path = index::idx_path_for(&path);
-        let (index, index_source) = match std::fs::read(&idx_path) {
-            Ok(bytes) => (
-                index::parse(&bytes, &idx_path, &path, map.len() as u64)?,
-                IndexSource::IdxFile,
-            ),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+        let existing = match mode {
+            IndexMode::Read => match std::fs::read(&idx_path) {
+                Ok(bytes) => Some(bytes),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => return Err(RecordIoError::io("cannot read", &idx_path, source)),
+            },
+            IndexMode::Rebuild => None,
+        };
+        let (index, index_source) = match existing {
+            Some(bytes) => {
+                let index = index::parse(&bytes, &idx_path, &path, map.len() as u64)?;
+                index::check_against_rec(&index, &bytes, &idx_path, &map, &path)?;
+                (index, IndexSource::IdxFile)
+            }
+            None => {
                 let index = index::scan(&map, &path, &mut progress)?;
-                // A read-only dataset folder is normal; the index then lives in memory only.
-                let saved = index::write_atomic(&index, &idx_path).is_ok();
+                let saved = match (index::write_atomic(&index, &idx_path), mode) {
+                    (Ok(()), _) => true,
+                    (Err(error), IndexMode::Rebuild) => return Err(error),
+                    // A read-only dataset folder is normal; the index then lives in memory only.
+                    (Err(_), IndexMode::Read) => false,
+                };
                 (index, IndexSource::Rebuilt { saved })
             }
-            Err(source) => return Err(RecordIoError::io("cannot read", &idx_path, source)),
         };
         Ok(Self {
             path,

@@ -17,7 +17,7 @@ mod writer;
 use std::fmt;
 use std::sync::Arc;
 
-pub use unpickler::{parse, MAX_DEPTH};
+pub use unpickler::{parse, MAX_DEPTH, MAX_OPCODES};
 pub use writer::Writer;
 
 /// One object of a pickle and the byte offset of the opcode that made it.
@@ -141,6 +141,12 @@ pub enum Problem {
 
     #[error("nesting deeper than {MAX_DEPTH} levels")]
     TooDeep,
+
+    #[error(
+        "more than {MAX_OPCODES} opcodes (MAX_OPCODES); verification files need about 2 per \
+         image and 1 per pair"
+    )]
+    TooManyOpcodes,
 
     #[error("a list contains itself")]
     Cyclic,

@@ -17,6 +17,12 @@ use super::{Kind, PickleError, Problem, Value};
 /// (a tuple of lists of byte strings).
 pub const MAX_DEPTH: usize = 32;
 
+/// How many opcodes a pickle may run. A one-byte opcode can cost tens of bytes
+/// of memory (a stack entry, a list, a memo entry, a value), so the count, not
+/// the file size, bounds what parsing allocates. Verification files run about
+/// 2 per image and 1 per pair: 35,000 for cfp_fp, so 2^20 is 30 times that.
+pub const MAX_OPCODES: usize = 1 << 20;
+
 /// Parses one pickle that makes up all of `data`.
 pub fn parse(data: &[u8]) -> Result<Value, PickleError> {
     Unpickler::new(data).run()
@@ -96,6 +102,8 @@ struct Unpickler<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, Item>,
     nodes: Vec<Node>,
+    /// Opcodes run so far, bounded by [`MAX_OPCODES`].
+    opcodes: usize,
 }
 
 impl<'a> Unpickler<'a> {
@@ -109,6 +117,7 @@ impl<'a> Unpickler<'a> {
             marks: Vec::new(),
             memo: HashMap::new(),
             nodes: Vec::new(),
+            opcodes: 0,
         }
     }
 
@@ -132,6 +141,10 @@ impl<'a> Unpickler<'a> {
             self.op_offset = self.pos;
             self.op = op;
             self.pos += 1;
+            self.opcodes += 1;
+            if self.opcodes > MAX_OPCODES {
+                return Err(self.fail(Problem::TooManyOpcodes));
+            }
             if op == STOP {
                 return self.finish();
             }
@@ -669,6 +682,21 @@ mod tests {
     #[test]
     fn global_operands_end_with_newlines() {
         assert_eq!(err(b"c_codecs\nencode").problem, Problem::UnterminatedLine);
+    }
+
+    #[test]
+    fn the_number_of_opcodes_is_bounded() {
+        // A list of 2^20 bools: one byte each, but tens of bytes each in memory.
+        let mut data = b"](".to_vec();
+        data.extend(std::iter::repeat_n(NEWTRUE, 1 << 20));
+        data.extend(b"e.");
+        let e = err(&data);
+        assert!(e.to_string().contains("more than 1048576 opcodes"), "{e}");
+        // One opcode fewer than the bound is fine.
+        let mut data = b"](".to_vec();
+        data.extend(std::iter::repeat_n(NEWTRUE, (1 << 20) - 4));
+        data.extend(b"e.");
+        parse(&data).unwrap();
     }
 
     #[test]
