@@ -100,6 +100,29 @@ impl std::str::FromStr for Fusion {
     }
 }
 
+// Declared ranges of the numeric keys (`ModelConfig::validate`). Their products (the
+// GFE fc: 512 x width x 49 x embedding; an MSNet's projection: kernels x mid_channels x 49
+// x embedding / heads) stay below 2^31, so no shape computation can overflow an i64 and
+// no layer is beyond what one accelerator holds.
+
+/// `model.width`: 4 x insightface's channels (stages up to 2048) is already far past any
+/// published IResNet; the spec uses 1 (GPU) and 0.25 (CPU demo).
+pub const MAX_WIDTH: f64 = 4.0;
+/// `model.embedding_size`: 8 x the paper's 512; the GFE fc at width 4 is then 1.6 G floats.
+pub const MAX_EMBEDDING_SIZE: i64 = 4096;
+/// `model.heads`: 8 x the paper's default 4 (Tab. 2 goes up to 8); each head is a whole
+/// MSNet, so more would only multiply the branch convolutions.
+pub const MAX_HEADS: i64 = 32;
+/// `model.kernels`: odd sizes (so "same" padding keeps the 7x7 map) up to 7, the side of
+/// the feature map C(x): a larger kernel only adds taps that read padding. With no size
+/// repeated there are at most four branches.
+pub const MAX_KERNEL: i64 = 7;
+/// `model.mid_channels`: 8 x the paper's 128 (width 4 gives 512 by default).
+pub const MAX_MID_CHANNELS: i64 = 1024;
+/// `model.lgf.h`: the paper's 0.333 is the 3-sigma rule; past 10 every norm further than
+/// 0.1 sigma from the mean is clamped and the attention is a step function.
+pub const MAX_LGF_H: f64 = 10.0;
+
 /// LGF hyper-parameters (spec section 2, paper eq. 4-10).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -177,41 +200,212 @@ impl ModelConfig {
         ((c as f64 * self.width).round() as i64).max(1)
     }
 
-    /// Checks the combinations the layers cannot express.
+    /// Checks every field against its declared range (the constants above, each with its
+    /// reason) and the combinations the layers cannot express. Errors name the key as
+    /// `model.<key>`, the value and the range.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, message: String| Err(ModelError::Config { field, message });
-        if !(self.width > 0.0 && self.width <= 4.0) {
-            return bad("width", format!("{} is outside (0, 4]", self.width));
-        }
-        if self.embedding_size <= 0 {
+        if !(self.width > 0.0 && self.width <= MAX_WIDTH) {
             return bad(
-                "embedding_size",
-                format!("{} must be positive", self.embedding_size),
+                "model.width",
+                format!("{} is outside (0, {MAX_WIDTH}]", self.width),
             );
         }
-        if self.fusion.has_local() {
-            if self.heads <= 0 || self.embedding_size % self.heads != 0 {
+        if !(1..=MAX_EMBEDDING_SIZE).contains(&self.embedding_size) {
+            return bad(
+                "model.embedding_size",
+                format!(
+                    "{} is outside 1..={MAX_EMBEDDING_SIZE}",
+                    self.embedding_size
+                ),
+            );
+        }
+        // Ranges hold whatever the fusion (a value out of range is a mistake even where it
+        // is unused); the divisibility only where the MHMS is built.
+        if !(1..=MAX_HEADS).contains(&self.heads)
+            || (self.fusion.has_local() && self.embedding_size % self.heads != 0)
+        {
+            return bad(
+                "model.heads",
+                format!(
+                    "{} must be in 1..={MAX_HEADS} and divide model.embedding_size {}",
+                    self.heads, self.embedding_size
+                ),
+            );
+        }
+        if self.kernels.is_empty() {
+            return bad(
+                "model.kernels",
+                format!("[] is empty: expected odd sizes from 1 to {MAX_KERNEL}, e.g. [1, 3, 5]"),
+            );
+        }
+        for (i, &k) in self.kernels.iter().enumerate() {
+            if !(1..=MAX_KERNEL).contains(&k) || k % 2 == 0 {
                 return bad(
-                    "heads",
+                    "model.kernels",
                     format!(
-                        "{} must be positive and divide embedding_size {}",
-                        self.heads, self.embedding_size
+                        "{k} (in {:?}) is not an odd size in 1..={MAX_KERNEL}",
+                        self.kernels
                     ),
                 );
             }
-            if self.kernels.is_empty() || self.kernels.iter().any(|k| k % 2 == 0 || *k <= 0) {
+            if self.kernels[..i].contains(&k) {
                 return bad(
-                    "kernels",
-                    format!("{:?}: need odd positive sizes", self.kernels),
+                    "model.kernels",
+                    format!("{k} appears twice in {:?}", self.kernels),
                 );
             }
-            if self.mid_channels() <= 0 {
-                return bad("mid_channels", "must be positive".into());
-            }
+        }
+        let mid = self.mid_channels();
+        if !(1..=MAX_MID_CHANNELS).contains(&mid) {
+            return bad(
+                "model.mid_channels",
+                format!("{mid} is outside 1..={MAX_MID_CHANNELS}"),
+            );
+        }
+        let lgf = &self.lgf;
+        if !(lgf.h > 0.0 && lgf.h <= MAX_LGF_H) {
+            return bad(
+                "model.lgf.h",
+                format!("{} is outside (0, {MAX_LGF_H}]", lgf.h),
+            );
+        }
+        if !(lgf.alpha > 0.0 && lgf.alpha <= 1.0) {
+            return bad(
+                "model.lgf.alpha",
+                format!("{} is outside (0, 1]", lgf.alpha),
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("dropout", format!("{} is outside [0, 1)", self.dropout));
+            return bad(
+                "model.dropout",
+                format!("{} is outside [0, 1)", self.dropout),
+            );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn refused(cfg: ModelConfig, parts: &[&str]) {
+        let msg = cfg.validate().unwrap_err().to_string();
+        for part in parts {
+            assert!(msg.contains(part), "`{part}` missing from: {msg}");
+        }
+    }
+
+    #[test]
+    fn every_numeric_key_is_bounded_and_named_with_its_section() {
+        let d = ModelConfig::default;
+        refused(
+            ModelConfig {
+                kernels: vec![99999],
+                ..d()
+            },
+            &["model.kernels", "99999", "1..=7"],
+        );
+        refused(
+            ModelConfig {
+                kernels: vec![1, 3, 3],
+                ..d()
+            },
+            &["model.kernels", "twice"],
+        );
+        refused(
+            ModelConfig {
+                embedding_size: i64::MAX,
+                ..d()
+            },
+            &["model.embedding_size", "1..=4096"],
+        );
+        refused(
+            ModelConfig {
+                heads: 1 << 40,
+                embedding_size: 4096,
+                ..d()
+            },
+            &["model.heads", "1..=32"],
+        );
+        refused(
+            ModelConfig {
+                mid_channels: Some(1 << 40),
+                ..d()
+            },
+            &["model.mid_channels", "1..=1024"],
+        );
+        refused(
+            ModelConfig {
+                width: f64::NAN,
+                ..d()
+            },
+            &["model.width", "NaN", "(0, 4]"],
+        );
+        refused(
+            ModelConfig {
+                lgf: LgfConfig {
+                    h: 0.0,
+                    ..Default::default()
+                },
+                ..d()
+            },
+            &["model.lgf.h", "(0, 10]"],
+        );
+        refused(
+            ModelConfig {
+                lgf: LgfConfig {
+                    alpha: f64::NAN,
+                    ..Default::default()
+                },
+                ..d()
+            },
+            &["model.lgf.alpha", "NaN", "(0, 1]"],
+        );
+        refused(
+            ModelConfig {
+                dropout: -0.1,
+                ..d()
+            },
+            &["model.dropout", "-0.1", "[0, 1)"],
+        );
+        // Unused under global fusion, still out of range.
+        refused(
+            ModelConfig {
+                fusion: Fusion::Global,
+                kernels: vec![99999],
+                ..d()
+            },
+            &["model.kernels", "99999"],
+        );
+    }
+
+    #[test]
+    fn the_largest_legal_values_pass() {
+        ModelConfig {
+            width: MAX_WIDTH,
+            embedding_size: MAX_EMBEDDING_SIZE,
+            heads: MAX_HEADS,
+            kernels: vec![1, 3, 5, MAX_KERNEL],
+            mid_channels: Some(MAX_MID_CHANNELS),
+            lgf: LgfConfig {
+                h: MAX_LGF_H,
+                alpha: 1.0,
+                norm_grad: true,
+            },
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        // Global fusion (insightface's IResNet) needs no head count that divides the size.
+        ModelConfig {
+            fusion: Fusion::Global,
+            embedding_size: 100,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
     }
 }

@@ -12,6 +12,9 @@ pub enum ModelError {
     #[error("{path}: cannot read weights: {message}")]
     WeightsFile { path: PathBuf, message: String },
 
+    #[error("{path}: cannot write weights: {message}")]
+    WeightsWrite { path: PathBuf, message: String },
+
     #[error("{path}: tensor `{name}` is missing (the model expects shape {expected:?})")]
     MissingTensor {
         path: PathBuf,
@@ -27,11 +30,42 @@ pub enum ModelError {
         found: Vec<i64>,
     },
 
-    #[error("{path}: tensor `{name}` has dtype {found}, expected a float or integer dtype")]
+    #[error(
+        "{path}: tensor `{name}` has dtype {found}, which is not read here (expected one of {})",
+        crate::weights::READABLE_DTYPES
+    )]
     UnsupportedDtype {
         path: PathBuf,
         name: String,
         found: String,
+    },
+
+    #[error(
+        "{path}: tensor `{name}` has kind {found}, which has no safetensors dtype here \
+         (expected one of {})",
+        crate::weights::WRITABLE_KINDS
+    )]
+    UnsupportedKind {
+        path: PathBuf,
+        name: String,
+        found: String,
+    },
+
+    /// Two header entries under one name: the file cannot say which one is meant.
+    #[error("duplicate tensor name `{name}` in the header of {path}")]
+    DuplicateTensor { path: PathBuf, name: String },
+
+    /// NaN or infinite values in weights about to be used (embedding, evaluation, resume).
+    #[error(
+        "{path}: tensor `{name}` holds {count} non-finite value(s) (NaN or infinity) among \
+         {numel}, the first at flat index {first}; expected finite weights"
+    )]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        count: i64,
+        numel: i64,
+        first: i64,
     },
 
     #[error("{path}: {count} tensor(s) the model does not have: {names} (wrong --arch/--fusion/--heads?)")]

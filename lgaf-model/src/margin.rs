@@ -7,6 +7,15 @@ use tch::Tensor;
 /// Keeps acos differentiable at |cos| = 1.
 const COS_EPS: f64 = 1e-7;
 
+/// Range of m1 in `combined:m1,m2,m3` (open below): a multiplicative angular margin;
+/// SphereFace's largest is 4, and 0 or less collapses every angle.
+pub const M1_RANGE: (f64, f64) = (0.0, 4.0);
+/// Range of m2: an additive angle in radians; beyond pi it wraps around the circle.
+pub const M2_RANGE: (f64, f64) = (-std::f64::consts::PI, std::f64::consts::PI);
+/// Range of m3: an additive cosine margin; cosines lie in [-1, 1], so a shift past 2
+/// puts the target logit below (or above) every other logit.
+pub const M3_RANGE: (f64, f64) = (-2.0, 2.0);
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CombinedMargin {
@@ -52,6 +61,19 @@ impl CombinedMargin {
                 let [m1, m2, m3] = parts[..] else {
                     return Err(format!("loss `{other}`: expected three margins m1,m2,m3"));
                 };
+                // `parse::<f64>` takes "nan" and "inf": every margin must be finite and in
+                // its range, or the loss is NaN from the first step.
+                let (lo, hi) = M1_RANGE;
+                if !(m1 > lo && m1 <= hi) {
+                    return Err(format!("loss `{other}`: m1 = {m1} is outside ({lo}, {hi}]"));
+                }
+                for (label, value, (lo, hi)) in [("m2", m2, M2_RANGE), ("m3", m3, M3_RANGE)] {
+                    if !(lo..=hi).contains(&value) {
+                        return Err(format!(
+                            "loss `{other}`: {label} = {value} is outside [{lo}, {hi}]"
+                        ));
+                    }
+                }
                 Self { m1, m2, m3, scale }
             }
         };
@@ -134,5 +156,18 @@ mod tests {
         assert!((out[0] - 64.0).abs() < 1e-4);
         assert!(CombinedMargin::parse("combined:1,2", 64.0).is_err());
         assert!(CombinedMargin::parse("sphereface", 64.0).is_err());
+    }
+
+    #[test]
+    fn margins_must_be_finite_and_in_range() {
+        for (spec, culprit) in [
+            ("combined:nan,0,0", "m1 = NaN is outside (0, 4]"),
+            ("combined:0,0.5,0", "m1 = 0 is outside (0, 4]"),
+            ("combined:1,inf,0", "m2 = inf is outside [-3.14"),
+            ("combined:1,0,-3", "m3 = -3 is outside [-2, 2]"),
+        ] {
+            let err = CombinedMargin::parse(spec, 64.0).unwrap_err();
+            assert!(err.contains(culprit) && err.contains(spec), "{spec}: {err}");
+        }
     }
 }

@@ -11,6 +11,11 @@ use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, Result};
 
+/// The safetensors dtypes [`from_bytes`] reads, for error messages.
+pub const READABLE_DTYPES: &str = "F32, F64, F16, BF16, I64, I32";
+/// The tensor kinds [`to_bytes`] writes, for error messages.
+pub const WRITABLE_KINDS: &str = "Float, Double, Half, BFloat16, Int64, Int";
+
 fn kind_of(dtype: Dtype) -> Option<Kind> {
     Some(match dtype {
         Dtype::F32 => Kind::Float,
@@ -23,15 +28,18 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
     })
 }
 
-fn dtype_of(kind: Kind) -> Dtype {
-    match kind {
+/// The dtype of `kind`; `None` for kinds [`kind_of`] does not read back (writing a
+/// `Uint8` or `Bool` tensor as F32, as a catch-all would, garbles it).
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    Some(match kind {
+        Kind::Float => Dtype::F32,
         Kind::Double => Dtype::F64,
         Kind::Half => Dtype::F16,
         Kind::BFloat16 => Dtype::BF16,
         Kind::Int64 => Dtype::I64,
         Kind::Int => Dtype::I32,
-        _ => Dtype::F32,
-    }
+        _ => return None,
+    })
 }
 
 /// Raw little-endian bytes of a CPU-contiguous copy of `t`.
@@ -56,7 +64,7 @@ pub fn save_tensors(
     path: &Path,
     metadata: &HashMap<String, String>,
 ) -> Result<()> {
-    let file_err = |message: String| ModelError::WeightsFile {
+    let file_err = |message: String| ModelError::WeightsWrite {
         path: path.to_path_buf(),
         message,
     };
@@ -66,8 +74,9 @@ pub fn save_tensors(
     }
     // Write to a temporary name and rename, so a crash never leaves a half-written file.
     let tmp = path.with_extension("safetensors.partial");
-    std::fs::write(&tmp, bytes).map_err(|e| file_err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))
+    std::fs::write(&tmp, bytes).map_err(|e| file_err(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| file_err(format!("renaming {} to it: {e}", tmp.display())))
 }
 
 /// Named tensors as the bytes of one safetensors file (for object storage); `name`
@@ -77,17 +86,22 @@ pub fn to_bytes(
     metadata: &HashMap<String, String>,
     name: &Path,
 ) -> Result<Vec<u8>> {
-    let file_err = |message: String| ModelError::WeightsFile {
+    let file_err = |message: String| ModelError::WeightsWrite {
         path: name.to_path_buf(),
         message,
     };
     let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = named
         .iter()
-        .map(|(name, t)| {
+        .map(|(tensor_name, t)| {
+            let dtype = dtype_of(t.kind()).ok_or_else(|| ModelError::UnsupportedKind {
+                path: name.to_path_buf(),
+                name: tensor_name.clone(),
+                found: format!("{:?}", t.kind()),
+            })?;
             let shape = t.size().iter().map(|&d| d as usize).collect();
-            (name.clone(), dtype_of(t.kind()), shape, tensor_bytes(t))
+            Ok((tensor_name.clone(), dtype, shape, tensor_bytes(t)))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let views = data
         .iter()
         .map(|(name, dtype, shape, bytes)| {
@@ -121,7 +135,7 @@ pub fn from_bytes_with_metadata(
     let tensors = from_bytes(bytes, name)?;
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| ModelError::WeightsFile {
         path: name.to_path_buf(),
-        message: e.to_string(),
+        message: header::explain(&e, header::entries(bytes).as_deref(), bytes),
     })?;
     Ok((tensors, meta.metadata().clone().unwrap_or_default()))
 }
@@ -132,7 +146,7 @@ pub fn from_bytes(bytes: &[u8], name: &Path) -> Result<Vec<(String, Tensor)>> {
         path: name.to_path_buf(),
         message,
     };
-    let st = SafeTensors::deserialize(bytes).map_err(|e| file_err(e.to_string()))?;
+    let st = deserialize(bytes, name)?;
     let mut out = Vec::with_capacity(st.len());
     for (tensor_name, view) in st.tensors() {
         let kind = kind_of(view.dtype()).ok_or_else(|| ModelError::UnsupportedDtype {
@@ -141,11 +155,31 @@ pub fn from_bytes(bytes: &[u8], name: &Path) -> Result<Vec<(String, Tensor)>> {
             found: format!("{:?}", view.dtype()),
         })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)
+            .map_err(|e| file_err(format!("tensor `{tensor_name}`: {e}")))?;
         out.push((tensor_name, t));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// `SafeTensors::deserialize` with errors that say what is wrong: a duplicate name (which
+/// the crate's JSON map silently collapses, then reports as an "invalid offset" of some
+/// other tensor), the tensor whose offsets or size do not fit, a truncated file.
+fn deserialize<'a>(bytes: &'a [u8], name: &Path) -> Result<SafeTensors<'a>> {
+    let header = header::entries(bytes);
+    if let Some(entries) = &header {
+        if let Some(dup) = header::first_duplicate(entries) {
+            return Err(ModelError::DuplicateTensor {
+                path: name.to_path_buf(),
+                name: dup.to_string(),
+            });
+        }
+    }
+    SafeTensors::deserialize(bytes).map_err(|e| ModelError::WeightsFile {
+        path: name.to_path_buf(),
+        message: header::explain(&e, header.as_deref(), bytes),
+    })
 }
 
 /// Reads the header metadata of a safetensors file.
@@ -155,12 +189,21 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
         message,
     };
     let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| file_err(e.to_string()))?;
+    let entries = header::entries(&bytes);
+    if let Some(dup) = entries.as_deref().and_then(header::first_duplicate) {
+        return Err(ModelError::DuplicateTensor {
+            path: path.to_path_buf(),
+            name: dup.to_string(),
+        });
+    }
+    let (_, meta) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| file_err(header::explain(&e, entries.as_deref(), &bytes)))?;
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 /// Loads a safetensors file into `vs`, strictly: every model tensor must be present with
-/// the same shape, and the file may hold nothing else. Dtypes are converted.
+/// the same shape and finite values, and the file may hold nothing else. Dtypes are
+/// converted.
 pub fn load(vs: &mut VarStore, path: &Path) -> Result<()> {
     let file: HashMap<String, Tensor> = read_tensors(path)?.into_iter().collect();
     assign(vs, &file, path)
@@ -197,6 +240,11 @@ pub fn assign(vs: &mut VarStore, tensors: &HashMap<String, Tensor>, source: &Pat
             names: shown.join(", "),
         });
     }
+    // Strict like the names and shapes: NaN or infinite weights would embed and evaluate
+    // to garbage without a word.
+    for name in vars.keys() {
+        check_finite(name, &tensors[name], source)?;
+    }
     tch::no_grad(|| {
         for (name, var) in &vars {
             let src = tensors[name].to_device(var.device()).to_kind(var.kind());
@@ -204,4 +252,495 @@ pub fn assign(vs: &mut VarStore, tensors: &HashMap<String, Tensor>, source: &Pat
         }
     });
     Ok(())
+}
+
+/// Fails when the floating-point tensor `t` holds a NaN or an infinity, naming it, the
+/// count and the first position; integer tensors always pass.
+pub fn check_finite(name: &str, t: &Tensor, source: &Path) -> Result<()> {
+    if !matches!(
+        t.kind(),
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    ) {
+        return Ok(());
+    }
+    let finite = t.isfinite();
+    if finite.all().int64_value(&[]) != 0 {
+        return Ok(());
+    }
+    let bad = finite.logical_not().flatten(0, -1);
+    Err(ModelError::NonFinite {
+        path: source.to_path_buf(),
+        name: name.to_string(),
+        count: bad.sum(Kind::Int64).int64_value(&[]),
+        numel: t.numel() as i64,
+        first: bad.nonzero().int64_value(&[0, 0]),
+    })
+}
+
+/// Every tensor of safetensors bytes checked as [`from_bytes`] reads it, plus finite
+/// values ([`check_finite`]): for paths that pass weights on without loading them into a
+/// model (an export), so a broken file is refused where it is made, not where it is used.
+pub fn verify_bytes(bytes: &[u8], name: &Path) -> Result<()> {
+    for (tensor_name, t) in from_bytes(bytes, name)? {
+        check_finite(&tensor_name, &t, name)?;
+    }
+    Ok(())
+}
+
+/// A small reading of the safetensors header (JSON) that keeps what the crate's parser
+/// drops: duplicate names (refused: the crate cannot see them) and each entry's own
+/// offsets (to explain the crate's layout errors). Anything it cannot parse (`None`) is
+/// left to the crate.
+mod header {
+    use safetensors::SafeTensorError;
+
+    pub enum Json {
+        Null,
+        Bool,
+        /// The number's text (offsets may exceed f64's exact integers).
+        Num(String),
+        Str(String),
+        Arr(Vec<Json>),
+        Obj(Vec<(String, Json)>),
+    }
+
+    /// Deeper nesting than any real header: refuse to recurse on hostile input.
+    const MAX_DEPTH: usize = 32;
+
+    struct Parser<'a> {
+        b: &'a [u8],
+        i: usize,
+    }
+
+    impl Parser<'_> {
+        fn ws(&mut self) {
+            while self.b.get(self.i).is_some_and(u8::is_ascii_whitespace) {
+                self.i += 1;
+            }
+        }
+
+        fn eat(&mut self, c: u8) -> Option<()> {
+            self.ws();
+            (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+        }
+
+        fn string(&mut self) -> Option<String> {
+            self.eat(b'"')?;
+            let mut out = String::new();
+            loop {
+                let start = self.i;
+                while !matches!(self.b.get(self.i)?, b'"' | b'\\') {
+                    self.i += 1;
+                }
+                out.push_str(std::str::from_utf8(&self.b[start..self.i]).ok()?);
+                if self.b[self.i] == b'"' {
+                    self.i += 1;
+                    return Some(out);
+                }
+                self.i += 1;
+                let esc = *self.b.get(self.i)?;
+                self.i += 1;
+                out.push(match esc {
+                    b'"' => '"',
+                    b'\\' => '\\',
+                    b'/' => '/',
+                    b'b' => '\u{8}',
+                    b'f' => '\u{c}',
+                    b'n' => '\n',
+                    b'r' => '\r',
+                    b't' => '\t',
+                    b'u' => {
+                        let hi = self.hex4()?;
+                        let code = if (0xD800..0xDC00).contains(&hi) {
+                            (self.b.get(self.i..self.i + 2)? == b"\\u").then_some(())?;
+                            self.i += 2;
+                            let lo = self.hex4()?;
+                            0x10000 + ((hi - 0xD800) << 10) + (lo.checked_sub(0xDC00)? & 0x3FF)
+                        } else {
+                            hi
+                        };
+                        char::from_u32(code)?
+                    }
+                    _ => return None,
+                });
+            }
+        }
+
+        fn hex4(&mut self) -> Option<u32> {
+            let digits = std::str::from_utf8(self.b.get(self.i..self.i + 4)?).ok()?;
+            self.i += 4;
+            u32::from_str_radix(digits, 16).ok()
+        }
+
+        fn value(&mut self, depth: usize) -> Option<Json> {
+            if depth > MAX_DEPTH {
+                return None;
+            }
+            self.ws();
+            match *self.b.get(self.i)? {
+                b'"' => self.string().map(Json::Str),
+                b'{' => {
+                    self.i += 1;
+                    let mut entries = Vec::new();
+                    if self.eat(b'}').is_some() {
+                        return Some(Json::Obj(entries));
+                    }
+                    loop {
+                        let key = self.string()?;
+                        self.eat(b':')?;
+                        entries.push((key, self.value(depth + 1)?));
+                        if self.eat(b',').is_none() {
+                            self.eat(b'}')?;
+                            return Some(Json::Obj(entries));
+                        }
+                    }
+                }
+                b'[' => {
+                    self.i += 1;
+                    let mut items = Vec::new();
+                    if self.eat(b']').is_some() {
+                        return Some(Json::Arr(items));
+                    }
+                    loop {
+                        items.push(self.value(depth + 1)?);
+                        if self.eat(b',').is_none() {
+                            self.eat(b']')?;
+                            return Some(Json::Arr(items));
+                        }
+                    }
+                }
+                b't' | b'f' | b'n' => {
+                    for word in [&b"true"[..], b"false", b"null"] {
+                        if self.b[self.i..].starts_with(word) {
+                            self.i += word.len();
+                            return Some(if word == b"null" {
+                                Json::Null
+                            } else {
+                                Json::Bool
+                            });
+                        }
+                    }
+                    None
+                }
+                _ => {
+                    let start = self.i;
+                    while self
+                        .b
+                        .get(self.i)
+                        .is_some_and(|c| c.is_ascii_digit() || b"+-.eE".contains(c))
+                    {
+                        self.i += 1;
+                    }
+                    let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+                    (!text.is_empty()).then(|| Json::Num(text.to_string()))
+                }
+            }
+        }
+    }
+
+    /// The header's top-level entries in file order, duplicates kept; `None` when the bytes
+    /// do not start with a well-formed header.
+    pub fn entries(bytes: &[u8]) -> Option<Vec<(String, Json)>> {
+        let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+        let header = bytes.get(8..8usize.checked_add(n)?)?;
+        let mut p = Parser { b: header, i: 0 };
+        match p.value(0)? {
+            Json::Obj(entries) => Some(entries),
+            _ => None,
+        }
+    }
+
+    pub fn first_duplicate(entries: &[(String, Json)]) -> Option<&str> {
+        let mut seen = std::collections::HashSet::new();
+        entries
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .find(|k| !seen.insert(*k))
+    }
+
+    fn bytes_per_element(dtype: &str) -> Option<u64> {
+        Some(match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
+            _ => return None,
+        })
+    }
+
+    fn field<'a>(entry: &'a Json, key: &str) -> Option<&'a Json> {
+        match entry {
+            Json::Obj(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn uints(v: Option<&Json>) -> Option<Vec<u64>> {
+        match v? {
+            Json::Arr(items) => items
+                .iter()
+                .map(|i| match i {
+                    Json::Num(t) => t.parse().ok(),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+
+    /// What is wrong with the tensors' layout: the first entry (in data order) whose
+    /// offsets leave a gap, overlap, or disagree with its dtype and shape, or the data
+    /// not ending where the file does.
+    fn layout_problem(entries: &[(String, Json)], data_len: u64) -> Option<String> {
+        let mut tensors = Vec::new();
+        for (name, entry) in entries.iter().filter(|(k, _)| k != "__metadata__") {
+            let dtype = match field(entry, "dtype") {
+                Some(Json::Str(d)) => d.as_str(),
+                _ => return Some(format!("tensor `{name}`: the header gives no dtype")),
+            };
+            let Some(shape) = uints(field(entry, "shape")) else {
+                return Some(format!("tensor `{name}`: the header gives no valid shape"));
+            };
+            let offsets = uints(field(entry, "data_offsets"));
+            let Some(&[begin, end]) = offsets.as_deref() else {
+                return Some(format!(
+                    "tensor `{name}`: data_offsets is not a pair of byte offsets"
+                ));
+            };
+            tensors.push((name, dtype, shape, begin, end));
+        }
+        tensors.sort_by_key(|t| (t.3, t.4));
+        let mut expected = 0u64;
+        for (name, dtype, shape, begin, end) in tensors {
+            if end < begin {
+                return Some(format!(
+                    "tensor `{name}`: data_offsets [{begin}, {end}] end before they begin"
+                ));
+            }
+            if begin != expected {
+                let how = if begin > expected {
+                    "leaving a gap after"
+                } else {
+                    "overlapping"
+                };
+                return Some(format!(
+                    "tensor `{name}`: data_offsets [{begin}, {end}] start at byte {begin}, \
+                     {how} the previous tensor (which ends at {expected})"
+                ));
+            }
+            if let Some(width) = bytes_per_element(dtype) {
+                let need = shape.iter().try_fold(width, |acc, &d| acc.checked_mul(d));
+                if need != Some(end - begin) {
+                    let need = need.map_or("more than 2^64".to_string(), |n| n.to_string());
+                    return Some(format!(
+                        "tensor `{name}`: dtype {dtype} and shape {shape:?} need {need} bytes, \
+                         but data_offsets [{begin}, {end}] span {}",
+                        end - begin
+                    ));
+                }
+            }
+            expected = end;
+        }
+        (expected != data_len).then(|| {
+            format!(
+                "the header describes {expected} bytes of tensor data, the file holds {data_len} \
+                 after the header (truncated, or trailing bytes)"
+            )
+        })
+    }
+
+    /// The crate's error in words that name what is wrong where the header says more.
+    pub fn explain(
+        e: &SafeTensorError,
+        entries: Option<&[(String, Json)]>,
+        bytes: &[u8],
+    ) -> String {
+        let len = bytes.len();
+        let declared = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        match e {
+            SafeTensorError::HeaderTooSmall => format!(
+                "{len} bytes: too short for a safetensors file (an 8-byte header length, then \
+                 the header)"
+            ),
+            SafeTensorError::InvalidHeaderLength | SafeTensorError::HeaderTooLarge => format!(
+                "the header length in the first 8 bytes ({}) does not fit the {len}-byte file \
+                 (truncated, or not a safetensors file): {e}",
+                declared.unwrap_or(0)
+            ),
+            SafeTensorError::InvalidOffset(_)
+            | SafeTensorError::TensorInvalidInfo
+            | SafeTensorError::MetadataIncompleteBuffer
+            | SafeTensorError::MisalignedSlice
+            | SafeTensorError::ValidationOverflow => {
+                let data_len = declared.map(|n| (len as u64).saturating_sub(8).saturating_sub(n));
+                entries
+                    .zip(data_len)
+                    .and_then(|(entries, data_len)| layout_problem(entries, data_len))
+                    .unwrap_or_else(|| e.to_string())
+            }
+            _ => e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::Init;
+    use tch::Device;
+
+    /// Safetensors bytes with a hand-written header (so it can be wrong) and `data`.
+    fn raw_file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    fn err_of(bytes: &[u8]) -> String {
+        from_bytes(bytes, Path::new("w.safetensors"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn an_unread_integer_dtype_is_named_with_what_is_read() {
+        let bytes = raw_file(
+            r#"{"steps":{"dtype":"I16","shape":[2],"data_offsets":[0,4]}}"#,
+            &[0; 4],
+        );
+        let msg = err_of(&bytes);
+        assert!(
+            msg.contains("w.safetensors")
+                && msg.contains("`steps` has dtype I16")
+                && msg.contains("F32, F64, F16, BF16, I64, I32"),
+            "{msg}"
+        );
+        assert!(!msg.contains("expected a float or integer dtype"), "{msg}");
+    }
+
+    #[test]
+    fn a_duplicate_name_is_reported_as_such() {
+        let header = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;
+        let msg = err_of(&raw_file(header, &[0; 12]));
+        assert_eq!(
+            msg, "duplicate tensor name `a` in the header of w.safetensors",
+            "{msg}"
+        );
+        // Even identical entries, which the crate's map would silently merge.
+        let header = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"\u0061":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let msg = err_of(&raw_file(header, &[0; 4]));
+        assert!(msg.contains("duplicate tensor name `a`"), "{msg}");
+        let dir = std::env::temp_dir().join(format!("lgaf-dup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dup.safetensors");
+        std::fs::write(&path, raw_file(header, &[0; 4])).unwrap();
+        let msg = read_metadata(&path).unwrap_err().to_string();
+        assert!(
+            msg.contains("duplicate tensor name `a`") && msg.contains("dup.safetensors"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn layout_errors_name_the_tensor_and_the_bytes() {
+        // A gap before `b`.
+        let header = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;
+        let msg = err_of(&raw_file(header, &[0; 12]));
+        assert!(msg.contains("`b`") && msg.contains("gap"), "{msg}");
+        // A size that does not match dtype x shape.
+        let header = r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}}"#;
+        let msg = err_of(&raw_file(header, &[0; 20]));
+        assert!(
+            msg.contains("`a`") && msg.contains("need 24 bytes") && msg.contains("span 20"),
+            "{msg}"
+        );
+        // Data cut short.
+        let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+        let msg = err_of(&raw_file(header, &[0; 10]));
+        assert!(
+            msg.contains("16 bytes") && msg.contains("truncated"),
+            "{msg}"
+        );
+        // Not even a header length.
+        let msg = err_of(&[1, 2, 3]);
+        assert!(
+            msg.contains("3 bytes") && msg.contains("too short"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn writing_an_unsupported_kind_names_it() {
+        let t = Tensor::from_slice(&[1u8, 2, 3, 4]);
+        let msg = to_bytes(
+            &[("mask".into(), t)],
+            &HashMap::new(),
+            Path::new("out.safetensors"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("out.safetensors") && msg.contains("`mask`") && msg.contains("Uint8"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_naming_tensor_and_file() {
+        let dir = std::env::temp_dir().join(format!("lgaf-nan-{}", std::process::id()));
+        let path = dir.join("nan.safetensors");
+        let mut vs = VarStore::new(Device::Cpu);
+        let fc = vs.root() / "fc";
+        let _w = fc.var("weight", &[2, 3], Init::Const(0.5));
+        let _b = fc.var("bias", &[2], Init::Const(0.0));
+        for bad in [f32::NAN, f32::INFINITY] {
+            let weight = Tensor::from_slice(&[0.5f32, 0.5, 0.5, 0.5, bad, 0.5]).view([2, 3]);
+            let named = vec![
+                (
+                    "fc.bias".to_string(),
+                    Tensor::zeros([2], tch::kind::FLOAT_CPU),
+                ),
+                ("fc.weight".to_string(), weight),
+            ];
+            save_tensors(&named, &path, &HashMap::new()).unwrap();
+            let msg = load(&mut vs, &path).unwrap_err().to_string();
+            assert!(
+                msg.contains(&path.display().to_string())
+                    && msg.contains("`fc.weight`")
+                    && msg.contains("1 non-finite")
+                    && msg.contains("flat index 4"),
+                "{msg}"
+            );
+            let bytes = std::fs::read(&path).unwrap();
+            let msg = verify_bytes(&bytes, Path::new("export.safetensors"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("`fc.weight`") && msg.contains("export"),
+                "{msg}"
+            );
+        }
+        // The variables kept their values: nothing was copied from the refused file.
+        let w = vs.variables()["fc.weight"].double_value(&[1, 1]);
+        assert_eq!(w, 0.5);
+        // Finite weights still load.
+        let named = vec![
+            (
+                "fc.bias".to_string(),
+                Tensor::zeros([2], tch::kind::FLOAT_CPU),
+            ),
+            (
+                "fc.weight".to_string(),
+                Tensor::ones([2, 3], tch::kind::FLOAT_CPU),
+            ),
+        ];
+        save_tensors(&named, &path, &HashMap::new()).unwrap();
+        load(&mut vs, &path).unwrap();
+        verify_bytes(&std::fs::read(&path).unwrap(), &path).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

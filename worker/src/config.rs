@@ -136,7 +136,7 @@ impl DataConfig {
     }
 }
 
-/// Checks `[data.augment]`: probabilities in [0, 1], strengths finite and >= 0.
+/// Checks `[data.augment]`: probabilities in [0, 1], strengths in [0, 4].
 fn validate_augment(a: &AugmentConfig) -> Result<()> {
     let probabilities = [
         ("data.augment.flip_prob", a.flip_prob),
@@ -145,12 +145,7 @@ fn validate_augment(a: &AugmentConfig) -> Result<()> {
         ("data.augment.photometric_prob", a.photometric_prob),
     ];
     for (key, p) in probabilities {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(WorkerError::Config {
-                key,
-                message: format!("{p} is outside [0, 1]"),
-            });
-        }
+        float_in(key, f64::from(p), Closed(0.0), Closed(1.0))?;
     }
     let strengths = [
         ("data.augment.brightness", a.brightness),
@@ -158,12 +153,12 @@ fn validate_augment(a: &AugmentConfig) -> Result<()> {
         ("data.augment.saturation", a.saturation),
     ];
     for (key, s) in strengths {
-        if !(s >= 0.0 && s.is_finite()) {
-            return Err(WorkerError::Config {
-                key,
-                message: format!("{s} is not a finite strength >= 0"),
-            });
-        }
+        float_in(
+            key,
+            f64::from(s),
+            Closed(0.0),
+            Closed(bounds::MAX_JITTER_STRENGTH),
+        )?;
     }
     Ok(())
 }
@@ -239,7 +234,7 @@ pub struct CheckpointConfig {
     pub dir: PathBuf,
     /// Commit a checkpoint every this many steps (0: only at epoch ends).
     pub every_steps: u64,
-    /// Committed checkpoints to keep.
+    /// Committed checkpoints to keep (0: all of them, as in coordinated runs).
     pub keep_last: usize,
 }
 
@@ -318,67 +313,156 @@ impl TrainConfig {
                 .with_list_parse_key("eval.bins")
                 .try_parsing(true),
         );
-        let cfg: TrainConfig = builder.build()?.try_deserialize()?;
+        let built = builder.build()?;
+        // The `config` crate rounds a float given to an integer key (64.5 -> 65, NaN -> 0,
+        // 1e300 -> the type's maximum): compare what was written with what was kept.
+        let written: serde_json::Value = built.clone().try_deserialize()?;
+        let cfg: TrainConfig = built.try_deserialize()?;
+        // (A config that does not serialize, e.g. a non-UTF-8 path, cannot come from here.)
+        if let Ok(kept) = serde_json::to_value(&cfg) {
+            check_integers(&written, &kept, "")?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// Checks every numeric key against its declared range (the constants in [`bounds`])
+    /// and the products that size allocations or count steps. Errors name the key, the
+    /// value and the range. [`TrainConfig::load`] and [`TrainConfig::from_toml_str`] call
+    /// it (after the environment overrides), and so does the trainer.
     pub fn validate(&self) -> Result<()> {
+        use bounds::*;
         self.model.validate()?;
+
+        let loss = &self.loss;
+        // Before the margin: a bad scale is the scale's fault, not the loss name's.
+        float_in("loss.scale", loss.scale, Open(0.0), Closed(MAX_LOSS_SCALE))?;
         self.loss.margin()?;
-        let bad = |key, message: String| Err(WorkerError::Config { key, message });
-        if !(self.loss.sample_rate > 0.0 && self.loss.sample_rate <= 1.0) {
-            return bad(
-                "loss.sample_rate",
-                format!("{} is outside (0, 1]", self.loss.sample_rate),
-            );
-        }
+        float_in("loss.sample_rate", loss.sample_rate, Open(0.0), Closed(1.0))?;
+
         let data = &self.data;
-        if data.batch_size == 0 {
-            return bad("data.batch_size", "must be at least 1".into());
-        }
-        if data.prefetch == 0 {
-            return bad("data.prefetch", "must be at least 1".into());
-        }
-        if !(0.0..=1.0).contains(&data.max_bad_fraction) {
-            return bad(
-                "data.max_bad_fraction",
-                format!("{} is outside [0, 1]", data.max_bad_fraction),
-            );
-        }
+        int_in("data.batch_size", data.batch_size as u64, 1, MAX_BATCH_SIZE)?;
+        int_in("data.prefetch", data.prefetch as u64, 1, MAX_PREFETCH)?;
+        int_in("data.workers", data.workers as u64, 0, MAX_WORKERS)?;
+        // Every batch in flight is a buffer of batch_size images (one per worker or per
+        // prefetch slot, whichever is more; 0 workers: the cores, known only at run time).
+        let window = data.prefetch.max(data.workers) as u64;
+        product(
+            "data.batch_size",
+            &[
+                ("data.batch_size", data.batch_size as u64),
+                ("max(data.prefetch, data.workers)", window),
+            ],
+            MAX_IN_FLIGHT_IMAGES,
+        )?;
+        float_in(
+            "data.max_bad_fraction",
+            data.max_bad_fraction,
+            Closed(0.0),
+            Closed(1.0),
+        )?;
         validate_augment(&data.augment)?;
+        let s = &data.synthetic;
+        // Checked whatever the source (the held-out evaluation identities follow the
+        // synthetic training ones); the product only where the synthetic source is read.
+        int_in(
+            "data.synthetic.identities",
+            s.identities as u64,
+            2,
+            MAX_SYNTH_IDENTITIES,
+        )?;
+        int_in(
+            "data.synthetic.images_per_identity",
+            s.images_per_identity as u64,
+            1,
+            MAX_SYNTH_IMAGES_PER_IDENTITY,
+        )?;
+        float_in(
+            "data.synthetic.nuisance_prob",
+            f64::from(s.nuisance_prob),
+            Closed(0.0),
+            Closed(1.0),
+        )?;
         match data.source {
             SourceKind::Synthetic => {
-                let s = &data.synthetic;
-                if s.identities < 2 || s.images_per_identity == 0 {
-                    return bad(
-                        "data.synthetic",
-                        "needs at least 2 identities with at least 1 image".into(),
-                    );
-                }
-                if s.identities * s.images_per_identity < data.batch_size {
-                    return bad("data.batch_size", "is larger than the dataset".into());
+                let images = product(
+                    "data.synthetic",
+                    &[
+                        ("data.synthetic.identities", s.identities as u64),
+                        (
+                            "data.synthetic.images_per_identity",
+                            s.images_per_identity as u64,
+                        ),
+                    ],
+                    MAX_SYNTH_IMAGES,
+                )?;
+                if images < data.batch_size as u64 {
+                    return Err(WorkerError::Config {
+                        key: "data.batch_size",
+                        message: format!(
+                            "{} is larger than the synthetic dataset ({images} images)",
+                            data.batch_size
+                        ),
+                    });
                 }
             }
             // The size of a folder or pack is known once it is opened (the trainer checks).
             SourceKind::Folder | SourceKind::Recordio => {
                 if data.path.as_os_str().is_empty() {
-                    return bad(
-                        "data.path",
-                        format!("the {:?} source needs a path", data.source).to_lowercase(),
-                    );
+                    return Err(WorkerError::Config {
+                        key: "data.path",
+                        message: format!("the {:?} source needs a path", data.source)
+                            .to_lowercase(),
+                    });
                 }
             }
         }
-        if self.train.epochs == 0 {
-            return bad("train.epochs", "must be at least 1".into());
+
+        let train = &self.train;
+        // Bounded so that steps per epoch x epochs cannot overflow a u64 (see MAX_EPOCHS).
+        int_in("train.epochs", train.epochs as u64, 1, MAX_EPOCHS)?;
+        int_in("train.log_every", train.log_every, 1, u64::MAX)?;
+
+        let o = &self.optim;
+        float_in("optim.lr", o.lr, Open(0.0), Closed(MAX_LR))?;
+        float_in("optim.momentum", o.momentum, Closed(0.0), Open(1.0))?;
+        float_in("optim.weight_decay", o.weight_decay, Closed(0.0), Open(1.0))?;
+        if o.lr_steps.len() > MAX_LR_STEPS {
+            return Err(WorkerError::Config {
+                key: "optim.lr_steps",
+                message: format!("{} milestones; at most {MAX_LR_STEPS}", o.lr_steps.len()),
+            });
         }
-        if self.eval.pairs < 20 || self.eval.identities < 2 {
-            return bad(
-                "eval",
-                "needs at least 20 pairs of at least 2 identities".into(),
-            );
+        for &step in &o.lr_steps {
+            float_in(
+                "optim.lr_steps",
+                step,
+                Closed(0.0),
+                Closed(MAX_EPOCHS as f64),
+            )?;
         }
+        float_in("optim.lr_decay", o.lr_decay, Open(0.0), Closed(1.0))?;
+        float_in(
+            "optim.warmup_epochs",
+            o.warmup_epochs,
+            Closed(0.0),
+            Closed(MAX_EPOCHS as f64),
+        )?;
+        float_in(
+            "optim.clip_grad_norm",
+            o.clip_grad_norm,
+            Closed(0.0),
+            Closed(MAX_CLIP_GRAD_NORM),
+        )?;
+
+        let e = &self.eval;
+        int_in(
+            "eval.identities",
+            u64::from(e.identities),
+            2,
+            MAX_EVAL_IDENTITIES,
+        )?;
+        int_in("eval.pairs", e.pairs as u64, MIN_EVAL_PAIRS, MAX_EVAL_PAIRS)?;
         Ok(())
     }
 
@@ -388,5 +472,200 @@ impl TrainConfig {
 
     pub fn fusion(&self) -> Fusion {
         self.model.fusion
+    }
+}
+
+/// The declared ranges of the numeric keys, each with its reason. `model.*` has its own in
+/// `lgaf_model::config`; `train.seed`, `data.synthetic.seed`, `train.max_steps` (0: all
+/// epochs), `checkpoint.every_steps`, `eval.every_steps` (0: off) and `checkpoint.keep_last`
+/// (0: keep all, in a coordinated run) take any u64 / usize.
+pub mod bounds {
+    /// `train.epochs`: 385 x the paper's 26. The trainer computes steps per epoch x epochs
+    /// in a u64 (`Trainer::total_steps`); steps per epoch are at most the dataset's samples,
+    /// which stay below 2^45 (the sampler holds an 8-byte index per sample), and
+    /// 2^45 x 10^4 < 2^59: the product cannot wrap.
+    pub const MAX_EPOCHS: u64 = 10_000;
+    /// `data.batch_size` (per process): 32 x the paper's 128 per GPU; one batch buffer is
+    /// batch x 112 x 112 x 3 bytes (154 MB at 4096).
+    pub const MAX_BATCH_SIZE: u64 = 4096;
+    /// `data.prefetch`: batches held ready; more hides no further latency.
+    pub const MAX_PREFETCH: u64 = 64;
+    /// `data.workers`: loader threads; 256 exceeds the cores of any one machine here.
+    pub const MAX_WORKERS: u64 = 256;
+    /// batch_size x max(prefetch, workers): images in flight, 37,632 bytes each: 2^18 of
+    /// them are 9.2 GiB of host memory.
+    pub const MAX_IN_FLIGHT_IMAGES: u64 = 1 << 18;
+    /// `data.synthetic.identities`: 2^24, eight times WebFace42M's 2 M identities; ids are
+    /// u32 and the held-out ones follow (2^24 + 2^24 fits).
+    pub const MAX_SYNTH_IDENTITIES: u64 = 1 << 24;
+    /// `data.synthetic.images_per_identity`: far past any real dataset's (WebFace42M
+    /// averages 21).
+    pub const MAX_SYNTH_IMAGES_PER_IDENTITY: u64 = 1 << 16;
+    /// identities x images_per_identity: 2^26 (67 M) exceeds WebFace42M's 42 M images; the
+    /// sampler's per-epoch permutation is then 512 MiB.
+    pub const MAX_SYNTH_IMAGES: u64 = 1 << 26;
+    /// `loss.scale`: the paper's s = 64; past 1024 the fp32 softmax is one-hot for any
+    /// cosine gap above 0.1 and the gradients vanish.
+    pub const MAX_LOSS_SCALE: f64 = 1024.0;
+    /// `optim.lr`: 100 x the paper's 0.1; SGD on this network diverges long before.
+    pub const MAX_LR: f64 = 10.0;
+    /// `optim.lr_steps`: milestones; each multiplies the rate by lr_decay once.
+    pub const MAX_LR_STEPS: usize = 64;
+    /// `optim.clip_grad_norm` (0: off): any finite norm; a bound keeps NaN and inf out.
+    pub const MAX_CLIP_GRAD_NORM: f64 = 1e9;
+    /// `data.augment.{brightness,contrast,saturation}`: factors come from [1 - s, 1 + s];
+    /// at 4 a pixel above 51 already saturates (AdaFace uses 0.5).
+    pub const MAX_JITTER_STRENGTH: f64 = 4.0;
+    /// `eval.identities`: held-out ids after the training ones, u32 (see
+    /// MAX_SYNTH_IDENTITIES).
+    pub const MAX_EVAL_IDENTITIES: u64 = 1 << 24;
+    /// `eval.pairs`: at least 2 per fold of insightface's 10-fold protocol.
+    pub const MIN_EVAL_PAIRS: u64 = 20;
+    /// `eval.pairs`: more than LFW's 6,000 or CFP-FP's 7,000; the held-out set renders
+    /// 2 x pairs images of 37,632 bytes in memory (753 MB at 10,000).
+    pub const MAX_EVAL_PAIRS: u64 = 10_000;
+}
+
+/// One end of a float range.
+#[derive(Clone, Copy)]
+enum End {
+    Open(f64),
+    Closed(f64),
+}
+use End::{Closed, Open};
+
+/// `value` must be finite and between `lo` and `hi`; the error names `key`, the value and
+/// the range in interval notation.
+fn float_in(key: &'static str, value: f64, lo: End, hi: End) -> Result<()> {
+    let above = match lo {
+        Open(l) => value > l,
+        Closed(l) => value >= l,
+    };
+    let below = match hi {
+        Open(h) => value < h,
+        Closed(h) => value <= h,
+    };
+    if value.is_finite() && above && below {
+        return Ok(());
+    }
+    let range = match (lo, hi) {
+        (Open(l), Open(h)) => format!("({l}, {h})"),
+        (Open(l), Closed(h)) => format!("({l}, {h}]"),
+        (Closed(l), Open(h)) => format!("[{l}, {h})"),
+        (Closed(l), Closed(h)) => format!("[{l}, {h}]"),
+    };
+    let message = if value.is_finite() {
+        format!("{value:?} is outside {range}")
+    } else {
+        format!("{value:?} is not a finite number (expected one in {range})")
+    };
+    Err(WorkerError::Config { key, message })
+}
+
+/// `value` must lie in `min..=max`; the error names `key`, the value and the range.
+fn int_in(key: &'static str, value: u64, min: u64, max: u64) -> Result<()> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    let message = if max == u64::MAX {
+        format!("{value} is below the minimum {min}")
+    } else {
+        format!("{value} is outside the range {min}..={max}")
+    };
+    Err(WorkerError::Config { key, message })
+}
+
+/// The product of `factors` (checked, so it cannot wrap), at most `max`; the error names
+/// every factor.
+fn product(key: &'static str, factors: &[(&str, u64)], max: u64) -> Result<u64> {
+    let total = factors
+        .iter()
+        .try_fold(1u64, |acc, &(_, f)| acc.checked_mul(f));
+    match total {
+        Some(t) if t <= max => Ok(t),
+        _ => Err(WorkerError::Config {
+            key,
+            message: format!(
+                "{} = {} exceeds {max}",
+                factors
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(" x "),
+                total.map_or("more than 2^64".to_string(), |t| t.to_string()),
+            ),
+        }),
+    }
+}
+
+/// Fails where a numeric key was given what the `config` crate converts silently: a
+/// fraction (or NaN, or a number out of range) for an integer, a boolean or a word such as
+/// "yes" for a number. `written`: the loaded values as written; `kept`: the deserialized
+/// config. The error names the dotted key and the value.
+fn check_integers(written: &serde_json::Value, kept: &serde_json::Value, key: &str) -> Result<()> {
+    use serde_json::Value;
+    match (written, kept) {
+        (Value::Object(w), Value::Object(k)) => {
+            for (name, kv) in k {
+                if let Some(wv) = w.get(name) {
+                    let key = if key.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{key}.{name}")
+                    };
+                    check_integers(wv, kv, &key)?;
+                }
+            }
+            Ok(())
+        }
+        (Value::Array(w), Value::Array(k)) => {
+            for (wv, kv) in w.iter().zip(k) {
+                check_integers(wv, kv, key)?;
+            }
+            Ok(())
+        }
+        // serde_json has no NaN or infinity: such a float arrives as null.
+        (Value::Null, Value::Number(k)) if !k.is_f64() => Err(WorkerError::ConfigValue {
+            key: key.to_string(),
+            message: "NaN or an infinity is not an integer".into(),
+        }),
+        (Value::Number(w), Value::Number(k)) if w.is_f64() && !k.is_f64() => {
+            let given = w.as_f64().unwrap_or(f64::NAN);
+            let kept = k.as_f64().unwrap_or(f64::NAN);
+            if given.fract() != 0.0 {
+                Err(WorkerError::ConfigValue {
+                    key: key.to_string(),
+                    message: format!("{given:?} is not a whole number (expected an integer)"),
+                })
+            } else if given != kept {
+                Err(WorkerError::ConfigValue {
+                    key: key.to_string(),
+                    message: format!("{given:?} is out of range for this integer key"),
+                })
+            } else {
+                Ok(())
+            }
+        }
+        // The crate also reads true/false (and "yes", "on", ...) as 1 and 0.
+        (Value::Bool(b), Value::Number(_)) => Err(WorkerError::ConfigValue {
+            key: key.to_string(),
+            message: format!("{b} is a boolean (expected a number)"),
+        }),
+        (Value::String(text), Value::Number(k)) => {
+            let number = if k.is_f64() {
+                text.trim().parse::<f64>().is_ok()
+            } else {
+                text.trim().parse::<i128>().is_ok()
+            };
+            if number {
+                Ok(())
+            } else {
+                Err(WorkerError::ConfigValue {
+                    key: key.to_string(),
+                    message: format!("{text:?} is not a number"),
+                })
+            }
+        }
+        _ => Ok(()),
     }
 }

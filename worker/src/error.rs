@@ -5,6 +5,11 @@ pub enum WorkerError {
     #[error("config: `{key}`: {message}")]
     Config { key: &'static str, message: String },
 
+    /// A key found while walking the loaded values (so not a `&'static str`), e.g. a
+    /// fraction given to an integer key.
+    #[error("config: `{key}`: {message}")]
+    ConfigValue { key: String, message: String },
+
     #[error("config: {0}")]
     ConfigSource(#[from] config::ConfigError),
 
@@ -47,6 +52,16 @@ pub enum WorkerError {
 
     #[error("{path}: {message}")]
     EvalSet { path: PathBuf, message: String },
+
+    /// The loss stopped being a finite number: training diverged (the step was not
+    /// applied). Not a config error: the config's values are checked when it is read.
+    #[error(
+        "step {step}: the loss diverged to {loss}; the usual cause is a learning rate too high \
+         for the batch (optim.lr, optim.warmup_epochs), else a loss scale or margin out of \
+         its usual range (loss.scale, loss.m1..m3) or bad input data; resume from the last \
+         checkpoint with a change"
+    )]
+    Diverged { step: u64, loss: f64 },
 
     /// An exchange with the other ranks failed (a peer died, hung or disagreed); the step
     /// was not applied.
