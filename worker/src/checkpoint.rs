@@ -2,8 +2,11 @@
 //!
 //! A checkpoint is a folder `step-<step>` of safetensors files plus `MANIFEST.json`, written
 //! last, that lists every file with its size and SHA-256. A folder without a manifest is an
-//! interrupted save and is never loaded; a file that fails its checksum makes the loader
-//! fall back to the previous committed checkpoint.
+//! interrupted save and is never loaded. A committed checkpoint that fails a check makes
+//! the loader fall back to the previous one, and is moved aside (`step-<step>.unverified-
+//! <unix time>`) so that nothing the run writes later overwrites or prunes it. When none
+//! verifies, resuming is an error naming each one and its failed check: training never
+//! silently starts again from step 0 ([`StartFrom::Fresh`] asks for that).
 
 use std::collections::HashMap;
 use std::fs;
@@ -57,7 +60,19 @@ pub struct Loaded {
 
 pub struct CheckpointStore {
     root: PathBuf,
+    /// Committed checkpoints kept; 0 keeps all, as in coordinated runs.
     keep_last: usize,
+}
+
+/// Where single-process training starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The newest checkpoint that verifies; an error when there are checkpoints and none
+    /// verifies.
+    Latest,
+    /// Step 0, although `checkpoint.dir` holds checkpoints that do not verify (they are
+    /// moved aside); an error if one verifies, which is to be resumed instead.
+    Fresh,
 }
 
 fn sha256_file(path: &Path) -> Result<(u64, String)> {
@@ -68,10 +83,11 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
 }
 
 impl CheckpointStore {
+    /// A store in `root` keeping the newest `keep_last` committed checkpoints (0: all).
     pub fn new(root: impl Into<PathBuf>, keep_last: usize) -> Self {
         Self {
             root: root.into(),
-            keep_last: keep_last.max(1),
+            keep_last,
         }
     }
 
@@ -151,6 +167,9 @@ impl CheckpointStore {
     }
 
     fn prune(&self) -> Result<()> {
+        if self.keep_last == 0 {
+            return Ok(());
+        }
         let committed = self.committed()?;
         let excess = committed.len().saturating_sub(self.keep_last);
         for (_, dir) in &committed[..excess] {
@@ -195,15 +214,61 @@ impl CheckpointStore {
         })
     }
 
-    /// The newest committed checkpoint that verifies; broken ones are reported and skipped.
-    pub fn load_latest(&self) -> Result<Option<Loaded>> {
+    /// The checkpoint to start from: see [`StartFrom`]. Checkpoints newer than the one
+    /// loaded that do not verify are moved aside, with a warning naming each.
+    pub fn start(&self, from: StartFrom) -> Result<Option<Loaded>> {
+        let mut unverified = Vec::new();
+        let mut loaded = None;
         for (_, dir) in self.committed()?.into_iter().rev() {
             match Self::load_dir(&dir) {
-                Ok(loaded) => return Ok(Some(loaded)),
-                Err(e) => tracing::warn!(error = %e, "skipping a checkpoint that does not verify"),
+                Ok(found) => {
+                    loaded = Some(found);
+                    break;
+                }
+                Err(e) => unverified.push((dir, e)),
             }
         }
-        Ok(None)
+        match (from, &loaded) {
+            (StartFrom::Fresh, Some(found)) => {
+                return Err(WorkerError::Checkpoint {
+                    path: found.dir.clone(),
+                    message: "this checkpoint verifies, so training would not start afresh                               over it; resume from it (without --fresh) or train in another                               checkpoint.dir"
+                        .into(),
+                })
+            }
+            (StartFrom::Latest, None) if !unverified.is_empty() => {
+                let failures: Vec<String> = unverified.iter().map(|(_, e)| e.to_string()).collect();
+                return Err(WorkerError::Checkpoint {
+                    path: self.root.clone(),
+                    message: format!(
+                        "no checkpoint here verifies, so training cannot resume: {}. They are                          left as they are; repair or remove them, or start from step 0 with                          `lgaf train --fresh`, which moves them aside",
+                        failures.join("; ")
+                    ),
+                });
+            }
+            _ => {}
+        }
+        for (dir, error) in unverified {
+            let aside = self.set_aside(&dir)?;
+            tracing::warn!(
+                %error,
+                moved_to = %aside.display(),
+                "a checkpoint that does not verify was moved aside, for inspection"
+            );
+        }
+        Ok(loaded)
+    }
+
+    /// Renames a checkpoint folder out of the `step-<n>` names that loading and pruning
+    /// look at.
+    fn set_aside(&self, dir: &Path) -> Result<PathBuf> {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("step");
+        let aside = dir.with_file_name(format!("{name}.unverified-{unix}"));
+        fs::rename(dir, &aside).map_err(io_err(dir))?;
+        Ok(aside)
     }
 }
 
@@ -244,7 +309,7 @@ mod tests {
         }
         let steps: Vec<u64> = store.committed().unwrap().iter().map(|c| c.0).collect();
         assert_eq!(steps, vec![20, 30]);
-        let loaded = store.load_latest().unwrap().unwrap();
+        let loaded = store.start(StartFrom::Latest).unwrap().unwrap();
         assert_eq!(loaded.manifest.step, 30);
         let w = &loaded.tensors["model.safetensors"]["w"];
         assert_eq!(Vec::<f32>::try_from(w).unwrap(), vec![30.0, 31.0]);
@@ -261,7 +326,15 @@ mod tests {
             .save(&state(20), &files(2.0), &HashMap::new())
             .unwrap();
         fs::remove_file(dir.join(MANIFEST)).unwrap(); // as if killed before the commit
-        assert_eq!(store.load_latest().unwrap().unwrap().manifest.step, 10);
+        assert_eq!(
+            store
+                .start(StartFrom::Latest)
+                .unwrap()
+                .unwrap()
+                .manifest
+                .step,
+            10
+        );
         fs::remove_dir_all(store.root()).unwrap();
     }
 
@@ -284,7 +357,98 @@ mod tests {
             err.contains("model.safetensors") && err.contains("SHA-256"),
             "{err}"
         );
-        assert_eq!(store.load_latest().unwrap().unwrap().manifest.step, 10);
+        assert_eq!(
+            store
+                .start(StartFrom::Latest)
+                .unwrap()
+                .unwrap()
+                .manifest
+                .step,
+            10
+        );
+        // The broken one is kept for inspection, out of the way of later saves.
+        let names = folder_names(store.root());
+        assert!(
+            names.len() == 2 && names[1].starts_with("step-0000000020.unverified-"),
+            "{names:?}"
+        );
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    fn folder_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn corrupt(dir: &Path) {
+        let path = dir.join("model.safetensors");
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+    }
+
+    /// The defect: the only checkpoint did not verify, and training started again from
+    /// step 0 with a warning (and later deleted it). Now that is an error naming it and the
+    /// failed check, and it stays where it is.
+    #[test]
+    fn when_no_checkpoint_verifies_resuming_is_refused_and_nothing_moves() {
+        let store = CheckpointStore::new(temp_root("none-verifies"), 3);
+        let dir = store
+            .save(&state(20), &files(2.0), &HashMap::new())
+            .unwrap();
+        corrupt(&dir);
+        let before = folder_names(store.root());
+        let err = store.start(StartFrom::Latest).err().unwrap().to_string();
+        assert!(
+            err.contains("step-0000000020")
+                && err.contains("SHA-256")
+                && err.contains("cannot resume")
+                && err.contains("--fresh"),
+            "{err}"
+        );
+        assert_eq!(folder_names(store.root()), before);
+        assert!(dir.join(MANIFEST).is_file());
+
+        // Asked for, a fresh start moves it aside and starts from nothing.
+        assert!(store.start(StartFrom::Fresh).unwrap().is_none());
+        let names = folder_names(store.root());
+        assert!(
+            names.len() == 1 && names[0].starts_with("step-0000000020.unverified-"),
+            "{names:?}"
+        );
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn a_fresh_start_over_a_checkpoint_that_verifies_is_refused() {
+        let store = CheckpointStore::new(temp_root("fresh-over-good"), 3);
+        store
+            .save(&state(10), &files(1.0), &HashMap::new())
+            .unwrap();
+        let err = store.start(StartFrom::Fresh).err().unwrap().to_string();
+        assert!(
+            err.contains("step-0000000010") && err.contains("verifies"),
+            "{err}"
+        );
+        assert_eq!(store.committed().unwrap().len(), 1);
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    /// One meaning of `keep_last = 0` in every kind of run: keep them all.
+    #[test]
+    fn keep_last_zero_keeps_every_checkpoint() {
+        let store = CheckpointStore::new(temp_root("keep-all"), 0);
+        for step in [10, 20, 30, 40] {
+            store
+                .save(&state(step), &files(step as f32), &HashMap::new())
+                .unwrap();
+        }
+        let steps: Vec<u64> = store.committed().unwrap().iter().map(|c| c.0).collect();
+        assert_eq!(steps, vec![10, 20, 30, 40]);
         fs::remove_dir_all(store.root()).unwrap();
     }
 }

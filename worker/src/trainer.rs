@@ -16,7 +16,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, info_span};
 
-use crate::checkpoint::{CheckpointStore, Loaded, TrainState};
+use crate::checkpoint::{CheckpointStore, Loaded, StartFrom, TrainState};
 use crate::config::TrainConfig;
 use crate::device::{channels_last, images_to_tensor, parse_device};
 use crate::dist::{self, DataLayout, EmbeddingExchange, Group};
@@ -93,10 +93,16 @@ fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
 
 impl Trainer {
     /// Builds the model and head for one process, and resumes from the newest verified
-    /// checkpoint in `checkpoint.dir` if there is one.
+    /// checkpoint in `checkpoint.dir` if there is one (an error if there are checkpoints
+    /// and none verifies).
     pub fn new(cfg: TrainConfig) -> Result<Self> {
+        Self::start(cfg, StartFrom::Latest)
+    }
+
+    /// [`Trainer::new`], starting where `from` says.
+    pub fn start(cfg: TrainConfig, from: StartFrom) -> Result<Self> {
         let mut trainer = Self::with_group(cfg, Group::Single)?;
-        if let Some(loaded) = trainer.store.load_latest()? {
+        if let Some(loaded) = trainer.store.start(from)? {
             trainer.restore(loaded)?;
         }
         Ok(trainer)
@@ -499,7 +505,12 @@ impl Trainer {
     }
 
     pub fn total_steps(&self) -> u64 {
-        let all = self.sampler.steps_per_epoch() * self.cfg.train.epochs as u64;
+        // `train.epochs` is bounded when the config is read; saturating all the same, since a
+        // wrapped product once turned a huge epoch count into a 2-step run that "succeeded".
+        let all = self
+            .sampler
+            .steps_per_epoch()
+            .saturating_mul(self.cfg.train.epochs as u64);
         match self.cfg.train.max_steps {
             0 => all,
             max => max.min(all),
@@ -752,12 +763,9 @@ impl Trainer {
             report.loader = loader.stats();
             // fp16 steps with an overflow are skipped by the scaler; elsewhere it is divergence.
             if !report.loss.is_finite() && !self.cfg.train.precision.needs_loss_scaling() {
-                return Err(WorkerError::Config {
-                    key: "optim.lr",
-                    message: format!(
-                        "the loss diverged to {} at step {}; lower the learning rate",
-                        report.loss, report.step
-                    ),
+                return Err(WorkerError::Diverged {
+                    step: report.step,
+                    loss: report.loss,
                 });
             }
             after_step(self, &report)?;
