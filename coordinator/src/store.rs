@@ -202,14 +202,16 @@ pub struct StoredRun {
 
 /// Reads the run's committed checkpoints and its job state. The run resumes from the
 /// newest checkpoint whose every object verifies against its manifest
-/// ([`RunStore::load_latest`]); newer ones that do not (a corrupted or missing object) are
-/// logged, naming the object, and passed over, so all ranks load the same good one.
+/// ([`RunStore::verify_latest`]: sizes first, then each object hashed as it streams past,
+/// so a coordinator needs a few MiB however large the checkpoint, and holds none of it);
+/// newer ones that do not (a corrupted or missing object) are logged, naming the object,
+/// and passed over, so all ranks load the same good one.
 pub async fn stored_run(run: &RunStore) -> Result<StoredRun, StoreError> {
     let committed = run.committed().await?;
     let resume = match committed.is_empty() {
         true => None,
         false => {
-            let loaded = run.load_latest().await?;
+            let loaded = run.verify_latest().await?;
             loaded.map(|l| {
                 for (step, why) in &l.skipped {
                     warn!(step, "not resuming from checkpoint {step}: {why}");
@@ -510,6 +512,19 @@ mod tests {
             (20, 2, "runs/r/ckpt/000000000020/MANIFEST.json")
         );
         assert_eq!(stored.previous.unwrap().saved_at_ms, 42);
+
+        // An object of the newest checkpoint that is not the size its manifest lists: that
+        // checkpoint is passed over (by its size, without reading it).
+        let key = run.object_key(20, "model.safetensors");
+        run.store()
+            .put(&key, Bytes::from_static(b"model 20, grown"))
+            .await
+            .unwrap();
+        let stored = stored_run(&run).await.unwrap();
+        assert_eq!(stored.resume.unwrap().step, 10);
+        run.put_object(20, "model.safetensors", Bytes::from_static(b"model 20"))
+            .await
+            .unwrap();
 
         // An unreadable job.json is an error to load, and left out by stored_run.
         run.put_job_state(Bytes::from_static(b"{")).await.unwrap();

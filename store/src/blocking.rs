@@ -6,7 +6,10 @@ use std::future::Future;
 use bytes::Bytes;
 
 use crate::error::{Result, StoreError};
-use crate::run::{LoadedCheckpoint, Manifest, ManifestObject, ManifestSummary, Pruned, RunStore};
+use crate::run::{
+    Downloaded, LoadedCheckpoint, Manifest, ManifestObject, ManifestSummary, Pruned, RunStore,
+    VerifiedCheckpoint,
+};
 use crate::store::{ObjectInfo, Store};
 use crate::uploader::BackgroundUploader;
 
@@ -21,6 +24,13 @@ impl BlockingRunStore {
     /// Opens `url` (see [`Store::from_url`]) for run `run_id`.
     pub fn from_url(url: &str, run_id: &str) -> Result<Self> {
         Self::new(RunStore::new(Store::from_url(url)?, run_id)?)
+    }
+
+    /// Opens `url` for run `run_id` without creating anything: for readers (`lgaf ckpt`),
+    /// which must fail on a store directory that does not exist (see
+    /// [`Store::from_existing_url`]).
+    pub fn from_existing_url(url: &str, run_id: &str) -> Result<Self> {
+        Self::new(RunStore::new(Store::from_existing_url(url)?, run_id)?)
     }
 
     pub fn new(run: RunStore) -> Result<Self> {
@@ -85,6 +95,22 @@ impl BlockingRunStore {
         F: Fn(&ManifestObject) -> bool,
     {
         self.block_on(self.run.load_latest_with(wanted))
+    }
+
+    pub fn verify(&self, step: u64) -> Result<Manifest> {
+        self.block_on(self.run.verify(step))
+    }
+
+    pub fn verify_latest(&self) -> Result<Option<VerifiedCheckpoint>> {
+        self.block_on(self.run.verify_latest())
+    }
+
+    pub fn download(&self, step: u64, key: &str, dest: &std::path::Path) -> Result<Downloaded> {
+        self.block_on(self.run.download(step, key, dest))
+    }
+
+    pub fn download_latest(&self, key: &str, dest: &std::path::Path) -> Result<Option<Downloaded>> {
+        self.block_on(self.run.download_latest(key, dest))
     }
 
     pub fn prune(&self, keep_last: usize) -> Result<Pruned> {

@@ -23,6 +23,12 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
+    #[error(
+        "the store directory {path} {problem}: check the store URL (reading a store never \
+         creates it; only a writer such as training does)"
+    )]
+    NoStoreDir { path: String, problem: String },
+
     #[error("cannot open the store `{url}`: {source}")]
     Open {
         url: String,
@@ -35,6 +41,49 @@ pub enum StoreError {
 
     #[error("invalid object key `{key}`: {reason}")]
     InvalidKey { key: String, reason: String },
+
+    #[error(
+        "invalid run id `{run_id}`: {reason}; a run id is one path segment such as \
+         `resnet50-2024-06`"
+    )]
+    InvalidRunId { run_id: String, reason: String },
+
+    /// A local-directory store met a symbolic link on the way to a key. Links are refused
+    /// whatever they point at; the message names the link, never its target, so an error
+    /// cannot be used to probe files outside the store.
+    #[error(
+        "{op} of `{key}` in {url} refused: {link} is a symbolic link, and the store does not \
+         follow links (they can lead out of its root); replace the link with the real \
+         directory or file"
+    )]
+    Symlink {
+        op: &'static str,
+        url: String,
+        key: String,
+        link: String,
+    },
+
+    #[error(
+        "{op} of `{key}` in {url} refused: {path} is not a regular file (a FIFO, socket or \
+         device); remove it"
+    )]
+    NotAFile {
+        op: &'static str,
+        url: String,
+        key: String,
+        path: String,
+    },
+
+    #[error(
+        "the coordinator lease `{key}` in {url} is unreadable ({reason}), so no coordinator \
+         can act for the run; if no coordinator of the run is running, delete `{key}` and \
+         start again"
+    )]
+    BadLease {
+        url: String,
+        key: String,
+        reason: String,
+    },
 
     #[error(
         "run {run} in {url} is being coordinated by {} on {} (pid {}), whose lease it keeps \
@@ -73,6 +122,41 @@ pub enum StoreError {
         found_size: u64,
         found_sha256: String,
     },
+
+    #[error(
+        "run `{run_id}` in {url} has no committed checkpoint at step {step} (no `{key}`): \
+         it was never saved, or its save did not finish; `lgaf ckpt ls` lists the committed \
+         ones"
+    )]
+    NotCommitted {
+        url: String,
+        run_id: String,
+        step: u64,
+        key: String,
+    },
+
+    #[error("checkpoint {step} of run `{run_id}` in {url} has no object `{key}` (its manifest does not list it)")]
+    NotInCheckpoint {
+        url: String,
+        run_id: String,
+        step: u64,
+        key: String,
+    },
+
+    #[error(
+        "`{key}` in {url} is {size} bytes, more than any {what} ({limit} bytes at most), so \
+         it is not one and was not read; remove or replace it"
+    )]
+    TooLarge {
+        url: String,
+        key: String,
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
+
+    #[error("cannot write {path}: {problem}")]
+    Destination { path: String, problem: String },
 
     #[error("manifest `{key}` in {url} is not a valid checkpoint manifest: {reason}")]
     BadManifest {

@@ -8,26 +8,42 @@
 //! back to the previous checkpoint if one fails. The crate is torch-free so the coordinator,
 //! which does not link libtorch, can use it for its job state and checkpoint bookkeeping.
 //!
-//! - [`Store`]: put/get/verify/list/delete of keys, multipart uploads for large objects.
-//! - [`RunStore`]: the checkpoint layout of one run (see [`run`] for the key layout).
-//! - [`BackgroundUploader`]: uploads off the training thread, with the stall measured.
-//! - [`BlockingRunStore`]: the same operations for synchronous callers.
+//! Modules:
+//!
+//! - [`store`]: [`Store`], put/get/list/delete of keys, multipart uploads for large objects.
+//! - `verify` (private): [`Store::get_verified`], [`Store::verify`] and
+//!   [`Store::download_verified`], which check the size first and hash as the bytes stream
+//!   in, [`STREAM_CHUNK`] at a time.
+//! - `local` (private): a local-directory [`Store`] refuses symbolic links below its root,
+//!   so no operation leaves it.
+//! - [`run`]: [`RunStore`], the checkpoints, manifests and job state of one run (see it for
+//!   the key layout).
+//! - [`lease`]: [`Lease`], the coordinator lease of a run, on [`RunStore`].
+//! - [`uploader`]: [`BackgroundUploader`], uploads off the training thread, with the stall
+//!   measured.
+//! - [`blocking`]: [`BlockingRunStore`], the same operations for synchronous callers.
+//! - [`error`]: [`StoreError`]; [`time`]: UTC calendar time of Unix timestamps.
 
 pub mod blocking;
 pub mod error;
+pub mod lease;
+mod local;
 pub mod run;
 pub mod store;
 pub mod time;
 pub mod uploader;
+mod verify;
 
 pub use blocking::BlockingRunStore;
 pub use error::{Result, StoreError};
+pub use lease::{Lease, LeaseAttempt};
 pub use run::{
-    Lease, LeaseAttempt, LoadedCheckpoint, Manifest, ManifestObject, ManifestSummary, Pruned,
-    RunStore, FORMAT, MANIFEST,
+    Downloaded, LoadedCheckpoint, Manifest, ManifestObject, ManifestSummary, Pruned, RunStore,
+    VerifiedCheckpoint, FORMAT, MANIFEST,
 };
 pub use store::{
     sha256_hex, Listed, ObjectInfo, Store, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE,
     MIN_PART_SIZE,
 };
 pub use uploader::{BackgroundUploader, UploadStats, UploadTicket, DEFAULT_MAX_PENDING_BYTES};
+pub use verify::STREAM_CHUNK;

@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, StoreError};
 use crate::store::{check_key, ObjectInfo, Store};
 
+// The coordinator lease lives in `crate::lease`; re-exported so `run::` paths keep working.
+pub use crate::lease::{Lease, LeaseAttempt, MAX_LEASE_BYTES};
+
 /// The manifest's file name inside a step folder.
 pub const MANIFEST: &str = "MANIFEST.json";
 /// Format tag of [`Manifest`]; `/1` was the single-process local-folder checkpoint.
@@ -32,6 +35,11 @@ pub const FORMAT: &str = "lgaf-checkpoint/2";
 const LOAD_CONCURRENCY: usize = 4;
 /// Objects checked at once (HEAD) while committing.
 const COMMIT_CONCURRENCY: usize = 16;
+/// The largest manifest read (some 300 000 objects): anything bigger is not one, and is
+/// refused by its size instead of being read into memory.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// The largest job state read (the coordinator's snapshot is kilobytes).
+pub const MAX_JOB_STATE_BYTES: u64 = 64 << 20;
 
 /// One object of a checkpoint: its key inside the step folder, size, SHA-256 and the rank
 /// that wrote it (so a rank can load only what it owns).
@@ -164,6 +172,31 @@ pub struct LoadedCheckpoint {
     pub skipped: Vec<(u64, String)>,
 }
 
+/// A checkpoint whose objects all verified, without their bytes (see [`RunStore::verify`]).
+#[derive(Clone, Debug)]
+pub struct VerifiedCheckpoint {
+    pub manifest: Manifest,
+    /// Newer committed checkpoints that did not verify, newest first, as (step, why).
+    pub skipped: Vec<(u64, String)>,
+}
+
+/// One object of a checkpoint written to a file by [`RunStore::download`].
+#[derive(Clone, Debug)]
+pub struct Downloaded {
+    pub manifest: Manifest,
+    /// The object as the manifest lists it (key relative to the step folder).
+    pub object: ManifestObject,
+    /// Newer committed checkpoints passed over, newest first, as (step, why).
+    pub skipped: Vec<(u64, String)>,
+}
+
+/// What a verified read of a checkpoint's objects keeps.
+#[derive(Clone, Copy)]
+enum Keep {
+    Bytes,
+    Nothing,
+}
+
 /// What [`RunStore::prune`] deleted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -186,13 +219,17 @@ impl RunStore {
     /// `run_id` becomes one path segment, so it may not contain `/`, `.` or `..` alone.
     pub fn new(store: Store, run_id: impl Into<String>) -> Result<Self> {
         let run_id = run_id.into();
-        check_key(&run_id)?;
+        let bad = |reason: String| StoreError::InvalidRunId {
+            run_id: run_id.clone(),
+            reason,
+        };
         if run_id.contains('/') {
-            return Err(StoreError::InvalidKey {
-                key: run_id,
-                reason: "a run id must not contain `/`".into(),
-            });
+            return Err(bad("it contains `/`".into()));
         }
+        check_key(&run_id).map_err(|e| match e {
+            StoreError::InvalidKey { reason, .. } => bad(reason),
+            e => e,
+        })?;
         Ok(Self { store, run_id })
     }
 
@@ -329,7 +366,19 @@ impl RunStore {
     /// Reads and checks the manifest of `step`.
     pub async fn manifest(&self, step: u64) -> Result<Manifest> {
         let key = self.manifest_key(step);
-        let bytes = self.store.get(&key).await?;
+        let bytes = self
+            .store
+            .get_at_most(&key, "checkpoint manifest", MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => StoreError::NotCommitted {
+                    url: self.url(),
+                    run_id: self.run_id.clone(),
+                    step,
+                    key: key.clone(),
+                },
+                e => e,
+            })?;
         let bad = |reason: String| StoreError::BadManifest {
             url: self.url(),
             key: key.clone(),
@@ -391,32 +440,75 @@ impl RunStore {
     }
 
     /// Loads only the objects for which `wanted` is true (a rank needs the model and the
-    /// class ranges it owns, not every rank's shards); those are verified.
+    /// class ranges it owns, not every rank's shards); those are verified. Every size is
+    /// checked against the manifest before any object is read.
     pub async fn load_with<F>(&self, step: u64, wanted: F) -> Result<LoadedCheckpoint>
     where
         F: Fn(&ManifestObject) -> bool,
     {
         let manifest = self.manifest(step).await?;
-        self.load_objects(manifest, &wanted).await
+        self.fetch_objects(manifest, &wanted, Keep::Bytes).await
     }
 
-    async fn load_objects<F>(&self, manifest: Manifest, wanted: &F) -> Result<LoadedCheckpoint>
+    /// Verifies the checkpoint of `step` (every object's size, then its SHA-256) without
+    /// holding any object in memory: each is hashed as it streams past.
+    pub async fn verify(&self, step: u64) -> Result<Manifest> {
+        self.verify_with(step, |_| true).await
+    }
+
+    /// [`RunStore::verify`] of the objects for which `wanted` is true.
+    pub async fn verify_with<F>(&self, step: u64, wanted: F) -> Result<Manifest>
+    where
+        F: Fn(&ManifestObject) -> bool,
+    {
+        let manifest = self.manifest(step).await?;
+        Ok(self
+            .fetch_objects(manifest, &wanted, Keep::Nothing)
+            .await?
+            .manifest)
+    }
+
+    /// The manifest-store info of `object` of the checkpoint of `step`.
+    fn info(&self, step: u64, object: &ManifestObject) -> ObjectInfo {
+        ObjectInfo {
+            key: self.object_key(step, &object.key),
+            size: object.size,
+            sha256: object.sha256.clone(),
+        }
+    }
+
+    /// Checks the wanted objects of `manifest`: first every size (HEAD requests, no body),
+    /// so that a wrong size anywhere is found before anything is read, then each content.
+    async fn fetch_objects<F>(
+        &self,
+        manifest: Manifest,
+        wanted: &F,
+        keep: Keep,
+    ) -> Result<LoadedCheckpoint>
     where
         F: Fn(&ManifestObject) -> bool,
     {
         let step = manifest.step;
+        futures::stream::iter(manifest.objects.iter().filter(|o| wanted(o)))
+            .map(|object| async move { self.store.check_size(&self.info(step, object)).await })
+            .buffer_unordered(COMMIT_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
         let objects: HashMap<String, Bytes> =
             futures::stream::iter(manifest.objects.iter().filter(|o| wanted(o)))
                 .map(|object| async move {
-                    let info = ObjectInfo {
-                        key: self.object_key(step, &object.key),
-                        size: object.size,
-                        sha256: object.sha256.clone(),
+                    let info = self.info(step, object);
+                    let bytes = match keep {
+                        Keep::Bytes => Some(self.store.get_verified_sized(&info).await?),
+                        Keep::Nothing => {
+                            self.store.verify_sized(&info).await?;
+                            None
+                        }
                     };
-                    let bytes = self.store.get_verified(&info).await?;
-                    Ok::<_, StoreError>((object.key.clone(), bytes))
+                    Ok::<_, StoreError>(bytes.map(|b| (object.key.clone(), b)))
                 })
                 .buffer_unordered(LOAD_CONCURRENCY)
+                .try_filter_map(|kept| async move { Ok(kept) })
                 .try_collect()
                 .await?;
         Ok(LoadedCheckpoint {
@@ -445,6 +537,102 @@ impl RunStore {
     where
         F: Fn(&ManifestObject) -> bool,
     {
+        let wanted = &wanted;
+        let found = self
+            .latest(|manifest| self.fetch_objects(manifest, wanted, Keep::Bytes))
+            .await?;
+        Ok(found.map(|(mut loaded, skipped)| {
+            loaded.skipped = skipped;
+            loaded
+        }))
+    }
+
+    /// The newest committed checkpoint that fully verifies, as [`RunStore::load_latest`]
+    /// finds it but without keeping any object: what a coordinator needs to know where a
+    /// run resumes, in [`crate::store::STREAM_CHUNK`]s of memory rather than the
+    /// checkpoint's size.
+    pub async fn verify_latest(&self) -> Result<Option<VerifiedCheckpoint>> {
+        self.verify_latest_with(|_| true).await
+    }
+
+    /// [`RunStore::verify_latest`] of the objects for which `wanted` is true.
+    pub async fn verify_latest_with<F>(&self, wanted: F) -> Result<Option<VerifiedCheckpoint>>
+    where
+        F: Fn(&ManifestObject) -> bool,
+    {
+        let wanted = &wanted;
+        let found = self
+            .latest(|manifest| self.fetch_objects(manifest, wanted, Keep::Nothing))
+            .await?;
+        Ok(found.map(|(loaded, skipped)| VerifiedCheckpoint {
+            manifest: loaded.manifest,
+            skipped,
+        }))
+    }
+
+    /// Writes object `key` of the checkpoint of `step` to the file `dest`, streamed and
+    /// verified (see [`Store::download_verified`]: a temporary name, renamed last, removed
+    /// on failure).
+    pub async fn download(
+        &self,
+        step: u64,
+        key: &str,
+        dest: &std::path::Path,
+    ) -> Result<Downloaded> {
+        let manifest = self.manifest(step).await?;
+        self.download_from(manifest, key, dest).await
+    }
+
+    /// [`RunStore::download`] from the newest committed checkpoint whose `key` verifies,
+    /// falling back to older ones as [`RunStore::load_latest`] does; a checkpoint that does
+    /// not list `key` is passed over too. A failure to write `dest` is returned at once.
+    pub async fn download_latest(
+        &self,
+        key: &str,
+        dest: &std::path::Path,
+    ) -> Result<Option<Downloaded>> {
+        let found = self
+            .latest(|manifest| self.download_from(manifest, key, dest))
+            .await?;
+        Ok(found.map(|(mut downloaded, skipped)| {
+            downloaded.skipped = skipped;
+            downloaded
+        }))
+    }
+
+    async fn download_from(
+        &self,
+        manifest: Manifest,
+        key: &str,
+        dest: &std::path::Path,
+    ) -> Result<Downloaded> {
+        let Some(object) = manifest.object(key).cloned() else {
+            return Err(StoreError::NotInCheckpoint {
+                url: self.url(),
+                run_id: self.run_id.clone(),
+                step: manifest.step,
+                key: key.to_string(),
+            });
+        };
+        self.store
+            .download_verified(&self.info(manifest.step, &object), dest)
+            .await?;
+        Ok(Downloaded {
+            manifest,
+            object,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// Tries `attempt` on the committed checkpoints, newest first, until one succeeds; the
+    /// ones it fails on are logged and returned as (step, why). `Ok(None)` if nothing was
+    /// ever committed, [`StoreError::NoValidCheckpoint`] if every attempt failed. A
+    /// [`StoreError::Destination`] failure is the caller's side and is returned at once.
+    async fn latest<T, A, Fut>(&self, attempt: A) -> Result<Option<(T, Vec<(u64, String)>)>>
+    where
+        A: Fn(Manifest) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         // Manifests that do not parse were already logged and are skipped by this listing.
         let manifests = self.valid_manifests().await?;
         if manifests.is_empty() {
@@ -453,11 +641,9 @@ impl RunStore {
         let mut skipped = Vec::new();
         for manifest in manifests.into_iter().rev() {
             let step = manifest.step;
-            match self.load_objects(manifest, &wanted).await {
-                Ok(mut loaded) => {
-                    loaded.skipped = skipped;
-                    return Ok(Some(loaded));
-                }
+            match attempt(manifest).await {
+                Ok(found) => return Ok(Some((found, skipped))),
+                Err(e @ StoreError::Destination { .. }) => return Err(e),
                 Err(e) => {
                     tracing::warn!(
                         run = %self.run_id,
@@ -549,126 +735,15 @@ impl RunStore {
 
     /// The coordinator's job state, or `None` if the run has none yet.
     pub async fn get_job_state(&self) -> Result<Option<Bytes>> {
-        match self.store.get(&self.job_key()).await {
+        let key = self.job_key();
+        match self
+            .store
+            .get_at_most(&key, "job state", MAX_JOB_STATE_BYTES)
+            .await
+        {
             Ok(bytes) => Ok(Some(bytes)),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
-        }
-    }
-}
-
-/// The lease of the coordinator acting for a run (`runs/<run_id>/LEASE.json`): only its
-/// holder may act, until `expires_at_ms` unless renewed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    /// The holder's identity (a coordinator instance id).
-    pub holder: String,
-    pub host: String,
-    pub pid: u32,
-    /// Milliseconds since the Unix epoch.
-    pub expires_at_ms: u64,
-}
-
-/// What [`RunStore::try_acquire_lease`] found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LeaseAttempt {
-    /// `me` holds the lease now.
-    Acquired,
-    /// Another holder's lease, still running.
-    HeldBy(Lease),
-}
-
-impl RunStore {
-    /// The store key of the run's coordinator lease.
-    pub fn lease_key(&self) -> String {
-        format!("runs/{}/LEASE.json", self.run_id)
-    }
-
-    async fn read_lease(&self) -> Result<Option<Lease>> {
-        let key = self.lease_key();
-        match self.store.get(&key).await {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::InvalidKey {
-                        key,
-                        reason: format!("not a lease: {e}"),
-                    })
-            }
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Takes the lease for `me` if nobody holds it, it has lapsed (`now_ms` past its
-    /// expiry) or `stale` says its holder is gone (e.g. a dead pid on this host). The
-    /// first write is conditional (create-if-absent), so of two coordinators starting
-    /// together exactly one gets it. Taking over a lapsed lease deletes it first: two
-    /// coordinators doing that in the same instant could both succeed, a window the
-    /// conditional create cannot close without conditional deletes.
-    pub async fn try_acquire_lease(
-        &self,
-        me: &Lease,
-        now_ms: u64,
-        stale: impl Fn(&Lease) -> bool,
-    ) -> Result<LeaseAttempt> {
-        let bytes = Bytes::from(serde_json::to_vec_pretty(me).expect("lease serialises"));
-        for _ in 0..2 {
-            if self.store.put_new(&self.lease_key(), bytes.clone()).await? {
-                return Ok(LeaseAttempt::Acquired);
-            }
-            match self.read_lease().await? {
-                // Deleted between our write and our read: try again.
-                None => continue,
-                Some(held) if held.holder == me.holder => {
-                    self.store.put(&self.lease_key(), bytes).await?;
-                    return Ok(LeaseAttempt::Acquired);
-                }
-                Some(held) if held.expires_at_ms < now_ms || stale(&held) => {
-                    tracing::warn!(
-                        run = %self.run_id,
-                        holder = %held.holder,
-                        host = %held.host,
-                        pid = held.pid,
-                        "taking over the coordinator lease of a coordinator that is gone"
-                    );
-                    self.store.delete(&self.lease_key()).await?;
-                }
-                Some(held) => return Ok(LeaseAttempt::HeldBy(held)),
-            }
-        }
-        match self.read_lease().await? {
-            Some(held) if held.holder != me.holder => Ok(LeaseAttempt::HeldBy(held)),
-            _ => Ok(LeaseAttempt::Acquired),
-        }
-    }
-
-    /// Extends `me`'s lease. Fails if another holder has it (ours lapsed and was taken
-    /// over): the caller must stop acting for the run at once.
-    pub async fn renew_lease(&self, me: &Lease) -> Result<()> {
-        match self.read_lease().await? {
-            Some(held) if held.holder != me.holder => Err(self.lease_held(held)),
-            _ => {
-                let bytes = Bytes::from(serde_json::to_vec_pretty(me).expect("lease serialises"));
-                self.store.put(&self.lease_key(), bytes).await.map(|_| ())
-            }
-        }
-    }
-
-    /// Gives the lease up, if `holder` still has it.
-    pub async fn release_lease(&self, holder: &str) -> Result<()> {
-        match self.read_lease().await? {
-            Some(held) if held.holder == holder => self.store.delete(&self.lease_key()).await,
-            _ => Ok(()),
-        }
-    }
-
-    /// The error for a lease `held` by someone else.
-    pub fn lease_held(&self, held: Lease) -> StoreError {
-        StoreError::LeaseHeld {
-            url: self.url(),
-            run: self.run_id.clone(),
-            holder: Box::new(held),
         }
     }
 }

@@ -1,5 +1,10 @@
 //! [`Store`]: keys and bytes in a local directory or an S3 bucket, with SHA-256 on every
 //! write so a later read can prove it got back what was written.
+//!
+//! Opening a URL, writes (multipart for large objects), plain reads, listing and deletes.
+//! What a local directory checks so that no operation leaves it is in `local.rs`;
+//! verified reads, which stream and hash an object against its [`ObjectInfo`], are in
+//! `verify.rs`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,13 +13,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, StoreError};
+use crate::local::LocalRoot;
+pub use crate::verify::STREAM_CHUNK;
 
 /// Objects at least this large go up as a multipart upload (64 MiB): one PUT of a
 /// multi-gigabyte shard fails as a whole on any hiccup and cannot use parallel streams.
@@ -46,7 +52,11 @@ pub struct Listed {
 
 /// SHA-256 of `bytes` as lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
+    hex(Sha256::digest(bytes).as_slice())
+}
+
+/// `digest` as lower-case hex.
+pub(crate) fn hex(digest: &[u8]) -> String {
     let mut hex = String::with_capacity(64);
     for b in digest {
         hex.push_str(&format!("{b:02x}"));
@@ -80,6 +90,13 @@ pub(crate) fn check_key(key: &str) -> Result<Path> {
         return Err(bad("it must not start or end with `/`"));
     }
     Path::parse(key).map_err(|e| bad(&e.to_string()))
+}
+
+/// The process's `AWS_*` variables, the S3 settings of [`Store::from_url`].
+fn aws_env() -> HashMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .collect()
 }
 
 /// Which backend a URL names, resolved but not yet opened.
@@ -140,12 +157,18 @@ fn parse_url(url: &str) -> Result<Target> {
 ///
 /// All methods are async and need a tokio runtime; synchronous callers use
 /// [`crate::BlockingRunStore`] or [`crate::BackgroundUploader`].
+///
+/// A local directory never lets an operation leave it: object_store's `LocalFileSystem`
+/// follows symbolic links, so every call checks the way to its key first and refuses a
+/// link anywhere below the root (see [`StoreError::Symlink`]). S3 has no links.
 #[derive(Clone, Debug)]
 pub struct Store {
-    inner: Arc<dyn ObjectStore>,
-    url: String,
+    pub(crate) inner: Arc<dyn ObjectStore>,
+    pub(crate) url: String,
     /// Prepended to every key (the `prefix` of `s3://bucket/prefix`; empty for a directory).
     prefix: Option<Path>,
+    /// Set for a local directory.
+    pub(crate) local: Option<Arc<LocalRoot>>,
     multipart_threshold: usize,
     part_size: usize,
     part_concurrency: usize,
@@ -155,33 +178,40 @@ impl Store {
     /// Opens `file:///abs/dir`, a plain directory path (created if missing), or
     /// `s3://bucket/prefix` configured by the standard `AWS_*` environment variables
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
-    /// `AWS_ALLOW_HTTP`, ...).
+    /// `AWS_ALLOW_HTTP`, ...). For writers (training, the coordinator); readers use
+    /// [`Store::from_existing_url`].
     pub fn from_url(url: &str) -> Result<Self> {
-        let env: HashMap<String, String> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("AWS_"))
-            .collect();
-        Self::from_url_with_env(url, &env)
+        Self::from_url_with_env(url, &aws_env())
     }
 
     /// Like [`Store::from_url`], but S3 settings come from `env` (same `AWS_*` names) and
     /// the process environment is not read: tests and multi-tenant callers need that.
     pub fn from_url_with_env(url: &str, env: &HashMap<String, String>) -> Result<Self> {
+        Self::open(url, env, true)
+    }
+
+    /// Like [`Store::from_url`], but a directory that does not exist is an error
+    /// ([`StoreError::NoStoreDir`]) instead of being created: a read-only command given a
+    /// mistyped path must say so, not report an empty store and leave directories behind.
+    pub fn from_existing_url(url: &str) -> Result<Self> {
+        Self::from_existing_url_with_env(url, &aws_env())
+    }
+
+    /// [`Store::from_existing_url`] with S3 settings from `env`.
+    pub fn from_existing_url_with_env(url: &str, env: &HashMap<String, String>) -> Result<Self> {
+        Self::open(url, env, false)
+    }
+
+    fn open(url: &str, env: &HashMap<String, String>, create: bool) -> Result<Self> {
+        let mut local = None;
         let (inner, display, prefix): (Arc<dyn ObjectStore>, String, Option<Path>) =
             match parse_url(url)? {
                 Target::Dir(dir) => {
-                    std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
-                        path: dir.display().to_string(),
-                        source,
-                    })?;
-                    let fs = LocalFileSystem::new_with_prefix(&dir)
-                        .map_err(|source| StoreError::Open {
-                            url: url.to_string(),
-                            source: Box::new(source),
-                        })?
-                        // Deleting a checkpoint's last file removes its folder too.
-                        .with_automatic_cleanup(true);
-                    let root = std::fs::canonicalize(&dir).unwrap_or(dir);
-                    (Arc::new(fs), format!("file://{}", root.display()), None)
+                    let root = LocalRoot::open(url, &dir, create)?;
+                    let fs = root.fs.clone();
+                    let display = format!("file://{}", root.root.display());
+                    local = Some(Arc::new(root));
+                    (fs, display, None)
                 }
                 Target::S3 { bucket, prefix } => {
                     let mut builder = AmazonS3Builder::new();
@@ -214,10 +244,25 @@ impl Store {
             inner,
             url: display,
             prefix,
+            local,
             multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
             part_size: DEFAULT_PART_SIZE,
             part_concurrency: DEFAULT_PART_CONCURRENCY,
         })
+    }
+
+    /// A store over any backend (tests wrap one to watch what the store asks of it).
+    #[cfg(test)]
+    pub(crate) fn over(inner: Arc<dyn ObjectStore>, url: &str) -> Self {
+        Self {
+            inner,
+            url: url.to_string(),
+            prefix: None,
+            local: None,
+            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
+            part_size: DEFAULT_PART_SIZE,
+            part_concurrency: DEFAULT_PART_CONCURRENCY,
+        }
     }
 
     /// Sets when multipart uploads start (objects of at least `threshold` bytes) and their
@@ -262,7 +307,7 @@ impl Store {
         self.part_size
     }
 
-    fn location(&self, key: &str) -> Result<Path> {
+    pub(crate) fn location(&self, key: &str) -> Result<Path> {
         let path = check_key(key)?;
         Ok(match &self.prefix {
             None => path,
@@ -284,7 +329,12 @@ impl Store {
         }
     }
 
-    fn backend_err(&self, op: &'static str, key: &str, source: object_store::Error) -> StoreError {
+    pub(crate) fn backend_err(
+        &self,
+        op: &'static str,
+        key: &str,
+        source: object_store::Error,
+    ) -> StoreError {
         match source {
             object_store::Error::NotFound { .. } => StoreError::NotFound {
                 url: self.url.clone(),
@@ -305,6 +355,7 @@ impl Store {
     /// aborted so no half-object remains. Either way the object appears whole or not at all.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<ObjectInfo> {
         let location = self.location(key)?;
+        self.stay_inside("upload", key, &location)?;
         let size = bytes.len() as u64;
         let hash = hash_off_thread(bytes.clone());
         let upload = async {
@@ -357,6 +408,7 @@ impl Store {
     /// nothing, when the key exists.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
         let location = self.location(key)?;
+        self.stay_inside("conditional write", key, &location)?;
         let options = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
@@ -372,9 +424,11 @@ impl Store {
         }
     }
 
-    /// Reads the whole object under `key`.
+    /// Reads the whole object under `key`. For objects listed in a manifest use
+    /// [`Store::get_verified`] or [`Store::verify`], which check the size before reading.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         let location = self.location(key)?;
+        self.stay_inside("download", key, &location)?;
         let result = self
             .inner
             .get(&location)
@@ -386,33 +440,42 @@ impl Store {
             .map_err(|e| self.backend_err("download", key, e))
     }
 
-    /// Reads `info.key` and checks it has `info.size` bytes and SHA-256 `info.sha256`; a
-    /// mismatch is [`StoreError::Corrupt`] naming the key, what was expected and found.
-    pub async fn get_verified(&self, info: &ObjectInfo) -> Result<Bytes> {
-        let bytes = self.get(&info.key).await?;
-        let found_size = bytes.len() as u64;
-        // A size mismatch already proves corruption; skip hashing a possibly huge object.
-        let found_sha256 = if found_size == info.size {
-            hash_off_thread(bytes.clone()).await?
-        } else {
-            "(not computed: size differs)".to_string()
+    /// Reads the whole object under `key`, which must be a `what` (a manifest, a lease) of
+    /// at most `limit` bytes: its size is checked first, so a huge object where a small one
+    /// belongs is refused ([`StoreError::TooLarge`]) without being read.
+    pub async fn get_at_most(&self, key: &str, what: &'static str, limit: u64) -> Result<Bytes> {
+        let too_large = |size: u64| StoreError::TooLarge {
+            url: self.url.clone(),
+            key: key.to_string(),
+            what,
+            size,
+            limit,
         };
-        if found_size != info.size || found_sha256 != info.sha256 {
-            return Err(StoreError::Corrupt {
-                url: self.url.clone(),
-                key: info.key.clone(),
-                expected_size: info.size,
-                expected_sha256: info.sha256.clone(),
-                found_size,
-                found_sha256,
-            });
+        let size = self.head(key).await?.size;
+        if size > limit {
+            return Err(too_large(size));
         }
-        Ok(bytes)
+        let location = self.location(key)?;
+        self.stay_inside("download", key, &location)?;
+        let result = self
+            .inner
+            .get(&location)
+            .await
+            .map_err(|e| self.backend_err("download", key, e))?;
+        // It may have changed since the HEAD.
+        if result.meta.size > limit {
+            return Err(too_large(result.meta.size));
+        }
+        result
+            .bytes()
+            .await
+            .map_err(|e| self.backend_err("download", key, e))
     }
 
     /// Size of the object under `key` without reading it; [`StoreError::NotFound`] if absent.
     pub async fn head(&self, key: &str) -> Result<Listed> {
         let location = self.location(key)?;
+        self.stay_inside("size check", key, &location)?;
         let meta = self
             .inner
             .head(&location)
@@ -432,6 +495,7 @@ impl Store {
         } else {
             Some(self.location(prefix)?)
         };
+        self.no_link_under(prefix, location.as_ref()).await?;
         let metas: Vec<_> = self
             .inner
             .list(location.as_ref())
@@ -453,6 +517,7 @@ impl Store {
     /// run again.
     pub async fn delete(&self, key: &str) -> Result<()> {
         let location = self.location(key)?;
+        self.stay_inside("delete", key, &location)?;
         match self.inner.delete(&location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.backend_err("delete", key, e)),

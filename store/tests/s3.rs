@@ -62,6 +62,11 @@ fn s3_against_moto_server() {
         prune_keeps_last(&run("prune")).await;
         job_state(&run("job")).await;
         lease(&run("lease")).await;
+        let out = std::env::temp_dir().join(format!("lgaf-s3-{}-out", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).unwrap();
+        verify_and_download(&run("stream"), &out).await;
+        let _ = std::fs::remove_dir_all(&out);
     });
     drop(rt);
 

@@ -253,7 +253,12 @@ pub async fn uncommitted_ignored(run: &RunStore) {
     assert_eq!(loaded.manifest.step, 10);
     assert!(loaded.skipped.is_empty());
     let err = run.load(20).await.unwrap_err();
-    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    assert!(matches!(err, StoreError::NotCommitted { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no committed checkpoint at step 20") && msg.contains(MANIFEST),
+        "{msg}"
+    );
 }
 
 /// A damaged object makes load_latest fall back to the previous checkpoint and say which
@@ -532,4 +537,48 @@ pub async fn lease(run: &RunStore) {
         run.try_acquire_lease(&a, 17_000, never).await.unwrap(),
         LeaseAttempt::Acquired
     );
+}
+
+/// Streamed verification and download: the content checked without being kept, an
+/// object written to a file only once it verifies, and an object that has grown past its
+/// listed size reported by size (no body read) with nothing written.
+pub async fn verify_and_download(run: &RunStore, out_dir: &std::path::Path) {
+    let size = 3 * MIB + 5;
+    commit_step(run, 10, 1, size).await;
+    assert_eq!(run.verify(10).await.unwrap().step, 10);
+    let verified = run.verify_latest().await.unwrap().unwrap();
+    assert_eq!(verified.manifest.step, 10);
+    assert!(verified.skipped.is_empty());
+    let out = out_dir.join("w.bin");
+    let got = run.download(10, &shard_key(0), &out).await.unwrap();
+    assert_eq!((got.manifest.step, got.object.size), (10, size as u64));
+    assert_eq!(std::fs::read(&out).unwrap(), payload(1000, size));
+
+    let key = run.object_key(10, &shard_key(0));
+    let mut bytes = run.store().get(&key).await.unwrap().to_vec();
+    bytes.push(0);
+    run.store().put(&key, Bytes::from(bytes)).await.unwrap();
+    let err = run.verify(10).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&key)
+            && msg.contains(&format!("expected {size} bytes"))
+            && msg.contains(&format!("found {} bytes", size + 1)),
+        "{msg}"
+    );
+    let fresh = out_dir.join("fresh.bin");
+    assert!(run.download(10, &shard_key(0), &fresh).await.is_err());
+    assert!(!fresh.exists());
+    let err = run.verify_latest().await.unwrap_err();
+    assert!(matches!(err, StoreError::NoValidCheckpoint { .. }), "{err}");
+
+    let err = run.download(10, "absent.bin", &fresh).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotInCheckpoint { .. }), "{err}");
+    assert!(err.to_string().contains("absent.bin"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec!["w.bin"]);
 }
