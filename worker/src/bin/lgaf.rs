@@ -8,11 +8,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use lgaf_data::augment::AugmentConfig;
-use lgaf_data::recordio::{IndexSource, RecordPack};
+use lgaf_data::recordio::{IndexMode, IndexSource, RecordPack};
 use lgaf_data::source::{FaceSource, FolderSource};
 use lgaf_data::{image_folder, npy};
 use lgaf_eval::verification::Verification;
 use lgaf_model::{weights, Arch, Fusion, Lgaf, ModelConfig};
+use lgaf_proto::console::{eprint_line, print_line};
+use lgaf_worker::checkpoint::StartFrom;
 use lgaf_worker::config::SourceKind;
 use lgaf_worker::dataset_tools;
 use lgaf_worker::device::parse_device;
@@ -22,6 +24,15 @@ use lgaf_worker::progress::{init_logging, task_bar, training_bar};
 use lgaf_worker::{StepReport, TrainConfig, Trainer};
 use tch::nn::VarStore;
 use tracing::info;
+
+/// `println!` for this tool's output: a reader that went away (`lgaf ckpt ls | head -1`)
+/// only drops the line, and any other failure to write is the command's error; `println!`
+/// would panic on both.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))?
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -86,13 +97,17 @@ struct CkptLsArgs {
 
 #[derive(Args)]
 struct CkptExportArgs {
+    /// The run's store: a directory, file:///dir or s3://bucket/prefix (must exist).
     #[arg(long)]
     store: String,
+    /// The run id.
     #[arg(long)]
     run: String,
     /// The checkpoint's step (default: the newest committed one that verifies).
     #[arg(long)]
     step: Option<u64>,
+    /// The safetensors file to write (its directory is created if missing); written only
+    /// once the weights verify.
     #[arg(long)]
     out: PathBuf,
 }
@@ -183,8 +198,13 @@ struct PackArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// A RecordIO pack (.rec; a missing .idx is rebuilt) or an image folder.
+    /// A RecordIO pack (.rec; a missing .idx is rebuilt, a .idx that does not match the
+    /// .rec is refused) or an image folder.
     path: PathBuf,
+    /// Rebuild the pack's .idx by scanning the .rec and replace the existing one (the
+    /// repair for a .idx that does not match its .rec).
+    #[arg(long)]
+    rebuild_index: bool,
     /// Print one JSON object (images, identities, images_per_identity, image_sizes, bad,
     /// problems).
     #[arg(long)]
@@ -241,6 +261,11 @@ struct TrainArgs {
     /// Overrides checkpoint.dir.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
+    /// Start from step 0 although checkpoint.dir holds checkpoints that do not verify
+    /// (they are moved aside as step-N.unverified-TIME, for inspection). Without it, such
+    /// a folder is an error; with a checkpoint that verifies, --fresh is refused.
+    #[arg(long)]
+    fresh: bool,
 }
 
 #[derive(Args)]
@@ -274,7 +299,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprint_line(format_args!("error: {}", one_line(&e)));
             ExitCode::FAILURE
         }
     }
@@ -309,7 +334,7 @@ fn init(a: InitArgs) -> Result<()> {
     let vs = VarStore::new(tch::Device::Cpu);
     Lgaf::new(&vs.root(), &cfg)?;
     weights::save(&vs, &a.out, &model_metadata(&cfg))?;
-    println!(
+    out!(
         "wrote {} ({} tensors, {} parameters)",
         a.out.display(),
         vs.variables().len(),
@@ -341,7 +366,7 @@ fn embed_folder(a: EmbedArgs) -> Result<()> {
     let out = embed(&model, &rgb, count, device, a.batch_size.max(1), a.flip);
     let data = Vec::<f32>::try_from(out.embeddings.flatten(0, -1))?;
     npy::write_f32(&a.out, &[count, cfg.embedding_size as usize], &data)?;
-    println!(
+    out!(
         "wrote {} ({count} images x {}, {:.1} images/s)",
         a.out.display(),
         cfg.embedding_size,
@@ -381,12 +406,16 @@ fn eval(a: EvalArgs) -> Result<()> {
         let v = set.evaluate(&model, device, batch)?;
         if !a.json {
             if results.is_empty() {
-                println!(
+                out!(
                     "{:<16} {:>6} {:>10} {:>7} {:>16}",
-                    "set", "pairs", "accuracy", "std", "TAR@FAR=1e-3"
+                    "set",
+                    "pairs",
+                    "accuracy",
+                    "std",
+                    "TAR@FAR=1e-3"
                 );
             }
-            println!(
+            out!(
                 "{:<16} {:>6} {:>9.2}% {:>7.2} {:>15.2}%",
                 set.name,
                 set.issame.len(),
@@ -411,7 +440,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             distractors.as_ref(),
         )?;
         if !a.json {
-            println!(
+            out!(
                 "\nretrieval: {} probes ({} with no match in the gallery), gallery {} + {} distractors",
                 c.probes,
                 c.absent,
@@ -419,7 +448,7 @@ fn eval(a: EvalArgs) -> Result<()> {
                 distractors.as_ref().map_or(0, |d| d.len())
             );
             for r in &c.ranks {
-                println!("  rank-{:<3} {:>7.2}%", r.rank, r.rate * 100.0);
+                out!("  rank-{:<3} {:>7.2}%", r.rank, r.rate * 100.0);
             }
         }
         let mut obj = serde_json::json!({"probes": c.probes, "absent": c.absent});
@@ -447,7 +476,7 @@ fn eval(a: EvalArgs) -> Result<()> {
                 serde_json::Value::Object(map)
             }
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        out!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
 }
@@ -472,7 +501,7 @@ fn pack(a: PackArgs) -> Result<()> {
         bar.set_position(done as u64)
     })?;
     bar.finish_and_clear();
-    println!(
+    out!(
         "wrote {} ({} images of {} identities, {:.1} MB, {:.0} images/s): {} stored as they were, {} resized to 112x112",
         a.out.display(),
         report.images,
@@ -483,9 +512,9 @@ fn pack(a: PackArgs) -> Result<()> {
         report.resized
     );
     if !report.skipped.is_empty() {
-        println!("skipped {} unreadable images:", report.skipped.len());
+        out!("skipped {} unreadable images:", report.skipped.len());
         for s in &report.skipped {
-            println!("  {s}");
+            out!("  {s}");
         }
     }
     Ok(())
@@ -494,24 +523,38 @@ fn pack(a: PackArgs) -> Result<()> {
 fn inspect(a: InspectArgs) -> Result<()> {
     set_threads(a.threads)?;
     let source: Box<dyn FaceSource> = if a.path.is_dir() {
+        anyhow::ensure!(
+            !a.rebuild_index,
+            "--rebuild-index applies to a RecordIO pack (.rec), and {} is a folder",
+            a.path.display()
+        );
         Box::new(FolderSource::open(&a.path)?)
     } else {
         let bar = task_bar("indexing", "bytes");
-        let pack = RecordPack::open_with_progress(&a.path, |done, total| {
+        let mode = if a.rebuild_index {
+            IndexMode::Rebuild
+        } else {
+            IndexMode::Read
+        };
+        let pack = RecordPack::open_with(&a.path, mode, |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         })?;
         bar.finish_and_clear();
         if let IndexSource::Rebuilt { saved } = pack.index_source() {
-            eprintln!(
-                "note: {} had no .idx; rebuilt it by scanning{}",
-                a.path.display(),
+            eprint_line(format_args!(
+                "note: {}; rebuilt it by scanning{}",
+                if a.rebuild_index {
+                    format!("--rebuild-index replaces the .idx of {}", a.path.display())
+                } else {
+                    format!("{} had no .idx", a.path.display())
+                },
                 if saved {
                     " and saved it beside the pack"
                 } else {
                     " (could not save it)"
                 }
-            );
+            ));
         }
         Box::new(pack)
     };
@@ -520,27 +563,31 @@ fn inspect(a: InspectArgs) -> Result<()> {
     let report = dataset_tools::inspect(source.as_ref(), |done, _| bar.set_position(done as u64));
     bar.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let s = &report.images_per_identity;
-    println!("{}", report.source);
-    println!("  images       {}", report.images);
-    println!(
+    out!("{}", report.source);
+    out!("  images       {}", report.images);
+    out!(
         "  identities   {} ({} without images)",
-        report.identities, report.empty_identities
+        report.identities,
+        report.empty_identities
     );
-    println!(
+    out!(
         "  per identity min {} / median {} / mean {:.1} / max {}",
-        s.min, s.median, s.mean, s.max
+        s.min,
+        s.median,
+        s.mean,
+        s.max
     );
-    println!("  image sizes");
+    out!("  image sizes");
     for (size, n) in &report.image_sizes {
-        println!("    {size:<16} {n}");
+        out!("    {size:<16} {n}");
     }
-    println!("  bad images   {}", report.bad);
+    out!("  bad images   {}", report.bad);
     for p in &report.problems {
-        println!("    {p}");
+        out!("    {p}");
     }
     Ok(())
 }
@@ -557,11 +604,16 @@ fn train(a: TrainArgs) -> Result<()> {
         cfg.checkpoint.dir = dir;
     }
     let synthetic = cfg.data.source == SourceKind::Synthetic;
-    let mut trainer = Trainer::new(cfg)?;
+    let from = if a.fresh {
+        StartFrom::Fresh
+    } else {
+        StartFrom::Latest
+    };
+    let mut trainer = Trainer::start(cfg, from)?;
     run_with_progress(&mut trainer)?;
     if synthetic {
         let v = trainer.held_out().verify(trainer.model(), trainer.device());
-        println!(
+        out!(
             "held-out synthetic identities: verification {:.2}% +- {:.2}",
             v.accuracy * 100.0,
             v.std * 100.0
@@ -672,13 +724,17 @@ fn demo_config(out: &Path, steps: Option<u64>) -> TrainConfig {
     cfg
 }
 
-fn print_report(title: &str, r: &SynthReport) {
-    println!("\n{title}");
-    println!(
+fn print_report(title: &str, r: &SynthReport) -> Result<()> {
+    out!("\n{title}");
+    out!(
         "  {:<12} {:>10} {:>8} {:>13} {:>13}",
-        "pairs", "accuracy", "std", "gamma_local", "gamma_global"
+        "pairs",
+        "accuracy",
+        "std",
+        "gamma_local",
+        "gamma_global"
     );
-    println!(
+    out!(
         "  {:<12} {:>9.2}% {:>8.2}",
         "mixed",
         r.overall.accuracy * 100.0,
@@ -691,7 +747,7 @@ fn print_report(title: &str, r: &SynthReport) {
             .map_or(("-".to_string(), "-".to_string()), |(l, g)| {
                 (format!("{l:.4}"), format!("{g:.4}"))
             });
-        println!(
+        out!(
             "  {:<12} {:>9.2}% {:>8.2} {:>13} {:>13}",
             factor.name(),
             v.accuracy * 100.0,
@@ -700,6 +756,7 @@ fn print_report(title: &str, r: &SynthReport) {
             gg
         );
     }
+    Ok(())
 }
 
 fn demo(a: DemoArgs) -> Result<()> {
@@ -718,7 +775,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     let mut trainer = Trainer::new(cfg)?;
     let held_out = trainer.held_out();
     let before = held_out.verify(trainer.model(), trainer.device());
-    println!(
+    out!(
         "\nBefore training (random weights): held-out verification {:.2}% +- {:.2}",
         before.accuracy * 100.0,
         before.std * 100.0
@@ -733,14 +790,14 @@ fn demo(a: DemoArgs) -> Result<()> {
             trainer.steps_done()
         ),
         &after,
-    );
+    )?;
     let weights_path = a.out.join("lgaf-r18-w0.25.safetensors");
     weights::save(
         trainer.var_store(),
         &weights_path,
         &model_metadata(&trainer.config().model),
     )?;
-    println!(
+    out!(
         "\nweights: {}\ncheckpoints: {}\nexample images: {}",
         weights_path.display(),
         trainer.config().checkpoint.dir.display(),
@@ -785,12 +842,12 @@ fn demo_coordinated(mut cfg: TrainConfig, a: &DemoArgs) -> Result<()> {
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let model = Lgaf::new(&vs.root(), &cfg.model)?;
     let before = held_out.verify(&model, tch::Device::Cpu);
-    println!(
+    out!(
         "\nBefore training (random weights): held-out verification {:.2}% +- {:.2}",
         before.accuracy * 100.0,
         before.std * 100.0
     );
-    println!(
+    out!(
         "\n$ {} --workers {} --config {} --store {} --run-id demo --spawn-local",
         coordinator.display(),
         a.workers,
@@ -835,10 +892,10 @@ fn demo_coordinated(mut cfg: TrainConfig, a: &DemoArgs) -> Result<()> {
             loaded.manifest.step, a.workers, loaded.manifest.step
         ),
         &after,
-    );
+    )?;
     let weights_path = a.out.join("lgaf-r18-w0.25.safetensors");
     std::fs::write(&weights_path, bytes)?;
-    println!(
+    out!(
         "\nweights: {}\ncheckpoints: {} (lgaf ckpt ls --store {} --run demo)\nexample images: {}",
         weights_path.display(),
         store.display(),
@@ -869,7 +926,8 @@ fn save_examples(cfg: &TrainConfig, out: &Path) -> Result<()> {
 }
 
 fn ckpt_ls(a: CkptLsArgs) -> Result<()> {
-    let store = lgaf_store::BlockingRunStore::from_url(&a.store, &a.run)?;
+    // A reader: a mistyped store is an error naming it, never an empty store created.
+    let store = lgaf_store::BlockingRunStore::from_existing_url(&a.store, &a.run)?;
     let committed = store.committed()?;
     if a.json {
         let rows: Vec<serde_json::Value> = committed
@@ -885,19 +943,24 @@ fn ckpt_ls(a: CkptLsArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        out!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
     if committed.is_empty() {
-        println!("run {} in {}: no committed checkpoint", a.run, a.store);
+        out!("run {} in {}: no committed checkpoint", a.run, a.store);
         return Ok(());
     }
-    println!(
+    out!(
         "{:>10} {:>6} {:>6} {:>22} {:>8} {:>12}",
-        "step", "epoch", "world", "created (UTC)", "objects", "bytes"
+        "step",
+        "epoch",
+        "world",
+        "created (UTC)",
+        "objects",
+        "bytes"
     );
     for c in &committed {
-        println!(
+        out!(
             "{:>10} {:>6} {:>6} {:>22} {:>8} {:>12}",
             c.step,
             c.epoch,
@@ -911,40 +974,62 @@ fn ckpt_ls(a: CkptLsArgs) -> Result<()> {
 }
 
 fn ckpt_export(a: CkptExportArgs) -> Result<()> {
-    let store = lgaf_store::BlockingRunStore::from_url(&a.store, &a.run)?;
+    if a.out.is_dir() || a.out.as_os_str().to_string_lossy().ends_with('/') {
+        bail!(
+            "--out {} is a directory; a file path is expected (e.g. {})",
+            a.out.display(),
+            a.out.join("model.safetensors").display()
+        );
+    }
+    // A reader of the store: a mistyped one is an error naming it, never created.
+    let store = lgaf_store::BlockingRunStore::from_existing_url(&a.store, &a.run)?;
     let model = lgaf_worker::trainer::MODEL_OBJECT;
-    let wanted = |o: &lgaf_store::ManifestObject| o.key == model;
-    let loaded = match a.step {
-        Some(step) => store.load_with(step, wanted)?,
-        None => {
-            let newest = store
-                .block_on(store.run().load_latest_with(wanted))?
-                .with_context(|| {
-                    format!("run {} in {}: no committed checkpoint", a.run, a.store)
-                })?;
-            for (step, why) in &newest.skipped {
-                eprintln!("skipped checkpoint {step}: {why}");
+    // The output's directory is created if missing, and removed again if the export fails,
+    // so that a failed export leaves nothing behind.
+    let dir = a
+        .out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let created = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .last();
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating {}, the directory of --out", dir.display()))?;
+    // Streamed to a temporary name beside --out, hashed on the way, renamed last; the
+    // weights are never held in memory whole.
+    let exported = match a.step {
+        Some(step) => store.download(step, model, &a.out).map(Some),
+        None => store.download_latest(model, &a.out),
+    };
+    let exported = match exported {
+        Ok(Some(exported)) => exported,
+        failed => {
+            if let Some(top) = created {
+                for d in dir.ancestors() {
+                    let _ = std::fs::remove_dir(d);
+                    if d == top {
+                        break;
+                    }
+                }
             }
-            newest
+            match failed {
+                Err(e) => return Err(e.into()),
+                _ => bail!("run {} in {}: no committed checkpoint", a.run, a.store),
+            }
         }
     };
-    let bytes = loaded
-        .objects
-        .get(model)
-        .with_context(|| format!("checkpoint {}: no {model}", loaded.manifest.step))?;
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+    for (step, why) in &exported.skipped {
+        eprint_line(format_args!("skipped checkpoint {step}: {why}"));
     }
-    let tmp = a.out.with_extension("safetensors.partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out)?;
-    println!(
+    out!(
         "{}: weights of run {} at step {} (epoch {}, {} bytes, SHA-256 verified)",
         a.out.display(),
         a.run,
-        loaded.manifest.step,
-        loaded.manifest.epoch,
-        bytes.len()
+        exported.manifest.step,
+        exported.manifest.epoch,
+        exported.object.size
     );
     Ok(())
 }
