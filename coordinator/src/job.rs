@@ -2034,10 +2034,10 @@ fn check_host(host: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err("missing".into());
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':');
-    if host.len() > 253 || !host.chars().all(allowed) {
+    if host.len() > lgaf_proto::MAX_HOST_NAME || !host.chars().all(lgaf_proto::is_host_name_char) {
         return Err(format!(
-            "{host:?} is not a host name (at most 253 of A-Z a-z 0-9 - . _ :)"
+            "{host:?} is not a host name (at most {} of A-Z a-z 0-9 - . _ :)",
+            lgaf_proto::MAX_HOST_NAME
         ));
     }
     Ok(())

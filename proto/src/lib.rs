@@ -150,6 +150,15 @@ pub fn is_sha256_hex(s: &str) -> bool {
 
 /// Whether `s` looks like `host:port` (an IP or a DNS name, and a non-zero port), the form of
 /// `collective_addr`. Names are not resolved: the address is the peers' business.
+/// The longest host name a worker may register with (DNS's limit).
+pub const MAX_HOST_NAME: usize = 253;
+
+/// Whether `c` may stand in a registered host name: a DNS name or an IPv4/IPv6 address.
+/// Nothing else, so that a name never garbles or forges a log line.
+pub fn is_host_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')
+}
+
 pub fn is_host_port(s: &str) -> bool {
     if s.parse::<std::net::SocketAddr>().is_ok() {
         return !s.ends_with(":0");

@@ -245,10 +245,27 @@ fn nccl_group(
 /// The generation this worker is in (0 before the first Join), for Finish.
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// This machine's name as the coordinator accepts it (`lgaf_proto::is_host_name_char`):
+/// any other character becomes `-`.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .take(lgaf_proto::MAX_HOST_NAME)
+        .map(|c| {
+            if lgaf_proto::is_host_name_char(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "unknown".into()
+    } else {
+        name
+    }
 }
 
 /// Joins, trains to the end; returns the steps completed.
