@@ -448,9 +448,14 @@ fn train(
                         spe,
                         last_ack.take(),
                     )
-                    .map_err(|e| crate::WorkerError::Checkpoint {
-                        path: registered.store_url.clone().into(),
-                        message: e.to_string(),
+                    .map_err(|e| match e {
+                        // A peer lost while the parts were gathered (a broadcast): that
+                        // ends the generation, like any failed collective, not the job.
+                        RunError::Worker(failed @ crate::WorkerError::Collective { .. }) => failed,
+                        e => crate::WorkerError::Checkpoint {
+                            path: registered.store_url.clone().into(),
+                            message: e.to_string(),
+                        },
                     })?;
                     *last_ack = Some(handle);
                 }

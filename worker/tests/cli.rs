@@ -101,6 +101,15 @@ fn bad_inputs_name_the_culprit() {
     // Unknown arch: clap names the flag and the choices.
     let err = fails(&["init", "--arch", "r101", "--out", s(&weights)]);
     assert!(err.contains("r101") && err.contains("r100"), "{err}");
+
+    // A bad argument is refused before anything is touched: `demo --steps 0` used to
+    // empty --out first.
+    let err = fails(&["demo", "--out", s(&dir), "--steps", "0"]);
+    assert!(err.contains("--steps"), "{err}");
+    assert!(
+        weights.is_file() && faces.join("a.png").is_file(),
+        "--out was emptied"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -274,7 +274,8 @@ struct DemoArgs {
     #[arg(long, default_value = "demo-out")]
     out: PathBuf,
     /// Training steps (global batch 64); the default takes a few minutes on two CPU cores.
-    #[arg(long)]
+    /// Checked before --out is emptied.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     steps: Option<u64>,
     /// Train data-parallel: `lgaf-coordinator` (beside this binary) spawns this many CPU
     /// workers, commits checkpoints to `<out>/store`, and the demo evaluates the newest
@@ -765,9 +766,6 @@ fn demo(a: DemoArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let cfg = demo_config(&a.out, a.steps);
-    if a.steps == Some(0) {
-        bail!("--steps must be at least 1");
-    }
     save_examples(&cfg, &a.out)?;
     if a.workers > 1 {
         return demo_coordinated(cfg, &a);
