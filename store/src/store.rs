@@ -427,15 +427,19 @@ impl Store {
     /// Reads the whole object under `key`. For objects listed in a manifest use
     /// [`Store::get_verified`] or [`Store::verify`], which check the size before reading.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        self.get_result(key)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| self.backend_err("download", key, e))
+    }
+
+    /// The backend's answer to a GET of `key`, once the way to it stays inside the store.
+    async fn get_result(&self, key: &str) -> Result<object_store::GetResult> {
         let location = self.location(key)?;
         self.stay_inside("download", key, &location)?;
-        let result = self
-            .inner
+        self.inner
             .get(&location)
-            .await
-            .map_err(|e| self.backend_err("download", key, e))?;
-        result
-            .bytes()
             .await
             .map_err(|e| self.backend_err("download", key, e))
     }
@@ -455,13 +459,7 @@ impl Store {
         if size > limit {
             return Err(too_large(size));
         }
-        let location = self.location(key)?;
-        self.stay_inside("download", key, &location)?;
-        let result = self
-            .inner
-            .get(&location)
-            .await
-            .map_err(|e| self.backend_err("download", key, e))?;
+        let result = self.get_result(key).await?;
         // It may have changed since the HEAD.
         if result.meta.size > limit {
             return Err(too_large(result.meta.size));
