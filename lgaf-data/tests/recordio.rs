@@ -194,8 +194,10 @@ fn missing_idx_is_rebuilt_and_saved() {
     fs::remove_file(&idx).unwrap();
 
     let mut calls = Vec::new();
-    let pack =
-        RecordPack::open_with_progress(&path, |done, total| calls.push((done, total))).unwrap();
+    let pack = RecordPack::open_with(&path, IndexMode::Read, |done, total| {
+        calls.push((done, total))
+    })
+    .unwrap();
     assert_eq!(pack.index_source(), IndexSource::Rebuilt { saved: true });
     let total = fs::metadata(&path).unwrap().len();
     assert_eq!(calls.last(), Some(&(total, total)));

@@ -287,170 +287,49 @@ pub fn verify_bytes(bytes: &[u8], name: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A small reading of the safetensors header (JSON) that keeps what the crate's parser
-/// drops: duplicate names (refused: the crate cannot see them) and each entry's own
-/// offsets (to explain the crate's layout errors). Anything it cannot parse (`None`) is
+/// A reading of the safetensors header (JSON) that keeps what the crate's parser drops:
+/// duplicate names (refused: the crate's map keeps only the last) and each entry's own
+/// offsets (to explain the crate's layout errors). Anything it cannot read (`None`) is
 /// left to the crate.
 mod header {
+    use std::fmt;
+
     use safetensors::SafeTensorError;
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde_json::Value;
 
-    pub enum Json {
-        Null,
-        Bool,
-        /// The number's text (offsets may exceed f64's exact integers).
-        Num(String),
-        Str(String),
-        Arr(Vec<Json>),
-        Obj(Vec<(String, Json)>),
-    }
+    /// The top-level entries of a JSON object in file order, duplicates kept.
+    struct Entries(Vec<(String, Value)>);
 
-    /// Deeper nesting than any real header: refuse to recurse on hostile input.
-    const MAX_DEPTH: usize = 32;
-
-    struct Parser<'a> {
-        b: &'a [u8],
-        i: usize,
-    }
-
-    impl Parser<'_> {
-        fn ws(&mut self) {
-            while self.b.get(self.i).is_some_and(u8::is_ascii_whitespace) {
-                self.i += 1;
-            }
-        }
-
-        fn eat(&mut self, c: u8) -> Option<()> {
-            self.ws();
-            (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
-        }
-
-        fn string(&mut self) -> Option<String> {
-            self.eat(b'"')?;
-            let mut out = String::new();
-            loop {
-                let start = self.i;
-                while !matches!(self.b.get(self.i)?, b'"' | b'\\') {
-                    self.i += 1;
+    impl<'de> serde::Deserialize<'de> for Entries {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct InOrder;
+            impl<'de> Visitor<'de> for InOrder {
+                type Value = Entries;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a JSON object")
                 }
-                out.push_str(std::str::from_utf8(&self.b[start..self.i]).ok()?);
-                if self.b[self.i] == b'"' {
-                    self.i += 1;
-                    return Some(out);
-                }
-                self.i += 1;
-                let esc = *self.b.get(self.i)?;
-                self.i += 1;
-                out.push(match esc {
-                    b'"' => '"',
-                    b'\\' => '\\',
-                    b'/' => '/',
-                    b'b' => '\u{8}',
-                    b'f' => '\u{c}',
-                    b'n' => '\n',
-                    b'r' => '\r',
-                    b't' => '\t',
-                    b'u' => {
-                        let hi = self.hex4()?;
-                        let code = if (0xD800..0xDC00).contains(&hi) {
-                            (self.b.get(self.i..self.i + 2)? == b"\\u").then_some(())?;
-                            self.i += 2;
-                            let lo = self.hex4()?;
-                            0x10000 + ((hi - 0xD800) << 10) + (lo.checked_sub(0xDC00)? & 0x3FF)
-                        } else {
-                            hi
-                        };
-                        char::from_u32(code)?
-                    }
-                    _ => return None,
-                });
-            }
-        }
-
-        fn hex4(&mut self) -> Option<u32> {
-            let digits = std::str::from_utf8(self.b.get(self.i..self.i + 4)?).ok()?;
-            self.i += 4;
-            u32::from_str_radix(digits, 16).ok()
-        }
-
-        fn value(&mut self, depth: usize) -> Option<Json> {
-            if depth > MAX_DEPTH {
-                return None;
-            }
-            self.ws();
-            match *self.b.get(self.i)? {
-                b'"' => self.string().map(Json::Str),
-                b'{' => {
-                    self.i += 1;
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
                     let mut entries = Vec::new();
-                    if self.eat(b'}').is_some() {
-                        return Some(Json::Obj(entries));
+                    while let Some(entry) = map.next_entry::<String, Value>()? {
+                        entries.push(entry);
                     }
-                    loop {
-                        let key = self.string()?;
-                        self.eat(b':')?;
-                        entries.push((key, self.value(depth + 1)?));
-                        if self.eat(b',').is_none() {
-                            self.eat(b'}')?;
-                            return Some(Json::Obj(entries));
-                        }
-                    }
-                }
-                b'[' => {
-                    self.i += 1;
-                    let mut items = Vec::new();
-                    if self.eat(b']').is_some() {
-                        return Some(Json::Arr(items));
-                    }
-                    loop {
-                        items.push(self.value(depth + 1)?);
-                        if self.eat(b',').is_none() {
-                            self.eat(b']')?;
-                            return Some(Json::Arr(items));
-                        }
-                    }
-                }
-                b't' | b'f' | b'n' => {
-                    for word in [&b"true"[..], b"false", b"null"] {
-                        if self.b[self.i..].starts_with(word) {
-                            self.i += word.len();
-                            return Some(if word == b"null" {
-                                Json::Null
-                            } else {
-                                Json::Bool
-                            });
-                        }
-                    }
-                    None
-                }
-                _ => {
-                    let start = self.i;
-                    while self
-                        .b
-                        .get(self.i)
-                        .is_some_and(|c| c.is_ascii_digit() || b"+-.eE".contains(c))
-                    {
-                        self.i += 1;
-                    }
-                    let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
-                    (!text.is_empty()).then(|| Json::Num(text.to_string()))
+                    Ok(Entries(entries))
                 }
             }
+            d.deserialize_map(InOrder)
         }
     }
 
     /// The header's top-level entries in file order, duplicates kept; `None` when the bytes
     /// do not start with a well-formed header.
-    pub fn entries(bytes: &[u8]) -> Option<Vec<(String, Json)>> {
+    pub fn entries(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
         let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
         let header = bytes.get(8..8usize.checked_add(n)?)?;
-        let mut p = Parser { b: header, i: 0 };
-        match p.value(0)? {
-            Json::Obj(entries) => Some(entries),
-            _ => None,
-        }
+        serde_json::from_slice::<Entries>(header).ok().map(|e| e.0)
     }
 
-    pub fn first_duplicate(entries: &[(String, Json)]) -> Option<&str> {
+    pub fn first_duplicate(entries: &[(String, Value)]) -> Option<&str> {
         let mut seen = std::collections::HashSet::new();
         entries
             .iter()
@@ -468,40 +347,23 @@ mod header {
         })
     }
 
-    fn field<'a>(entry: &'a Json, key: &str) -> Option<&'a Json> {
-        match entry {
-            Json::Obj(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    fn uints(v: Option<&Json>) -> Option<Vec<u64>> {
-        match v? {
-            Json::Arr(items) => items
-                .iter()
-                .map(|i| match i {
-                    Json::Num(t) => t.parse().ok(),
-                    _ => None,
-                })
-                .collect(),
-            _ => None,
-        }
+    fn uints(v: Option<&Value>) -> Option<Vec<u64>> {
+        v?.as_array()?.iter().map(Value::as_u64).collect()
     }
 
     /// What is wrong with the tensors' layout: the first entry (in data order) whose
     /// offsets leave a gap, overlap, or disagree with its dtype and shape, or the data
     /// not ending where the file does.
-    fn layout_problem(entries: &[(String, Json)], data_len: u64) -> Option<String> {
+    fn layout_problem(entries: &[(String, Value)], data_len: u64) -> Option<String> {
         let mut tensors = Vec::new();
         for (name, entry) in entries.iter().filter(|(k, _)| k != "__metadata__") {
-            let dtype = match field(entry, "dtype") {
-                Some(Json::Str(d)) => d.as_str(),
-                _ => return Some(format!("tensor `{name}`: the header gives no dtype")),
+            let Some(dtype) = entry.get("dtype").and_then(Value::as_str) else {
+                return Some(format!("tensor `{name}`: the header gives no dtype"));
             };
-            let Some(shape) = uints(field(entry, "shape")) else {
+            let Some(shape) = uints(entry.get("shape")) else {
                 return Some(format!("tensor `{name}`: the header gives no valid shape"));
             };
-            let offsets = uints(field(entry, "data_offsets"));
+            let offsets = uints(entry.get("data_offsets"));
             let Some(&[begin, end]) = offsets.as_deref() else {
                 return Some(format!(
                     "tensor `{name}`: data_offsets is not a pair of byte offsets"
@@ -552,7 +414,7 @@ mod header {
     /// The crate's error in words that name what is wrong where the header says more.
     pub fn explain(
         e: &SafeTensorError,
-        entries: Option<&[(String, Json)]>,
+        entries: Option<&[(String, Value)]>,
         bytes: &[u8],
     ) -> String {
         let len = bytes.len();

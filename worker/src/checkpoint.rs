@@ -347,11 +347,7 @@ mod tests {
         let dir = store
             .save(&state(20), &files(2.0), &HashMap::new())
             .unwrap();
-        let path = dir.join("model.safetensors");
-        let mut bytes = fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        fs::write(&path, bytes).unwrap();
+        corrupt(&dir);
         let err = CheckpointStore::load_dir(&dir).err().unwrap().to_string();
         assert!(
             err.contains("model.safetensors") && err.contains("SHA-256"),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use lgaf_data::augment::{AugmentConfig, Augmenter, SampleKey};
 use lgaf_data::decode::{decode_rgb112_into, RGB112_BYTES};
-use lgaf_data::recordio::{IndexSource, RecordPack};
+use lgaf_data::recordio::{IndexMode, IndexSource, RecordPack};
 use lgaf_data::sampler::{SamplerError, ShardedSampler};
 use lgaf_data::source::{FaceSource, FolderSource, Payload, SourceError, SynthSource};
 use lgaf_data::synth::SynthConfig;
@@ -151,7 +151,7 @@ pub fn open_source(data: &DataConfig) -> Result<Arc<dyn FaceSource>, LoaderError
         )),
         SourceKind::Recordio => {
             let mut last_percent = 0;
-            let pack = RecordPack::open_with_progress(&data.path, |done, total| {
+            let pack = RecordPack::open_with(&data.path, IndexMode::Read, |done, total| {
                 // Only a pack without .idx reports progress: it is being scanned.
                 let percent = (done * 100).checked_div(total).unwrap_or(100);
                 if percent >= last_percent + 10 {

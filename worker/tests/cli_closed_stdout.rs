@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::processes::{bin, tiny_config, wait_exit, work_dir, Log};
+use common::processes::{bin, coordinator_command, tiny_config, wait_exit, work_dir, Log};
 use common::{s, temp_dir, MODEL};
 
 #[test]
@@ -36,13 +36,8 @@ fn lgaf_with_a_closed_stdout_does_its_work_and_exits_0() {
 #[test]
 fn a_coordinator_whose_reader_left_after_the_first_line_finishes_the_job_with_0() {
     let dir = work_dir("closed-stdout", "coordinator", &tiny_config(4, 1, 0));
-    let store = format!("file://{}", dir.join("store").display());
-    let mut coordinator = Command::new(bin("lgaf-coordinator"))
-        .args(["--workers", "2", "--spawn-local", "--store", &store])
-        .args(["--config", &dir.join("train.toml").display().to_string()])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut coordinator = coordinator_command(&dir)
+        .args(["--workers", "2", "--spawn-local"])
         .spawn()
         .unwrap();
     let log = Log::default();

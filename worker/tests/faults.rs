@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::processes::{alive, bin, coordinator_url, tiny_config, wait_exit, work_dir, Log};
+use common::processes::{
+    alive, bin, coordinator_command, coordinator_url, store_url, tiny_config, wait_exit, work_dir,
+    Log,
+};
 use lgaf_worker::distributed::FAILPOINT_ENV;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -49,10 +52,8 @@ impl Run {
     }
 
     fn coordinator(dir: &Path, run: &str, workers: u32, extra: &[&str]) -> Run {
-        let mut coordinator = Command::new(bin("lgaf-coordinator"))
+        let mut coordinator = coordinator_command(dir)
             .args(["--workers", &workers.to_string(), "--run-id", run])
-            .args(["--config", &dir.join("train.toml").display().to_string()])
-            .args(["--store", &store_url(dir)])
             .args(extra)
             .args(["--heartbeat-ms", "100"])
             .args(["--heartbeat-deadline-ms", &DEADLINE_MS.to_string()])
@@ -60,9 +61,6 @@ impl Run {
             .args(["--collective-timeout-ms", "120000"])
             .args(["--stop-timeout-secs", "2"])
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let url = coordinator_url(&mut coordinator);
@@ -162,10 +160,6 @@ fn long_epoch() -> String {
 /// checkpoint every 2 steps.
 fn short_epochs() -> String {
     tiny_config(8, 6, 2)
-}
-
-fn store_url(dir: &Path) -> String {
-    format!("file://{}", dir.join("store").display())
 }
 
 #[test]

@@ -11,7 +11,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::processes::{bin, coordinator_url, tiny_config, wait_exit, work_dir, Log};
+use common::processes::{
+    bin, coordinator_command, coordinator_url, tiny_config, wait_exit, work_dir, Log,
+};
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -96,19 +98,11 @@ fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
     };
     let dir = work_dir("netns", "cut", &tiny_config(8, 6, 2));
 
-    let mut coordinator = Command::new(bin("lgaf-coordinator"))
+    let mut coordinator = coordinator_command(&dir)
         .args(["--workers", "2", "--run-id", "netns", "--grace-secs", "600"])
         .args(["--listen", &format!("{}:0", cut.host_ip)])
-        .args(["--config", &dir.join("train.toml").display().to_string()])
-        .args([
-            "--store",
-            &format!("file://{}", dir.join("store").display()),
-        ])
         .args(["--heartbeat-ms", "100", "--heartbeat-deadline-ms", "1500"])
         .args(["--collective-timeout-ms", "120000"])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let url = coordinator_url(&mut coordinator);

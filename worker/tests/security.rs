@@ -6,14 +6,16 @@
 //! finish. (Job tokens: `coordinator/tests/binary.rs`.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::processes::{bin, coordinator_url, tiny_config, wait_exit, work_dir, Log};
+use common::processes::{
+    bin, coordinator_command, coordinator_url, tiny_config, wait_exit, work_dir, Log,
+};
 use lgaf_proto::v1::{self, coordinator_client::CoordinatorClient};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
@@ -45,20 +47,14 @@ fn a_run_trains_over_tls_and_workers_with_the_wrong_ca_or_no_tls_are_refused() {
     let dir = work_dir("security", "tls", &tiny_config(8, 1, 2));
     let (ca, cert, key) = pki(&dir, "good");
     let (other_ca, _, _) = pki(&dir, "other");
-    let store = format!("file://{}", dir.join("store").display());
-    let mut coordinator = Command::new(bin("lgaf-coordinator"))
+    let mut coordinator = coordinator_command(&dir)
         .args(["--workers", "2", "--run-id", "tls", "--grace-secs", "3"])
-        .args(["--config", &dir.join("train.toml").display().to_string()])
-        .args(["--store", &store])
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
         .arg("--tls-ca")
         .arg(&ca)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let url = coordinator_url(&mut coordinator);
@@ -111,16 +107,10 @@ fn a_run_trains_over_tls_and_workers_with_the_wrong_ca_or_no_tls_are_refused() {
 /// A coordinator spawning `workers` local workers for the config in `dir`, with `extra`
 /// flags; its stderr (and the workers', which inherit it) collected in the returned log.
 fn spawning_coordinator(dir: &Path, workers: u32, extra: &[&str]) -> (Child, String, Log) {
-    let store = format!("file://{}", dir.join("store").display());
-    let mut coordinator = Command::new(bin("lgaf-coordinator"))
+    let mut coordinator = coordinator_command(dir)
         .args(["--workers", &workers.to_string(), "--spawn-local"])
-        .args(["--config", &dir.join("train.toml").display().to_string()])
-        .args(["--store", &store])
         .args(extra)
-        .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let url = coordinator_url(&mut coordinator);

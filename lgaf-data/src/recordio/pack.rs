@@ -37,20 +37,12 @@ pub struct PackImage<'a> {
 impl RecordPack {
     /// Open a pack; see [`RecordFile::open`] for the index.
     pub fn open(rec_path: impl AsRef<Path>) -> Result<Self, RecordIoError> {
-        Self::open_with_progress(rec_path, |_, _| {})
-    }
-
-    /// As [`RecordPack::open`], calling `progress(bytes_done, bytes_total)`
-    /// while a missing `.idx` is rebuilt.
-    pub fn open_with_progress(
-        rec_path: impl AsRef<Path>,
-        progress: impl FnMut(u64, u64),
-    ) -> Result<Self, RecordIoError> {
-        Self::open_with(rec_path, IndexMode::Read, progress)
+        Self::open_with(rec_path, IndexMode::Read, |_, _| {})
     }
 
     /// Open a pack, getting its index as `mode` says (see [`RecordFile::open_with`]):
-    /// [`IndexMode::Rebuild`] repairs an `.idx` that does not match the `.rec`.
+    /// [`IndexMode::Rebuild`] repairs an `.idx` that does not match the `.rec`; a scan
+    /// calls `progress(bytes_done, bytes_total)` as it advances.
     pub fn open_with(
         rec_path: impl AsRef<Path>,
         mode: IndexMode,

@@ -46,25 +46,16 @@ pub struct RecordFile {
 
 impl RecordFile {
     /// Map `rec_path` and read its `.idx` (`train.rec` -> `train.idx`), or
-    /// rebuild the index if there is none (see [`RecordFile::open_with_progress`]).
+    /// rebuild the index if there is none (see [`RecordFile::open_with`]).
     pub fn open(rec_path: impl AsRef<Path>) -> Result<Self, RecordIoError> {
-        Self::open_with_progress(rec_path, |_, _| {})
-    }
-
-    /// As [`RecordFile::open`]; when the `.idx` is missing, the `.rec` is
-    /// scanned, `progress(bytes_done, bytes_total)` is called as the scan
-    /// advances, and the rebuilt index is written next to the pack if the
-    /// folder is writable.
-    pub fn open_with_progress(
-        rec_path: impl AsRef<Path>,
-        progress: impl FnMut(u64, u64),
-    ) -> Result<Self, RecordIoError> {
-        Self::open_with(rec_path, IndexMode::Read, progress)
+        Self::open_with(rec_path, IndexMode::Read, |_, _| {})
     }
 
     /// Map `rec_path` and get its index as `mode` says. An `.idx` that is read
-    /// is checked against the `.rec` (see [`IndexMode::Read`]); a scan calls
-    /// `progress(bytes_done, bytes_total)` as it advances.
+    /// is checked against the `.rec` (see [`IndexMode::Read`]); when there is
+    /// none (or `mode` asks for it) the `.rec` is scanned, calling
+    /// `progress(bytes_done, bytes_total)` as the scan advances, and the index
+    /// is written next to the pack if the folder is writable.
     pub fn open_with(
         rec_path: impl AsRef<Path>,
         mode: IndexMode,

@@ -1,8 +1,8 @@
 //! Helpers for the tests that run `lgaf-coordinator` and `lgaf-worker` as processes.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, ExitStatus};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,6 +29,23 @@ pub fn work_dir(prefix: &str, name: &str, config: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("train.toml"), config).unwrap();
     dir
+}
+
+/// The `file://` URL of the store of the run in `dir` (`dir/store`).
+pub fn store_url(dir: &Path) -> String {
+    format!("file://{}", dir.join("store").display())
+}
+
+/// `lgaf-coordinator` for the run in `dir`: its `train.toml`, the store [`store_url`], no
+/// colours, stdout and stderr piped. Callers add their flags and spawn it.
+pub fn coordinator_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("lgaf-coordinator"));
+    cmd.args(["--config", &dir.join("train.toml").display().to_string()])
+        .args(["--store", &store_url(dir)])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
 }
 
 /// Waits for `child` to exit; panics after `timeout`.
