@@ -435,7 +435,7 @@ impl Store {
     }
 
     /// The backend's answer to a GET of `key`, once the way to it stays inside the store.
-    async fn get_result(&self, key: &str) -> Result<object_store::GetResult> {
+    pub(crate) async fn get_result(&self, key: &str) -> Result<object_store::GetResult> {
         let location = self.location(key)?;
         self.stay_inside("download", key, &location)?;
         self.inner

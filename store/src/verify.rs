@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::{GetResultPayload, ObjectStoreExt};
+use object_store::GetResultPayload;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, StoreError};
@@ -228,13 +228,7 @@ impl Store {
     /// if the object changed since its size was checked.
     async fn read_verified<S: Sink>(&self, info: &ObjectInfo, mut sink: S) -> Result<S> {
         let key = info.key.clone();
-        let location = self.location(&key)?;
-        self.stay_inside("download", &key, &location)?;
-        let result = self
-            .inner
-            .get(&location)
-            .await
-            .map_err(|e| self.backend_err("download", &key, e))?;
+        let result = self.get_result(&key).await?;
         if result.meta.size != info.size {
             return Err(self.size_mismatch(info, result.meta.size));
         }
