@@ -6,27 +6,17 @@
 //! 1.8.1 (the last scipy whose `interp1d(kind='slinear')` accepts the
 //! repeated FAR values that code produces) and scikit-learn 1.1.3 under
 //! Python 3.10, on the data that `synthetic_pairs` generates: the same
-//! SplitMix64 stream and f32 arithmetic were written out in Python, the
+//! SplitMix64 stream (the workspace's `lgaf-splitmix`, itself pinned to the
+//! reference outputs) and f32 arithmetic were written out in Python, the
 //! embeddings summed in float64 and normalised with
 //! `sklearn.preprocessing.normalize`, as insightface's `test` does.
 
 use lgaf_eval::verification::{evaluate, flip_sum, pair_distances, FOLDS};
+use lgaf_splitmix::SplitMix64;
 
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1), exact in f32.
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u32 << 23) as f32 - 1.0
-    }
+/// Uniform in [-1, 1), exact in f32.
+fn uniform(rng: &mut SplitMix64) -> f32 {
+    (rng.next_u64() >> 40) as f32 / (1u32 << 23) as f32 - 1.0
 }
 
 const DIM: usize = 16;
@@ -35,17 +25,23 @@ const DIM: usize = 16;
 /// image is the first plus `noise` times uniform noise; the flipped
 /// embeddings are half the plain ones plus half fresh noise.
 fn synthetic_pairs(pairs: usize, noise: f32, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<bool>) {
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     let (mut plain, mut flipped, mut issame) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..pairs {
-        let same = rng.next() & 1 == 0;
-        let a: Vec<f32> = (0..DIM).map(|_| rng.uniform()).collect();
+        let same = rng.next_u64() & 1 == 0;
+        let a: Vec<f32> = (0..DIM).map(|_| uniform(&mut rng)).collect();
         let b: Vec<f32> = match same {
-            true => a.iter().map(|&x| x + noise * rng.uniform()).collect(),
-            false => (0..DIM).map(|_| rng.uniform()).collect(),
+            true => a.iter().map(|&x| x + noise * uniform(&mut rng)).collect(),
+            false => (0..DIM).map(|_| uniform(&mut rng)).collect(),
         };
-        let fa: Vec<f32> = a.iter().map(|&x| 0.5 * x + 0.5 * rng.uniform()).collect();
-        let fb: Vec<f32> = b.iter().map(|&x| 0.5 * x + 0.5 * rng.uniform()).collect();
+        let fa: Vec<f32> = a
+            .iter()
+            .map(|&x| 0.5 * x + 0.5 * uniform(&mut rng))
+            .collect();
+        let fb: Vec<f32> = b
+            .iter()
+            .map(|&x| 0.5 * x + 0.5 * uniform(&mut rng))
+            .collect();
         plain.extend(a.iter().chain(&b));
         flipped.extend(fa.iter().chain(&fb));
         issame.push(same);

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use lgaf_splitmix::SplitMix64;
 use tch::{Device, Kind, Tensor};
 
 use crate::collective::{Collective, SingleProcess};
@@ -87,9 +88,10 @@ impl PartialFc {
         let d = embedding_size as usize;
         let mut values = vec![0f32; range.len as usize * d];
         for (row, class) in values.chunks_exact_mut(d.max(1)).zip(range.start..) {
-            let mut rng = SplitMix64(seed ^ (class as u64).wrapping_mul(0xd6e8_feb8_6659_fd93));
+            let mut rng =
+                SplitMix64::new(seed ^ (class as u64).wrapping_mul(0xd6e8_feb8_6659_fd93));
             for v in row {
-                *v = 0.01 * rng.normal();
+                *v = 0.01 * standard_normal(&mut rng);
             }
         }
         let weight = Tensor::from_slice(&values)
@@ -231,27 +233,12 @@ impl PartialFc {
     }
 }
 
-/// A small PRNG for the centres' initialisation (splitmix64, Box-Muller normals).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f32 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-    }
+/// A standard normal sample for the centres' initialisation (Box-Muller on two uniforms).
+fn standard_normal(rng: &mut SplitMix64) -> f32 {
+    // Uniform in (0, 1] from the top 53 bits, so the logarithm is finite.
+    let mut uniform = || ((rng.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    let (u1, u2) = (uniform(), uniform());
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }
 
 /// Row-wise L2 normalisation (`F.normalize`, eps 1e-12).
@@ -304,6 +291,26 @@ mod tests {
             (std - 0.01).abs() < 0.002,
             "centres' std {std}, expected 0.01"
         );
+    }
+
+    /// Centres as they were drawn before SplitMix64 moved to `lgaf-splitmix`: the
+    /// initial classifier of every run with a given seed.
+    #[test]
+    fn centres_are_pinned() {
+        let pfc = PartialFc::new(
+            ClassRange { start: 5, len: 1 },
+            4,
+            1.0,
+            CombinedMargin::cosface(),
+            7,
+            Device::Cpu,
+        );
+        let bits: Vec<u32> = Vec::<f32>::try_from(pfc.weight.flatten(0, -1))
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert_eq!(bits, [0x3c77_1781, 0xbbf8_e065, 0x3b89_ead7, 0x3b0d_6980]);
     }
 
     #[test]
