@@ -1,64 +1,76 @@
 //! UTC calendar time of a Unix timestamp, for names and listings (run ids, `ckpt ls`, lease
-//! expiries) without a date-time dependency.
+//! expiries): a thin wrapper over chrono that fixes the two layouts the project prints.
+//!
+//! chrono's calendar ends with the year 262142 (about 8.2e12 seconds); a timestamp past it
+//! (a corrupt manifest or lease, never a clock) prints as its raw seconds, marked as such,
+//! rather than as a made-up date.
 
 use std::fmt;
 
-/// A Unix time as a proleptic-Gregorian UTC date and time of day.
+use chrono::{DateTime, Datelike, Timelike};
+
+/// A Unix time (whole seconds) shown as a proleptic-Gregorian UTC date and time of day.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Utc {
-    pub year: i64,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
+pub struct Utc(Repr);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repr {
+    Calendar(DateTime<chrono::Utc>),
+    /// Past the last second chrono can represent: the seconds since the epoch.
+    BeyondCalendar(u64),
 }
 
 impl Utc {
-    /// Howard Hinnant's civil-from-days.
     pub fn from_unix(secs: u64) -> Self {
-        let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
-        Self {
-            year: yoe + era * 400 + i64::from(month <= 2),
-            month,
-            day,
-            hour: (rem / 3600) as u32,
-            minute: (rem / 60 % 60) as u32,
-            second: (rem % 60) as u32,
-        }
+        let calendar = i64::try_from(secs)
+            .ok()
+            .and_then(|secs| DateTime::from_timestamp(secs, 0));
+        Self(calendar.map_or(Repr::BeyondCalendar(secs), Repr::Calendar))
     }
 
-    /// `YYYYMMDD-hhmmss`, for names.
+    /// `YYYYMMDD-hhmmss`, for names (`unix-<secs>` past the calendar).
     pub fn compact(&self) -> String {
-        format!(
-            "{:04}{:02}{:02}-{:02}{:02}{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
+        match self.0 {
+            Repr::Calendar(t) => format!(
+                "{:04}{:02}{:02}-{:02}{:02}{:02}",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            ),
+            Repr::BeyondCalendar(secs) => format!("unix-{secs}"),
+        }
     }
 }
 
-/// `YYYY-MM-DD hh:mm:ss`.
+/// `YYYY-MM-DD hh:mm:ss` (`unix time <secs>` past the calendar). Years past 9999 print all
+/// their digits without chrono's `+` sign, as the hand-written formatter before it did.
 impl fmt::Display for Utc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
+        match self.0 {
+            Repr::Calendar(t) => write!(
+                f,
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            ),
+            Repr::BeyondCalendar(secs) => write!(f, "unix time {secs}"),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The last second chrono's calendar holds: 262142-12-31 23:59:59.
+    const LAST_CALENDAR_SECOND: u64 = 8_210_266_876_799;
 
     #[test]
     fn known_dates() {
@@ -68,6 +80,57 @@ mod tests {
         assert_eq!(
             Utc::from_unix(1_732_350_245).to_string(),
             "2024-11-23 08:24:05"
+        );
+        // The end of 32-bit time_t, and the last second of a leap year.
+        assert_eq!(
+            Utc::from_unix(2_147_483_647).to_string(),
+            "2038-01-19 03:14:07"
+        );
+        assert_eq!(
+            Utc::from_unix(4_107_542_399).to_string(),
+            "2100-02-28 23:59:59"
+        );
+    }
+
+    /// Values the hand-written civil-from-days conversion printed, which chrono must match
+    /// byte for byte, including five- and six-digit years.
+    #[test]
+    fn far_future_dates() {
+        assert_eq!(
+            Utc::from_unix(253_402_300_799).to_string(),
+            "9999-12-31 23:59:59"
+        );
+        assert_eq!(
+            Utc::from_unix(253_402_300_800).to_string(),
+            "10000-01-01 00:00:00"
+        );
+        assert_eq!(
+            Utc::from_unix(253_402_300_800).compact(),
+            "100000101-000000"
+        );
+        assert_eq!(
+            Utc::from_unix(LAST_CALENDAR_SECOND).to_string(),
+            "262142-12-31 23:59:59"
+        );
+        assert_eq!(
+            Utc::from_unix(LAST_CALENDAR_SECOND).compact(),
+            "2621421231-235959"
+        );
+    }
+
+    #[test]
+    fn beyond_the_calendar_prints_the_seconds() {
+        let first = LAST_CALENDAR_SECOND + 1;
+        assert_eq!(Utc::from_unix(first).to_string(), "unix time 8210266876800");
+        assert_eq!(Utc::from_unix(first).compact(), "unix-8210266876800");
+        // Past i64 too (a lease's `expires_at_ms` of u64::MAX, divided by 1000 or not).
+        assert_eq!(
+            Utc::from_unix(u64::MAX).to_string(),
+            "unix time 18446744073709551615"
+        );
+        assert_eq!(
+            Utc::from_unix(u64::MAX / 1000).compact(),
+            "unix-18446744073709551"
         );
     }
 }
