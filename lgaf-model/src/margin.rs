@@ -16,6 +16,36 @@ pub const M2_RANGE: (f64, f64) = (-std::f64::consts::PI, std::f64::consts::PI);
 /// puts the target logit below (or above) every other logit.
 pub const M3_RANGE: (f64, f64) = (-2.0, 2.0);
 
+/// Why a loss name did not parse ([`CombinedMargin::parse`]); each message quotes it.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MarginSpecError {
+    #[error("unknown loss `{name}` (expected arcface|cosface|combined:m1,m2,m3)")]
+    UnknownLoss { name: String },
+
+    #[error("loss `{name}`: {source}")]
+    NotANumber {
+        name: String,
+        #[source]
+        source: std::num::ParseFloatError,
+    },
+
+    #[error("loss `{name}`: expected three margins m1,m2,m3")]
+    MarginCount { name: String },
+
+    /// m1's range is open below ([`M1_RANGE`]).
+    #[error("loss `{name}`: m1 = {value} is outside ({}, {}]", M1_RANGE.0, M1_RANGE.1)]
+    M1OutOfRange { name: String, value: f64 },
+
+    /// m2 or m3 outside its closed range ([`M2_RANGE`], [`M3_RANGE`]).
+    #[error("loss `{name}`: {margin} = {value} is outside [{}, {}]", .range.0, .range.1)]
+    OutOfRange {
+        name: String,
+        margin: &'static str,
+        value: f64,
+        range: (f64, f64),
+    },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CombinedMargin {
@@ -45,33 +75,43 @@ impl CombinedMargin {
     }
 
     /// Parses `arcface`, `cosface`, or `combined:m1,m2,m3`.
-    pub fn parse(name: &str, scale: f64) -> Result<Self, String> {
+    pub fn parse(name: &str, scale: f64) -> Result<Self, MarginSpecError> {
         let m = match name {
             "arcface" => Self::arcface(),
             "cosface" => Self::cosface(),
             other => {
-                let spec = other.strip_prefix("combined:").ok_or_else(|| {
-                    format!("unknown loss `{other}` (expected arcface|cosface|combined:m1,m2,m3)")
-                })?;
+                let name = || other.to_owned();
+                let spec = other
+                    .strip_prefix("combined:")
+                    .ok_or_else(|| MarginSpecError::UnknownLoss { name: name() })?;
                 let parts: Vec<f64> = spec
                     .split(',')
                     .map(|v| v.trim().parse::<f64>())
                     .collect::<Result<_, _>>()
-                    .map_err(|e| format!("loss `{other}`: {e}"))?;
+                    .map_err(|source| MarginSpecError::NotANumber {
+                        name: name(),
+                        source,
+                    })?;
                 let [m1, m2, m3] = parts[..] else {
-                    return Err(format!("loss `{other}`: expected three margins m1,m2,m3"));
+                    return Err(MarginSpecError::MarginCount { name: name() });
                 };
                 // `parse::<f64>` takes "nan" and "inf": every margin must be finite and in
                 // its range, or the loss is NaN from the first step.
                 let (lo, hi) = M1_RANGE;
                 if !(m1 > lo && m1 <= hi) {
-                    return Err(format!("loss `{other}`: m1 = {m1} is outside ({lo}, {hi}]"));
+                    return Err(MarginSpecError::M1OutOfRange {
+                        name: name(),
+                        value: m1,
+                    });
                 }
-                for (label, value, (lo, hi)) in [("m2", m2, M2_RANGE), ("m3", m3, M3_RANGE)] {
-                    if !(lo..=hi).contains(&value) {
-                        return Err(format!(
-                            "loss `{other}`: {label} = {value} is outside [{lo}, {hi}]"
-                        ));
+                for (margin, value, range) in [("m2", m2, M2_RANGE), ("m3", m3, M3_RANGE)] {
+                    if !(range.0..=range.1).contains(&value) {
+                        return Err(MarginSpecError::OutOfRange {
+                            name: name(),
+                            margin,
+                            value,
+                            range,
+                        });
                     }
                 }
                 Self { m1, m2, m3, scale }
@@ -166,8 +206,35 @@ mod tests {
             ("combined:1,inf,0", "m2 = inf is outside [-3.14"),
             ("combined:1,0,-3", "m3 = -3 is outside [-2, 2]"),
         ] {
-            let err = CombinedMargin::parse(spec, 64.0).unwrap_err();
+            let err = CombinedMargin::parse(spec, 64.0).unwrap_err().to_string();
             assert!(err.contains(culprit) && err.contains(spec), "{spec}: {err}");
         }
+    }
+
+    /// The messages are the ones `parse` gave as strings before it had an error type
+    /// (the worker shows them under `loss.name`).
+    #[test]
+    fn parse_errors_read_as_before() {
+        let message = |spec| CombinedMargin::parse(spec, 64.0).unwrap_err().to_string();
+        assert_eq!(
+            message("sphereface"),
+            "unknown loss `sphereface` (expected arcface|cosface|combined:m1,m2,m3)"
+        );
+        assert_eq!(
+            message("combined:1,x,0"),
+            "loss `combined:1,x,0`: invalid float literal"
+        );
+        assert_eq!(
+            message("combined:1,2"),
+            "loss `combined:1,2`: expected three margins m1,m2,m3"
+        );
+        assert_eq!(
+            message("combined:5,0,0"),
+            "loss `combined:5,0,0`: m1 = 5 is outside (0, 4]"
+        );
+        assert_eq!(
+            message("combined:1,4,0"),
+            "loss `combined:1,4,0`: m2 = 4 is outside [-3.141592653589793, 3.141592653589793]"
+        );
     }
 }

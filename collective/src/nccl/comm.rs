@@ -210,7 +210,8 @@ impl NcclCommunicator {
         let cuda = loader::cudart()?;
         let who = format!("rank {rank} of {world_size} on cuda:{device_index}");
         let fail = |message: String| CollectiveError::Nccl(format!("{OP} as {who}: {message}"));
-        cuda.select_device(device_index).map_err(fail)?;
+        cuda.select_device(device_index)
+            .map_err(|error| fail(error.to_string()))?;
 
         let mut config = NcclConfig::initializer();
         // Non-blocking, so that this thread can watch the clock while the group forms.
@@ -498,9 +499,9 @@ impl NcclCommunicator {
                 self.who()
             )));
         }
-        self.cuda.select_device(self.device).map_err(|message| {
-            CollectiveError::Nccl(format!("{op} as {}: {message}", self.who()))
-        })?;
+        self.cuda
+            .select_device(self.device)
+            .map_err(|error| CollectiveError::Nccl(format!("{op} as {}: {error}", self.who())))?;
         let comm = state.comm;
         if let Some(why) = self.abort_requested() {
             return Err(self.fail(&mut state, op, format!("was not started: aborted ({why})")));

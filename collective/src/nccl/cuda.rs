@@ -8,8 +8,8 @@ use super::loader::{self, CudaRt};
 use super::sys::*;
 use crate::{CollectiveError, Result};
 
-fn cuda_error(message: String) -> CollectiveError {
-    CollectiveError::Nccl(message)
+fn cuda_error(message: impl std::fmt::Display) -> CollectiveError {
+    CollectiveError::Nccl(message.to_string())
 }
 
 /// `cudaGetDeviceCount`; loads the CUDA runtime if needed.

@@ -246,17 +246,29 @@ impl CudaRt {
     }
 
     /// `cudaSetDevice`, checked.
-    pub fn select_device(&self, device: usize) -> Result<(), String> {
-        let index = i32::try_from(device).map_err(|_| format!("no CUDA device {device}"))?;
+    pub fn select_device(&self, device: usize) -> Result<(), SelectDeviceError> {
+        let index = i32::try_from(device).map_err(|_| SelectDeviceError::NoSuchIndex(device))?;
         // SAFETY: cudaSetDevice takes any int and reports a bad one as an error.
         let err = unsafe { (self.set_device)(index) };
         if err == CUDA_SUCCESS {
             Ok(())
         } else {
-            Err(format!(
-                "cudaSetDevice({device}) failed: {}",
-                self.describe(err)
-            ))
+            Err(SelectDeviceError::Refused {
+                device,
+                cuda_error: self.describe(err),
+            })
         }
     }
+}
+
+/// Why [`CudaRt::select_device`] failed; callers wrap it in a [`CollectiveError::Nccl`] with
+/// what they were doing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SelectDeviceError {
+    /// The index does not fit CUDA's `int`.
+    #[error("no CUDA device {0}")]
+    NoSuchIndex(usize),
+    /// `cudaSetDevice` returned an error ([`CudaRt::describe`]).
+    #[error("cudaSetDevice({device}) failed: {cuda_error}")]
+    Refused { device: usize, cuda_error: String },
 }

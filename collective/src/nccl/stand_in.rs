@@ -17,42 +17,97 @@
 
 use std::ffi::{c_char, c_int, CString};
 use std::hash::{Hash, Hasher};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The library's C source.
 pub const SOURCE: &str = include_str!("stand_in.c");
 
+/// Why the stand-in could not be built ([`build`]) or opened ([`Controls::open`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StandInError {
+    #[error("create {}: {source}", .dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("write {}: {source}", .file.display())]
+    WriteSource {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("run the C compiler {cc}: {source}")]
+    RunCompiler {
+        cc: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("compiling the stand-in NCCL with {cc} failed:\n{stderr}")]
+    Compile { cc: String, stderr: String },
+
+    #[error("rename into {}: {source}", .lib.display())]
+    Rename {
+        lib: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("open the stand-in {}: {source}", .lib.display())]
+    Open {
+        lib: PathBuf,
+        #[source]
+        source: libloading::Error,
+    },
+}
+
 /// Compiles the stand-in into `dir` with `$CC` (default `cc`) unless this version of the
 /// source is there already, and returns its path. Concurrent callers do not collide: the
 /// file is named by a hash of the source and renamed into place.
-pub fn build(dir: &Path) -> Result<PathBuf, String> {
+pub fn build(dir: &Path) -> Result<PathBuf, StandInError> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     SOURCE.hash(&mut hasher);
     let lib = dir.join(format!("libfakenccl-{:016x}.so", hasher.finish()));
     if lib.exists() {
         return Ok(lib);
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|source| StandInError::CreateDir {
+        dir: dir.to_owned(),
+        source,
+    })?;
     let pid = std::process::id();
-    let source = dir.join(format!("fake_nccl.{pid}.c"));
+    let c_file = dir.join(format!("fake_nccl.{pid}.c"));
     let partial = dir.join(format!("libfakenccl.{pid}.so.partial"));
-    std::fs::write(&source, SOURCE).map_err(|e| format!("write {}: {e}", source.display()))?;
+    std::fs::write(&c_file, SOURCE).map_err(|source| StandInError::WriteSource {
+        file: c_file.clone(),
+        source,
+    })?;
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let output = Command::new(&cc)
         .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
         .arg(&partial)
-        .arg(&source)
+        .arg(&c_file)
         .output()
-        .map_err(|e| format!("run the C compiler {cc}: {e}"))?;
-    let _ = std::fs::remove_file(&source);
+        .map_err(|source| StandInError::RunCompiler {
+            cc: cc.clone(),
+            source,
+        })?;
+    let _ = std::fs::remove_file(&c_file);
     if !output.status.success() {
-        return Err(format!(
-            "compiling the stand-in NCCL with {cc} failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
+        return Err(StandInError::Compile {
+            cc,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
     }
-    std::fs::rename(&partial, &lib).map_err(|e| format!("rename into {}: {e}", lib.display()))?;
+    std::fs::rename(&partial, &lib).map_err(|source| StandInError::Rename {
+        lib: lib.clone(),
+        source,
+    })?;
     Ok(lib)
 }
 
@@ -66,8 +121,11 @@ pub struct Controls {
 
 impl Controls {
     /// Opens the stand-in at `path`.
-    pub fn open(path: &Path) -> Result<Self, String> {
-        let fail = |e: libloading::Error| format!("open the stand-in {}: {e}", path.display());
+    pub fn open(path: &Path) -> Result<Self, StandInError> {
+        let fail = |source| StandInError::Open {
+            lib: path.to_owned(),
+            source,
+        };
         // SAFETY: the stand-in has no initialisers; the symbols have these C signatures.
         unsafe {
             let lib = libloading::Library::new(path).map_err(fail)?;

@@ -255,7 +255,7 @@ impl Reader {
             let mut raw = [0u8; HEADER_LEN];
             self.fill(&mut raw, shared, &mut clock)?;
             let header = Header::decode(&raw)
-                .map_err(|garbled| self.mismatch(shared, op.to_string(), garbled))?;
+                .map_err(|garbled| self.mismatch(shared, op.to_string(), garbled.to_string()))?;
             match header.kind {
                 FrameKind::Heartbeat => {
                     // Same operation number but another operation: it will never send ours.

@@ -28,27 +28,21 @@ pub(super) struct Hello {
 }
 
 /// Why a hello was not understood at all.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(super) enum HelloError {
+    #[error("it is not an LGAF collective endpoint (bad magic number)")]
     NotOurs,
+    #[error("it speaks collective protocol version {0}, this build speaks {PROTOCOL_VERSION}")]
     Version(u32),
+    #[error("it runs on a machine with the other byte order")]
     ByteOrder,
 }
 
-impl fmt::Display for HelloError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NotOurs => {
-                f.write_str("it is not an LGAF collective endpoint (bad magic number)")
-            }
-            Self::Version(v) => write!(
-                f,
-                "it speaks collective protocol version {v}, this build speaks {PROTOCOL_VERSION}"
-            ),
-            Self::ByteOrder => f.write_str("it runs on a machine with the other byte order"),
-        }
-    }
-}
+/// What arrived where a frame header was expected: the stream is out of sync (or the peer
+/// is not what it claimed). Shows the header's first 16 bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("a garbled frame header {0:02x?}")]
+pub(super) struct GarbledHeader([u8; 16]);
 
 impl Hello {
     pub fn encode(&self) -> [u8; HELLO_LEN] {
@@ -170,9 +164,9 @@ impl Header {
         b
     }
 
-    /// Err describes what arrived instead of a header (the stream is out of sync).
-    pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Self, String> {
-        let garbled = || format!("a garbled frame header {:02x?}", &b[..16]);
+    /// Fails on bytes that are not a header (the stream is out of sync).
+    pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Self, GarbledHeader> {
+        let garbled = || GarbledHeader(b[..16].try_into().expect("16 bytes"));
         if u32_at(b, 0) != FRAME_MAGIC {
             return Err(garbled());
         }
@@ -268,6 +262,11 @@ mod tests {
                 assert_eq!(Header::decode(&h.encode()).unwrap(), h);
             }
         }
-        assert!(Header::decode(&[0u8; HEADER_LEN]).is_err());
+        let mut b = [0u8; HEADER_LEN];
+        b[4] = 1;
+        assert_eq!(
+            Header::decode(&b).unwrap_err().to_string(),
+            "a garbled frame header [00, 00, 00, 00, 01, 00, 00, 00, 00, 00, 00, 00, 00, 00, 00, 00]"
+        );
     }
 }
