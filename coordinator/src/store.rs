@@ -34,7 +34,7 @@ pub enum StoreError {
     /// checkpoint is not committed), a backend error, a bad key or URL.
     #[error(transparent)]
     Store(#[from] lgaf_store::StoreError),
-    /// Rank 0's run state is missing or not JSON: no manifest is written.
+    /// Rank 0's run state is missing or not a valid run state: no manifest is written.
     #[error("cannot commit step {step} of run `{run_id}`: rank 0's state_json {problem}")]
     BadState {
         run_id: String,
@@ -89,8 +89,8 @@ pub fn manifest_of(c: &CommitRequest) -> Result<Manifest, StoreError> {
     if c.state_json.trim().is_empty() {
         return Err(bad_state("is missing".into()));
     }
-    let state: serde_json::Value = serde_json::from_str(&c.state_json)
-        .map_err(|e| bad_state(format!("is not valid JSON: {e}")))?;
+    let state = lgaf_store::RunState::from_json(&c.state_json)
+        .map_err(|e| bad_state(format!("is not a valid run state: {e}")))?;
     let objects = c
         .objects
         .iter()
@@ -220,7 +220,7 @@ pub async fn stored_run(run: &RunStore) -> Result<StoredRun, StoreError> {
                 CommittedCheckpoint {
                     step: m.step,
                     epoch: m.epoch,
-                    steps_per_epoch: m.state["steps_per_epoch"].as_u64().unwrap_or(0),
+                    steps_per_epoch: m.state.steps_per_epoch,
                     manifest: run.manifest_key(m.step),
                     folder_step: 0,
                 }
@@ -251,6 +251,19 @@ mod tests {
         RunStore::new(Store::from_url(dir.to_str().unwrap()).unwrap(), run).unwrap()
     }
 
+    /// Rank 0's state of a run on `world_size` ranks.
+    fn state_json(world_size: u32) -> String {
+        let state = lgaf_store::RunState {
+            version: lgaf_store::RUN_STATE_VERSION,
+            data_world_size: world_size,
+            steps_per_epoch: 10,
+            loss_scale: 1.0,
+            loss_scale_good_steps: 0,
+            config: serde_json::json!({}),
+        };
+        serde_json::to_string(&state).unwrap()
+    }
+
     fn commit(
         run: &str,
         step: u64,
@@ -264,7 +277,7 @@ mod tests {
             epoch: step / 10,
             world_size: 2,
             objects,
-            state_json: r#"{"loss_scale":1.0}"#.into(),
+            state_json: state_json(2),
             keep_last,
         }
     }
@@ -330,7 +343,8 @@ mod tests {
         assert_eq!(m.format, lgaf_store::FORMAT);
         assert_eq!((m.run_id.as_str(), m.step, m.epoch), ("r", 10, 1));
         assert_eq!(m.world_size, 2);
-        assert_eq!(m.state["loss_scale"], 1.0);
+        assert_eq!(m.state.loss_scale, 1.0);
+        assert_eq!(m.state.steps_per_epoch, 10);
         let keys: Vec<(u32, &str)> = m.objects.iter().map(|o| (o.rank, o.key.as_str())).collect();
         assert_eq!(
             keys,
@@ -405,11 +419,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn state_json_must_be_json() {
+    async fn state_json_must_be_a_run_state() {
         let dir = tempfile::tempdir().unwrap();
         let run = run_store(dir.path(), "r");
         let objects = objects(&run, 3).await;
-        for (state, problem) in [("{loss", "is not valid JSON"), ("", "is missing")] {
+        let no_spe = state_json(2).replace(r#""steps_per_epoch":10,"#, "");
+        for (state, problem) in [
+            ("{loss", "is not a valid run state"),
+            ("", "is missing"),
+            (no_spe.as_str(), "missing field `steps_per_epoch`"),
+        ] {
             let mut c = commit("r", 3, objects.clone(), 0);
             c.state_json = state.into();
             let e = CheckpointCommitter::commit(&run, c).await.unwrap_err();

@@ -6,9 +6,9 @@ use std::future::Future;
 use bytes::Bytes;
 
 use crate::error::{Result, StoreError};
+use crate::manifest::{Manifest, ManifestObject};
 use crate::run::{
-    Downloaded, LoadedCheckpoint, Manifest, ManifestObject, ManifestSummary, Pruned, RunStore,
-    VerifiedCheckpoint,
+    Downloaded, LoadedCheckpoint, ManifestSummary, Pruned, RunStore, VerifiedCheckpoint,
 };
 use crate::store::{ObjectInfo, Store};
 use crate::uploader::BackgroundUploader;
@@ -115,6 +115,10 @@ impl BlockingRunStore {
 
     pub fn prune(&self, keep_last: usize) -> Result<Pruned> {
         self.block_on(self.run.prune(keep_last))
+    }
+
+    pub fn set_aside(&self, step: u64, unix: u64) -> Result<String> {
+        self.block_on(self.run.set_aside(step, unix))
     }
 
     pub fn put_job_state(&self, json: Bytes) -> Result<ObjectInfo> {

@@ -16,6 +16,9 @@
 //!   in, [`STREAM_CHUNK`] at a time.
 //! - `local` (private): a local-directory [`Store`] refuses symbolic links below its root,
 //!   so no operation leaves it.
+//! - [`manifest`]: [`Manifest`], the commit record of a checkpoint, and [`RunState`], the
+//!   typed run state it carries between processes (versioned; older formats upgraded or
+//!   refused with the conversion).
 //! - [`run`]: [`RunStore`], the checkpoints, manifests and job state of one run (see it for
 //!   the key layout).
 //! - [`lease`]: [`Lease`], the coordinator lease of a run, on [`RunStore`].
@@ -28,6 +31,7 @@ pub mod blocking;
 pub mod error;
 pub mod lease;
 mod local;
+pub mod manifest;
 pub mod run;
 pub mod store;
 pub mod time;
@@ -37,9 +41,11 @@ mod verify;
 pub use blocking::BlockingRunStore;
 pub use error::{Result, StoreError};
 pub use lease::{Lease, LeaseAttempt};
+pub use manifest::{
+    Manifest, ManifestError, ManifestObject, RunState, FORMAT, MANIFEST, RUN_STATE_VERSION,
+};
 pub use run::{
-    Downloaded, LoadedCheckpoint, Manifest, ManifestObject, ManifestSummary, Pruned, RunStore,
-    VerifiedCheckpoint, FORMAT, MANIFEST,
+    Downloaded, LoadedCheckpoint, ManifestSummary, Pruned, RunStore, VerifiedCheckpoint,
 };
 pub use store::{
     sha256_hex, Listed, ObjectInfo, Store, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE,

@@ -19,18 +19,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
+use crate::manifest::{Manifest, ManifestObject, MANIFEST};
 use crate::store::{check_key, ObjectInfo, Store};
 
 // The coordinator lease lives in `crate::lease`; re-exported so `run::` paths keep working.
 pub use crate::lease::{Lease, LeaseAttempt, MAX_LEASE_BYTES};
 
-/// The manifest's file name inside a step folder.
-pub const MANIFEST: &str = "MANIFEST.json";
-/// Format tag of [`Manifest`]; `/1` was the single-process local-folder checkpoint.
-pub const FORMAT: &str = "lgaf-checkpoint/2";
 /// Objects downloaded at once while loading a checkpoint.
 const LOAD_CONCURRENCY: usize = 4;
 /// Objects checked at once (HEAD) while committing.
@@ -40,115 +36,6 @@ const COMMIT_CONCURRENCY: usize = 16;
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 /// The largest job state read (the coordinator's snapshot is kilobytes).
 pub const MAX_JOB_STATE_BYTES: u64 = 64 << 20;
-
-/// One object of a checkpoint: its key inside the step folder, size, SHA-256 and the rank
-/// that wrote it (so a rank can load only what it owns).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestObject {
-    pub key: String,
-    pub size: u64,
-    pub sha256: String,
-    pub rank: u32,
-}
-
-impl ManifestObject {
-    /// The manifest entry for what [`RunStore::put_object`] returned on `rank`.
-    pub fn from_info(info: &ObjectInfo, rank: u32) -> Self {
-        Self {
-            key: info.key.clone(),
-            size: info.size,
-            sha256: info.sha256.clone(),
-            rank,
-        }
-    }
-}
-
-/// The commit record of one checkpoint.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Always [`FORMAT`]; a loader refuses other formats instead of misreading them.
-    pub format: String,
-    pub run_id: String,
-    /// Steps completed when the checkpoint was taken.
-    pub step: u64,
-    pub epoch: u64,
-    pub world_size: u32,
-    pub created_unix: u64,
-    pub objects: Vec<ManifestObject>,
-    /// Whatever else the trainer needs to resume (loss scale, config, data position...).
-    pub state: serde_json::Value,
-}
-
-impl Manifest {
-    /// A manifest of the current format, stamped with the current time.
-    pub fn new(
-        run_id: impl Into<String>,
-        step: u64,
-        epoch: u64,
-        world_size: u32,
-        objects: Vec<ManifestObject>,
-        state: serde_json::Value,
-    ) -> Self {
-        Self {
-            format: FORMAT.to_string(),
-            run_id: run_id.into(),
-            step,
-            epoch,
-            world_size,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            objects,
-            state,
-        }
-    }
-
-    pub fn total_bytes(&self) -> u64 {
-        self.objects.iter().map(|o| o.size).sum()
-    }
-
-    pub fn object(&self, key: &str) -> Option<&ManifestObject> {
-        self.objects.iter().find(|o| o.key == key)
-    }
-
-    /// What must hold for a manifest to be written or trusted; `Err` says what does not.
-    fn check(&self, run_id: &str, step: u64) -> std::result::Result<(), String> {
-        if self.format != FORMAT {
-            return Err(format!("format `{}`, expected `{FORMAT}`", self.format));
-        }
-        if self.run_id != run_id {
-            return Err(format!("run id `{}`, expected `{run_id}`", self.run_id));
-        }
-        if self.step != step {
-            return Err(format!("step {}, expected {step}", self.step));
-        }
-        let mut seen = HashSet::new();
-        for object in &self.objects {
-            check_key(&object.key).map_err(|e| e.to_string())?;
-            if object.key == MANIFEST {
-                return Err(format!("an object may not be called {MANIFEST}"));
-            }
-            if !seen.insert(object.key.as_str()) {
-                return Err(format!("object `{}` is listed twice", object.key));
-            }
-            if object.rank >= self.world_size {
-                return Err(format!(
-                    "object `{}` has rank {}, expected below world size {}",
-                    object.key, object.rank, self.world_size
-                ));
-            }
-            let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-            if object.sha256.len() != 64 || !object.sha256.bytes().all(lower_hex) {
-                return Err(format!(
-                    "object `{}` has SHA-256 `{}`, expected 64 lower-case hex digits",
-                    object.key, object.sha256
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// One committed checkpoint, as [`RunStore::committed`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -384,8 +271,7 @@ impl RunStore {
             key: key.clone(),
             reason,
         };
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let manifest = Manifest::from_json(&bytes).map_err(|e| bad(e.to_string()))?;
         manifest.check(&self.run_id, step).map_err(bad)?;
         Ok(manifest)
     }
@@ -726,6 +612,33 @@ impl RunStore {
             );
         }
         Ok(pruned)
+    }
+
+    /// Moves every object of the checkpoint of `step`, its manifest first (which uncommits
+    /// it), to `runs/<run_id>/unverified/<step:012>-<unix>/`, out of the folders that
+    /// loading, saving and pruning look at: a checkpoint that does not verify is kept for
+    /// inspection, and a later save of the same step cannot overwrite it. Returns the new
+    /// folder's key.
+    pub async fn set_aside(&self, step: u64, unix: u64) -> Result<String> {
+        let from = self.step_prefix(step);
+        let to = format!("runs/{}/unverified/{step:012}-{unix}", self.run_id);
+        let mut keys: Vec<String> = self
+            .store
+            .list(&from)
+            .await?
+            .into_iter()
+            .map(|listed| listed.key)
+            .collect();
+        let manifest = self.manifest_key(step);
+        keys.sort_by_key(|k| *k != manifest);
+        for key in keys {
+            let Some(rest) = key.strip_prefix(&from) else {
+                continue;
+            };
+            self.store.rename(&key, &format!("{to}{rest}")).await?;
+        }
+        tracing::warn!(run = %self.run_id, step, to = %to, "checkpoint set aside");
+        Ok(to)
     }
 
     /// Stores the coordinator's job state (raw JSON bytes), replacing the previous one.

@@ -295,6 +295,11 @@ impl Store {
     }
 
     /// The normalised URL: `file:///canonical/dir` or `s3://bucket/prefix`.
+    /// The directory of a local store (canonical); `None` for S3.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local.as_ref().map(|l| l.root.as_path())
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -509,6 +514,18 @@ impl Store {
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// Moves the object `from` to `to` (replacing what is there): a rename on a directory,
+    /// a copy and a delete on S3.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (source, target) = (self.location(from)?, self.location(to)?);
+        self.stay_inside("rename", from, &source)?;
+        self.stay_inside("rename", to, &target)?;
+        self.inner
+            .rename(&source, &target)
+            .await
+            .map_err(|e| self.backend_err("rename", from, e))
     }
 
     /// Deletes `key`. Deleting an absent object succeeds, so an interrupted prune can be

@@ -10,7 +10,6 @@ use lgaf_store::{
     sha256_hex, BlockingRunStore, Lease, Manifest, ManifestObject, RunStore, Store, StoreError,
     MANIFEST,
 };
-use serde_json::json;
 
 /// A fresh directory under the system temp dir, removed when dropped.
 struct TempDir(PathBuf);
@@ -153,14 +152,14 @@ fn blocking_facade() {
             0,
             1,
             vec![ManifestObject::from_info(&info, 0)],
-            json!({"lr": 0.1}),
+            run_state(1),
         );
         store.commit(&manifest).unwrap();
     }
     assert_eq!(store.committed().unwrap().len(), 3);
     let loaded = store.load_latest_with(|o| o.rank == 0).unwrap().unwrap();
     assert_eq!(loaded.manifest.step, 3);
-    assert_eq!(loaded.manifest.state, json!({"lr": 0.1}));
+    assert_eq!(loaded.manifest.state, run_state(1));
     assert_eq!(store.load(2).unwrap().manifest.step, 2);
     assert_eq!(store.load_with(2, |_| false).unwrap().objects.len(), 0);
     assert_eq!(store.manifest(1).unwrap().objects.len(), 1);
@@ -332,7 +331,7 @@ async fn uploads_and_manifests_are_never_written_through_a_symlinked_folder() {
         1,
         1,
         vec![ManifestObject::from_info(&info, 0)],
-        json!({}),
+        run_state(1),
     );
     let err = run.commit(&manifest).await.unwrap_err();
     assert_refused_link(&err, &step, &outside);
@@ -381,7 +380,7 @@ async fn an_object_that_is_a_link_to_an_outside_file_is_never_read() {
         1,
         1,
         vec![ManifestObject::from_info(&info, 0)],
-        json!({}),
+        run_state(1),
     ))
     .await
     .unwrap();

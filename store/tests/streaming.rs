@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
 use lgaf_store::{sha256_hex, BlockingRunStore, Manifest, ManifestObject, StoreError};
-use serde_json::json;
 
 struct Counting;
 
@@ -94,7 +93,7 @@ fn verifying_and_exporting_a_large_object_need_a_chunk_not_its_size() {
                 ManifestObject::from_info(&small.unwrap(), 0),
             ];
             store
-                .commit(&Manifest::new("r", step, 1, 1, objects, json!({})))
+                .commit(&Manifest::new("r", step, 1, 1, objects, run_state(1)))
                 .unwrap();
         }
         sha256

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lgaf_store::{
     sha256_hex, BackgroundUploader, BlockingRunStore, Lease, LeaseAttempt, Manifest,
-    ManifestObject, RunStore, Store, StoreError, MANIFEST,
+    ManifestObject, RunState, RunStore, Store, StoreError, MANIFEST,
 };
 use serde_json::json;
 
@@ -53,7 +53,7 @@ pub async fn commit_step(run: &RunStore, step: u64, world_size: u32, size: usize
         step / 10,
         world_size,
         objects,
-        json!({"loss_scale": 1024.0}),
+        run_state(world_size),
     );
     run.commit(&manifest).await.unwrap();
     manifest
@@ -189,7 +189,7 @@ pub async fn commit_order(run: &RunStore) {
         1,
         2,
         vec![ManifestObject::from_info(&info0, 0), missing],
-        json!({}),
+        run_state(2),
     );
     let err = run.commit(&manifest).await.unwrap_err();
     assert!(matches!(err, StoreError::CommitRefused { .. }), "{err}");
@@ -446,7 +446,7 @@ pub fn uploader_round_trip(run: &RunStore, big_bytes: usize) -> UploaderNumbers 
             ManifestObject::from_info(&info_big, 0),
             ManifestObject::from_info(&info_small, 1),
         ],
-        json!({}),
+        run_state(2),
     );
     blocking.commit(&manifest).unwrap();
     let loaded = blocking.load_latest().unwrap().unwrap();
@@ -581,4 +581,16 @@ pub async fn verify_and_download(run: &RunStore, out_dir: &std::path::Path) {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, vec!["w.bin"]);
+}
+
+/// A valid run state of a run on `world_size` ranks (what rank 0 would send).
+pub fn run_state(world_size: u32) -> RunState {
+    RunState {
+        version: lgaf_store::RUN_STATE_VERSION,
+        data_world_size: world_size,
+        steps_per_epoch: 10,
+        loss_scale: 1024.0,
+        loss_scale_good_steps: 0,
+        config: json!({"train": {"seed": 7}}),
+    }
 }
