@@ -7,13 +7,16 @@
 //! - [`store`]: the traits commits and job snapshots go through, implemented by
 //!   [`lgaf_store::RunStore`] (a local directory or S3), and what a resumed run finds there;
 //! - [`local`]: workers spawned on this machine;
-//! - [`rate`]: request rates per peer.
+//! - [`rate`]: request rates per peer;
+//! - [`supervisor`]: the `lgaf-coordinator` process around the job (command line, lease,
+//!   serving, local workers, shutdown).
 
 pub mod job;
 pub mod local;
 pub mod rate;
 pub mod service;
 pub mod store;
+pub mod supervisor;
 
 pub use job::{Effect, Job, JobError, JobPhase, JobSettings};
 pub use lgaf_store::{RunStore, Store};

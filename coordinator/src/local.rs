@@ -241,17 +241,41 @@ impl LocalWorkers {
     }
 }
 
+/// How long `nvidia-smi -L` may take: it answers in well under a second, but hangs on a
+/// wedged driver, and the coordinator must not hang with it.
+const NVIDIA_SMI_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// One device per slot: `cuda:I` when `nvidia-smi -L` lists at least `n` GPUs, else `cpu`
-/// for all (a job does not mix the two).
-pub fn local_devices(n: u32) -> Vec<String> {
-    let gpus = std::process::Command::new("nvidia-smi")
+/// for all (a job does not mix the two). No nvidia-smi, a failing one or one that does
+/// not answer in time (it is then killed) means no GPU.
+pub async fn local_devices(n: u32) -> Vec<String> {
+    devices_for(
+        n,
+        gpus_listed_by("nvidia-smi".as_ref(), NVIDIA_SMI_TIMEOUT).await,
+    )
+}
+
+/// The GPUs `<nvidia_smi> -L` lists, 0 when it fails or takes longer than `timeout` (it is
+/// then killed).
+async fn gpus_listed_by(nvidia_smi: &std::ffi::OsStr, timeout: Duration) -> u32 {
+    let listing = tokio::process::Command::new(nvidia_smi)
         .arg("-L")
+        .stdin(Stdio::null())
         .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or(0, |o| count_gpus(&String::from_utf8_lossy(&o.stdout)));
-    devices_for(n, gpus)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, listing).await {
+        Ok(Ok(out)) if out.status.success() => count_gpus(&String::from_utf8_lossy(&out.stdout)),
+        Ok(_) => 0,
+        Err(_) => {
+            warn!(
+                "{} -L did not answer within {} s: local workers use the CPU",
+                Path::new(nvidia_smi).display(),
+                timeout.as_secs_f64()
+            );
+            0
+        }
+    }
 }
 
 fn count_gpus(nvidia_smi_l: &str) -> u32 {
@@ -293,6 +317,41 @@ mod tests {
         assert_eq!(devices_for(2, 2), ["cuda:0", "cuda:1"]);
         assert_eq!(devices_for(3, 2), ["cpu", "cpu", "cpu"]);
         assert_eq!(devices_for(1, 0), ["cpu"]);
+    }
+
+    /// An executable shell script `name` in `dir`.
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn gpus_are_counted_and_a_hung_or_missing_nvidia_smi_means_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeout = Duration::from_secs(10);
+        let two = script(
+            dir.path(),
+            "two-gpus",
+            "echo 'GPU 0: NVIDIA H200 (UUID: GPU-1)'; echo 'GPU 1: NVIDIA H200 (UUID: GPU-2)'",
+        );
+        assert_eq!(gpus_listed_by(two.as_os_str(), timeout).await, 2);
+        let failing = script(dir.path(), "failing", "echo 'GPU 0: X'; exit 9");
+        assert_eq!(gpus_listed_by(failing.as_os_str(), timeout).await, 0);
+        let missing = dir.path().join("missing");
+        assert_eq!(gpus_listed_by(missing.as_os_str(), timeout).await, 0);
+
+        let hung = script(dir.path(), "hung", "exec sleep 30");
+        let started = std::time::Instant::now();
+        let short = Duration::from_millis(300);
+        assert_eq!(gpus_listed_by(hung.as_os_str(), short).await, 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

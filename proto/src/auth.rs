@@ -7,7 +7,7 @@
 //! in the environment, not on the command line (where `ps` would show it).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tonic::metadata::MetadataValue;
@@ -19,6 +19,56 @@ pub const TOKEN_ENV: &str = "LGAF_JOB_TOKEN";
 
 const SCHEME: &str = "Bearer ";
 
+/// Why some text is not a job token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidToken {
+    #[error("the job token is empty")]
+    Empty,
+    #[error("the job token must be printable ASCII without spaces")]
+    NotPrintable,
+}
+
+/// A job token that cannot be had; the message names where it was looked for.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Text given to [`JobToken::new`].
+    #[error(transparent)]
+    Invalid(#[from] InvalidToken),
+
+    #[error("reading the job token file {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: {source}", path.display())]
+    InvalidInFile {
+        path: PathBuf,
+        #[source]
+        source: InvalidToken,
+    },
+
+    #[error("{TOKEN_ENV}: {source}")]
+    InvalidInEnv {
+        #[source]
+        source: InvalidToken,
+    },
+
+    /// [`TOKEN_ENV`] is set to something that is not Unicode.
+    #[error("{TOKEN_ENV}: {source}")]
+    EnvNotUnicode {
+        #[source]
+        source: std::env::VarError,
+    },
+
+    #[error("drawing a job token from /dev/urandom: {source}")]
+    Random {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A job token. `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JobToken(Arc<str>);
@@ -26,42 +76,51 @@ pub struct JobToken(Arc<str>);
 impl JobToken {
     /// A token from text: surrounding whitespace is dropped; it must be non-empty printable
     /// ASCII (it travels in an HTTP/2 header).
-    pub fn new(text: &str) -> Result<Self, String> {
+    pub fn new(text: &str) -> Result<Self, TokenError> {
+        Self::checked(text).map_err(TokenError::Invalid)
+    }
+
+    fn checked(text: &str) -> Result<Self, InvalidToken> {
         let text = text.trim();
         if text.is_empty() {
-            return Err("the job token is empty".into());
+            return Err(InvalidToken::Empty);
         }
         if !text.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the job token must be printable ASCII without spaces".into());
+            return Err(InvalidToken::NotPrintable);
         }
         Ok(Self(text.into()))
     }
 
     /// The token in a file (e.g. a mounted Kubernetes secret).
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading the job token file {}: {e}", path.display()))?;
-        Self::new(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> Result<Self, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::checked(&text).map_err(|source| TokenError::InvalidInFile {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// The token in [`TOKEN_ENV`], if set.
-    pub fn from_env() -> Result<Option<Self>, String> {
+    pub fn from_env() -> Result<Option<Self>, TokenError> {
         match std::env::var(TOKEN_ENV) {
-            Ok(text) => Self::new(&text)
+            Ok(text) => Self::checked(&text)
                 .map(Some)
-                .map_err(|e| format!("{TOKEN_ENV}: {e}")),
+                .map_err(|source| TokenError::InvalidInEnv { source }),
             Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(e) => Err(format!("{TOKEN_ENV}: {e}")),
+            Err(source) => Err(TokenError::EnvNotUnicode { source }),
         }
     }
 
     /// A fresh random token (256 bits from the kernel, hex).
-    pub fn generate() -> Result<Self, String> {
+    pub fn generate() -> Result<Self, TokenError> {
         let mut bytes = [0u8; 32];
         use std::io::Read;
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|e| format!("drawing a job token from /dev/urandom: {e}"))?;
+            .map_err(|source| TokenError::Random { source })?;
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         Ok(Self(hex.into()))
     }
@@ -168,5 +227,49 @@ mod tests {
             assert!(!status.message().contains("s3cret"), "{}", status.message());
         }
         assert!(RequireToken(None).call(Request::new(())).is_ok());
+    }
+
+    #[test]
+    fn token_errors_name_where_the_token_was_looked_for() {
+        let e = JobToken::new(" \n").unwrap_err();
+        assert!(
+            matches!(e, TokenError::Invalid(InvalidToken::Empty)),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "the job token is empty");
+        assert_eq!(
+            JobToken::new("two words").unwrap_err().to_string(),
+            "the job token must be printable ASCII without spaces"
+        );
+
+        let dir = std::env::temp_dir().join(format!("lgaf-proto-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "\n").unwrap();
+        let e = JobToken::from_file(&file).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: the job token is empty", file.display())
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(JobToken::from_file(&file).unwrap().expose(), "s3cret");
+        let missing = dir.join("missing");
+        let e = JobToken::from_file(&missing).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "reading the job token file {}: ",
+                missing.display()
+            )),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            TokenError::InvalidInEnv {
+                source: InvalidToken::NotPrintable
+            }
+            .to_string(),
+            "LGAF_JOB_TOKEN: the job token must be printable ASCII without spaces"
+        );
     }
 }

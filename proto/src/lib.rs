@@ -28,21 +28,14 @@ pub const API_VERSION: u32 = 1;
 /// keeps a confused or hostile peer from making the coordinator buffer gigabytes.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
-/// INVALID_ARGUMENT naming the offending field, in the one format every side uses:
-/// `"<field>: <what is wrong>"`.
-pub fn invalid_argument(field: &str, message: impl fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {message}"))
-}
-
 /// Checks a request's `api_version`: 0 is a missing field (INVALID_ARGUMENT), another
 /// version is FAILED_PRECONDITION naming both, as the `.proto` promises.
 pub fn check_api_version(got: u32) -> Result<(), Status> {
     match got {
         API_VERSION => Ok(()),
-        0 => Err(invalid_argument(
-            "api_version",
-            format!("missing (this coordinator speaks lgaf.v1 api_version {API_VERSION})"),
-        )),
+        0 => Err(Status::invalid_argument(format!(
+            "api_version: missing (this coordinator speaks lgaf.v1 api_version {API_VERSION})"
+        ))),
         other => Err(Status::failed_precondition(format!(
             "api_version: the request speaks version {other}, this coordinator speaks \
              version {API_VERSION}; run a worker and coordinator of the same release"
@@ -83,21 +76,8 @@ versioned!(
     JobStatusRequest,
 );
 
-/// A required string field: empty (proto3's "unset") is INVALID_ARGUMENT naming it.
-pub fn require_nonempty<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
-    if value.is_empty() {
-        Err(invalid_argument(field, "missing"))
-    } else {
-        Ok(value)
-    }
-}
-
-/// A required message field.
-pub fn require<'a, T>(field: &str, value: Option<&'a T>) -> Result<&'a T, Status> {
-    value.ok_or_else(|| invalid_argument(field, "missing"))
-}
-
-/// Where a worker computes: the `device` field of `RegisterRequest`.
+/// Where a worker computes: the `device` field of `RegisterRequest`. [`Device::parse`] is
+/// the one parser of its spelling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {
     Cpu,
@@ -132,24 +112,12 @@ impl fmt::Display for Device {
     }
 }
 
-/// `device` as a [`Device`], or INVALID_ARGUMENT naming the field.
-pub fn parse_device(field: &str, value: &str) -> Result<Device, Status> {
-    Device::parse(value).ok_or_else(|| {
-        invalid_argument(
-            field,
-            format!("expected \"cpu\" or \"cuda:N\", got {value:?}"),
-        )
-    })
-}
-
 /// Whether `s` is a lower-case hex SHA-256 (64 digits), the form `CheckpointObject.sha256`
 /// must have.
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Whether `s` looks like `host:port` (an IP or a DNS name, and a non-zero port), the form of
-/// `collective_addr`. Names are not resolved: the address is the peers' business.
 /// The longest host name a worker may register with (DNS's limit).
 pub const MAX_HOST_NAME: usize = 253;
 
@@ -159,6 +127,8 @@ pub fn is_host_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')
 }
 
+/// Whether `s` looks like `host:port` (an IP or a DNS name, and a non-zero port), the form of
+/// `collective_addr`. Names are not resolved: the address is the peers' business.
 pub fn is_host_port(s: &str) -> bool {
     if s.parse::<std::net::SocketAddr>().is_ok() {
         return !s.ends_with(":0");
@@ -167,7 +137,7 @@ pub fn is_host_port(s: &str) -> bool {
         return false;
     };
     let host_ok = !host.is_empty()
-        && host.len() <= 253
+        && host.len() <= MAX_HOST_NAME
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
@@ -200,16 +170,6 @@ mod tests {
     }
 
     #[test]
-    fn required_fields_name_themselves() {
-        let e = require_nonempty("worker_id", "").unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument);
-        assert_eq!(e.message(), "worker_id: missing");
-        assert_eq!(require_nonempty("worker_id", "w1").unwrap(), "w1");
-        let e = require::<v1::TrainingFacts>("facts", None).unwrap_err();
-        assert_eq!(e.message(), "facts: missing");
-    }
-
-    #[test]
     fn devices() {
         assert_eq!(Device::parse("cpu"), Some(Device::Cpu));
         assert_eq!(Device::parse("cuda:3"), Some(Device::Cuda(3)));
@@ -219,9 +179,9 @@ mod tests {
             assert_eq!(Device::parse(bad), None, "{bad}");
         }
         assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
-        let e = parse_device("device", "gpu").unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument);
-        assert!(e.message().starts_with("device: "));
+        for device in [Device::Cpu, Device::Cuda(0), Device::Cuda(17)] {
+            assert_eq!(Device::parse(&device.to_string()), Some(device));
+        }
     }
 
     #[test]

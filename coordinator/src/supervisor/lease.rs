@@ -1,0 +1,337 @@
+//! This process as the holder of its run's coordinator lease (`runs/<run>/LEASE.json`, see
+//! [`lgaf_store::lease`]): who it is, and taking the lease at start, which may mean waiting
+//! to see whether the coordinator holding it is still alive. The time and that wait come
+//! through a [`Clock`], so that tests take leases without waiting for real.
+
+use std::future::Future;
+use std::time::Duration;
+
+use lgaf_store::{Lease, LeaseAttempt, RunStore, StoreError};
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+/// The wall clock, and a way to let time pass.
+pub trait Clock {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+
+    /// Returns once `how_long` has passed.
+    fn sleep(&self, how_long: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// The system's clock and tokio's timer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        crate::service::now_ms()
+    }
+
+    fn sleep(&self, how_long: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(how_long)
+    }
+}
+
+/// This coordinator process as a lease holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// The instance id: tells this process's leases and worker ids from an earlier
+    /// coordinator's.
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// How long a lease lasts unless renewed.
+    pub term: Duration,
+}
+
+impl LeaseHolder {
+    /// This process, with a fresh instance id.
+    pub fn this_process(term: Duration) -> Self {
+        LeaseHolder {
+            id: instance_id(),
+            host: hostname(),
+            pid: std::process::id(),
+            term,
+        }
+    }
+
+    /// The lease as written at `now_ms`: it lasts `term` from then.
+    pub fn lease_at(&self, now_ms: u64) -> Lease {
+        Lease {
+            holder: self.id.clone(),
+            host: self.host.clone(),
+            pid: self.pid,
+            expires_at_ms: now_ms.saturating_add(self.term.as_millis() as u64),
+        }
+    }
+}
+
+/// 8 hex digits mixed from the time and the pid: distinct for every coordinator process.
+pub fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mixed = Sha256::digest(format!("{nanos}-{}", std::process::id()).as_bytes());
+    mixed.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// This machine's host name (the kernel's), or `unknown`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Whether the holder of `held` is known to be gone: a process on this host (`here`) that
+/// does not exist. A holder on another host may be alive; only its lease lapsing tells.
+pub fn holder_is_gone(held: &Lease, here: &str) -> bool {
+    held.host == here
+        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(held.pid as i32), None)
+            == Err(nix::errno::Errno::ESRCH)
+}
+
+/// Takes the run's coordinator lease for `me`, so that only one coordinator acts for a run.
+/// A lease whose holder is `gone` is taken at once; one that lapses without being renewed
+/// (its coordinator died elsewhere) is taken when it lapses; one that is being renewed means
+/// another coordinator is running: [`StoreError::LeaseHeld`], naming it.
+pub async fn acquire_lease(
+    run: &RunStore,
+    me: &LeaseHolder,
+    clock: &impl Clock,
+    gone: impl Fn(&Lease) -> bool,
+) -> Result<(), StoreError> {
+    // The expiry of the other holder's lease when we last looked.
+    let mut seen: Option<u64> = None;
+    loop {
+        let now = clock.now_ms();
+        match run.try_acquire_lease(&me.lease_at(now), now, &gone).await? {
+            LeaseAttempt::Acquired => return Ok(()),
+            LeaseAttempt::HeldBy(held) => {
+                if seen.is_some_and(|expiry| held.expires_at_ms > expiry) {
+                    return Err(run.lease_held(held));
+                }
+                if seen.is_none() {
+                    info!(
+                        "run {} has the lease of coordinator {} on {} (pid {}); waiting to see \
+                         whether it is still alive",
+                        run.run_id(),
+                        held.holder,
+                        held.host,
+                        held.pid
+                    );
+                }
+                seen = Some(held.expires_at_ms);
+                // Until it lapses, looking often enough to see a renewal.
+                let wait = held.expires_at_ms.saturating_sub(now).clamp(100, 2_000);
+                clock.sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    use lgaf_store::Store;
+
+    use super::*;
+
+    const START_MS: u64 = 1_700_000_000_000;
+
+    /// Time that passes only when slept through; while it passes, `renewer` (another
+    /// coordinator) renews its lease, as a live one does.
+    struct FakeClock {
+        now: AtomicU64,
+        sleeps: AtomicU32,
+        renewer: Option<(RunStore, LeaseHolder)>,
+    }
+
+    impl FakeClock {
+        fn new(renewer: Option<(RunStore, LeaseHolder)>) -> Self {
+            FakeClock {
+                now: AtomicU64::new(START_MS),
+                sleeps: AtomicU32::new(0),
+                renewer,
+            }
+        }
+
+        fn sleeps(&self) -> u32 {
+            self.sleeps.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn now_ms(&self) -> u64 {
+            self.now.load(Ordering::SeqCst)
+        }
+
+        async fn sleep(&self, how_long: Duration) {
+            self.sleeps.fetch_add(1, Ordering::SeqCst);
+            let ms = how_long.as_millis() as u64;
+            let now = self.now.fetch_add(ms, Ordering::SeqCst) + ms;
+            if let Some((run, other)) = &self.renewer {
+                run.renew_lease(&other.lease_at(now)).await.unwrap();
+            }
+        }
+    }
+
+    fn run_store(dir: &tempfile::TempDir) -> RunStore {
+        let url = format!("file://{}", dir.path().display());
+        RunStore::new(Store::from_url(&url).unwrap(), "r1").unwrap()
+    }
+
+    fn holder(id: &str, pid: u32) -> LeaseHolder {
+        LeaseHolder {
+            id: id.into(),
+            host: hostname(),
+            pid,
+            term: Duration::from_secs(2),
+        }
+    }
+
+    fn never_gone(_: &Lease) -> bool {
+        false
+    }
+
+    /// Whom the lease of `run` names: a third holder's attempt finds it (or takes it, when
+    /// nobody holds it).
+    async fn lease_holder(run: &RunStore) -> Option<String> {
+        let probe = holder("probe", 1).lease_at(START_MS);
+        match run
+            .try_acquire_lease(&probe, START_MS, never_gone)
+            .await
+            .unwrap()
+        {
+            LeaseAttempt::HeldBy(held) => Some(held.holder),
+            LeaseAttempt::Acquired => None,
+        }
+    }
+
+    /// The pid of a process that has exited (and been reaped).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn holders_are_this_process() {
+        let id = instance_id();
+        assert_eq!(id.len(), 8);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        let me = LeaseHolder::this_process(Duration::from_secs(30));
+        assert_eq!(
+            (me.pid, me.host.as_str()),
+            (std::process::id(), hostname().as_str())
+        );
+        assert!(!me.host.is_empty());
+        let lease = me.lease_at(START_MS);
+        assert_eq!(lease.holder, me.id);
+        assert_eq!(lease.expires_at_ms, START_MS + 30_000);
+        assert_eq!(me.lease_at(u64::MAX).expires_at_ms, u64::MAX);
+    }
+
+    #[test]
+    fn only_a_dead_process_on_this_host_is_gone() {
+        let here = hostname();
+        let lease = |host: &str, pid| Lease {
+            holder: "h".into(),
+            host: host.into(),
+            pid,
+            expires_at_ms: u64::MAX,
+        };
+        assert!(holder_is_gone(&lease(&here, dead_pid()), &here));
+        assert!(!holder_is_gone(&lease(&here, std::process::id()), &here));
+        assert!(!holder_is_gone(&lease("elsewhere", dead_pid()), &here));
+    }
+
+    #[tokio::test]
+    async fn an_empty_run_is_acquired_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_store(&dir);
+        let clock = FakeClock::new(None);
+        let me = holder("me", std::process::id());
+        acquire_lease(&run, &me, &clock, never_gone).await.unwrap();
+        assert_eq!(clock.sleeps(), 0);
+        assert_eq!(lease_holder(&run).await.as_deref(), Some("me"));
+        // Taking it again (a retry of our own) is no conflict.
+        acquire_lease(&run, &me, &clock, never_gone).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_lease_of_a_dead_local_process_is_taken_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_store(&dir);
+        let dead = LeaseHolder {
+            term: Duration::from_secs(3600),
+            ..holder("dead", dead_pid())
+        };
+        run.renew_lease(&dead.lease_at(START_MS)).await.unwrap();
+        let clock = FakeClock::new(None);
+        let here = hostname();
+        let me = holder("me", std::process::id());
+        acquire_lease(&run, &me, &clock, |held| holder_is_gone(held, &here))
+            .await
+            .unwrap();
+        assert_eq!(clock.sleeps(), 0);
+        assert_eq!(lease_holder(&run).await.as_deref(), Some("me"));
+    }
+
+    #[tokio::test]
+    async fn a_lease_being_renewed_is_an_error_naming_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_store(&dir);
+        let other = LeaseHolder {
+            host: "node-7".into(),
+            ..holder("other-coordinator", 4242)
+        };
+        run.renew_lease(&other.lease_at(START_MS)).await.unwrap();
+        let clock = FakeClock::new(Some((run.clone(), other)));
+        let e = acquire_lease(&run, &holder("me", std::process::id()), &clock, never_gone)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::LeaseHeld { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("run r1 in") && text.contains("other-coordinator on node-7 (pid 4242)"),
+            "{text}"
+        );
+        assert_eq!(clock.sleeps(), 1);
+        assert_eq!(
+            lease_holder(&run).await.as_deref(),
+            Some("other-coordinator")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_lease_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_store(&dir);
+        let lapsed = holder("lapsed", 4242);
+        run.renew_lease(&lapsed.lease_at(START_MS - 10_000))
+            .await
+            .unwrap();
+        let clock = FakeClock::new(None);
+        let me = holder("me", std::process::id());
+        acquire_lease(&run, &me, &clock, never_gone).await.unwrap();
+        assert_eq!(clock.sleeps(), 0);
+        assert_eq!(lease_holder(&run).await.as_deref(), Some("me"));
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_is_not_renewed_is_taken_when_it_lapses() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_store(&dir);
+        let silent = holder("silent", 4242);
+        run.renew_lease(&silent.lease_at(START_MS)).await.unwrap();
+        let clock = FakeClock::new(None);
+        let me = holder("me", std::process::id());
+        acquire_lease(&run, &me, &clock, never_gone).await.unwrap();
+        assert!(clock.sleeps() >= 1);
+        assert!(clock.now_ms() > START_MS + silent.term.as_millis() as u64);
+        assert_eq!(lease_holder(&run).await.as_deref(), Some("me"));
+    }
+}

@@ -1,0 +1,427 @@
+//! The `lgaf-coordinator` process around the job: it takes the run's coordinator lease,
+//! opens the job (resuming the run from its newest committed checkpoint), serves it over
+//! gRPC, starts local workers when asked or when none come from outside, and supervises
+//! until the job is over or a signal cancels it; then it stops the workers, saves the job
+//! state, releases the lease and prints the final status.
+//!
+//! - [`args`]: the command line; [`config`]: the command line checked and typed
+//!   ([`Config`]);
+//! - [`lease`]: this process as the holder of the run's lease;
+//! - [`address`]: the listen address and the URL local workers dial;
+//! - `open`: the run's job, resumed or new; `server`: the gRPC server task; `workers`: the
+//!   local workers under supervision.
+
+pub mod address;
+pub mod args;
+pub mod config;
+pub mod lease;
+mod open;
+mod server;
+mod workers;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lgaf_proto::console::print_line;
+use lgaf_proto::v1;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tracing::{error, info, warn};
+
+pub use address::{coordinator_url, parse_listen};
+pub use args::{wait_secs, Args, MAX_WAIT_SECS};
+pub use config::{check_run_id, default_run_id, Config, ConfigError, Tls};
+pub use lease::{acquire_lease, holder_is_gone, Clock, LeaseHolder, SystemClock};
+
+use crate::local::{ChildExit, SpawnSpec};
+use crate::service::now_ms;
+use crate::{CoordinatorService, JobError, JobPhase, RunStore, Store};
+use open::open_job;
+use server::Server;
+use workers::LocalSlots;
+
+/// The job's service as the coordinator process runs it: commits and job state in the
+/// run's store.
+type Service = CoordinatorService<RunStore, RunStore>;
+
+/// How a supervision that is not an error ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The job finished (now, or in an earlier run that committed its final step).
+    Finished,
+    /// A signal cancelled the job; the process exits with `exit_code` (128 + its number).
+    Cancelled { signal: &'static str, exit_code: u8 },
+}
+
+/// Why the coordinator could not run the job, or the job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("installing the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("--store: {source}")]
+    OpenStore {
+        #[source]
+        source: lgaf_store::StoreError,
+    },
+
+    /// The run in the store, including its lease held by another coordinator.
+    #[error(transparent)]
+    Run(#[from] lgaf_store::StoreError),
+
+    #[error("reading run {run_id:?} in {store_url}: {source}")]
+    ReadRun {
+        run_id: String,
+        store_url: String,
+        #[source]
+        source: Box<crate::StoreError>,
+    },
+
+    /// The stored run cannot be resumed with these settings.
+    #[error(transparent)]
+    Job(#[from] JobError),
+
+    #[error("saving the initial job state: {source}")]
+    SaveJob {
+        #[source]
+        source: Box<crate::StoreError>,
+    },
+
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the job failed: {error}")]
+    JobFailed { error: String },
+
+    #[error("the job ended in state {phase:?}")]
+    JobUnfinished { phase: JobPhase },
+}
+
+/// Runs the job `config` describes to its end.
+pub async fn run(config: Config) -> Result<Outcome, SupervisorError> {
+    // First of all, so that a signal never kills the coordinator without its children.
+    let signals = Signals::install()?;
+    let store = Store::from_url(&config.store_url)
+        .map_err(|source| SupervisorError::OpenStore { source })?;
+    let run = RunStore::new(store, &config.run_id)?;
+    let me = LeaseHolder::this_process(config.lease);
+    acquire_lease(&run, &me, &SystemClock, |held| {
+        holder_is_gone(held, &me.host)
+    })
+    .await?;
+    let service = open_job(&config, &run, &me.id).await?;
+
+    // Resumed at its final step (or past it): nothing to serve.
+    if let Some(phase) = service.with_job(|j| j.is_over().then(|| j.phase().clone())) {
+        if phase == JobPhase::Finished {
+            info!(
+                "run {}: its newest committed checkpoint is its final step; nothing left to \
+                 train",
+                config.run_id
+            );
+        }
+        release_lease(&run, &me).await;
+        say(describe(&service.status()));
+        return outcome(Ended::Over, phase);
+    }
+
+    let server = Server::start(&config, &service).await?;
+    say(format!("listening on {}", server.url));
+    let job_id = service.with_job(|j| j.settings().job_id.clone());
+    let job = if job_id == config.run_id {
+        String::new()
+    } else {
+        format!("job {job_id}, ")
+    };
+    info!(
+        "{job}run {}: waiting for {} worker(s) on {}; store {}",
+        config.run_id,
+        config.workers,
+        server.url,
+        run.store().url()
+    );
+    let spec = SpawnSpec {
+        worker_bin: config.worker_bin.clone(),
+        coordinator_url: server.url.clone(),
+        devices: Vec::new(),
+        token: config.token.clone(),
+        tls_ca: config.tls.as_ref().map(|tls| tls.ca.clone()),
+    };
+    let (local, exits) = LocalSlots::new(spec, config.workers);
+    let mut supervision = Supervision {
+        config,
+        run,
+        me,
+        service,
+        server,
+        local,
+        exits,
+        signals,
+    };
+    let ended = supervision.supervise().await;
+    supervision.shut_down(ended).await
+}
+
+/// Why the supervision loop ended.
+#[derive(Clone, Copy, Debug)]
+enum Ended {
+    /// The job finished or failed.
+    Over,
+    /// This signal (name, exit status) cancels the job.
+    Signal(&'static str, u8),
+}
+
+/// The running coordinator: the job's service and everything around it.
+struct Supervision {
+    config: Config,
+    run: RunStore,
+    me: LeaseHolder,
+    service: Service,
+    server: Server,
+    local: LocalSlots,
+    exits: mpsc::UnboundedReceiver<ChildExit>,
+    signals: Signals,
+}
+
+impl Supervision {
+    /// Until the job is over or a signal comes: the job's clock, the lease's renewal, the
+    /// grace period before local workers start, their exits and the job's losses, and the
+    /// server's health.
+    async fn supervise(&mut self) -> Ended {
+        let config = &self.config;
+        let mut grace_over = config.spawn_local;
+        if config.spawn_local {
+            self.local.start(&self.service).await;
+        }
+        let grace = tokio::time::sleep(config.grace);
+        tokio::pin!(grace);
+        // Failure detection: a rank silent past the deadline ends its generation (checked
+        // ten times a deadline, so it is noticed within about a tenth of the deadline after
+        // it passes); the same clock ends an elastic grace period.
+        let mut liveness =
+            tokio::time::interval((config.heartbeat_deadline / 10).max(Duration::from_millis(10)));
+        liveness.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut lost_workers = self.service.lost_workers();
+        // Renewed three times a lease, so one slow store call does not lose it.
+        let mut renew = tokio::time::interval((config.lease / 3).max(Duration::from_millis(100)));
+        renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                _ = self.service.wait_until_over() => return Ended::Over,
+                _ = liveness.tick() => self.service.tick().await,
+                _ = renew.tick() => self.renew_lease().await,
+                _ = &mut grace, if !grace_over => {
+                    grace_over = true;
+                    let registered = self.service.with_job(|j| j.registered_count());
+                    if registered == 0 {
+                        info!("no worker registered within {} s: starting {} local worker(s)",
+                              self.config.grace.as_secs(), self.config.workers);
+                        self.local.start(&self.service).await;
+                    } else {
+                        info!("{registered} of {} worker(s) registered from outside; waiting \
+                               for the rest", self.config.workers);
+                    }
+                }
+                Some(exit) = self.exits.recv() => self.local.exited(exit, &self.service).await,
+                Ok(lost) = lost_workers.recv() => self.local.lost(&lost),
+                ended = &mut self.server.task, if self.server.running => {
+                    self.server.running = false;
+                    let why = match ended {
+                        Ok(Ok(())) => "it ended".to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    self.service.fail(format!("the gRPC server stopped: {why}")).await;
+                }
+                _ = self.signals.interrupt.recv() => return Ended::Signal("SIGINT", 130),
+                _ = self.signals.terminate.recv() => return Ended::Signal("SIGTERM", 143),
+            }
+        }
+    }
+
+    /// After the loop: the workers stopped (or given time to exit by themselves after a
+    /// success), the final job state saved, the server drained, the lease released and the
+    /// final status printed.
+    async fn shut_down(self, ended: Ended) -> Result<Outcome, SupervisorError> {
+        let (config, service) = (&self.config, &self.service);
+        match ended {
+            Ended::Over => {
+                // Let the other workers learn from a heartbeat that the job is over.
+                let linger = config.heartbeat_interval * 3 + Duration::from_secs(1);
+                if !service.wait_until_released(linger).await {
+                    warn!("not every worker heard that the job is over; exiting anyway");
+                }
+                let finished = service.with_job(|j| *j.phase() == JobPhase::Finished);
+                self.local.wind_down(finished, config.stop_timeout).await;
+            }
+            Ended::Signal(name, _) => {
+                warn!("received {name}: cancelling the job");
+                service
+                    .fail(format!("cancelled: the coordinator received {name}"))
+                    .await;
+                self.local.wind_down(false, config.stop_timeout).await;
+            }
+        }
+        if let Err(e) = service.persist().await {
+            error!("saving the final job state: {e}");
+        }
+        self.server.stop().await;
+        release_lease(&self.run, &self.me).await;
+        say(describe(&service.status()));
+        outcome(ended, service.with_job(|j| j.phase().clone()))
+    }
+
+    /// Renews the lease; one taken over by another coordinator fails the job, which must
+    /// stop acting for the run at once.
+    async fn renew_lease(&self) {
+        if let Err(e) = self.run.renew_lease(&self.me.lease_at(now_ms())).await {
+            if matches!(e, lgaf_store::StoreError::LeaseHeld { .. }) {
+                self.service
+                    .fail(format!("this coordinator lost its lease: {e}"))
+                    .await;
+            } else {
+                warn!("renewing the coordinator lease: {e}");
+            }
+        }
+    }
+}
+
+/// The signals that cancel the job.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, SupervisorError> {
+        let install = |signal_name, kind| {
+            signal(kind).map_err(|source| SupervisorError::Signal {
+                signal: signal_name,
+                source,
+            })
+        };
+        Ok(Signals {
+            interrupt: install("SIGINT", SignalKind::interrupt())?,
+            terminate: install("SIGTERM", SignalKind::terminate())?,
+        })
+    }
+}
+
+async fn release_lease(run: &RunStore, me: &LeaseHolder) {
+    if let Err(e) = run.release_lease(&me.id).await {
+        warn!("releasing the coordinator lease: {e}");
+    }
+}
+
+/// The process's verdict on how the job ended.
+fn outcome(ended: Ended, phase: JobPhase) -> Result<Outcome, SupervisorError> {
+    match (ended, phase) {
+        (Ended::Signal(signal, exit_code), _) => Ok(Outcome::Cancelled { signal, exit_code }),
+        (Ended::Over, JobPhase::Finished) => Ok(Outcome::Finished),
+        (Ended::Over, JobPhase::Failed { error }) => Err(SupervisorError::JobFailed { error }),
+        (Ended::Over, phase) => Err(SupervisorError::JobUnfinished { phase }),
+    }
+}
+
+/// A line on stdout (the address, the final status): a reader that went away does not
+/// change the job or its exit status, and any other failure is logged.
+fn say(line: String) {
+    if let Err(e) = print_line(line) {
+        warn!("writing to stdout: {e}");
+    }
+}
+
+/// The final status line on stdout.
+fn describe(s: &v1::JobStatus) -> String {
+    let state = match v1::JobState::try_from(s.state).unwrap_or(v1::JobState::Unspecified) {
+        v1::JobState::Finished => "finished",
+        v1::JobState::Failed => "failed",
+        v1::JobState::Running => "running",
+        v1::JobState::Waiting => "waiting",
+        v1::JobState::Unspecified => "unknown",
+    };
+    let mut line = format!(
+        "job {} (run {}) {state}: generation {}, {} worker(s), step {}/{}, last checkpoint at \
+         step {}",
+        s.job_id,
+        s.run_id,
+        s.generation,
+        s.world_size,
+        s.step,
+        s.total_steps,
+        s.last_checkpoint_step
+    );
+    if s.loss != 0.0 {
+        line.push_str(&format!(", loss {:.4}", s.loss));
+    }
+    if !s.error.is_empty() {
+        line.push_str(&format!("; error: {}", s.error));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        let mut status = v1::JobStatus {
+            job_id: "j".into(),
+            run_id: "r".into(),
+            state: v1::JobState::Finished as i32,
+            generation: 2,
+            world_size: 4,
+            step: 20,
+            total_steps: 20,
+            last_checkpoint_step: 20,
+            ..Default::default()
+        };
+        assert_eq!(
+            describe(&status),
+            "job j (run r) finished: generation 2, 4 worker(s), step 20/20, last checkpoint at \
+             step 20"
+        );
+        status.state = v1::JobState::Failed as i32;
+        status.loss = 0.5;
+        status.error = "boom".into();
+        assert!(describe(&status).ends_with(
+            "failed: generation 2, 4 worker(s), step 20/20, \
+                                             last checkpoint at step 20, loss 0.5000; error: boom"
+        ));
+    }
+
+    #[test]
+    fn outcomes() {
+        assert_eq!(
+            outcome(Ended::Over, JobPhase::Finished).unwrap(),
+            Outcome::Finished
+        );
+        let failed = JobPhase::Failed {
+            error: "boom".into(),
+        };
+        assert_eq!(
+            outcome(Ended::Over, failed.clone())
+                .unwrap_err()
+                .to_string(),
+            "the job failed: boom"
+        );
+        assert_eq!(
+            outcome(Ended::Signal("SIGTERM", 143), failed).unwrap(),
+            Outcome::Cancelled {
+                signal: "SIGTERM",
+                exit_code: 143
+            }
+        );
+    }
+}
