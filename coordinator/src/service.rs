@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
-use crate::job::{CommitRequest, Effect, Job, JobError, JobPhase, Millis};
+use crate::job::{CommitError, CommitRequest, Effect, Job, JobError, JobPhase, Millis};
 use crate::rate::{Gate, PeerRateLimit};
 use crate::store::{CheckpointCommitter, JobStatePersistence, StoreError};
 
@@ -357,7 +357,7 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
         }
         let effects = {
             let mut job = self.lock();
-            job.commit_done(step, outcome.clone(), now_ms());
+            job.commit_done(step, outcome.clone().map_err(CommitError), now_ms());
             job.take_effects()
         };
         if !effects.is_empty() {

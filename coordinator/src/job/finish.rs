@@ -1,0 +1,124 @@
+//! How the job ends: ranks report Finish (done at the final step, or failed with an
+//! error), or something outside the protocol fails it ([`Job::fail`]). Once over, every
+//! worker is told STOP.
+
+use lgaf_proto::v1;
+
+use super::membership::require_id;
+use super::{Effect, Job, JobError, JobPhase, Millis, Result, WorkerPhase};
+
+/// The longest error text of a Finish kept in the job's state and log (characters).
+const MAX_ERROR_CHARS: usize = 4096;
+
+impl Job {
+    /// A rank is done: at the final step (the job finishes when every rank is), or failed
+    /// with `req.error` (the job fails). A worker that failed before it had a rank says so
+    /// without a generation.
+    pub fn finish(&mut self, req: &v1::FinishRequest, now: Millis) -> Result<v1::FinishReply> {
+        let id = require_id(&req.worker_id)?.to_string();
+        let worker = self
+            .workers
+            .get(&id)
+            .ok_or_else(|| JobError::UnknownWorker(id.clone()))?;
+        if req.generation == 0 {
+            // Only a worker that failed before it had a rank may say so without a generation.
+            if req.error.is_empty() || worker.rank.is_some() {
+                return Err(JobError::invalid(
+                    "generation",
+                    "missing (generations start at 1; take it from JoinReply)",
+                ));
+            }
+        }
+        if self.phase.is_over() {
+            let w = self.workers.get_mut(&id).expect("checked");
+            w.last_seen = now;
+            w.released = true;
+            if !req.error.is_empty() {
+                w.phase = WorkerPhase::Failed;
+            } else if w.phase == WorkerPhase::Training {
+                w.phase = WorkerPhase::Finished;
+            }
+            return Ok(v1::FinishReply {});
+        }
+        let rank = if req.generation == 0 {
+            None
+        } else {
+            Some(self.member(&id, req.generation)?)
+        };
+        if req.error.is_empty() {
+            let total = self.current().schedule.total_steps;
+            if req.step != total {
+                return Err(JobError::invalid(
+                    "step",
+                    format!(
+                        "finished at step {} but the run has {total} steps; report an error \
+                         instead if training stopped early",
+                        req.step
+                    ),
+                ));
+            }
+        }
+
+        let w = self.workers.get_mut(&id).expect("checked");
+        w.last_seen = now;
+        w.released = true;
+        w.step = req.step;
+        if !req.error.is_empty() {
+            w.phase = WorkerPhase::Failed;
+            let who = match rank {
+                Some(r) => format!("rank {r} (worker {id} on {})", w.host),
+                None => format!("worker {id} on {} (before it had a rank)", w.host),
+            };
+            let error = format!("{who} failed: {}", one_line(&req.error, MAX_ERROR_CHARS));
+            self.end(JobPhase::Failed { error });
+        } else {
+            w.phase = WorkerPhase::Finished;
+            let all_done = self.current().members.iter().all(|m| {
+                self.workers
+                    .get(m)
+                    .is_some_and(|w| w.phase == WorkerPhase::Finished)
+            });
+            if all_done {
+                self.end(JobPhase::Finished);
+            }
+        }
+        Ok(v1::FinishReply {})
+    }
+
+    /// Fails the job from outside the protocol (a spawned worker died, the operator
+    /// cancelled). Returns false when the job was already over.
+    pub fn fail(&mut self, error: impl Into<String>) -> bool {
+        if self.phase.is_over() {
+            return false;
+        }
+        self.end(JobPhase::Failed {
+            error: error.into(),
+        });
+        true
+    }
+
+    /// Ends the job in `phase` (finished or failed).
+    pub(super) fn end(&mut self, phase: JobPhase) {
+        self.phase = phase.clone();
+        self.effects.push(Effect::JobEnded(phase));
+        self.effects.push(Effect::Persist);
+    }
+}
+
+/// `text` on one line, for logs and status lines: control characters (newlines included)
+/// escaped, so a client's text cannot start a forged log line; cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let mut line = String::with_capacity(text.len().min(max));
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            line.push_str(" [...]");
+            break;
+        }
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
