@@ -48,7 +48,7 @@ impl LossConfig {
     pub fn margin(&self) -> Result<CombinedMargin> {
         CombinedMargin::parse(&self.name, self.scale).map_err(|message| WorkerError::Config {
             key: "loss.name",
-            message,
+            message: message.to_string(),
         })
     }
 }
@@ -230,8 +230,12 @@ impl Default for OptimConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// Directory of the run's checkpoints; a run started again on it resumes.
-    pub dir: PathBuf,
+    /// The checkpoint store: a directory path, `file:///dir` or `s3://bucket/prefix` (the
+    /// same as `lgaf-coordinator --store`). Checkpoints go to `runs/<run_id>/ckpt/` in it.
+    pub dir: String,
+    /// The run's name in the store; training started again with the same store and run id
+    /// resumes (so does `lgaf-coordinator --run-id` with it).
+    pub run_id: String,
     /// Commit a checkpoint every this many steps (0: only at epoch ends).
     pub every_steps: u64,
     /// Committed checkpoints to keep (0: all of them, as in coordinated runs).
@@ -241,7 +245,8 @@ pub struct CheckpointConfig {
 impl Default for CheckpointConfig {
     fn default() -> Self {
         Self {
-            dir: PathBuf::from("runs/default"),
+            dir: "runs-store".into(),
+            run_id: "default".into(),
             every_steps: 1000,
             keep_last: 3,
         }

@@ -29,6 +29,10 @@ const RATE_RETRY_FOR: Duration = Duration::from_secs(60);
 /// The first pause after a refusal for rate; each next one doubles, up to the last.
 const RATE_BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const RATE_BACKOFF_LAST: Duration = Duration::from_secs(2);
+/// The first and the longest pause between attempts to reach a coordinator that is not
+/// listening (yet, or again after a restart).
+const CONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const CONNECT_BACKOFF_LAST: Duration = Duration::from_secs(2);
 
 /// Why the coordinator could not be reached or a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +45,8 @@ pub enum ClientError {
     Call {
         url: String,
         call: &'static str,
-        status: Status,
+        /// Boxed: a `Status` is most of the size of every `Result` this error travels in.
+        status: Box<Status>,
     },
 }
 
@@ -72,7 +77,7 @@ impl Client {
             .timeout(Duration::from_secs(90));
         match (url.starts_with("https://"), tls_ca) {
             (true, Some(ca)) => {
-                let tls = lgaf_proto::tls::client_config(ca).map_err(fail)?;
+                let tls = lgaf_proto::tls::client_config(ca).map_err(|e| fail(e.to_string()))?;
                 endpoint = endpoint
                     .tls_config(tls)
                     .map_err(|e| fail(format!("TLS: {e}")))?;
@@ -94,13 +99,16 @@ impl Client {
             (false, None) => {}
         }
         // The coordinator may still be starting: retry for a while.
+        // Jittered: N workers of a restarted coordinator do not all come back in the same
+        // millisecond.
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut backoff = Backoff::new(CONNECT_BACKOFF_FIRST, CONNECT_BACKOFF_LAST);
         let channel = loop {
             match rt.block_on(endpoint.connect()) {
                 Ok(c) => break c,
                 Err(e) if not_listening_yet(&e) && Instant::now() < deadline => {
                     warn!(coordinator = url, error = %error_chain(&e), "coordinator not reachable yet; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
+                    std::thread::sleep(backoff.next_pause());
                 }
                 Err(e) => return Err(fail(format!("unreachable: {}", error_chain(&e)))),
             }
@@ -147,7 +155,7 @@ impl Client {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let started = Instant::now();
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(RATE_BACKOFF_FIRST, RATE_BACKOFF_LAST);
         loop {
             match method(self.stub.clone(), request.clone()).await {
                 Err(status)
@@ -173,7 +181,7 @@ impl Client {
         ClientError::Call {
             url: self.url.clone(),
             call,
-            status,
+            status: Box::new(status),
         }
     }
 
@@ -187,28 +195,30 @@ impl Client {
     }
 }
 
-/// Pauses that double from [`RATE_BACKOFF_FIRST`] to [`RATE_BACKOFF_LAST`], each scaled by
-/// a random factor in [0.5, 1.5): N workers refused together do not all come back in the
-/// same millisecond.
+/// Pauses that double from a first to a last length, each scaled by a random factor in
+/// [0.5, 1.5): N workers refused (or cut off) together do not all come back in the same
+/// millisecond.
 struct Backoff {
     next: Duration,
+    last: Duration,
     rng: Rng,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    fn new(first: Duration, last: Duration) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         Self {
-            next: RATE_BACKOFF_FIRST,
+            next: first,
+            last,
             rng: Rng::from_keys(&[u64::from(std::process::id()), u64::from(nanos)]),
         }
     }
 
     fn next_pause(&mut self) -> Duration {
         let pause = self.next.mul_f32(self.rng.range(0.5, 1.5));
-        self.next = (self.next * 2).min(RATE_BACKOFF_LAST);
+        self.next = (self.next * 2).min(self.last);
         pause
     }
 }
@@ -266,7 +276,7 @@ mod tests {
 
     #[test]
     fn pauses_grow_to_their_cap_and_are_jittered() {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(RATE_BACKOFF_FIRST, RATE_BACKOFF_LAST);
         let pauses: Vec<Duration> = (0..12).map(|_| backoff.next_pause()).collect();
         assert!(pauses[0] >= RATE_BACKOFF_FIRST / 2 && pauses[0] < RATE_BACKOFF_FIRST * 3 / 2);
         for p in &pauses {

@@ -4,17 +4,24 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, WorkerError};
 
-/// Parses `cpu`, `cuda`, `cuda:N` or `auto`.
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto`: the protocol's spellings
+/// ([`lgaf_proto::Device::parse`]: `cpu`, `cuda:N`) and two shorthands that only a local
+/// process can resolve.
 pub fn parse_device(name: &str) -> Result<Device> {
     match name {
-        "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::Cuda(0)),
         "auto" => Ok(Device::cuda_if_available()),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| WorkerError::Device(other.to_string())),
+        _ => lgaf_proto::Device::parse(name)
+            .map(torch_device)
+            .ok_or_else(|| WorkerError::Device(name.to_string())),
+    }
+}
+
+/// The libtorch device of a protocol device.
+pub fn torch_device(device: lgaf_proto::Device) -> Device {
+    match device {
+        lgaf_proto::Device::Cpu => Device::Cpu,
+        lgaf_proto::Device::Cuda(index) => Device::Cuda(index as usize),
     }
 }
 
@@ -40,4 +47,25 @@ pub fn channels_last(x: &Tensor) -> Tensor {
         return x.shallow_clone();
     }
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_protocol_spellings_and_the_local_shorthands() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device("cuda:3").unwrap(), Device::Cuda(3));
+        assert_eq!(parse_device("cuda").unwrap(), Device::Cuda(0));
+        assert!(parse_device("auto").is_ok());
+        // The protocol's digits-only index: u32's parser alone would take "+1".
+        for bad in ["gpu", "cuda:", "cuda:+1", "cuda:x", "CPU", ""] {
+            let e = parse_device(bad).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("device `{bad}`: expected cpu, cuda, cuda:N or auto")
+            );
+        }
+    }
 }

@@ -1,4 +1,11 @@
+//! The worker's error types: [`WorkerError`] for everything the crate returns, and the
+//! batch loader's own [`LoaderError`] that it wraps. This module depends on no other
+//! module of the crate, so that every module may depend on it.
+
 use std::path::PathBuf;
+
+use lgaf_data::sampler::SamplerError;
+use lgaf_data::source::SourceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -20,10 +27,15 @@ pub enum WorkerError {
     Data(#[from] lgaf_data::DataError),
 
     #[error(transparent)]
-    Loader(#[from] crate::loader::LoaderError),
+    Loader(#[from] LoaderError),
 
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+
+    /// The checkpoint store (a directory or S3) refused or failed; names the store, the run
+    /// and the key.
+    #[error("checkpoint store: {0}")]
+    Store(Box<lgaf_store::StoreError>),
 
     #[error("{path}: {source}")]
     Io {
@@ -67,6 +79,45 @@ pub enum WorkerError {
     /// was not applied.
     #[error("step {step}: {message}")]
     Collective { step: u64, message: String },
+}
+
+// Boxed: a store error (URL, key and cause) would double the size of every `Result` here.
+impl From<lgaf_store::StoreError> for WorkerError {
+    fn from(e: lgaf_store::StoreError) -> Self {
+        WorkerError::Store(Box::new(e))
+    }
+}
+
+/// Why the training batch stream (the `loader` module) stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("cannot open the training data: {0}")]
+    Open(#[source] SourceError),
+
+    #[error("the training data does not fit the batch layout: {0}")]
+    Layout(#[from] SamplerError),
+
+    /// `data.strict`: the first bad record ends the run.
+    #[error("step {step}: bad record (data.strict = true): {source}")]
+    BadRecord { step: u64, source: SourceError },
+
+    #[error(
+        "{source_name}: {bad} of the {read} records read are bad, more than \
+         data.max_bad_fraction = {allowed}; the last one: {last}"
+    )]
+    TooManyBad {
+        source_name: String,
+        bad: usize,
+        read: usize,
+        allowed: f64,
+        last: String,
+    },
+
+    #[error("cannot start a loader thread: {0}")]
+    Spawn(#[source] std::io::Error),
+
+    #[error("a loader thread panicked while building step {step}")]
+    WorkerPanicked { step: u64 },
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;

@@ -2,15 +2,17 @@
 //! trainer, checkpoints, evaluation, and the `lgaf` command-line tool built on them.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
+pub mod coordinated;
 pub mod coordinator_client;
+pub mod data_parallel;
 pub mod dataset_tools;
 pub mod device;
-pub mod dist;
-pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod eval_sets;
+pub mod legacy_checkpoint;
 pub mod loader;
 pub mod optim;
 pub mod progress;

@@ -22,13 +22,15 @@ use std::time::{Duration, Instant};
 use lgaf_data::augment::{AugmentConfig, Augmenter, SampleKey};
 use lgaf_data::decode::{decode_rgb112_into, RGB112_BYTES};
 use lgaf_data::recordio::{IndexMode, IndexSource, RecordPack};
-use lgaf_data::sampler::{SamplerError, ShardedSampler};
+use lgaf_data::sampler::ShardedSampler;
 use lgaf_data::source::{FaceSource, FolderSource, Payload, SourceError, SynthSource};
 use lgaf_data::synth::SynthConfig;
 
 use tracing::info;
 
 use crate::config::{DataConfig, SourceKind, SyntheticConfig};
+// Defined with the crate's other errors, so that `error` depends on no module of the crate.
+pub use crate::error::LoaderError;
 
 /// Records read before the bad fraction is judged: a few bad files early on are noise.
 pub const BAD_FRACTION_MIN_READS: usize = 1000;
@@ -68,37 +70,6 @@ impl Batch {
             build_time: Duration::ZERO,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoaderError {
-    #[error("cannot open the training data: {0}")]
-    Open(#[source] SourceError),
-
-    #[error("the training data does not fit the batch layout: {0}")]
-    Layout(#[from] SamplerError),
-
-    /// `data.strict`: the first bad record ends the run.
-    #[error("step {step}: bad record (data.strict = true): {source}")]
-    BadRecord { step: u64, source: SourceError },
-
-    #[error(
-        "{source_name}: {bad} of the {read} records read are bad, more than \
-         data.max_bad_fraction = {allowed}; the last one: {last}"
-    )]
-    TooManyBad {
-        source_name: String,
-        bad: usize,
-        read: usize,
-        allowed: f64,
-        last: String,
-    },
-
-    #[error("cannot start a loader thread: {0}")]
-    Spawn(#[source] std::io::Error),
-
-    #[error("a loader thread panicked while building step {step}")]
-    WorkerPanicked { step: u64 },
 }
 
 /// How the loader runs; [`LoaderSettings::new`] takes it from the config.

@@ -6,20 +6,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use lgaf_data::sampler::ShardedSampler;
 use lgaf_data::source::FaceSource;
 
 use lgaf_model::amp::{self, GradScaler, Precision};
 use lgaf_model::partial_fc::{ClassRange, PartialFc};
 use lgaf_model::{weights, Lgaf};
+use lgaf_store::{Manifest, RunState, RUN_STATE_VERSION};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, info_span};
 
-use crate::checkpoint::{CheckpointStore, Loaded, StartFrom, TrainState};
+use crate::checkpoint::{LocalCheckpoints, StartFrom};
 use crate::config::TrainConfig;
+use crate::data_parallel::{self, DataLayout, EmbeddingExchange, Group};
 use crate::device::{channels_last, images_to_tensor, parse_device};
-use crate::dist::{self, DataLayout, EmbeddingExchange, Group};
 use crate::error::{Result, WorkerError};
 use crate::eval::HeldOut;
 use crate::loader::{
@@ -39,7 +41,7 @@ pub fn classifier_object(rank: i64) -> String {
 }
 
 /// One rank's checkpoint objects as (key, bytes), and the run state (rank 0 only).
-pub type CheckpointParts = (Vec<(String, Vec<u8>)>, Option<serde_json::Value>);
+pub type CheckpointParts = (Vec<(String, Vec<u8>)>, Option<RunState>);
 
 /// One step's numbers.
 #[derive(Clone, Debug)]
@@ -70,14 +72,15 @@ pub struct Trainer {
     pfc: PartialFc,
     sgd: Sgd,
     scaler: GradScaler,
-    store: CheckpointStore,
+    /// The checkpoints of a single-process run; `None` for a rank of a coordinated run,
+    /// whose checkpoints the coordinator commits.
+    checkpoints: Option<LocalCheckpoints>,
     source: Arc<dyn FaceSource>,
     sampler: ShardedSampler,
     layout: DataLayout,
     group: Group,
     /// Steps completed.
     step: u64,
-    resumed_from: Option<PathBuf>,
 }
 
 /// Variables that the optimiser updates, by name, sorted.
@@ -101,10 +104,13 @@ impl Trainer {
 
     /// [`Trainer::new`], starting where `from` says.
     pub fn start(cfg: TrainConfig, from: StartFrom) -> Result<Self> {
+        let checkpoints = LocalCheckpoints::open(&cfg.checkpoint)?;
         let mut trainer = Self::with_group(cfg, Group::Single)?;
-        if let Some(loaded) = trainer.store.start(from)? {
-            trainer.restore(loaded)?;
+        if let Some(loaded) = checkpoints.start(from)? {
+            let source = checkpoints.describe();
+            trainer.restore_from_objects(&source, &loaded.manifest, &loaded.objects)?;
         }
+        trainer.checkpoints = Some(checkpoints);
         Ok(trainer)
     }
 
@@ -174,7 +180,6 @@ impl Trainer {
             broadcast_from_rank0(&vs, &group)?;
         }
         let sgd = Sgd::new(trainable(&vs), cfg.optim.momentum, cfg.optim.weight_decay);
-        let store = CheckpointStore::new(&cfg.checkpoint.dir, cfg.checkpoint.keep_last);
         Ok(Self {
             cfg,
             device,
@@ -183,44 +188,13 @@ impl Trainer {
             pfc,
             sgd,
             scaler: GradScaler::default(),
-            store,
+            checkpoints: None,
             source,
             sampler,
             layout,
             group,
             step: 0,
-            resumed_from: None,
         })
-    }
-
-    fn restore(&mut self, loaded: Loaded) -> Result<()> {
-        let fail = |message: String| WorkerError::Checkpoint {
-            path: loaded.dir.clone(),
-            message,
-        };
-        let file = |name: &str| {
-            loaded
-                .tensors
-                .get(name)
-                .ok_or_else(|| fail(format!("{name} is missing")))
-        };
-        let classifier = file("classifier.safetensors")?;
-        let column = |name: &str| {
-            classifier
-                .get(name)
-                .map(Tensor::shallow_clone)
-                .ok_or_else(|| fail(format!("classifier.safetensors: no `{name}`")))
-        };
-        let centres = (column("weight")?, column("momentum")?);
-        self.restore_parts(
-            &loaded.dir,
-            &loaded.manifest.state,
-            file("model.safetensors")?,
-            file("optimizer.safetensors")?,
-            centres,
-        )?;
-        self.resumed_from = Some(loaded.dir);
-        Ok(())
     }
 
     /// Loads a checkpoint's parts: the run state, the network, its momentum, and this
@@ -229,7 +203,7 @@ impl Trainer {
     fn restore_parts(
         &mut self,
         source: &std::path::Path,
-        state: &TrainState,
+        state: &RunState,
         model: &HashMap<String, Tensor>,
         optimizer: &HashMap<String, Tensor>,
         centres: (Tensor, Tensor),
@@ -280,10 +254,8 @@ impl Trainer {
             }
             tch::no_grad(|| dst.shallow_clone().copy_(src));
         }
-        self.step = state.step;
         self.scaler.scale = state.loss_scale;
         self.scaler.good_steps = state.loss_scale_good_steps;
-        info!(checkpoint = %source.display(), step = self.step, "resumed from checkpoint");
         Ok(())
     }
 
@@ -319,19 +291,14 @@ impl Trainer {
                 OPTIMIZER_OBJECT.to_string(),
                 weights::to_bytes(&momentum, &HashMap::new(), name)?,
             ));
-            let spe = self.sampler.steps_per_epoch();
-            let train_state = TrainState {
-                step: self.step,
-                epoch: self.step / spe,
+            state = Some(RunState {
+                version: RUN_STATE_VERSION,
+                data_world_size: self.layout.data_world_size(),
+                steps_per_epoch: self.sampler.steps_per_epoch(),
                 loss_scale: self.scaler.scale,
                 loss_scale_good_steps: self.scaler.good_steps,
                 config: serde_json::to_value(&self.cfg).expect("config serialises"),
-            };
-            let mut value = serde_json::to_value(&train_state).expect("state serialises");
-            value["world_size"] = self.group.world_size().into();
-            value["data_world_size"] = self.layout.data_world_size().into();
-            value["steps_per_epoch"] = spe.into();
-            state = Some(value);
+            });
         }
         let range = self.pfc.range();
         let key = classifier_object(rank);
@@ -350,22 +317,22 @@ impl Trainer {
         Ok((objects, state))
     }
 
-    /// Resumes from a committed distributed checkpoint: `objects` (key -> bytes) holds at
-    /// least the network, its momentum and every classifier shard that overlaps this
-    /// rank's class range; they may come from another world size (the shards are re-cut).
+    /// Resumes from the committed checkpoint of `manifest`, named `source` in messages:
+    /// `objects` (key -> bytes) holds at least the network, its momentum and every
+    /// classifier shard that overlaps this rank's class range. They may come from another
+    /// world size: the shards are re-cut, and the step count is mapped to the same position
+    /// in the epoch ([`lgaf_proto::resumed_step`]).
     pub fn restore_from_objects(
         &mut self,
         source: &str,
-        state: &serde_json::Value,
-        objects: &HashMap<String, Vec<u8>>,
+        manifest: &Manifest,
+        objects: &HashMap<String, Bytes>,
     ) -> Result<()> {
         let path = std::path::PathBuf::from(source);
         let fail = |message: String| WorkerError::Checkpoint {
             path: path.clone(),
             message,
         };
-        let train_state: TrainState = serde_json::from_value(state.clone())
-            .map_err(|e| fail(format!("the manifest's state does not parse: {e}")))?;
         let tensors = |key: &str| -> Result<HashMap<String, Tensor>> {
             let bytes = objects
                 .get(key)
@@ -377,8 +344,16 @@ impl Trainer {
         let model = tensors(MODEL_OBJECT)?;
         let optimizer = tensors(OPTIMIZER_OBJECT)?;
         let centres = self.recut_centres(&path, objects)?;
-        self.restore_parts(&path, &train_state, &model, &optimizer, centres)?;
-        self.resumed_from = Some(path);
+        self.restore_parts(&path, &manifest.state, &model, &optimizer, centres)?;
+        let spe = manifest.state.steps_per_epoch;
+        self.step = lgaf_proto::resumed_step(manifest.step, spe, self.steps_per_epoch());
+        info!(
+            checkpoint = source,
+            saved_step = manifest.step,
+            saved_world_size = manifest.world_size,
+            step = self.step,
+            "resumed from checkpoint"
+        );
         Ok(())
     }
 
@@ -386,7 +361,7 @@ impl Trainer {
     fn recut_centres(
         &self,
         source: &std::path::Path,
-        objects: &HashMap<String, Vec<u8>>,
+        objects: &HashMap<String, Bytes>,
     ) -> Result<(Tensor, Tensor)> {
         let fail = |message: String| WorkerError::Checkpoint {
             path: source.to_path_buf(),
@@ -500,10 +475,6 @@ impl Trainer {
         self.step
     }
 
-    pub fn resumed_from(&self) -> Option<&PathBuf> {
-        self.resumed_from.as_ref()
-    }
-
     pub fn total_steps(&self) -> u64 {
         // `train.epochs` is bounded when the config is read; saturating all the same, since a
         // wrapped product once turned a huge epoch count into a 2-step run that "succeeded".
@@ -587,13 +558,13 @@ impl Trainer {
         }
         if self.group.world_size() > 1 {
             let _s = info_span!("all_reduce").entered();
-            dist::all_reduce_grads(collective.as_ref(), self.sgd.params());
+            data_parallel::all_reduce_grads(collective.as_ref(), self.sgd.params());
         }
-        if let Err(message) = self.group.check() {
+        if let Err(failed) = self.group.check() {
             self.sgd.zero_grad();
             return Err(WorkerError::Collective {
                 step: self.step + 1,
-                message,
+                message: failed.to_string(),
             });
         }
         let skipped = {
@@ -667,49 +638,28 @@ impl Trainer {
         });
         self.group
             .check()
-            .map_err(|message| WorkerError::Collective {
+            .map_err(|failed| WorkerError::Collective {
                 step: self.step,
-                message,
+                message: failed.to_string(),
             })
     }
 
-    /// Commits a checkpoint of everything a resume needs.
-    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+    /// Commits a checkpoint of everything a resume needs (single-process runs; a rank of
+    /// a coordinated run hands [`Trainer::checkpoint_objects`] to the coordinator).
+    pub fn save_checkpoint(&self) -> Result<Manifest> {
         let _s = info_span!("checkpoint", step = self.step).entered();
-        let spe = self.sampler.steps_per_epoch();
-        let state = TrainState {
-            step: self.step,
-            epoch: self.step / spe,
-            loss_scale: self.scaler.scale,
-            loss_scale_good_steps: self.scaler.good_steps,
-            config: serde_json::to_value(&self.cfg).expect("config serialises"),
+        let Some(checkpoints) = &self.checkpoints else {
+            return Err(WorkerError::Checkpoint {
+                path: PathBuf::from(&self.cfg.checkpoint.dir),
+                message: "a rank of a coordinated run commits its checkpoints through the \
+                          coordinator"
+                    .into(),
+            });
         };
-        let mut model: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        model.sort_by(|a, b| a.0.cmp(&b.0));
-        let momentum = self.sgd.named_momentum();
-        let classifier = vec![
-            ("weight".to_string(), self.pfc.weight.shallow_clone()),
-            ("momentum".to_string(), self.pfc.momentum.shallow_clone()),
-        ];
-        let range = self.pfc.range();
-        let meta = HashMap::from([
-            ("arch".to_string(), self.cfg.model.arch.name().to_string()),
-            (
-                "fusion".to_string(),
-                self.cfg.model.fusion.name().to_string(),
-            ),
-            ("class_start".to_string(), range.start.to_string()),
-            ("class_len".to_string(), range.len.to_string()),
-        ]);
-        self.store.save(
-            &state,
-            &[
-                ("model.safetensors", model),
-                ("optimizer.safetensors", momentum),
-                ("classifier.safetensors", classifier),
-            ],
-            &meta,
-        )
+        let (objects, state) = self.checkpoint_objects()?;
+        let state = state.expect("a single process is rank 0");
+        let epoch = self.step / state.steps_per_epoch;
+        checkpoints.save(self.step, epoch, objects, state)
     }
 
     /// Trains from the current step to the end, checkpointing on schedule (and at the end),
@@ -786,7 +736,8 @@ fn broadcast_from_rank0(vs: &VarStore, group: &Group) -> Result<()> {
             t.shallow_clone().copy_(&root);
         }
     });
-    group
-        .check()
-        .map_err(|message| WorkerError::Collective { step: 0, message })
+    group.check().map_err(|failed| WorkerError::Collective {
+        step: 0,
+        message: failed.to_string(),
+    })
 }

@@ -26,7 +26,7 @@ fn store_with(dir: &Path, steps: &[u64]) -> (String, BlockingRunStore) {
             step / 10,
             1,
             vec![ManifestObject::from_info(&info, 0)],
-            serde_json::json!({}),
+            run_state(),
         );
         store.commit(&manifest).unwrap();
     }
@@ -196,7 +196,7 @@ fn export_never_reads_an_object_that_links_out_of_the_store() {
             1,
             1,
             vec![ManifestObject::from_info(&info, 0)],
-            serde_json::json!({}),
+            run_state(),
         ))
         .unwrap();
     let object = object_path(&dir, 10);
@@ -222,4 +222,16 @@ fn export_never_reads_an_object_that_links_out_of_the_store() {
     let err = fails(&["ckpt", "ls", "--store", &store, "--run", "r"]);
     assert!(err.contains("symbolic link"), "{err}");
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+}
+
+/// A valid run state of a single-process run.
+fn run_state() -> lgaf_store::RunState {
+    lgaf_store::RunState {
+        version: lgaf_store::RUN_STATE_VERSION,
+        data_world_size: 1,
+        steps_per_epoch: 10,
+        loss_scale: 1.0,
+        loss_scale_good_steps: 0,
+        config: serde_json::json!({}),
+    }
 }

@@ -174,3 +174,38 @@ fn a_run_resumes_on_another_world_size_and_skips_a_corrupted_checkpoint() {
         );
     }
 }
+
+/// One checkpoint format for every kind of run: what `lgaf train` commits, a coordinated
+/// run with the same store and run id resumes, here on two ranks (the single process's
+/// classifier re-cut in two, its step mapped to the same place in the epoch).
+#[test]
+fn a_coordinated_run_resumes_what_lgaf_train_committed() {
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    let config = tiny_config(8, 2, 2) + "[eval]\nidentities = 4\npairs = 20\n";
+    let dir = work_dir("coord", "from-train", &config);
+    let store = dir.join("store").display().to_string();
+    let (ok, log) = lgaf(&[
+        "train",
+        "--config",
+        &dir.join("train.toml").display().to_string(),
+        "--checkpoint-dir",
+        &store,
+        "--run-id",
+        "solo",
+        "--max-steps",
+        "4",
+    ]);
+    assert!(ok, "{log}");
+    // 96 images, one process of 8: 12 steps an epoch.
+    assert_eq!(committed_steps(&dir, "solo"), vec![2, 4]);
+
+    // Two ranks: 6 steps an epoch, so step 4 of 12 continues at step 2 of 6.
+    let (ok, losses, log) = coordinate(&dir, "solo", 2, 0);
+    assert!(ok, "{log}");
+    assert!(log.contains("resuming from step 4"), "{log}");
+    assert_eq!(losses.first().expect("progress was reported").0, 3, "{log}");
+    assert_eq!(losses.last().unwrap().0, 12, "{log}");
+    let steps = committed_steps(&dir, "solo");
+    assert_eq!(steps.first(), Some(&2), "{steps:?}");
+    assert_eq!(steps.last(), Some(&12), "{steps:?}");
+}

@@ -21,7 +21,7 @@ use lgaf_model::lgf::Lgf;
 use lgaf_model::margin::CombinedMargin;
 use lgaf_model::partial_fc::{normalize, ClassRange, PartialFc};
 use lgaf_model::{weights, Arch, LgfConfig};
-use lgaf_worker::dist::{DataLayout, EmbeddingExchange, Group, HostCollective};
+use lgaf_worker::data_parallel::{DataLayout, EmbeddingExchange, Group, HostCollective};
 use lgaf_worker::loader::Batch;
 use lgaf_worker::{TrainConfig, Trainer};
 use tch::nn::VarStore;

@@ -16,7 +16,7 @@ use common::processes::{
     alive, bin, coordinator_command, coordinator_url, store_url, tiny_config, wait_exit, work_dir,
     Log,
 };
-use lgaf_worker::distributed::FAILPOINT_ENV;
+use lgaf_worker::coordinated::FAILPOINT_ENV;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

@@ -18,7 +18,7 @@ use lgaf_collective::nccl::{
 use lgaf_data::synth::{SynthConfig, SynthDataset};
 use lgaf_model::collective::Collective;
 use lgaf_model::Arch;
-use lgaf_worker::dist::{Group, NcclCollective};
+use lgaf_worker::data_parallel::{Group, NcclCollective};
 use lgaf_worker::loader::Batch;
 use lgaf_worker::{TrainConfig, Trainer};
 use tch::{Device, Kind, Tensor};
@@ -120,7 +120,7 @@ fn child_failure() {
     let on_gpu = NcclCollective::on_cuda(communicator());
     let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
     assert_same(&on_gpu.all_reduce_sum(&t), &t);
-    let message = on_gpu.check().unwrap_err();
+    let message = on_gpu.check().unwrap_err().to_string();
     assert!(
         message.contains("a tensor on Cpu; this NCCL communicator works on Cuda(0)"),
         "{message}"
@@ -133,7 +133,7 @@ fn child_failure() {
     let gathered = group.all_gather(&t.view([3, 1]));
     assert_eq!(gathered.size(), [3, 1]);
     controls.set("async_error", 0);
-    let message = group.check().unwrap_err();
+    let message = group.check().unwrap_err().to_string();
     assert!(
         message.contains("all_gather") && message.contains("remote process exited"),
         "{message}"

@@ -31,7 +31,7 @@ fn small_config(dir: PathBuf) -> TrainConfig {
     cfg.train.progress = false;
     cfg.optim.lr_steps = vec![];
     cfg.optim.warmup_epochs = 0.5;
-    cfg.checkpoint.dir = dir;
+    cfg.checkpoint.dir = dir.display().to_string();
     cfg.checkpoint.every_steps = 0;
     cfg.eval.identities = 40;
     cfg.eval.pairs = 300;
@@ -74,8 +74,9 @@ fn a_short_cpu_run_learns_and_verifies_held_out_identities() {
         "training did not help: {before:?} -> {after:?}"
     );
     // The run ends with a committed checkpoint of its last step.
-    let store = lgaf_worker::checkpoint::CheckpointStore::new(&dir, 3);
-    assert_eq!(store.committed().unwrap().last().unwrap().0, 100);
+    let url = dir.display().to_string();
+    let store = lgaf_store::BlockingRunStore::from_existing_url(&url, "default").unwrap();
+    assert_eq!(store.committed().unwrap().last().unwrap().step, 100);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -89,7 +90,7 @@ fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_losses() {
     assert_eq!(straight.len(), 12);
 
     let resumed_dir = temp_dir("resumed");
-    cfg.checkpoint.dir = resumed_dir.clone();
+    cfg.checkpoint.dir = resumed_dir.display().to_string();
     cfg.train.max_steps = 7;
     let head = losses(&mut Trainer::new(cfg.clone()).unwrap());
     cfg.train.max_steps = 12;

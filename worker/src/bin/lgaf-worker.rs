@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use lgaf_proto::auth::JobToken;
 use lgaf_proto::console::eprint_line;
-use lgaf_worker::distributed::{self, WorkerArgs};
+use lgaf_worker::coordinated::{self, WorkerArgs};
 
 #[derive(Parser)]
 #[command(version, about = "One rank of a coordinated LGAF training run")]
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         token,
         tls_ca: cli.tls_ca,
     };
-    match distributed::run(args) {
+    match coordinated::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprint_line(format!("lgaf-worker: {e}"));

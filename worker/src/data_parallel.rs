@@ -26,10 +26,16 @@ pub const BUCKET_BYTES: usize = 25 * 1024 * 1024;
 #[derive(Default)]
 struct FailureSlot(Mutex<Option<CollectiveError>>);
 
+/// The first transport failure of a collective group (a dead, hung or disagreeing peer), as
+/// [`Group::check`] reports it: the group stays failed and the rank leaves the generation.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GroupFailed(String);
+
 impl FailureSlot {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), GroupFailed> {
         match &*self.0.lock().expect("failure slot") {
-            Some(e) => Err(e.to_string()),
+            Some(e) => Err(GroupFailed(e.to_string())),
             None => Ok(()),
         }
     }
@@ -87,7 +93,7 @@ impl HostCollective {
 
     /// The first failure since the group was built, if any. The group stays failed: the
     /// worker must leave the generation.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), GroupFailed> {
         self.failure.check()
     }
 
@@ -222,7 +228,7 @@ impl NcclCollective {
     }
 
     /// The first failure since the group was built, if any (see [`HostCollective::check`]).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), GroupFailed> {
         self.failure.check()
     }
 
@@ -401,7 +407,7 @@ impl Group {
     }
 
     /// Err with the first transport failure, if any.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), GroupFailed> {
         match self {
             Self::Single => Ok(()),
             Self::Host(h) => h.check(),

@@ -1,0 +1,140 @@
+//! A rank's checkpoints in a coordinated run: its parts handed to the background uploader
+//! (the step waits only for the hand-over), then acknowledged to the coordinator, which
+//! commits the checkpoint once every rank has; and resuming from a committed one.
+
+use std::collections::BTreeSet;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use lgaf_proto::v1::{self, CheckpointObject};
+use lgaf_proto::API_VERSION;
+use lgaf_store::{BackgroundUploader, BlockingRunStore, UploadTicket};
+use tracing::{info, warn};
+
+use super::{Result, RunError};
+use crate::coordinator_client::Client;
+use crate::trainer::Trainer;
+
+/// The thread that acknowledges one checkpoint once its uploads are done.
+pub(super) type AckThread = JoinHandle<Result<()>>;
+
+/// Fault injection for the fault tests (`worker/tests/faults.rs`): with `LGAF_FAILPOINT` set to
+/// `stall-upload@S`, this worker uploads the first object of its checkpoint at step S and
+/// then stops (training thread included, heartbeats not), never acknowledging it: what a
+/// process killed in the middle of its upload leaves in the store.
+pub const FAILPOINT_ENV: &str = "LGAF_FAILPOINT";
+
+fn stall_upload_at() -> Option<u64> {
+    std::env::var(FAILPOINT_ENV)
+        .ok()?
+        .strip_prefix("stall-upload@")?
+        .parse()
+        .ok()
+}
+
+/// Serialises this rank's checkpoint parts, hands them to the background uploader (the
+/// step waits only for that hand-over) and returns a thread that acknowledges them once
+/// uploaded, and once `earlier` (the thread of the checkpoint before) has.
+pub(super) fn save(
+    trainer: &Trainer,
+    uploader: &BackgroundUploader,
+    client: &Client,
+    worker_id: &str,
+    joined: &v1::JoinReply,
+    earlier: Option<AckThread>,
+) -> Result<AckThread> {
+    let step = trainer.steps_done();
+    let started = Instant::now();
+    let (objects, state) = trainer.checkpoint_objects()?;
+    if stall_upload_at() == Some(step) {
+        let (key, bytes) = objects
+            .into_iter()
+            .next()
+            .expect("a rank writes at least one object");
+        let uploaded = uploader.submit(step, &key, Bytes::from(bytes)).wait();
+        warn!(
+            step,
+            key,
+            ok = uploaded.is_ok(),
+            "{FAILPOINT_ENV}: the upload of the checkpoint at step {step} stops here"
+        );
+        loop {
+            std::thread::park();
+        }
+    }
+    let tickets: Vec<UploadTicket> = objects
+        .into_iter()
+        .map(|(key, bytes)| uploader.submit(step, &key, Bytes::from(bytes)))
+        .collect();
+    info!(
+        step,
+        stall_ms = started.elapsed().as_millis() as u64,
+        "checkpoint handed to the uploader"
+    );
+    let worker_id = worker_id.to_string();
+    let generation = joined.generation;
+    let epoch = step / joined.steps_per_epoch.max(1);
+    let client = client.clone_handle();
+    Ok(std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for ticket in tickets {
+            let info = ticket.wait()?;
+            acked.push(CheckpointObject {
+                key: info.key,
+                size: info.size,
+                sha256: info.sha256,
+            });
+        }
+        // Acks go in step order: a later one overtaking an earlier (either may be waiting
+        // out refusals for rate) would commit first, and the earlier would then be refused
+        // as older than the last commit.
+        if let Some(earlier) = earlier {
+            joined_ack(earlier)?;
+        }
+        let ack = v1::CheckpointAckRequest {
+            api_version: API_VERSION,
+            worker_id,
+            generation,
+            step,
+            epoch,
+            objects: acked,
+            state_json: state
+                .map(|s| serde_json::to_string(&s).expect("a run state serialises"))
+                .unwrap_or_default(),
+        };
+        let reply = client.call("CheckpointAck", ack, |mut c, r| async move {
+            c.checkpoint_ack(r).await
+        })?;
+        if reply.committed {
+            info!(step, "checkpoint committed");
+        }
+        Ok(())
+    }))
+}
+
+/// The outcome of an ack thread.
+pub(super) fn joined_ack(handle: AckThread) -> Result<()> {
+    handle
+        .join()
+        .map_err(|_| RunError::Other("a checkpoint thread panicked".into()))?
+}
+
+/// Loads the committed checkpoint at `step`: only the objects this rank needs, each
+/// verified against the manifest's checksum.
+pub(super) fn resume(
+    trainer: &mut Trainer,
+    store: &BlockingRunStore,
+    step: u64,
+    num_classes: u64,
+) -> Result<()> {
+    let manifest = store.manifest(step)?;
+    let wanted: BTreeSet<String> = trainer
+        .objects_to_resume(i64::from(manifest.world_size), num_classes as i64)
+        .into_iter()
+        .collect();
+    let loaded = store.load_with(step, |object| wanted.contains(&object.key))?;
+    let source = format!("{}@{step}", store.run().run_id());
+    trainer.restore_from_objects(&source, &loaded.manifest, &loaded.objects)?;
+    Ok(())
+}

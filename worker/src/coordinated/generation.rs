@@ -1,0 +1,231 @@
+//! One generation of a rank: join, form the collective group, build the trainer on this
+//! rank's shards, resume from the checkpoint the coordinator names, and train to the end
+//! ([`super::epochs`]).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lgaf_collective::nccl::{NcclCommunicator, NcclUniqueId};
+use lgaf_collective::tcp::{TcpGroup, TcpOptions};
+use lgaf_proto::v1::{self, CollectiveBackend, TrainingFacts};
+use lgaf_proto::API_VERSION;
+use lgaf_store::BlockingRunStore;
+use tracing::info;
+
+use super::heartbeat::Heartbeat;
+use super::{checkpoint, epochs, Membership, Result, RunError, WorkerArgs};
+use crate::config::TrainConfig;
+use crate::coordinator_client::Client;
+use crate::data_parallel::{Group, HostCollective, NcclCollective};
+use crate::device::parse_device;
+use crate::loader::open_source;
+use crate::trainer::Trainer;
+
+/// Joins the next generation and trains in it to the end; returns the steps completed.
+/// `member.generation` is the generation left (0 at first) and becomes the one joined.
+pub(super) fn train(
+    args: &WorkerArgs,
+    client: &Client,
+    member: &mut Membership,
+    listener: TcpListener,
+) -> Result<u64> {
+    let registered = &member.registered;
+    let mut cfg = TrainConfig::from_toml_str(&registered.config_toml)?;
+    cfg.train.device = args.device.clone();
+    cfg.train.progress = false;
+    let facts = facts(&cfg)?;
+    let joined = join(client, registered, facts, member.generation)?;
+    member.generation = joined.generation;
+    let registered = &member.registered;
+
+    // From here on the coordinator hears from this rank even while it forms the group,
+    // builds the model or downloads a checkpoint, and this rank notices a vanished
+    // coordinator.
+    let heartbeat = Heartbeat::start(
+        client.clone_handle(),
+        registered.worker_id.clone(),
+        joined.generation,
+        Duration::from_millis(u64::from(registered.heartbeat_interval_ms).max(100)),
+        Duration::from_millis(u64::from(registered.heartbeat_deadline_ms).max(1000)),
+    );
+    let group = form_group(args, client, registered, &joined, listener, &heartbeat)?;
+    let data_world_size = joined.data_shard_count();
+    let mut trainer = Trainer::with_data_shards(cfg, group, data_world_size)?;
+    if trainer.steps_per_epoch() != joined.steps_per_epoch {
+        return Err(RunError::Other(format!(
+            "steps per epoch: the coordinator computed {}, this worker's sampler {}",
+            joined.steps_per_epoch,
+            trainer.steps_per_epoch()
+        )));
+    }
+    let store = BlockingRunStore::from_url(&registered.store_url, &registered.run_id)?;
+    if joined.resume_step > 0 {
+        checkpoint::resume(&mut trainer, &store, joined.resume_step, facts.num_classes)?;
+    }
+    epochs::train(&mut trainer, client, registered, &joined, &store, heartbeat)
+}
+
+/// What the coordinator checks every worker agrees on before it forms a generation.
+fn facts(cfg: &TrainConfig) -> Result<TrainingFacts> {
+    let source = open_source(&cfg.data).map_err(crate::WorkerError::from)?;
+    Ok(TrainingFacts {
+        num_samples: source.len() as u64,
+        num_classes: source.num_classes() as u64,
+        batch_size: cfg.data.batch_size as u64,
+        epochs: cfg.train.epochs as u64,
+        max_steps: cfg.train.max_steps,
+        checkpoint_every_steps: cfg.checkpoint.every_steps,
+        keep_last: cfg.checkpoint.keep_last as u64,
+        seed: cfg.train.seed,
+    })
+}
+
+/// Joins the generation after `left_generation`. A Join waits (on the coordinator) until
+/// this worker's generation forms: for the rest of the job's workers, the end of an elastic
+/// grace period, or the next checkpoint of a smaller generation this worker is to grow.
+/// Each call waits at most the coordinator's long-poll limit and then says what it waits
+/// for; call again.
+fn join(
+    client: &Client,
+    registered: &v1::RegisterReply,
+    facts: TrainingFacts,
+    left_generation: u64,
+) -> Result<v1::JoinReply> {
+    let join = v1::JoinRequest {
+        api_version: API_VERSION,
+        worker_id: registered.worker_id.clone(),
+        facts: Some(facts),
+        left_generation,
+    };
+    let joined = loop {
+        let reply = client
+            .rt
+            .block_on(client.send(
+                "Join",
+                join.clone(),
+                |mut c, r| async move { c.join(r).await },
+            ));
+        match reply {
+            Ok(reply) => break reply,
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                info!(
+                    waiting_for = status.message(),
+                    "no generation yet; joining again"
+                );
+            }
+            Err(status) => return Err(client.failed("Join", status).into()),
+        }
+    };
+    let data_world_size = joined.data_shard_count();
+    info!(
+        generation = joined.generation,
+        rank = joined.rank,
+        world_size = joined.world_size,
+        data_shards = ?lgaf_proto::data_shards(joined.rank, joined.world_size, data_world_size),
+        total_steps = joined.total_steps,
+        resume_step = joined.resume_step,
+        "joined"
+    );
+    Ok(joined)
+}
+
+/// The generation's collective group on the backend the coordinator chose, aborted by the
+/// heartbeat once the generation is over (so a collective waiting on a dead peer returns).
+fn form_group(
+    args: &WorkerArgs,
+    client: &Client,
+    registered: &v1::RegisterReply,
+    joined: &v1::JoinReply,
+    listener: TcpListener,
+    heartbeat: &Heartbeat,
+) -> Result<Group> {
+    let timeout = Duration::from_millis(u64::from(joined.collective_timeout_ms).max(1000));
+    match joined.backend() {
+        CollectiveBackend::Cpu => {
+            let group = TcpGroup::connect(
+                joined.rank as usize,
+                &joined.peers,
+                listener,
+                TcpOptions {
+                    op_timeout: timeout,
+                    connect_timeout: Duration::from_secs(60),
+                    group_tag: joined.generation,
+                },
+            )?;
+            let abort = group
+                .abort_handle()
+                .map_err(|e| RunError::Other(format!("collective group: {e}")))?;
+            heartbeat.on_stop(Box::new(move || abort.abort()));
+            Ok(Group::Host(Arc::new(HostCollective::new(Arc::new(group)))))
+        }
+        CollectiveBackend::Nccl => {
+            drop(listener);
+            let device = parse_device(&args.device)?;
+            let nccl = nccl_group(client, registered, joined, device, timeout)?;
+            let abort = nccl.abort_handle();
+            heartbeat.on_stop(Box::new(move || {
+                abort.abort("the coordinator ended the generation")
+            }));
+            Ok(Group::Nccl(Arc::new(nccl)))
+        }
+        other => Err(RunError::Other(format!(
+            "the coordinator named collective backend {other:?}, which this worker does not \
+             know"
+        ))),
+    }
+}
+
+/// Forms the generation's NCCL communicator on `device`: rank 0 makes the unique id (in this
+/// process, which must stay alive while the others connect to it) and publishes it through
+/// the coordinator; the other ranks wait for it there.
+fn nccl_group(
+    client: &Client,
+    registered: &v1::RegisterReply,
+    joined: &v1::JoinReply,
+    device: tch::Device,
+    timeout: Duration,
+) -> Result<NcclCollective> {
+    let tch::Device::Cuda(index) = device else {
+        return Err(RunError::Other(format!(
+            "the coordinator chose NCCL for this generation, but this worker trains on {device:?}"
+        )));
+    };
+    let id = if joined.rank == 0 {
+        let id = NcclUniqueId::new()?;
+        let publish = v1::PublishNcclIdRequest {
+            api_version: API_VERSION,
+            worker_id: registered.worker_id.clone(),
+            generation: joined.generation,
+            nccl_id: id.to_bytes(),
+        };
+        client.call("PublishNcclId", publish, |mut c, r| async move {
+            c.publish_nccl_id(r).await
+        })?;
+        id
+    } else {
+        let get = v1::GetNcclIdRequest {
+            api_version: API_VERSION,
+            worker_id: registered.worker_id.clone(),
+            generation: joined.generation,
+        };
+        let reply = client.call("GetNcclId", get, |mut c, r| async move {
+            c.get_nccl_id(r).await
+        })?;
+        NcclUniqueId::from_bytes(&reply.nccl_id)?
+    };
+    let comm = NcclCommunicator::new(
+        &id,
+        joined.rank as usize,
+        joined.world_size as usize,
+        index,
+        timeout,
+    )?;
+    info!(
+        rank = joined.rank,
+        world_size = joined.world_size,
+        device = index,
+        "NCCL communicator formed"
+    );
+    Ok(NcclCollective::on_cuda(comm))
+}

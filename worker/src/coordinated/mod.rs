@@ -1,0 +1,240 @@
+//! One rank of a coordinated run (`lgaf-worker`): its life cycle under the coordinator.
+//!
+//! [`run`] registers, then takes part in one generation after another until the job is
+//! over for it, then says Finish. A generation ([`generation::train`]) is: join (the
+//! coordinator answers with a rank, a world size and the checkpoint to resume), form the
+//! collective group, resume, and train epoch by epoch ([`epochs`]) while the heartbeat
+//! thread ([`heartbeat`]) keeps the coordinator informed and watches it; checkpoint parts
+//! are uploaded in the background and acknowledged in step order ([`checkpoint`]). When a
+//! generation ends under the rank (a peer lost, the group failed), it joins the next, which
+//! resumes from the last committed checkpoint.
+//!
+//! The trainer is synchronous; gRPC calls block on a small tokio runtime held by the
+//! [`Client`]. What one generation needs to know of the others (the generation left, for
+//! the next Join and for Finish) is passed explicitly in [`Membership`].
+
+mod checkpoint;
+mod epochs;
+mod generation;
+mod heartbeat;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lgaf_proto::auth::JobToken;
+use lgaf_proto::v1;
+use lgaf_proto::API_VERSION;
+use tracing::{info, warn};
+
+use crate::coordinator_client::{bounded, Client, ClientError};
+
+pub use checkpoint::FAILPOINT_ENV;
+
+/// How a worker was started.
+#[derive(Clone, Debug)]
+pub struct WorkerArgs {
+    /// The coordinator's URL, e.g. `http://127.0.0.1:50051`.
+    pub coordinator: String,
+    /// The slot a spawning coordinator gave this worker.
+    pub slot: Option<u32>,
+    /// `cpu` or `cuda:N`; overrides the config's `train.device`.
+    pub device: String,
+    /// Where the CPU collective listens (port 0: any free port).
+    pub collective_bind: String,
+    /// The host peers reach this worker's listener at (default: the bind address's).
+    pub collective_host: Option<String>,
+    /// The job's token, presented on every call.
+    pub token: Option<JobToken>,
+    /// The CA certificate (PEM) to verify an `https://` coordinator with.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Coordinator(ClientError),
+    #[error(transparent)]
+    Worker(#[from] crate::WorkerError),
+    #[error("checkpoint store: {0}")]
+    Store(Box<lgaf_store::StoreError>),
+    #[error("collective group: {0}")]
+    Collective(#[from] lgaf_collective::CollectiveError),
+    /// The coordinator ended this rank's generation (a peer was lost): join the next.
+    #[error("the generation ended: {0}")]
+    GenerationOver(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+type Result<T, E = RunError> = std::result::Result<T, E>;
+
+impl From<ClientError> for RunError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            // StaleGeneration: the generation ended under this call.
+            ClientError::Call { call, status, .. } if status.code() == tonic::Code::Aborted => {
+                RunError::GenerationOver(format!("{call}: {}", status.message()))
+            }
+            e => RunError::Coordinator(e),
+        }
+    }
+}
+
+impl From<lgaf_store::StoreError> for RunError {
+    fn from(e: lgaf_store::StoreError) -> Self {
+        RunError::Store(Box::new(e))
+    }
+}
+
+impl RunError {
+    /// The generation failed under this rank (a peer died or hung, the coordinator ended
+    /// it), not the rank itself: it may join the next generation.
+    fn ends_generation_only(&self) -> bool {
+        matches!(
+            self,
+            RunError::GenerationOver(_)
+                | RunError::Collective(_)
+                | RunError::Worker(crate::WorkerError::Collective { .. })
+        )
+    }
+}
+
+/// This worker as the coordinator knows it, across generations.
+struct Membership {
+    /// What Register answered: the worker id, the run, the config, the heartbeat cadence.
+    registered: v1::RegisterReply,
+    /// The generation this worker is in, or last was (0 before the first Join): the next
+    /// Join names it as the one left, and Finish reports it.
+    generation: u64,
+}
+
+/// Runs this worker until the job finishes (Ok) or fails (Err, also reported to the
+/// coordinator when it can be).
+pub fn run(args: WorkerArgs) -> Result<()> {
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| RunError::Other(format!("cannot start the gRPC runtime: {e}")))?,
+    );
+    let client = Client::connect(
+        &args.coordinator,
+        args.token.clone(),
+        args.tls_ca.as_deref(),
+        rt.clone(),
+    )?;
+    let listener = TcpListener::bind(&args.collective_bind).map_err(|e| {
+        RunError::Other(format!(
+            "cannot listen on {} for peers: {e}",
+            args.collective_bind
+        ))
+    })?;
+    let mut member = Membership {
+        registered: register(&args, &client, &listener)?,
+        generation: 0,
+    };
+
+    // One generation after another until the job is over for this worker.
+    let outcome = loop {
+        let listener = match listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => break Err(RunError::Other(format!("collective listener: {e}"))),
+        };
+        match generation::train(&args, &client, &mut member, listener) {
+            Err(e) if e.ends_generation_only() => {
+                warn!(generation = member.generation, error = %e, "left the generation; joining the next");
+            }
+            other => break other,
+        }
+    };
+    finish(&client, &member, &outcome);
+    outcome.map(|_| ())
+}
+
+/// Registers this worker: its host, device and the address its peers reach it at.
+fn register(
+    args: &WorkerArgs,
+    client: &Client,
+    listener: &TcpListener,
+) -> Result<v1::RegisterReply> {
+    let local = listener
+        .local_addr()
+        .expect("bound listener has an address");
+    let host = args
+        .collective_host
+        .clone()
+        .unwrap_or_else(|| local.ip().to_string());
+    let register = v1::RegisterRequest {
+        api_version: API_VERSION,
+        job_id: String::new(),
+        host: hostname(),
+        pid: std::process::id(),
+        device: args.device.clone(),
+        collective_addr: format!("{host}:{}", local.port()),
+        slot: args.slot,
+    };
+    let registered = client.call("Register", register, |mut c, r| async move {
+        c.register(r).await
+    })?;
+    info!(
+        worker_id = registered.worker_id,
+        run_id = registered.run_id,
+        store = registered.store_url,
+        "registered"
+    );
+    Ok(registered)
+}
+
+/// The last word to the coordinator: the steps done, or why this worker failed. Bounded:
+/// an unreachable coordinator does not keep the worker from exiting.
+fn finish(client: &Client, member: &Membership, outcome: &Result<u64>) {
+    let (step, error) = match outcome {
+        Ok(step) => (*step, String::new()),
+        Err(e) => (0, e.to_string()),
+    };
+    let finish = v1::FinishRequest {
+        api_version: API_VERSION,
+        worker_id: member.registered.worker_id.clone(),
+        generation: member.generation,
+        step,
+        error,
+    };
+    let sent = client.rt.block_on(bounded(
+        "Finish",
+        Duration::from_secs(10),
+        client.send(
+            "Finish",
+            finish,
+            |mut c, r| async move { c.finish(r).await },
+        ),
+    ));
+    if let Err(status) = sent {
+        warn!(error = %status.message(), "Finish was not accepted");
+    }
+}
+
+/// This machine's name as the coordinator accepts it (`lgaf_proto::is_host_name_char`):
+/// any other character becomes `-`.
+fn hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .take(lgaf_proto::MAX_HOST_NAME)
+        .map(|c| {
+            if lgaf_proto::is_host_name_char(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "unknown".into()
+    } else {
+        name
+    }
+}
