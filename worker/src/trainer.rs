@@ -96,16 +96,18 @@ fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
 
 impl Trainer {
     /// Builds the model and head for one process, and resumes from the newest verified
-    /// checkpoint in `checkpoint.dir` if there is one (an error if there are checkpoints
-    /// and none verifies).
+    /// checkpoint of run `checkpoint.run_id` in the store `checkpoint.dir` if there is one
+    /// (an error if there are checkpoints and none verifies).
     pub fn new(cfg: TrainConfig) -> Result<Self> {
         Self::start(cfg, StartFrom::Latest)
     }
 
     /// [`Trainer::new`], starting where `from` says.
     pub fn start(cfg: TrainConfig, from: StartFrom) -> Result<Self> {
-        let checkpoints = LocalCheckpoints::open(&cfg.checkpoint)?;
+        // The config is checked (by `with_group`) before the store is opened, which may
+        // create its directory.
         let mut trainer = Self::with_group(cfg, Group::Single)?;
+        let checkpoints = LocalCheckpoints::open(&trainer.cfg.checkpoint)?;
         if let Some(loaded) = checkpoints.start(from)? {
             let source = checkpoints.describe();
             trainer.restore_from_objects(&source, &loaded.manifest, &loaded.objects)?;

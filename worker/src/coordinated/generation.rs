@@ -46,6 +46,7 @@ pub(super) fn train(
         client.clone_handle(),
         registered.worker_id.clone(),
         joined.generation,
+        joined.resume_step,
         Duration::from_millis(u64::from(registered.heartbeat_interval_ms).max(100)),
         Duration::from_millis(u64::from(registered.heartbeat_deadline_ms).max(1000)),
     );

@@ -34,11 +34,12 @@ impl Heartbeat {
         client: Client,
         worker_id: String,
         generation: u64,
+        first_step: u64,
         interval: Duration,
         deadline: Duration,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let step = Arc::new(AtomicU64::new(0));
+        let step = Arc::new(AtomicU64::new(first_step));
         let reason = Arc::new(Mutex::new(None));
         let abort = AbortHook::default();
         let thread = {
@@ -67,7 +68,8 @@ impl Heartbeat {
         }
     }
 
-    /// Records `step` as the last completed one, for the next heartbeat.
+    /// Records `step` as the last completed one, for the next heartbeat (until the first,
+    /// the step the generation resumes from).
     pub(super) fn record_step(&self, step: u64) {
         self.step.store(step, Ordering::SeqCst);
     }
