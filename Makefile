@@ -6,12 +6,12 @@ VENV := $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 # The stamp names the exact pins, so changing a pin reinstalls.
 VENV_STAMP := $(VENV)/.installed-torch-2.11.0-v1
-# MXNet 1.9.1 for the RecordIO compatibility tests only (lgaf-data/tests/mxnet_compat.rs);
+# MXNet 1.9.1 for the RecordIO compatibility tests only (crates/data/tests/mxnet_compat.rs);
 # it needs numpy < 1.24, so it cannot share the torch venv.
 MXNET_VENV := $(CURDIR)/.venv-mxnet
 MXNET_PYTHON := $(MXNET_VENV)/bin/python
 MXNET_VENV_STAMP := $(MXNET_VENV)/.installed-mxnet-1.9.1-numpy-1.23.5-v1
-# moto's S3 server for the object-store tests only (store/tests/s3.rs); its own venv so its
+# moto's S3 server for the object-store tests only (crates/store/tests/s3.rs); its own venv so its
 # Flask/boto pins never meet the torch or MXNet ones.
 MOTO_VERSION := 5.2.5
 S3_VENV := $(CURDIR)/.venv-s3
@@ -22,7 +22,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 # The compatibility tests run MXNet through this interpreter.
 export LGAF_MXNET_PYTHON := $(MXNET_PYTHON)
-# The object-store tests start this S3 server (store/tests/s3.rs).
+# The object-store tests start this S3 server (crates/store/tests/s3.rs).
 export LGAF_MOTO_SERVER := $(S3_VENV)/bin/moto_server
 CARGO ?= cargo
 

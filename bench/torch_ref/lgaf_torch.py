@@ -2,7 +2,7 @@
 
 Every parameter and buffer has the same name, shape and dtype as in `lgaf-model`, and every
 forward pass computes the same maths in the same order, so a state dict moves between the
-two unchanged (``lgaf-model/tests/torch_parity.rs`` checks forward outputs, LGF buffers,
+two unchanged (``crates/model/tests/torch_parity.rs`` checks forward outputs, LGF buffers,
 loss and gradients against this file). It is also the PyTorch side of the GPU step
 benchmark, so it has no special cases for ``channels_last`` or ``torch.autocast``: the
 heads that the Rust model keeps in fp32 (GFE ``fc``, MHMS ``proj``, LGF, the classifier)

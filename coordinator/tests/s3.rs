@@ -1,11 +1,11 @@
 //! The coordinator on a real S3 server: moto's `moto_server`, started on a free port, as
-//! lgaf-store's own S3 tests do (store/tests/s3.rs).
+//! lgaf-store's own S3 tests do (crates/store/tests/s3.rs).
 //!
 //! `make test` passes moto's `moto_server` in `LGAF_MOTO_SERVER`; plain `cargo test` falls
 //! back to the workspace's `.venv-s3`; with neither, the test prints that it was skipped.
 
 mod common;
-#[path = "../../store/tests/support/moto.rs"]
+#[path = "../../crates/store/tests/support/moto.rs"]
 mod moto;
 
 use std::process::Command;

@@ -1,4 +1,4 @@
-include!("../build-support/link_libtorch.rs");
+include!("../../build-support/link_libtorch.rs");
 
 fn main() {
     link_libtorch();

@@ -2,7 +2,7 @@
 
 Usage: python read_pack.py PATH.rec   (the index is PATH.idx)
 
-lgaf-data/tests/mxnet_compat.rs runs this on a pack written by lgaf-data and
+crates/data/tests/mxnet_compat.rs runs this on a pack written by lgaf-data and
 compares the output with what it wrote.
 """
 

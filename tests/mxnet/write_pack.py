@@ -7,7 +7,7 @@ Layout: record 0 has labels (N+1, N+1+K); images are keys 1..N; identity
 records are keys N+1..N+K with labels [start, end) of their image keys. The
 records are written out of key order (header, images in reverse, identities)
 and several image payloads contain the RecordIO magic, so that MXNet splits
-them into several frames. lgaf-data/tests/mxnet_compat.rs reads the pack with
+them into several frames. crates/data/tests/mxnet_compat.rs reads the pack with
 lgaf-data and compares it with the manifest.
 """
 

@@ -15,10 +15,7 @@ use sha2::{Digest, Sha256};
 const M: [u8; 4] = MAGIC.to_le_bytes();
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("lgaf-data lives inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// `LGAF_MXNET_PYTHON`, or the workspace's `.venv-mxnet` when run by plain

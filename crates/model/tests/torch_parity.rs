@@ -46,13 +46,13 @@ impl Drop for TempDir {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The project virtualenv's python. Its absence is a failure, not a skip: parity is a test
 /// of record, and `make test` creates the virtualenv.
 fn python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
     assert!(
         python.exists(),
         "the PyTorch parity tests need the project virtualenv, but {} does not exist: \

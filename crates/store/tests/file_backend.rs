@@ -95,6 +95,12 @@ async fn verify_and_download_stream() {
 }
 
 #[tokio::test]
+async fn a_checkpoint_set_aside_is_kept_out_of_the_way() {
+    let dir = TempDir::new("set-aside");
+    set_aside(&run_in(&dir, "run-a")).await;
+}
+
+#[tokio::test]
 async fn prune_keeps_the_last_k() {
     let dir = TempDir::new("prune");
     let run = run_in(&dir, "run-a");

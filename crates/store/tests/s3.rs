@@ -60,6 +60,7 @@ fn s3_against_moto_server() {
         corruption_fallback(&run("corrupt"), Damage::Api).await;
         truncated_manifest(&run("manifest")).await;
         prune_keeps_last(&run("prune")).await;
+        set_aside(&run("aside")).await;
         job_state(&run("job")).await;
         lease(&run("lease")).await;
         let out = std::env::temp_dir().join(format!("lgaf-s3-{}-out", std::process::id()));

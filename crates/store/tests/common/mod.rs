@@ -387,6 +387,48 @@ pub async fn prune_keeps_last(run: &RunStore) {
     assert_eq!(run.prune(2).await.unwrap(), Default::default());
 }
 
+/// A checkpoint set aside leaves the checkpoint folders whole (manifest first, so it is
+/// never half committed), keeps every object byte for byte under `unverified/`, and a later
+/// commit of the same step neither sees nor touches it.
+pub async fn set_aside(run: &RunStore) {
+    commit_step(run, 10, 2, 100).await;
+    let second = commit_step(run, 20, 2, 100).await;
+    let aside = run.set_aside(20, 1_700_000_000).await.unwrap();
+    assert_eq!(
+        aside,
+        format!("runs/{}/unverified/000000000020-1700000000", run.run_id())
+    );
+    let steps: Vec<u64> = run
+        .committed()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.step)
+        .collect();
+    assert_eq!(steps, vec![10]);
+    let kept = run.store().list(&aside).await.unwrap();
+    let keys: Vec<&str> = kept.iter().map(|l| &l.key[aside.len() + 1..]).collect();
+    assert_eq!(keys, [MANIFEST, &shard_key(0), &shard_key(1)]);
+    for object in &second.objects {
+        let bytes = run
+            .store()
+            .get(&format!("{aside}/{}", object.key))
+            .await
+            .unwrap();
+        assert_eq!(sha256_hex(&bytes), object.sha256, "{}", object.key);
+    }
+    assert!(run
+        .store()
+        .list(&run.step_prefix(20))
+        .await
+        .unwrap()
+        .is_empty());
+    // Saving step 20 again is a new checkpoint beside the one set aside.
+    commit_step(run, 20, 2, 50).await;
+    assert_eq!(run.load_latest().await.unwrap().unwrap().manifest.step, 20);
+    assert_eq!(run.store().list(&aside).await.unwrap().len(), 3);
+}
+
 pub async fn job_state(run: &RunStore) {
     assert!(run.get_job_state().await.unwrap().is_none());
     let state = Bytes::from_static(br#"{"generation":3,"world_size":4}"#);

@@ -22,8 +22,11 @@ pub fn moto_server() -> Option<PathBuf> {
         );
         return Some(path);
     }
-    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-s3/bin/moto_server");
-    fallback.is_file().then_some(fallback)
+    // The workspace's `.venv-s3`, from whichever crate includes this file.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join(".venv-s3/bin/moto_server"))
+        .find(|candidate| candidate.is_file())
 }
 
 /// A running moto_server, killed when dropped (also when a test panics).
