@@ -17,6 +17,9 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::job::{CommitError, CommitRequest, Effect, Job, JobError, JobPhase, Millis};
+
+/// What a commit came to: the manifest's key, or why it was not written.
+type CommitOutcome = Result<String, CommitError>;
 use crate::rate::{Gate, PeerRateLimit};
 use crate::store::{CheckpointCommitter, JobStatePersistence, StoreError};
 
@@ -225,7 +228,7 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
     async fn call_with_commits<T>(
         &self,
         f: impl FnOnce(&mut Job, Millis) -> Result<T, JobError>,
-    ) -> Result<(T, Vec<(u64, Result<String, String>)>), Status> {
+    ) -> Result<(T, Vec<(u64, CommitOutcome)>), Status> {
         let (result, effects) = {
             let mut job = self.lock();
             let r = f(&mut job, now_ms());
@@ -299,7 +302,7 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
     }
 
     /// Carries out effects in order; returns the commits made, by step.
-    async fn run_effects(&self, effects: Vec<Effect>) -> Vec<(u64, Result<String, String>)> {
+    async fn run_effects(&self, effects: Vec<Effect>) -> Vec<(u64, CommitOutcome)> {
         let mut commits = Vec::new();
         let mut persist = false;
         for effect in effects {
@@ -311,7 +314,7 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
                     let this = self.clone();
                     let outcome = match tokio::spawn(async move { this.commit(c).await }).await {
                         Ok(outcome) => outcome,
-                        Err(e) => Err(format!("the commit task failed: {e}")),
+                        Err(e) => Err(CommitError(format!("the commit task failed: {e}"))),
                     };
                     commits.push((step, outcome));
                 }
@@ -344,20 +347,20 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
     }
 
     /// Writes one manifest and records the outcome in the job.
-    async fn commit(&self, c: CommitRequest) -> Result<String, String> {
+    async fn commit(&self, c: CommitRequest) -> CommitOutcome {
         let step = c.step;
         let outcome = self
             .shared
             .committer
             .commit(c)
             .await
-            .map_err(|e| e.to_string());
+            .map_err(|e| CommitError(e.to_string()));
         if let Err(e) = &outcome {
             error!("checkpoint at step {step}: the commit failed: {e}");
         }
         let effects = {
             let mut job = self.lock();
-            job.commit_done(step, outcome.clone().map_err(CommitError), now_ms());
+            job.commit_done(step, outcome.clone(), now_ms());
             job.take_effects()
         };
         if !effects.is_empty() {

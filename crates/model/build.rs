@@ -1,3 +1,5 @@
+//! Links libtorch for the model crate's tests (see `build-support/`).
+
 include!("../../build-support/link_libtorch.rs");
 
 fn main() {

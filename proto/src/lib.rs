@@ -127,6 +127,25 @@ pub fn is_host_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')
 }
 
+/// This machine's name (the kernel's), as both processes report it: any character that
+/// [`is_host_name_char`] refuses becomes `-`, at most [`MAX_HOST_NAME`] characters, and
+/// `unknown` when there is none. One definition, so that what a coordinator writes in its
+/// lease is what it compares with later, and what a worker registers is never refused.
+pub fn this_host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .take(MAX_HOST_NAME)
+        .map(|c| if is_host_name_char(c) { c } else { '-' })
+        .collect();
+    if name.is_empty() {
+        "unknown".into()
+    } else {
+        name
+    }
+}
+
 /// Whether `s` looks like `host:port` (an IP or a DNS name, and a non-zero port), the form of
 /// `collective_addr`. Names are not resolved: the address is the peers' business.
 pub fn is_host_port(s: &str) -> bool {

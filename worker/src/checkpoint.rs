@@ -11,6 +11,8 @@
 //! that). A `checkpoint.dir` holding only checkpoints of the old single-process format is
 //! refused with the command that converts them (see [`crate::legacy_checkpoint`]).
 
+use std::path::PathBuf;
+
 use bytes::Bytes;
 use lgaf_store::{
     BlockingRunStore, LoadedCheckpoint, Manifest, ManifestObject, RunState, StoreError,
@@ -36,6 +38,10 @@ pub struct LocalCheckpoints {
     store: BlockingRunStore,
     /// Committed checkpoints kept; 0 keeps all, as in coordinated runs.
     keep_last: usize,
+    /// Folders where checkpoints of the old single-process format may be: the store's
+    /// directory, and the old default `checkpoint.dir` while the default is in use (so
+    /// that a run of an earlier release is not silently started again from step 0).
+    legacy_dirs: Vec<PathBuf>,
 }
 
 impl LocalCheckpoints {
@@ -43,19 +49,37 @@ impl LocalCheckpoints {
     /// `cfg.run_id`.
     pub fn open(cfg: &CheckpointConfig) -> Result<Self> {
         let store = BlockingRunStore::from_url(&cfg.dir, &cfg.run_id)?;
+        let mut legacy_dirs: Vec<PathBuf> = store
+            .run()
+            .store()
+            .local_dir()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
+        if cfg.dir == CheckpointConfig::default().dir {
+            legacy_dirs.push(PathBuf::from(legacy_checkpoint::OLD_DEFAULT_DIR));
+        }
         Ok(Self {
             store,
             keep_last: cfg.keep_last,
+            legacy_dirs,
         })
     }
 
-    /// `<store>/runs/<run id>`, naming the run in messages.
+    /// `run `<id>` in <store URL>`, naming the run in messages.
     pub fn describe(&self) -> String {
         format!(
             "run `{}` in {}",
             self.store.run().run_id(),
             self.store.run().store().url()
         )
+    }
+
+    /// Where the checkpoint of `step` lies (`<store URL>/runs/<id>/ckpt/<step>`), naming
+    /// it in messages.
+    pub fn location(&self, step: u64) -> String {
+        let run = self.store.run();
+        format!("{}/{}", run.store().url(), run.step_prefix(step))
     }
 
     /// The checkpoint to start from: see [`StartFrom`].
@@ -70,12 +94,15 @@ impl LocalCheckpoints {
                         failures.join("; ")
                     )));
                 }
-                self.set_aside(self.store.committed()?.iter().map(|c| c.step))?;
+                // Every committed checkpoint failed (its objects or its manifest).
+                self.set_aside(self.store.manifest_steps()?.into_iter())?;
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
             Ok(None) => {
-                legacy_checkpoint::refuse_if_present(&self.store)?;
+                for dir in &self.legacy_dirs {
+                    legacy_checkpoint::refuse_if_present(dir, &self.store)?;
+                }
                 return Ok(None);
             }
             Ok(Some(latest)) => latest,
@@ -83,7 +110,8 @@ impl LocalCheckpoints {
         if from == StartFrom::Fresh {
             return Err(self.refuse(format!(
                 "checkpoint {} verifies, so training would not start afresh over it; resume \
-                 from it (without --fresh) or train under another checkpoint.run_id",
+                 from it (without --fresh) or train under another checkpoint.run_id (or \
+                 checkpoint.dir)",
                 latest.manifest.step
             )));
         }
@@ -134,9 +162,5 @@ impl LocalCheckpoints {
             self.store.prune(self.keep_last)?;
         }
         Ok(manifest)
-    }
-
-    pub fn store(&self) -> &BlockingRunStore {
-        &self.store
     }
 }

@@ -22,6 +22,8 @@ use crate::loader::open_source;
 use crate::trainer::{classifier_object, MODEL_OBJECT, OPTIMIZER_OBJECT};
 
 const MANIFEST: &str = "MANIFEST.json";
+/// `checkpoint.dir`'s default in the releases that wrote this format.
+pub const OLD_DEFAULT_DIR: &str = "runs/default";
 const FORMAT: &str = lgaf_store::manifest::LEGACY_FORMAT;
 /// The old files and their keys in a checkpoint of the store (one rank).
 const FILES: [(&str, &str); 2] = [
@@ -76,12 +78,9 @@ pub fn find(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// An error naming the conversion when the local store `store` holds old checkpoint
-/// folders (and `run_id` has no checkpoint of the current format, or this is not called).
-pub fn refuse_if_present(store: &BlockingRunStore) -> Result<()> {
-    let Some(dir) = store.run().store().local_dir() else {
-        return Ok(());
-    };
+/// An error naming the conversion into `store`'s run when `dir` holds old checkpoint
+/// folders (called when the run has no checkpoint of the current format).
+pub fn refuse_if_present(dir: &Path, store: &BlockingRunStore) -> Result<()> {
     let found = find(dir)?;
     let Some((_, newest)) = found.last() else {
         return Ok(());
@@ -91,12 +90,13 @@ pub fn refuse_if_present(store: &BlockingRunStore) -> Result<()> {
         message: format!(
             "{} holds {} checkpoint(s) of the single-process format of earlier releases \
              ({FORMAT}), which training no longer reads; convert them into run `{run}` with \
-             `lgaf ckpt convert {dir} --store {dir} --run {run}`, or train in another \
+             `lgaf ckpt convert {dir} --store {store} --run {run}`, or train in another \
              checkpoint.dir",
             dir.display(),
             found.len(),
             run = store.run().run_id(),
             dir = dir.display(),
+            store = store.run().store().url(),
         ),
     })
 }
@@ -113,10 +113,12 @@ pub fn convert(dir: &Path, store: &BlockingRunStore) -> Result<Converted> {
         });
     }
     let mut converted = Converted::default();
+    // Steps per epoch come from the dataset: counted once per distinct saved config.
+    let mut steps_per_epoch: HashMap<String, u64> = HashMap::new();
     for (step, folder) in found {
         match read(&folder) {
             Ok(old) => {
-                let manifest = write(&old, store)?;
+                let manifest = write(&old, store, &mut steps_per_epoch)?;
                 converted.steps.push(manifest.step);
             }
             Err(e) => converted.skipped.push((step, e.to_string())),
@@ -184,18 +186,32 @@ fn read(folder: &Path) -> Result<OldCheckpoint> {
 }
 
 /// Uploads `old`'s files under the current keys and commits them with a typed run state.
-fn write(old: &OldCheckpoint, store: &BlockingRunStore) -> Result<Manifest> {
+/// A failure to write is returned at once: the store is the problem, not the checkpoint.
+fn write(
+    old: &OldCheckpoint,
+    store: &BlockingRunStore,
+    steps_per_epoch: &mut HashMap<String, u64>,
+) -> Result<Manifest> {
     let fail = |message: String| WorkerError::Checkpoint {
         path: old.folder.clone(),
         message,
     };
     let m = &old.manifest;
-    let cfg: TrainConfig = serde_json::from_value(m.state.config.clone())
-        .map_err(|e| fail(format!("its config does not parse: {e}")))?;
+    let key = m.state.config.to_string();
+    let spe = match steps_per_epoch.get(&key) {
+        Some(&spe) => spe,
+        None => {
+            let cfg: TrainConfig = serde_json::from_value(m.state.config.clone())
+                .map_err(|e| fail(format!("its config does not parse: {e}")))?;
+            let spe = count_steps_per_epoch(&cfg)?;
+            steps_per_epoch.insert(key, spe);
+            spe
+        }
+    };
     let state = RunState {
         version: RUN_STATE_VERSION,
         data_world_size: 1,
-        steps_per_epoch: steps_per_epoch(&cfg)?,
+        steps_per_epoch: spe,
         loss_scale: m.state.loss_scale,
         loss_scale_good_steps: m.state.loss_scale_good_steps,
         config: m.state.config.clone(),
@@ -219,8 +235,9 @@ fn write(old: &OldCheckpoint, store: &BlockingRunStore) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Steps per epoch of a single process on `cfg`'s dataset, as the trainer counts them.
-fn steps_per_epoch(cfg: &TrainConfig) -> Result<u64> {
+/// Steps per epoch of a single process on `cfg`'s dataset, as the trainer counts them
+/// (the old format did not record them).
+fn count_steps_per_epoch(cfg: &TrainConfig) -> Result<u64> {
     let source = open_source(&cfg.data)?;
     let sampler =
         ShardedSampler::with_shards(source.len(), cfg.train.seed, &[0], 1, cfg.data.batch_size)

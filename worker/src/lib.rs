@@ -1,5 +1,6 @@
-//! The training side of LGAF-Train: configuration, the batch loader, the single-process
-//! trainer, checkpoints, evaluation, and the `lgaf` command-line tool built on them.
+//! The training side of LGAF-Train: configuration, the batch loader, the trainer (one
+//! process, or one rank of a coordinated run: `coordinated`, `data_parallel`), checkpoints,
+//! evaluation, and the `lgaf` and `lgaf-worker` command-line tools built on them.
 
 pub mod checkpoint;
 pub mod cli;

@@ -90,22 +90,35 @@ impl Sgd {
     pub fn load_momentum(
         &mut self,
         saved: &std::collections::HashMap<String, Tensor>,
-    ) -> Result<(), String> {
+    ) -> Result<(), MomentumMismatch> {
         for (name, m) in self.names.iter().zip(self.momentum.iter_mut()) {
             let b = saved
                 .get(name)
-                .ok_or_else(|| format!("no momentum for `{name}`"))?;
+                .ok_or_else(|| MomentumMismatch::Missing { name: name.clone() })?;
             if b.size() != m.size() {
-                return Err(format!(
-                    "momentum of `{name}` has shape {:?}, expected {:?}",
-                    b.size(),
-                    m.size()
-                ));
+                return Err(MomentumMismatch::Shape {
+                    name: name.clone(),
+                    saved: b.size(),
+                    expected: m.size(),
+                });
             }
             tch::no_grad(|| m.copy_(b));
         }
         Ok(())
     }
+}
+
+/// Why saved momentum buffers do not fit the optimiser's parameters.
+#[derive(Debug, thiserror::Error)]
+pub enum MomentumMismatch {
+    #[error("no momentum for `{name}`")]
+    Missing { name: String },
+    #[error("momentum of `{name}` has shape {saved:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        saved: Vec<i64>,
+        expected: Vec<i64>,
+    },
 }
 
 /// Learning rate at a (fractional) epoch: warm-up, then x `lr_decay` at each of `lr_steps`.

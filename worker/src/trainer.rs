@@ -30,7 +30,7 @@ use crate::loader::{
 use crate::optim::{clip_factor, learning_rate, Sgd};
 use lgaf_data::synth::IMAGE_SIZE;
 
-/// Object keys of a distributed checkpoint, relative to its step folder.
+/// Object keys of a checkpoint (any run, one rank or many), relative to its step folder.
 pub const MODEL_OBJECT: &str = "model.safetensors";
 pub const OPTIMIZER_OBJECT: &str = "optimizer.safetensors";
 pub const CLASSIFIER_PREFIX: &str = "classifier/";
@@ -109,7 +109,7 @@ impl Trainer {
         let mut trainer = Self::with_group(cfg, Group::Single)?;
         let checkpoints = LocalCheckpoints::open(&trainer.cfg.checkpoint)?;
         if let Some(loaded) = checkpoints.start(from)? {
-            let source = checkpoints.describe();
+            let source = checkpoints.location(loaded.manifest.step);
             trainer.restore_from_objects(&source, &loaded.manifest, &loaded.objects)?;
         }
         trainer.checkpoints = Some(checkpoints);
@@ -235,7 +235,8 @@ impl Trainer {
         };
         if saved.model != self.cfg.model || !same_data(&saved, &self.cfg) {
             return Err(fail(
-                "it was made with a different model or dataset config; use another checkpoint.dir"
+                "it was made with a different model or dataset config; train under another \
+                 checkpoint.run_id (or checkpoint.dir)"
                     .into(),
             ));
         }

@@ -255,3 +255,63 @@ fn the_old_single_process_format_is_refused_with_its_conversion_which_works() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A manifest that cannot be read (cut short) counts as a checkpoint that does not verify:
+/// training stops naming it instead of starting again from step 0 and writing over it.
+#[test]
+fn a_damaged_manifest_is_never_trained_over_in_silence() {
+    let dir = temp_dir("train-bad-manifest");
+    let config = dir.join("train.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let store = dir.join("store");
+    ok(&strs(&train(&config, &store, &["--max-steps", "1"])));
+    let manifest = store.join("runs/default/ckpt/000000000001/MANIFEST.json");
+    let full = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, &full[..full.len() / 2]).unwrap();
+    let err = fails(&strs(&train(&config, &store, &[])));
+    assert!(
+        err.contains("step 1") && err.contains("MANIFEST.json") && err.contains("--fresh"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&manifest).unwrap().len(), full.len() / 2);
+    // --fresh sets it aside with its objects, and starts again.
+    ok(&strs(&train(&config, &store, &["--fresh", "--max-steps", "1"])));
+    assert_eq!(committed(&store), [1]);
+    assert_eq!(names(&store.join("runs/default/unverified")).len(), 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Users of the old default (`checkpoint.dir = "runs/default"`, now `runs-store`) are told
+/// where their checkpoints are and how to convert them, instead of training from step 0.
+#[test]
+fn old_checkpoints_in_the_old_default_folder_are_not_forgotten() {
+    let dir = temp_dir("train-old-default");
+    let config = dir.join("train.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let store = dir.join("store");
+    ok(&strs(&train(&config, &store, &["--max-steps", "1"])));
+    write_old_format(&store, 1, &dir.join("runs/default"));
+    // The default checkpoint.dir, from a working directory holding the old default folder.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lgaf"))
+        .args(["train", "--config", s(&config)])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("runs/default") && err.contains("lgaf ckpt convert runs/default --store"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_run_id_is_one_folder_name() {
+    let dir = temp_dir("train-run-id");
+    let config = dir.join("train.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let err = fails(&strs(&train(&config, &dir.join("store"), &["--run-id", "a b"])));
+    assert!(err.contains("`a b`") && err.contains("1 to 128 letters"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

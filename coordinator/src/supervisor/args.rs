@@ -155,7 +155,7 @@ pub const MAX_WAIT_SECS: u64 = 86_400;
 
 /// Seconds, fractions allowed, from 0 to [`MAX_WAIT_SECS`] (clap's value parser, hence the
 /// `String` error).
-pub fn wait_secs(text: &str) -> Result<f64, String> {
+pub(crate) fn wait_secs(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(secs) if (0.0..=MAX_WAIT_SECS as f64).contains(&secs) => Ok(secs),
         _ => Err(format!("expected seconds from 0 to {MAX_WAIT_SECS}")),

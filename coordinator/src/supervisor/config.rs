@@ -212,13 +212,7 @@ fn job_token(token_file: Option<&Path>, spawn_local: bool) -> Result<Option<JobT
 /// Run ids become folder names and object-key prefixes: 1 to 128 ASCII letters, digits,
 /// `-`, `_` or `.`, not starting with `.`.
 pub fn check_run_id(id: &str) -> Result<(), ConfigError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if lgaf_store::is_valid_run_id(id) {
         Ok(())
     } else {
         Err(ConfigError::RunId { id: id.to_string() })

@@ -50,7 +50,7 @@ impl LeaseHolder {
     pub fn this_process(term: Duration) -> Self {
         LeaseHolder {
             id: instance_id(),
-            host: hostname(),
+            host: lgaf_proto::this_host_name(),
             pid: std::process::id(),
             term,
         }
@@ -74,13 +74,6 @@ pub fn instance_id() -> String {
         .map_or(0, |d| d.as_nanos());
     let mixed = Sha256::digest(format!("{nanos}-{}", std::process::id()).as_bytes());
     mixed.iter().take(4).map(|b| format!("{b:02x}")).collect()
-}
-
-/// This machine's host name (the kernel's), or `unknown`.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Whether the holder of `held` is known to be gone: a process on this host (`here`) that
@@ -185,7 +178,7 @@ mod tests {
     fn holder(id: &str, pid: u32) -> LeaseHolder {
         LeaseHolder {
             id: id.into(),
-            host: hostname(),
+            host: lgaf_proto::this_host_name(),
             pid,
             term: Duration::from_secs(2),
         }
@@ -225,7 +218,7 @@ mod tests {
         let me = LeaseHolder::this_process(Duration::from_secs(30));
         assert_eq!(
             (me.pid, me.host.as_str()),
-            (std::process::id(), hostname().as_str())
+            (std::process::id(), lgaf_proto::this_host_name().as_str())
         );
         assert!(!me.host.is_empty());
         let lease = me.lease_at(START_MS);
@@ -236,7 +229,7 @@ mod tests {
 
     #[test]
     fn only_a_dead_process_on_this_host_is_gone() {
-        let here = hostname();
+        let here = lgaf_proto::this_host_name();
         let lease = |host: &str, pid| Lease {
             holder: "h".into(),
             host: host.into(),
@@ -271,7 +264,7 @@ mod tests {
         };
         run.renew_lease(&dead.lease_at(START_MS)).await.unwrap();
         let clock = FakeClock::new(None);
-        let here = hostname();
+        let here = lgaf_proto::this_host_name();
         let me = holder("me", std::process::id());
         acquire_lease(&run, &me, &clock, |held| holder_is_gone(held, &here))
             .await

@@ -30,7 +30,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
 
 pub use address::{coordinator_url, parse_listen};
-pub use args::{wait_secs, Args, MAX_WAIT_SECS};
+pub use args::{Args, MAX_WAIT_SECS};
 pub use config::{check_run_id, default_run_id, Config, ConfigError, Tls};
 pub use lease::{acquire_lease, holder_is_gone, Clock, LeaseHolder, SystemClock};
 

@@ -6,7 +6,7 @@
 //! The methods return tensors, not results, because they run inside forward passes. An
 //! implementation whose transport fails must not hang or panic: it records the failure,
 //! returns its input unchanged, and the trainer checks for a recorded failure before it
-//! applies a step (see the worker's `dist` module).
+//! applies a step (see the worker's `data_parallel` module).
 
 use tch::Tensor;
 

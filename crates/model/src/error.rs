@@ -1,3 +1,5 @@
+//! [`ModelError`]: what the model crate returns, naming the tensor, file or field.
+
 use std::path::PathBuf;
 
 /// Errors of the model crate. Each names the tensor, file or field it is about.

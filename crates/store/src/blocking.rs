@@ -71,6 +71,10 @@ impl BlockingRunStore {
         self.block_on(self.run.committed())
     }
 
+    pub fn manifest_steps(&self) -> Result<Vec<u64>> {
+        self.block_on(self.run.manifest_steps())
+    }
+
     pub fn manifest(&self, step: u64) -> Result<Manifest> {
         self.block_on(self.run.manifest(step))
     }

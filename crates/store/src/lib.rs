@@ -1,9 +1,9 @@
-//! Checkpoints and job state of multi-rank training runs in object storage: a local
-//! directory (`file:///dir` or a plain path) or S3 (`s3://bucket/prefix`).
+//! Checkpoints and job state of training runs (one process or many ranks) in object storage:
+//! a local directory (`file:///dir` or a plain path) or S3 (`s3://bucket/prefix`).
 //!
-//! This generalises the worker's single-process checkpoint folder: every rank uploads its
-//! own shards, one party then writes `MANIFEST.json` last, listing every object with its size
-//! and SHA-256. Object stores have no atomic rename of a folder, so the manifest is the
+//! Every run's checkpoints have one format: each rank (one, for `lgaf train`) uploads its
+//! own objects, one party then writes `MANIFEST.json` last, listing every object with its
+//! size and SHA-256 and the typed run state. Object stores have no atomic rename of a folder, so the manifest is the
 //! commit: a step without one is never loaded, and loading verifies every checksum and falls
 //! back to the previous checkpoint if one fails. The crate is torch-free so the coordinator,
 //! which does not link libtorch, can use it for its job state and checkpoint bookkeeping.
@@ -45,7 +45,8 @@ pub use manifest::{
     Manifest, ManifestError, ManifestObject, RunState, FORMAT, MANIFEST, RUN_STATE_VERSION,
 };
 pub use run::{
-    Downloaded, LoadedCheckpoint, ManifestSummary, Pruned, RunStore, VerifiedCheckpoint,
+    is_valid_run_id, Downloaded, LoadedCheckpoint, ManifestSummary, Pruned, RunStore,
+    VerifiedCheckpoint,
 };
 pub use store::{
     sha256_hex, Listed, ObjectInfo, Store, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE,

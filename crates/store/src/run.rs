@@ -7,10 +7,11 @@
 //! runs/<run_id>/LEASE.json                        the acting coordinator's lease
 //! runs/<run_id>/ckpt/<step:012>/<key>             objects, e.g. rank-00000/model.safetensors
 //! runs/<run_id>/ckpt/<step:012>/MANIFEST.json     the commit, written last
+//! runs/<run_id>/unverified/<step:012>-<unix>/     a checkpoint set aside, kept for inspection
 //! ```
 //!
-//! Every rank uploads its own objects; one party (rank 0 or the coordinator), once every rank
-//! has reported its [`ObjectInfo`]s, writes the manifest. Object stores have no rename and no
+//! Every rank uploads its own objects; one party (the coordinator, or the single process of
+//! `lgaf train`), once every rank has reported its [`ObjectInfo`]s, writes the manifest. Object stores have no rename and no
 //! multi-object transaction, so the manifest is the commit point: a step folder without one
 //! is an interrupted save and is never loaded. Step numbers are zero-padded so that key order
 //! is step order in any listing.
@@ -95,6 +96,20 @@ pub struct Pruned {
     pub bytes: u64,
 }
 
+/// The rule for run ids, which become a folder name and a key prefix.
+const RUN_ID_RULE: &str = "use 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'";
+
+/// Whether `id` may name a run (the one rule, for every tool that takes a run id): 1 to
+/// 128 ASCII letters, digits, `-`, `_` or `.`, not starting with `.`.
+pub fn is_valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// Checkpoints and job state of one run in a [`Store`]. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct RunStore {
@@ -110,13 +125,9 @@ impl RunStore {
             run_id: run_id.clone(),
             reason,
         };
-        if run_id.contains('/') {
-            return Err(bad("it contains `/`".into()));
+        if !is_valid_run_id(&run_id) {
+            return Err(bad(RUN_ID_RULE.into()));
         }
-        check_key(&run_id).map_err(|e| match e {
-            StoreError::InvalidKey { reason, .. } => bad(reason),
-            e => e,
-        })?;
         Ok(Self { store, run_id })
     }
 
@@ -276,18 +287,24 @@ impl RunStore {
         Ok(manifest)
     }
 
-    /// Manifests that parse and check, ascending by step. A manifest that does not (cut
-    /// short, another format) is logged and left out: it cannot be loaded either.
-    async fn valid_manifests(&self) -> Result<Vec<Manifest>> {
+    /// The steps whose folder holds a `MANIFEST.json`, usable or not, ascending: every
+    /// checkpoint that was committed, including those whose manifest is now damaged.
+    pub async fn manifest_steps(&self) -> Result<Vec<u64>> {
         let folders = self.step_folders().await?;
-        let steps: Vec<u64> = folders
+        Ok(folders
             .iter()
             .filter(|(step, keys)| {
                 let manifest = self.manifest_key(**step);
                 keys.iter().any(|(k, _)| *k == manifest)
             })
             .map(|(step, _)| *step)
-            .collect();
+            .collect())
+    }
+
+    /// Manifests that parse and check, ascending by step. A manifest that does not (cut
+    /// short, another format) is logged and left out: it cannot be loaded either.
+    async fn valid_manifests(&self) -> Result<Vec<Manifest>> {
+        let steps = self.manifest_steps().await?;
         let mut manifests = Vec::with_capacity(steps.len());
         for step in steps {
             match self.manifest(step).await {
@@ -511,23 +528,26 @@ impl RunStore {
     }
 
     /// Tries `attempt` on the committed checkpoints, newest first, until one succeeds; the
-    /// ones it fails on are logged and returned as (step, why). `Ok(None)` if nothing was
-    /// ever committed, [`StoreError::NoValidCheckpoint`] if every attempt failed. A
+    /// ones it fails on, or whose manifest cannot be used (cut short, another format), are
+    /// logged and returned as (step, why). `Ok(None)` if nothing was ever committed,
+    /// [`StoreError::NoValidCheckpoint`] if every attempt failed. A
     /// [`StoreError::Destination`] failure is the caller's side and is returned at once.
     async fn latest<T, A, Fut>(&self, attempt: A) -> Result<Option<(T, Vec<(u64, String)>)>>
     where
         A: Fn(Manifest) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        // Manifests that do not parse were already logged and are skipped by this listing.
-        let manifests = self.valid_manifests().await?;
-        if manifests.is_empty() {
+        let steps = self.manifest_steps().await?;
+        if steps.is_empty() {
             return Ok(None);
         }
         let mut skipped = Vec::new();
-        for manifest in manifests.into_iter().rev() {
-            let step = manifest.step;
-            match attempt(manifest).await {
+        for step in steps.into_iter().rev() {
+            let tried = match self.manifest(step).await {
+                Ok(manifest) => attempt(manifest).await,
+                Err(e) => Err(e),
+            };
+            match tried {
                 Ok(found) => return Ok(Some((found, skipped))),
                 Err(e @ StoreError::Destination { .. }) => return Err(e),
                 Err(e) => {

@@ -67,8 +67,8 @@ pub enum Command {
     /// The end-to-end CPU demo: train a small LGAF on synthetic faces for a few minutes,
     /// then verify held-out identities and report attention weights per nuisance factor.
     Demo(DemoArgs),
-    /// Checkpoints of a coordinated run in its store: list them, or export the inference
-    /// weights of one.
+    /// Checkpoints of a run in its store (coordinated or `lgaf train`'s): list them, export
+    /// the inference weights of one, or convert the old single-process folders.
     #[command(subcommand)]
     Ckpt(CkptCommand),
 }

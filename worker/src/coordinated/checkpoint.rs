@@ -134,7 +134,8 @@ pub(super) fn resume(
         .into_iter()
         .collect();
     let loaded = store.load_with(step, |object| wanted.contains(&object.key))?;
-    let source = format!("{}@{step}", store.run().run_id());
+    let run = store.run();
+    let source = format!("{}/{}", run.store().url(), run.step_prefix(step));
     trainer.restore_from_objects(&source, &loaded.manifest, &loaded.objects)?;
     Ok(())
 }

@@ -46,7 +46,6 @@ pub(super) fn train(
         client.clone_handle(),
         registered.worker_id.clone(),
         joined.generation,
-        joined.resume_step,
         Duration::from_millis(u64::from(registered.heartbeat_interval_ms).max(100)),
         Duration::from_millis(u64::from(registered.heartbeat_deadline_ms).max(1000)),
     );
@@ -63,6 +62,9 @@ pub(super) fn train(
     let store = BlockingRunStore::from_url(&registered.store_url, &registered.run_id)?;
     if joined.resume_step > 0 {
         checkpoint::resume(&mut trainer, &store, joined.resume_step, facts.num_classes)?;
+        // The step this job continues at (`resume_step` is the checkpoint's own, of the
+        // run that saved it, which may have had other steps per epoch).
+        heartbeat.record_step(trainer.steps_done());
     }
     epochs::train(&mut trainer, client, registered, &joined, &store, heartbeat)
 }

@@ -15,10 +15,8 @@ use tracing::warn;
 
 use crate::coordinator_client::Client;
 
-/// The heartbeat thread: tells the coordinator every `interval` that this rank lives, and
-/// watches it in turn. It asks the training loop to stop when the coordinator says so, or
-/// when no heartbeat has been answered for `deadline` (the coordinator is gone). Dropping
-/// it stops the thread.
+/// A generation's heartbeat thread (see the module header), sending every `interval` and
+/// giving up after `deadline` without an answer. Dropping it stops the thread.
 pub(super) struct Heartbeat {
     stop: Arc<AtomicBool>,
     /// The last completed step, written by the training loop, sent with each heartbeat.
@@ -34,12 +32,11 @@ impl Heartbeat {
         client: Client,
         worker_id: String,
         generation: u64,
-        first_step: u64,
         interval: Duration,
         deadline: Duration,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let step = Arc::new(AtomicU64::new(first_step));
+        let step = Arc::new(AtomicU64::new(0));
         let reason = Arc::new(Mutex::new(None));
         let abort = AbortHook::default();
         let thread = {
@@ -68,8 +65,7 @@ impl Heartbeat {
         }
     }
 
-    /// Records `step` as the last completed one, for the next heartbeat (until the first,
-    /// the step the generation resumes from).
+    /// Records `step` as the last completed one, for the next heartbeat.
     pub(super) fn record_step(&self, step: u64) {
         self.step.store(step, Ordering::SeqCst);
     }

@@ -145,7 +145,8 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         };
         match generation::train(&args, &client, &mut member, listener) {
             Err(e) if e.ends_generation_only() => {
-                warn!(generation = member.generation, error = %e, "left the generation; joining the next");
+                let generation = member.generation;
+                warn!(generation, error = %e, "left the generation; joining the next");
             }
             other => break other,
         }
@@ -170,7 +171,7 @@ fn register(
     let register = v1::RegisterRequest {
         api_version: API_VERSION,
         job_id: String::new(),
-        host: hostname(),
+        host: lgaf_proto::this_host_name(),
         pid: std::process::id(),
         device: args.device.clone(),
         collective_addr: format!("{host}:{}", local.port()),
@@ -213,28 +214,5 @@ fn finish(client: &Client, member: &Membership, outcome: &Result<u64>) {
     ));
     if let Err(status) = sent {
         warn!(error = %status.message(), "Finish was not accepted");
-    }
-}
-
-/// This machine's name as the coordinator accepts it (`lgaf_proto::is_host_name_char`):
-/// any other character becomes `-`.
-fn hostname() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name: String = raw
-        .trim()
-        .chars()
-        .take(lgaf_proto::MAX_HOST_NAME)
-        .map(|c| {
-            if lgaf_proto::is_host_name_char(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if name.is_empty() {
-        "unknown".into()
-    } else {
-        name
     }
 }

@@ -1,3 +1,5 @@
+//! Tests of the synthetic faces: determinism, identities apart, nuisance factors.
+
 use super::canvas::View;
 use super::*;
 
