@@ -275,7 +275,11 @@ fn a_damaged_manifest_is_never_trained_over_in_silence() {
     );
     assert_eq!(std::fs::read(&manifest).unwrap().len(), full.len() / 2);
     // --fresh sets it aside with its objects, and starts again.
-    ok(&strs(&train(&config, &store, &["--fresh", "--max-steps", "1"])));
+    ok(&strs(&train(
+        &config,
+        &store,
+        &["--fresh", "--max-steps", "1"],
+    )));
     assert_eq!(committed(&store), [1]);
     assert_eq!(names(&store.join("runs/default/unverified")).len(), 1);
     std::fs::remove_dir_all(dir).unwrap();
@@ -311,7 +315,14 @@ fn a_run_id_is_one_folder_name() {
     let dir = temp_dir("train-run-id");
     let config = dir.join("train.toml");
     std::fs::write(&config, TINY).unwrap();
-    let err = fails(&strs(&train(&config, &dir.join("store"), &["--run-id", "a b"])));
-    assert!(err.contains("`a b`") && err.contains("1 to 128 letters"), "{err}");
+    let err = fails(&strs(&train(
+        &config,
+        &dir.join("store"),
+        &["--run-id", "a b"],
+    )));
+    assert!(
+        err.contains("`a b`") && err.contains("1 to 128 letters"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -4,7 +4,7 @@
 
 use lgaf_proto::v1;
 
-use super::{Backend, Effect, Job, JobError, Millis, Result};
+use super::{Backend, Effect, Generation, Job, JobError, Millis, Result};
 
 impl Job {
     pub fn publish_nccl_id(
@@ -20,13 +20,7 @@ impl Job {
         }
         let rank = self.member(&req.worker_id, req.generation)?;
         self.refuse_if_over()?;
-        let g = self.current();
-        if g.backend != Backend::Nccl {
-            return Err(JobError::precondition(format!(
-                "generation {} uses the {} backend, not NCCL",
-                g.number, g.backend
-            )));
-        }
+        let g = self.nccl_generation()?;
         if rank != 0 {
             return Err(JobError::precondition(format!(
                 "only rank 0 publishes the NCCL id; worker {} is rank {rank}",
@@ -56,13 +50,7 @@ impl Job {
     pub fn nccl_id(&mut self, req: &v1::GetNcclIdRequest, now: Millis) -> Result<Option<Vec<u8>>> {
         self.member(&req.worker_id, req.generation)?;
         self.refuse_if_over()?;
-        let g = self.current();
-        if g.backend != Backend::Nccl {
-            return Err(JobError::precondition(format!(
-                "generation {} uses the {} backend, not NCCL",
-                g.number, g.backend
-            )));
-        }
+        let g = self.nccl_generation()?;
         let id = g.nccl_id.clone();
         self.touch(&req.worker_id, now);
         Ok(id)
@@ -105,5 +93,20 @@ impl Job {
         let w = self.workers.get_mut(&req.worker_id).expect("a member");
         w.planned_to = w.planned_to.max(end);
         Ok(plan)
+    }
+}
+
+impl Job {
+    /// The current generation, which must use NCCL (the id exchange means nothing on the
+    /// CPU backend).
+    fn nccl_generation(&self) -> Result<&Generation> {
+        let g = self.current();
+        if g.backend != Backend::Nccl {
+            return Err(JobError::precondition(format!(
+                "generation {} uses the {} backend, not NCCL",
+                g.number, g.backend
+            )));
+        }
+        Ok(g)
     }
 }

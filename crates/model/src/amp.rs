@@ -31,14 +31,16 @@ impl Precision {
 }
 
 impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::config::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "fp32" => Ok(Self::Fp32),
             "fp16" => Ok(Self::Fp16),
             "bf16" => Ok(Self::Bf16),
-            other => Err(format!(
-                "unknown precision `{other}` (expected fp32|fp16|bf16)"
+            other => Err(crate::config::UnknownName::new(
+                "precision",
+                other,
+                "fp32|fp16|bf16",
             )),
         }
     }
@@ -249,10 +251,8 @@ mod tests {
     #[test]
     fn precision_parses_and_knows_its_scaling() {
         assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
-        assert!("fp8"
-            .parse::<Precision>()
-            .unwrap_err()
-            .contains("fp32|fp16|bf16"));
+        let err = "fp8".parse::<Precision>().unwrap_err().to_string();
+        assert_eq!(err, "unknown precision `fp8` (expected fp32|fp16|bf16)");
         assert!(Precision::Fp16.needs_loss_scaling());
         assert!(!Precision::Bf16.needs_loss_scaling() && !Precision::Fp32.needs_loss_scaling());
     }

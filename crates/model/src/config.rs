@@ -38,18 +38,36 @@ impl Arch {
     }
 }
 
+/// A name that is not one of a choice's (an arch, a fusion, a precision), with the names
+/// that are.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{got}` (expected {expected})")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub got: String,
+    pub expected: &'static str,
+}
+
+impl UnknownName {
+    pub(crate) fn new(what: &'static str, got: &str, expected: &'static str) -> Self {
+        Self {
+            what,
+            got: got.to_string(),
+            expected,
+        }
+    }
+}
+
 impl std::str::FromStr for Arch {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownName> {
         match s.to_ascii_lowercase().as_str() {
             "r18" => Ok(Arch::R18),
             "r34" => Ok(Arch::R34),
             "r50" => Ok(Arch::R50),
             "r100" => Ok(Arch::R100),
             "r200" => Ok(Arch::R200),
-            _ => Err(format!(
-                "unknown arch `{s}` (expected r18|r34|r50|r100|r200)"
-            )),
+            _ => Err(UnknownName::new("arch", s, "r18|r34|r50|r100|r200")),
         }
     }
 }
@@ -86,16 +104,14 @@ impl Fusion {
 }
 
 impl std::str::FromStr for Fusion {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownName> {
         match s.to_ascii_lowercase().as_str() {
             "lgf" => Ok(Fusion::Lgf),
             "add" => Ok(Fusion::Add),
             "local" => Ok(Fusion::Local),
             "global" => Ok(Fusion::Global),
-            _ => Err(format!(
-                "unknown fusion `{s}` (expected lgf|add|local|global)"
-            )),
+            _ => Err(UnknownName::new("fusion", s, "lgf|add|local|global")),
         }
     }
 }
