@@ -100,8 +100,12 @@ impl LocalCheckpoints {
             }
             Err(e) => return Err(e.into()),
             Ok(None) => {
-                for dir in &self.legacy_dirs {
-                    legacy_checkpoint::refuse_if_present(dir, &self.store)?;
+                // Asked to start afresh, the old folders are left alone (nothing writes
+                // to them); otherwise they are what the user meant to resume.
+                if from == StartFrom::Latest {
+                    for dir in &self.legacy_dirs {
+                        legacy_checkpoint::refuse_if_present(dir, &self.store)?;
+                    }
                 }
                 return Ok(None);
             }

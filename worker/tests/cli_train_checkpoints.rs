@@ -307,6 +307,26 @@ fn old_checkpoints_in_the_old_default_folder_are_not_forgotten() {
         err.contains("runs/default") && err.contains("lgaf ckpt convert runs/default --store"),
         "{err}"
     );
+    // Asked to start afresh, it does, and leaves the old folder as it is.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lgaf"))
+        .args([
+            "train",
+            "--config",
+            s(&config),
+            "--fresh",
+            "--max-steps",
+            "1",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(committed(&dir.join("runs-store")), [1]);
+    assert_eq!(names(&dir.join("runs/default")), ["step-0000000001"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::processes::{
-    alive, bin, coordinator_command, coordinator_url, store_url, tiny_config, wait_exit, work_dir,
-    Log,
+    all_gone_within, bin, coordinator_command, coordinator_url, store_url, tiny_config, wait_exit,
+    work_dir, Log,
 };
 use lgaf_worker::coordinated::FAILPOINT_ENV;
 use nix::sys::signal::{kill, Signal};
@@ -187,7 +187,7 @@ fn a_hung_worker_without_restarts_left_fails_the_job_and_nothing_is_left_running
         "{log}"
     );
     assert!(
-        !alive(rank0) && !alive(rank1),
+        all_gone_within(&[rank0, rank1], Duration::from_secs(5)),
         "a worker is still running:\n{log}"
     );
 }
@@ -211,12 +211,10 @@ fn workers_stop_by_themselves_when_the_coordinator_is_killed() {
         took < Duration::from_millis(DEADLINE_MS) + Duration::from_secs(10),
         "the workers took {took:?} to stop"
     );
-    // Orphans are reaped by init; give it a moment.
-    let started = Instant::now();
-    while (alive(rank0) || alive(rank1)) && started.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!alive(rank0) && !alive(rank1), "a worker is still running");
+    assert!(
+        all_gone_within(&[rank0, rank1], Duration::from_secs(5)),
+        "a worker is still running"
+    );
 }
 
 fn export(dir: &Path, run: &str, final_step: u64) -> Vec<(String, tch::Tensor)> {
@@ -291,7 +289,10 @@ fn a_hung_worker_is_killed_replaced_and_the_run_finishes() {
         "{log}"
     );
     assert!(log.contains("step 24/24 epoch 5"), "{log}");
-    assert!(!alive(hung), "the hung worker is still there");
+    assert!(
+        all_gone_within(&[hung], Duration::from_secs(5)),
+        "the hung worker is still there"
+    );
 }
 
 #[test]
@@ -309,7 +310,7 @@ fn a_killed_coordinator_started_again_continues_the_run_exactly() {
     first.coordinator.wait().unwrap();
     // Its workers notice within the heartbeat deadline and exit.
     let log = first.finish_log(Duration::from_secs(30));
-    assert!(workers.iter().all(|&pid| !alive(pid)), "{log}");
+    assert!(all_gone_within(&workers, Duration::from_secs(5)), "{log}");
 
     // The same command again: the run continues from its last committed checkpoint.
     let mut second = Run::start(&dir, "restarted", 2, &[]);

@@ -123,6 +123,20 @@ pub fn alive(pid: Pid) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether every one of `pids` is gone within `timeout`. A process that has closed its
+/// pipes (so its output reached EOF) may still be tearing down, and an orphan is reaped by
+/// init a moment later: give it that moment instead of checking once.
+pub fn all_gone_within(pids: &[Pid], timeout: Duration) -> bool {
+    let started = Instant::now();
+    while pids.iter().any(|&pid| alive(pid)) {
+        if started.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// The training config of the process tests: a 1/8-width r18 (embedding 32), 8 images a
 /// rank a step, 12 synthetic identities of `images_per_identity` images, `epochs` epochs, a
 /// checkpoint every `every_steps` steps (and at each epoch end), all of them kept.
