@@ -253,14 +253,7 @@ mod tests {
 
     /// Rank 0's state of a run on `world_size` ranks.
     fn state_json(world_size: u32) -> String {
-        let state = lgaf_store::RunState {
-            version: lgaf_store::RUN_STATE_VERSION,
-            data_world_size: world_size,
-            steps_per_epoch: 10,
-            loss_scale: 1.0,
-            loss_scale_good_steps: 0,
-            config: serde_json::json!({}),
-        };
+        let state = lgaf_store::RunState::new(world_size, 10, 1.0, 0, serde_json::json!({}));
         serde_json::to_string(&state).unwrap()
     }
 

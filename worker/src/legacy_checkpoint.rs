@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use lgaf_data::sampler::ShardedSampler;
-use lgaf_store::{
-    sha256_hex, BlockingRunStore, Manifest, ManifestObject, RunState, RUN_STATE_VERSION,
-};
+use lgaf_store::{sha256_hex, BlockingRunStore, Manifest, ManifestObject, RunState};
 use serde::Deserialize;
 
 use crate::config::TrainConfig;
@@ -118,7 +116,7 @@ pub fn convert(dir: &Path, store: &BlockingRunStore) -> Result<Converted> {
     for (step, folder) in found {
         match read(&folder) {
             Ok(old) => {
-                let manifest = write(&old, store, &mut steps_per_epoch)?;
+                let manifest = write(old, store, &mut steps_per_epoch)?;
                 converted.steps.push(manifest.step);
             }
             Err(e) => converted.skipped.push((step, e.to_string())),
@@ -188,12 +186,13 @@ fn read(folder: &Path) -> Result<OldCheckpoint> {
 /// Uploads `old`'s files under the current keys and commits them with a typed run state.
 /// A failure to write is returned at once: the store is the problem, not the checkpoint.
 fn write(
-    old: &OldCheckpoint,
+    mut old: OldCheckpoint,
     store: &BlockingRunStore,
     steps_per_epoch: &mut HashMap<String, u64>,
 ) -> Result<Manifest> {
+    let folder = old.folder.clone();
     let fail = |message: String| WorkerError::Checkpoint {
-        path: old.folder.clone(),
+        path: folder.clone(),
         message,
     };
     let m = &old.manifest;
@@ -208,14 +207,14 @@ fn write(
             spe
         }
     };
-    let state = RunState {
-        version: RUN_STATE_VERSION,
-        data_world_size: 1,
-        steps_per_epoch: spe,
-        loss_scale: m.state.loss_scale,
-        loss_scale_good_steps: m.state.loss_scale_good_steps,
-        config: m.state.config.clone(),
-    };
+    let state = RunState::new(
+        1,
+        spe,
+        m.state.loss_scale,
+        m.state.loss_scale_good_steps,
+        m.state.config.clone(),
+    );
+    let (step, epoch) = (m.step, m.epoch);
     let keys = FILES
         .iter()
         .map(|(name, key)| (*name, key.to_string()))
@@ -224,13 +223,13 @@ fn write(
     for (name, key) in keys {
         let bytes = old
             .files
-            .get(name)
+            .remove(name)
             .ok_or_else(|| fail(format!("{name} is missing")))?;
-        let info = store.put_object(m.step, &key, Bytes::from(bytes.clone()))?;
+        let info = store.put_object(step, &key, Bytes::from(bytes))?;
         objects.push(ManifestObject::from_info(&info, 0));
     }
     let run_id = store.run().run_id();
-    let manifest = Manifest::new(run_id, m.step, m.epoch, 1, objects, state);
+    let manifest = Manifest::new(run_id, step, epoch, 1, objects, state);
     store.commit(&manifest)?;
     Ok(manifest)
 }

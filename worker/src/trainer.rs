@@ -13,7 +13,7 @@ use lgaf_data::source::FaceSource;
 use lgaf_model::amp::{self, GradScaler, Precision};
 use lgaf_model::partial_fc::{ClassRange, PartialFc};
 use lgaf_model::{weights, Lgaf};
-use lgaf_store::{Manifest, RunState, RUN_STATE_VERSION};
+use lgaf_store::{Manifest, RunState};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, info_span};
@@ -294,14 +294,13 @@ impl Trainer {
                 OPTIMIZER_OBJECT.to_string(),
                 weights::to_bytes(&momentum, &HashMap::new(), name)?,
             ));
-            state = Some(RunState {
-                version: RUN_STATE_VERSION,
-                data_world_size: self.layout.data_world_size(),
-                steps_per_epoch: self.sampler.steps_per_epoch(),
-                loss_scale: self.scaler.scale,
-                loss_scale_good_steps: self.scaler.good_steps,
-                config: serde_json::to_value(&self.cfg).expect("config serialises"),
-            });
+            state = Some(RunState::new(
+                self.layout.data_world_size(),
+                self.sampler.steps_per_epoch(),
+                self.scaler.scale,
+                self.scaler.good_steps,
+                serde_json::to_value(&self.cfg).expect("config serialises"),
+            ));
         }
         let range = self.pfc.range();
         let key = classifier_object(rank);

@@ -226,12 +226,5 @@ fn export_never_reads_an_object_that_links_out_of_the_store() {
 
 /// A valid run state of a single-process run.
 fn run_state() -> lgaf_store::RunState {
-    lgaf_store::RunState {
-        version: lgaf_store::RUN_STATE_VERSION,
-        data_world_size: 1,
-        steps_per_epoch: 10,
-        loss_scale: 1.0,
-        loss_scale_good_steps: 0,
-        config: serde_json::json!({}),
-    }
+    lgaf_store::RunState::new(1, 10, 1.0, 0, serde_json::json!({}))
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fails, ok, s, temp_dir};
+use common::{committed_steps, fails, ok, s, temp_dir};
 use lgaf_store::sha256_hex;
 
 /// A tiny model, a checkpoint after every step, all kept, and a small held-out evaluation
@@ -59,23 +59,9 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// The committed steps of run `default` in `store`, as `lgaf ckpt ls --json` lists them.
+/// The committed steps of run `default` in `store`.
 fn committed(store: &Path) -> Vec<u64> {
-    let out = ok(&[
-        "ckpt",
-        "ls",
-        "--store",
-        s(store),
-        "--run",
-        "default",
-        "--json",
-    ]);
-    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    json.as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["step"].as_u64().unwrap())
-        .collect()
+    committed_steps(store, "default")
 }
 
 #[test]

@@ -77,15 +77,7 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 fn committed_steps(dir: &Path, run: &str) -> Vec<u64> {
-    let store = dir.join("store").display().to_string();
-    let (ok, out) = lgaf(&["ckpt", "ls", "--store", &store, "--run", run, "--json"]);
-    assert!(ok, "{out}");
-    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    json.as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["step"].as_u64().unwrap())
-        .collect()
+    common::committed_steps(&dir.join("store"), run)
 }
 
 #[test]

@@ -292,14 +292,13 @@ impl TestWorker {
     /// Rank 0's run state as a real worker sends it (`lgaf_store::RunState`).
     pub fn run_state_json(&self) -> String {
         let joined = self.join.as_ref().expect("joined");
-        let state = lgaf_store::RunState {
-            version: lgaf_store::RUN_STATE_VERSION,
-            data_world_size: joined.data_shard_count(),
-            steps_per_epoch: joined.steps_per_epoch.max(1),
-            loss_scale: 1.0,
-            loss_scale_good_steps: 0,
-            config: serde_json::json!({}),
-        };
+        let state = lgaf_store::RunState::new(
+            joined.data_shard_count(),
+            joined.steps_per_epoch.max(1),
+            1.0,
+            0,
+            serde_json::json!({}),
+        );
         serde_json::to_string(&state).expect("a run state serialises")
     }
 

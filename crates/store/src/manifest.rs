@@ -56,6 +56,24 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// The state of this build's version (the one place that stamps it).
+    pub fn new(
+        data_world_size: u32,
+        steps_per_epoch: u64,
+        loss_scale: f64,
+        loss_scale_good_steps: u32,
+        config: serde_json::Value,
+    ) -> Self {
+        Self {
+            version: RUN_STATE_VERSION,
+            data_world_size,
+            steps_per_epoch,
+            loss_scale,
+            loss_scale_good_steps,
+            config,
+        }
+    }
+
     /// Parses rank 0's state as it crosses processes (JSON), with every field checked.
     pub fn from_json(json: &str) -> Result<RunState, ManifestError> {
         let state: RunState =
@@ -255,14 +273,7 @@ mod tests {
     use super::*;
 
     fn state() -> RunState {
-        RunState {
-            version: RUN_STATE_VERSION,
-            data_world_size: 2,
-            steps_per_epoch: 10,
-            loss_scale: 65536.0,
-            loss_scale_good_steps: 3,
-            config: serde_json::json!({"train": {"seed": 1}}),
-        }
+        RunState::new(2, 10, 65536.0, 3, serde_json::json!({"train": {"seed": 1}}))
     }
 
     fn manifest() -> Manifest {

@@ -481,14 +481,7 @@ mod tests {
             0,
             1,
             vec![crate::ManifestObject::from_info(&small, 0), listed],
-            crate::RunState {
-                version: crate::RUN_STATE_VERSION,
-                data_world_size: 1,
-                steps_per_epoch: 1,
-                loss_scale: 1.0,
-                loss_scale_good_steps: 0,
-                config: serde_json::json!({}),
-            },
+            crate::RunState::new(1, 1, 1.0, 0, serde_json::json!({})),
         );
         let json = serde_json::to_vec(&manifest).unwrap();
         store

@@ -33,6 +33,23 @@ pub fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The committed steps of `run` in `store`, as `lgaf ckpt ls --json` lists them.
+pub fn committed_steps(store: &Path, run: &str) -> Vec<u64> {
+    let out = lgaf(&["ckpt", "ls", "--store", s(store), "--run", run, "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "lgaf ckpt ls failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_u64().unwrap())
+        .collect()
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lgaf-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -117,14 +117,13 @@ fn object(key: &str) -> v1::CheckpointObject {
 /// Rank 0's run state (`lgaf_store::RunState`) of a job of `data_world_size` shards and
 /// `steps_per_epoch` steps an epoch.
 fn run_state_json(data_world_size: u32, steps_per_epoch: u64) -> String {
-    let state = lgaf_store::RunState {
-        version: lgaf_store::RUN_STATE_VERSION,
+    let state = lgaf_store::RunState::new(
         data_world_size,
         steps_per_epoch,
-        loss_scale: 1.0,
-        loss_scale_good_steps: 0,
-        config: serde_json::json!({}),
-    };
+        1.0,
+        0,
+        serde_json::json!({}),
+    );
     serde_json::to_string(&state).unwrap()
 }
 

@@ -627,12 +627,5 @@ pub async fn verify_and_download(run: &RunStore, out_dir: &std::path::Path) {
 
 /// A valid run state of a run on `world_size` ranks (what rank 0 would send).
 pub fn run_state(world_size: u32) -> RunState {
-    RunState {
-        version: lgaf_store::RUN_STATE_VERSION,
-        data_world_size: world_size,
-        steps_per_epoch: 10,
-        loss_scale: 1024.0,
-        loss_scale_good_steps: 0,
-        config: json!({"train": {"seed": 7}}),
-    }
+    RunState::new(world_size, 10, 1024.0, 0, json!({"train": {"seed": 7}}))
 }
