@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::processes::{
-    bin, coordinator_command, coordinator_url, tiny_config, wait_exit, work_dir, Log,
+    bin, coordinator_command, coordinator_url, tiny_config, wait_exit, wait_exit_or, work_dir, Log,
 };
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -127,7 +127,11 @@ fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
             .spawn()
             .unwrap()
     };
+    // Every child's output is read, so none can block on a full pipe, and a failure shows
+    // all of it.
     let mut here = worker("0", &cut.host_ip, None);
+    let here_log = Log::default();
+    here_log.collect(here.stderr.take().unwrap());
     let mut there = worker("1", &cut.ns_ip, Some(&cut.ns));
     let there_log = Log::default();
     there_log.collect(there.stderr.take().unwrap());
@@ -149,14 +153,62 @@ fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
     assert!(!status.success());
     there_log.wait_for("has not answered a heartbeat", Duration::from_secs(5));
 
-    // The link returns; the worker is started again, as its pod would be.
+    // The link returns; the worker is started again, as its pod would be. From here on
+    // both workers are pods: one that stops is started again. (The worker on this side
+    // normally stays up through the cut; should it have lost the coordinator too, whose
+    // address is on the interface that went down, its pod restarts it.)
     cut.link(true);
     let mut again = worker("1", &cut.ns_ip, Some(&cut.ns));
-    let status = wait_exit(&mut coordinator, Duration::from_secs(300));
+    let again_log = Log::default();
+    again_log.collect(again.stderr.take().unwrap());
+    let all_logs = || {
+        format!(
+            "coordinator:\n{}\nworker 0:\n{}\nworker 1 (cut off):\n{}\nworker 1 (again):\n{}",
+            log.text(),
+            here_log.text(),
+            there_log.text(),
+            again_log.text()
+        )
+    };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = coordinator.try_wait().unwrap() {
+            break status;
+        }
+        for (slot, child, child_log, netns, bind) in [
+            ("0", &mut here, &here_log, None, &cut.host_ip),
+            (
+                "1",
+                &mut again,
+                &again_log,
+                Some(cut.ns.as_str()),
+                &cut.ns_ip,
+            ),
+        ] {
+            if let Some(exited) = child.try_wait().unwrap() {
+                assert!(
+                    !exited.success(),
+                    "worker {slot} finished first\n{}",
+                    all_logs()
+                );
+                child_log.push(&format!(
+                    "[test] worker {slot} stopped; its pod is restarted"
+                ));
+                *child = worker(slot, bind, netns);
+                child_log.collect(child.stderr.take().unwrap());
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the run did not finish within 300 s\n{}",
+            all_logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let text = log.text();
-    assert!(status.success(), "{text}");
+    assert!(status.success(), "{}", all_logs());
     assert!(text.contains("generation 2 formed"), "{text}");
     assert!(text.contains("step 36/36 epoch 5"), "{text}");
-    assert!(wait_exit(&mut here, Duration::from_secs(30)).success());
-    assert!(wait_exit(&mut again, Duration::from_secs(30)).success());
+    assert!(wait_exit_or(&mut here, Duration::from_secs(30), all_logs).success());
+    assert!(wait_exit_or(&mut again, Duration::from_secs(30), all_logs).success());
 }

@@ -50,6 +50,15 @@ pub fn coordinator_command(dir: &Path) -> Command {
 
 /// Waits for `child` to exit; panics after `timeout`.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    wait_exit_or(child, timeout, String::new)
+}
+
+/// Waits for `child` to exit; after `timeout`, panics showing `context()` (the run's logs).
+pub fn wait_exit_or(
+    child: &mut Child,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> ExitStatus {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -57,7 +66,8 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
         }
         assert!(
             started.elapsed() < timeout,
-            "did not exit within {timeout:?}"
+            "did not exit within {timeout:?}\n{}",
+            context()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -91,6 +101,13 @@ impl Log {
                 log.push('\n');
             }
         })
+    }
+
+    /// Appends a line of the test's own (a note among the processes' lines).
+    pub fn push(&self, line: &str) {
+        let mut log = self.0.lock().unwrap();
+        log.push_str(line);
+        log.push('\n');
     }
 
     pub fn text(&self) -> String {
