@@ -25,10 +25,13 @@
 //! - [`uploader`]: [`BackgroundUploader`], uploads off the training thread, with the stall
 //!   measured.
 //! - [`blocking`]: [`BlockingRunStore`], the same operations for synchronous callers.
+//! - [`history`]: the run's history (steps and events) in segments: [`HistoryWriter`] and
+//!   [`read_history`].
 //! - [`error`]: [`StoreError`]; [`time`]: UTC calendar time of Unix timestamps.
 
 pub mod blocking;
 pub mod error;
+pub mod history;
 pub mod lease;
 mod local;
 pub mod manifest;
@@ -40,6 +43,7 @@ mod verify;
 
 pub use blocking::BlockingRunStore;
 pub use error::{Result, StoreError};
+pub use history::{read_history, History, HistoryError, HistoryRecord, HistoryWriter};
 pub use lease::{Lease, LeaseAttempt};
 pub use manifest::{
     Manifest, ManifestError, ManifestObject, RunState, FORMAT, MANIFEST, RUN_STATE_VERSION,

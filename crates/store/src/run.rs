@@ -8,6 +8,8 @@
 //! runs/<run_id>/ckpt/<step:012>/<key>             objects, e.g. rank-00000/model.safetensors
 //! runs/<run_id>/ckpt/<step:012>/MANIFEST.json     the commit, written last
 //! runs/<run_id>/unverified/<step:012>-<unix>/     a checkpoint set aside, kept for inspection
+//! runs/<run_id>/history/<segment>.jsonl           the run's history (steps, events), in
+//!                                                 segments; see crate::history
 //! ```
 //!
 //! Every rank uploads its own objects; one party (the coordinator, or the single process of
@@ -156,6 +158,23 @@ impl RunStore {
     /// The store key of the manifest of `step`.
     pub fn manifest_key(&self, step: u64) -> String {
         self.object_key(step, MANIFEST)
+    }
+
+    /// `runs/<run_id>/history`: the folder of the run's history segments (their names and
+    /// contents are [`crate::history`]'s).
+    pub fn history_prefix(&self) -> String {
+        format!("runs/{}/history", self.run_id)
+    }
+
+    /// The store key of the history segment `name`
+    /// (e.g. `000003-001717243200123-rank0-0000.jsonl`).
+    pub fn history_key(&self, name: &str) -> String {
+        format!("{}/{name}", self.history_prefix())
+    }
+
+    /// `runs/<run_id>`: everything of the run is under it.
+    pub fn run_prefix(&self) -> String {
+        format!("runs/{}", self.run_id)
     }
 
     /// The store key of the coordinator's job state.

@@ -6,14 +6,19 @@
 //! queueing is instant unless more than `max_pending_bytes` are still uploading, in which
 //! case submit waits for room, so host memory stays bounded. That wait (the stall) is
 //! measured separately from the upload time, because the stall is what costs training time.
+//!
+//! The run's history (`crate::history`) goes through the same machinery: its writer replaces
+//! whole segment objects (`submit_replace`, crate-internal), and replacements of one key
+//! are written in the order they were handed over, so an older version never lands last.
 
+use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Result, StoreError};
 use crate::run::RunStore;
@@ -49,8 +54,18 @@ impl UploadStats {
     }
 }
 
+/// Where a job's bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Destination {
+    /// Object `key` of the checkpoint of this step ([`RunStore::put_object`]).
+    Checkpoint(u64),
+    /// The store key `key` itself, replaced whole; such jobs for one key are written in
+    /// the order they were submitted.
+    Replace,
+}
+
 struct Job {
-    step: u64,
+    destination: Destination,
     key: String,
     bytes: Bytes,
     reply: std_mpsc::SyncSender<Result<ObjectInfo>>,
@@ -154,13 +169,33 @@ impl BackgroundUploader {
             .spawn(move || {
                 runtime.block_on(async move {
                     let mut tasks = tokio::task::JoinSet::new();
+                    // Per replaced key, the signal that its latest replacement has finished:
+                    // the next one waits for it, so replacements land in submission order.
+                    let mut replaced: HashMap<String, oneshot::Receiver<()>> = HashMap::new();
                     while let Some(job) = queue.recv().await {
                         let (run, pending, stats) =
                             (run.clone(), Arc::clone(&pending_w), Arc::clone(&stats_w));
+                        let (after, done) = match job.destination {
+                            Destination::Checkpoint(_) => (None, None),
+                            Destination::Replace => {
+                                let (done, finished) = oneshot::channel();
+                                (replaced.insert(job.key.clone(), finished), Some(done))
+                            }
+                        };
                         tasks.spawn(async move {
+                            if let Some(previous) = after {
+                                // An error only means the previous task ended without
+                                // signalling (it panicked): its put is over either way.
+                                let _ = previous.await;
+                            }
                             let size = job.bytes.len();
                             let start = Instant::now();
-                            let result = run.put_object(job.step, &job.key, job.bytes).await;
+                            let result = match job.destination {
+                                Destination::Checkpoint(step) => {
+                                    run.put_object(step, &job.key, job.bytes).await
+                                }
+                                Destination::Replace => run.store().put(&job.key, job.bytes).await,
+                            };
                             let took = start.elapsed();
                             {
                                 let mut s = stats.lock().expect("stats lock");
@@ -173,7 +208,7 @@ impl BackgroundUploader {
                                     }
                                     Err(e) => {
                                         s.failed += 1;
-                                        tracing::warn!(step = job.step, key = %job.key, error = %e, "background upload failed");
+                                        tracing::warn!(destination = ?job.destination, key = %job.key, error = %e, "background upload failed");
                                     }
                                 }
                             }
@@ -183,9 +218,16 @@ impl BackgroundUploader {
                             let _ = job.reply.send(result);
                             *pending.bytes.lock().expect("pending lock") -= size;
                             pending.room.notify_all();
+                            if let Some(done) = done {
+                                let _ = done.send(());
+                            }
                         });
-                        // Reap finished tasks so the set does not grow over a long run.
+                        // Reap finished tasks so the set does not grow over a long run, and
+                        // forget the keys whose last replacement is over.
                         while tasks.try_join_next().is_some() {}
+                        replaced.retain(|_, finished| {
+                            matches!(finished.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+                        });
                     }
                     while tasks.join_next().await.is_some() {}
                 });
@@ -204,6 +246,37 @@ impl BackgroundUploader {
     /// once, unless the pending-bytes limit makes it wait for earlier uploads (the stall,
     /// recorded in the ticket and in [`UploadStats`]).
     pub fn submit(&self, step: u64, key: &str, bytes: Bytes) -> UploadTicket {
+        let (stall, reply) = self.hand_over(Destination::Checkpoint(step), key, bytes);
+        UploadTicket {
+            step,
+            key: key.to_string(),
+            stall,
+            reply,
+            result: None,
+        }
+    }
+
+    /// Hands `bytes` over to replace the whole object at the store key `key` (relative to
+    /// the store's root) and returns at once, as [`BackgroundUploader::submit`] does.
+    /// Replacements of one key are written one after the other, in the order they were
+    /// submitted, so the object ends up holding the last one. The receiver gets the put's
+    /// result (the [`ObjectInfo`] names the whole key); it reports a disconnection if the
+    /// upload thread is gone.
+    pub(crate) fn submit_replace(
+        &self,
+        key: &str,
+        bytes: Bytes,
+    ) -> std_mpsc::Receiver<Result<ObjectInfo>> {
+        self.hand_over(Destination::Replace, key, bytes).1
+    }
+
+    /// Waits for room, queues the job and counts the stall.
+    fn hand_over(
+        &self,
+        destination: Destination,
+        key: &str,
+        bytes: Bytes,
+    ) -> (Duration, std_mpsc::Receiver<Result<ObjectInfo>>) {
         let start = Instant::now();
         let size = bytes.len();
         {
@@ -215,7 +288,7 @@ impl BackgroundUploader {
         }
         let (reply, receiver) = std_mpsc::sync_channel(1);
         let job = Job {
-            step,
+            destination,
             key: key.to_string(),
             bytes,
             reply,
@@ -232,13 +305,7 @@ impl BackgroundUploader {
             s.stall_total += stall;
             s.stall_max = s.stall_max.max(stall);
         }
-        UploadTicket {
-            step,
-            key: key.to_string(),
-            stall,
-            reply: receiver,
-            result: None,
-        }
+        (stall, receiver)
     }
 
     /// Bytes handed over and not yet uploaded.
