@@ -16,6 +16,20 @@ MXNET_VENV_STAMP := $(MXNET_VENV)/.installed-mxnet-1.9.1-numpy-1.23.5-v1
 MOTO_VERSION := 5.2.5
 S3_VENV := $(CURDIR)/.venv-s3
 S3_VENV_STAMP := $(S3_VENV)/.installed-moto-$(MOTO_VERSION)-v1
+# rotel, an OTLP collector, for the telemetry tests only; its own venv too. The collector is a
+# native binary inside the package (site-packages/rotel/rotel-agent), not a console script.
+ROTEL_VERSION := 0.0.1a15
+OTEL_VENV := $(CURDIR)/.venv-otel
+OTEL_PYTHON := $(OTEL_VENV)/bin/python
+OTEL_VENV_STAMP := $(OTEL_VENV)/.installed-rotel-$(ROTEL_VERSION)-v1
+# Debian packages of the observability tests: Prometheus and promtool (worker/tests/prometheus.rs),
+# Chromium and a font to render pages headless. Installed only when missing (cheap checks, no
+# stamp), with sudo only when not root.
+PROMETHEUS := /usr/bin/prometheus
+PROMTOOL := /usr/bin/promtool
+CHROMIUM := /usr/bin/chromium
+DEJAVU_FONT := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # torch-sys takes libtorch from the venv's torch wheel: it runs `python` from PATH.
 export LIBTORCH_USE_PYTORCH := 1
@@ -24,9 +38,17 @@ export PATH := $(VENV)/bin:$(PATH)
 export LGAF_MXNET_PYTHON := $(MXNET_PYTHON)
 # The object-store tests start this S3 server (crates/store/tests/s3.rs).
 export LGAF_MOTO_SERVER := $(S3_VENV)/bin/moto_server
+# The observability tests run these (each test fails, saying `make test` installs it, when
+# one is missing).
+export LGAF_PROMETHEUS := $(PROMETHEUS)
+export LGAF_PROMTOOL := $(PROMTOOL)
+export LGAF_CHROMIUM := $(CHROMIUM)
+# LGAF_ROTEL is set in the test recipe: the path comes from the venv's python, and the venv
+# may not exist yet when make reads this file.
+ROTEL_AGENT = $$($(OTEL_PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/rotel/rotel-agent
 CARGO ?= cargo
 
-.PHONY: all venv venv-mxnet venv-s3 build demo test lint clean
+.PHONY: all venv venv-mxnet venv-s3 venv-otel test-packages build demo test lint clean
 
 all: build
 
@@ -57,14 +79,45 @@ $(S3_VENV_STAMP):
 	$(S3_VENV)/bin/python -m pip install --quiet 'moto[server]==$(MOTO_VERSION)'
 	@touch $@
 
+venv-otel: $(OTEL_VENV_STAMP)
+
+$(OTEL_VENV_STAMP):
+	@echo "==> creating the OTLP collector virtualenv in .venv-otel (rotel $(ROTEL_VERSION), about 1 minute the first time)"
+	@test -x $(OTEL_PYTHON) || python3 -m venv $(OTEL_VENV)
+	$(OTEL_PYTHON) -m pip install --quiet --upgrade pip
+	$(OTEL_PYTHON) -m pip install --quiet 'rotel==$(ROTEL_VERSION)'
+	@test -x "$(ROTEL_AGENT)" || { echo "rotel $(ROTEL_VERSION) installed no $(ROTEL_AGENT)" >&2; exit 1; }
+	@touch $@
+
+# apt-get update runs only when the install fails without it. A Prometheus service that the
+# package starts (on :9090) is stopped and disabled: the tests run their own servers, on
+# ports of their own, and want the cores.
+test-packages:
+	@missing=""; \
+	{ test -x $(PROMETHEUS) && test -x $(PROMTOOL); } || missing="$$missing prometheus"; \
+	test -x $(CHROMIUM) || missing="$$missing chromium"; \
+	test -e $(DEJAVU_FONT) || missing="$$missing fonts-dejavu-core"; \
+	if [ -n "$$missing" ]; then \
+		echo "==> installing the Debian packages of the tests:$$missing"; \
+		install="$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends$$missing"; \
+		$$install || { $(SUDO) apt-get update && $$install; } || exit 1; \
+		case "$$missing" in *prometheus*) \
+			if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+				$(SUDO) systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+			else \
+				$(SUDO) service prometheus stop >/dev/null 2>&1 || true; \
+			fi;; \
+		esac; \
+	fi
+
 build: venv
 	$(CARGO) build --release --bins
 
 demo: build
 	./target/release/lgaf demo --workers 2 --out demo-out
 
-test: venv venv-mxnet venv-s3
-	$(CARGO) test --release --workspace
+test: venv venv-mxnet venv-s3 venv-otel test-packages
+	LGAF_ROTEL="$(ROTEL_AGENT)" $(CARGO) test --release --workspace
 
 lint: venv
 	$(CARGO) fmt --all -- --check

@@ -13,6 +13,7 @@
 
 pub mod job;
 pub mod local;
+pub mod observe;
 pub mod rate;
 pub mod service;
 pub mod store;

@@ -70,6 +70,9 @@ pub struct SpawnSpec {
     pub token: Option<lgaf_proto::auth::JobToken>,
     /// The CA certificate the workers verify a TLS coordinator with (LGAF_TLS_CA).
     pub tls_ca: Option<PathBuf>,
+    /// The coordinator's logging, tracing and metrics settings, which the workers take
+    /// (in their environment; see `TelemetryArgs::child_env`).
+    pub telemetry: lgaf_telemetry::TelemetryArgs,
 }
 
 impl LocalWorkers {
@@ -132,6 +135,7 @@ impl LocalWorkers {
             Some(ca) => cmd.env(lgaf_proto::tls::TLS_CA_ENV, ca),
             None => cmd.env_remove(lgaf_proto::tls::TLS_CA_ENV),
         };
+        cmd.envs(self.spec.telemetry.child_env(slot));
         cmd.arg("--coordinator")
             .arg(&self.spec.coordinator_url)
             .arg("--slot")
@@ -319,6 +323,12 @@ mod tests {
         assert_eq!(devices_for(1, 0), ["cpu"]);
     }
 
+    /// Held by each test here that writes scripts and runs them: a file written while
+    /// another thread forks stays open in the child until it execs, and running it then
+    /// fails with ETXTBSY ("text file busy"). These two tests fork often; the only other
+    /// fork in this binary (one `true` in the lease tests) is too brief to matter.
+    static SCRIPTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// An executable shell script `name` in `dir`.
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
@@ -330,6 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn gpus_are_counted_and_a_hung_or_missing_nvidia_smi_means_none() {
+        let _scripts = SCRIPTS.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let timeout = Duration::from_secs(10);
         let two = script(
@@ -356,6 +367,7 @@ mod tests {
 
     #[tokio::test]
     async fn stop_escalates_to_sigkill() {
+        let _scripts = SCRIPTS.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("stubborn.sh");
         std::fs::write(
@@ -372,6 +384,7 @@ mod tests {
             devices: vec!["cpu".into()],
             token: None,
             tls_ca: None,
+            telemetry: Default::default(),
         };
         let workers = LocalWorkers::spawn(&spec, tx).unwrap();
         assert_eq!(workers.running(), 1);

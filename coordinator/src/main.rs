@@ -8,20 +8,28 @@ use std::process::ExitCode;
 use clap::Parser;
 use lgaf_coordinator::supervisor::{self, Args, Config, Outcome};
 use lgaf_proto::console::eprint_line;
+use lgaf_telemetry::{Telemetry, TextStyle};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Its lines name the module they come from, as they always have (people grep them).
+    let style = TextStyle {
+        ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        targets: true,
+    };
+    let mut telemetry =
+        match Telemetry::init("lgaf-coordinator", &args.telemetry, std::io::stderr, style) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprint_line(format!("error: {e}"));
+                return ExitCode::FAILURE;
+            }
+        };
     let ended = match Config::try_from(args) {
-        Ok(config) => supervisor::run(config).await.map_err(|e| e.to_string()),
+        Ok(config) => supervisor::run(config, &mut telemetry)
+            .await
+            .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match ended {

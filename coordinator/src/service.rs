@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::job::{CommitError, CommitRequest, Effect, Job, JobError, JobPhase, Millis};
+use crate::observe::JobObserver;
 
 /// What a commit came to: the manifest's key, or why it was not written.
 type CommitOutcome = Result<String, CommitError>;
@@ -78,6 +79,8 @@ struct Shared<C, P> {
     options: ServiceOptions,
     /// Workers the job lost, for the binary to stop (if local and still running).
     lost: tokio::sync::broadcast::Sender<LostWorker>,
+    /// The job's trace and metrics, fed with its effects.
+    observer: JobObserver,
 }
 
 /// A worker the job forgot after losing it (see `Job::lose`).
@@ -104,6 +107,23 @@ impl<C, P> Clone for CoordinatorService<C, P> {
 
 impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
     pub fn new(job: Job, committer: C, persistence: P, options: ServiceOptions) -> Self {
+        Self::observed(
+            job,
+            committer,
+            persistence,
+            options,
+            JobObserver::disabled(),
+        )
+    }
+
+    /// [`CoordinatorService::new`], with the job's trace and metrics in `observer`.
+    pub fn observed(
+        job: Job,
+        committer: C,
+        persistence: P,
+        options: ServiceOptions,
+        observer: JobObserver,
+    ) -> Self {
         let (changed, _) = watch::channel(0);
         let (lost, _) = tokio::sync::broadcast::channel(64);
         CoordinatorService {
@@ -115,6 +135,7 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
                 persist_lock: tokio::sync::Mutex::new(()),
                 options,
                 lost,
+                observer,
             }),
         }
     }
@@ -239,7 +260,11 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
         if !effects.is_empty() {
             self.bump();
         }
+        let changed = !effects.is_empty();
         let commits = self.run_effects(effects).await;
+        if changed {
+            self.observe_status();
+        }
         match result {
             Ok(v) => Ok((v, commits)),
             Err(e) => {
@@ -301,11 +326,21 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
         Instant::now() + wait
     }
 
+    /// The job's gauges after a change.
+    fn observe_status(&self) {
+        let (status, wanted) = {
+            let job = self.lock();
+            (job.status(now_ms()), job.settings().world_size)
+        };
+        self.shared.observer.status(&status, wanted);
+    }
+
     /// Carries out effects in order; returns the commits made, by step.
     async fn run_effects(&self, effects: Vec<Effect>) -> Vec<(u64, CommitOutcome)> {
         let mut commits = Vec::new();
         let mut persist = false;
         for effect in effects {
+            self.shared.observer.effect(&effect);
             match effect {
                 Effect::Commit(c) => {
                     let step = c.step;
@@ -349,12 +384,22 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
     /// Writes one manifest and records the outcome in the job.
     async fn commit(&self, c: CommitRequest) -> CommitOutcome {
         let step = c.step;
+        let bytes = c.objects.iter().map(|o| o.size).sum();
+        let started = std::time::Instant::now();
+        let span = self.shared.observer.commit_span(step);
         let outcome = self
             .shared
             .committer
             .commit(c)
+            .instrument(span)
             .await
             .map_err(|e| CommitError(e.to_string()));
+        self.shared.observer.committed(
+            step,
+            bytes,
+            started.elapsed().as_secs_f64(),
+            outcome.is_ok(),
+        );
         if let Err(e) = &outcome {
             error!("checkpoint at step {step}: the commit failed: {e}");
         }
@@ -368,10 +413,14 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
         }
         let mut persist = false;
         for effect in &effects {
+            self.shared.observer.effect(effect);
             match effect {
                 Effect::Persist => persist = true,
                 other => log_effect(other),
             }
+        }
+        if !effects.is_empty() {
+            self.observe_status();
         }
         if persist {
             self.persist_logged().await;
@@ -504,9 +553,10 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> Coordinator for Coordinator
     ) -> Result<Response<v1::RegisterReply>, Status> {
         let req = request.into_inner();
         req.check_version()?;
-        self.call(|job, now| job.register(&req, now))
-            .await
-            .map(Response::new)
+        let reply = self.call(|job, now| job.register(&req, now)).await?;
+        // The job's trace context, which the worker's spans join.
+        let trace = self.shared.observer.job_trace();
+        Ok(Response::from_parts(trace, reply, Default::default()))
     }
 
     async fn join(
@@ -530,7 +580,11 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> Coordinator for Coordinator
             },
         )
         .await
-        .map(Response::new)
+        .map(|reply| {
+            // The generation's trace context, which the rank's spans join.
+            let trace = self.shared.observer.generation_trace(reply.generation);
+            Response::from_parts(trace, reply, Default::default())
+        })
     }
 
     async fn publish_nccl_id(
@@ -637,17 +691,23 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> Coordinator for Coordinator
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` completes.
 /// Who may talk to the coordinator: the job token workers must present, and the TLS
-/// identity it serves with (plain HTTP/2 without).
+/// identity it serves with (plain HTTP/2 without); and what anyone may ask without the
+/// token: the `grpc.health.v1` service, if any.
 #[derive(Clone, Debug, Default)]
 pub struct Security {
     pub token: Option<JobToken>,
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Requests a second each client address may make (bursts of twice that); None: any.
     pub requests_per_sec: Option<u32>,
+    /// Served beside the job, outside the gate: probes carry no token, and the health
+    /// answer neither reveals nor locks the job, so it needs neither the token nor the rate
+    /// limit that guards the job's lock.
+    pub health:
+        Option<tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>>,
 }
 
+/// Serves `service` on `listener` until `shutdown` completes.
 pub async fn serve<C: CheckpointCommitter, P: JobStatePersistence>(
     listener: tokio::net::TcpListener,
     service: CoordinatorService<C, P>,
@@ -664,6 +724,7 @@ pub async fn serve<C: CheckpointCommitter, P: JobStatePersistence>(
         builder = builder.tls_config(tls)?;
     }
     builder
+        .add_optional_service(security.health)
         .add_service(InterceptedService::new(
             service.into_server(),
             Gate {

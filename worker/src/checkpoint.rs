@@ -66,6 +66,11 @@ impl LocalCheckpoints {
         })
     }
 
+    /// The run in its store (where the run's history goes too).
+    pub fn run(&self) -> &lgaf_store::RunStore {
+        self.store.run()
+    }
+
     /// `run `<id>` in <store URL>`, naming the run in messages.
     pub fn describe(&self) -> String {
         format!(

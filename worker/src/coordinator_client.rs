@@ -15,12 +15,26 @@ use lgaf_proto::v1::coordinator_client::CoordinatorClient;
 use lgaf_proto::MAX_MESSAGE_BYTES;
 use tokio::runtime::Runtime;
 use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 use tracing::warn;
 
-/// The generated client, with the job token attached to every request.
-pub type Stub = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
+/// The generated client, with the job token and the trace context on every request.
+pub type Stub = CoordinatorClient<InterceptedService<Channel, Outgoing>>;
+
+/// What every request carries: the job token, and the W3C trace context of the span the
+/// calling thread is in (nothing when tracing is off), as gRPC clients propagate it.
+#[derive(Clone)]
+pub struct Outgoing(AttachToken);
+
+impl Interceptor for Outgoing {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let mut request = self.0.call(request)?;
+        lgaf_telemetry::propagation::inject(&tracing::Span::current(), request.metadata_mut());
+        Ok(request)
+    }
+}
 
 /// How long a call is sent again while the coordinator refuses it for rate, before the
 /// refusal counts as a failure. Past the default heartbeat deadline (20 s): a coordinator
@@ -113,7 +127,7 @@ impl Client {
                 Err(e) => return Err(fail(format!("unreachable: {}", error_chain(&e)))),
             }
         };
-        let stub = CoordinatorClient::with_interceptor(channel, AttachToken(token))
+        let stub = CoordinatorClient::with_interceptor(channel, Outgoing(AttachToken(token)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self {
@@ -154,6 +168,22 @@ impl Client {
         Req: Clone,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
+        self.send_for_response(call, request, method)
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// [`Client::send`], keeping the reply's metadata (the coordinator's trace context).
+    pub async fn send_for_response<Req, T, Fut>(
+        &self,
+        call: &'static str,
+        request: Req,
+        method: impl Fn(Stub, Req) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Req: Clone,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
         let started = Instant::now();
         let mut backoff = Backoff::new(RATE_BACKOFF_FIRST, RATE_BACKOFF_LAST);
         loop {
@@ -171,7 +201,7 @@ impl Client {
                     );
                     tokio::time::sleep(pause).await;
                 }
-                outcome => return outcome.map(Response::into_inner),
+                outcome => return outcome,
             }
         }
     }
@@ -304,7 +334,7 @@ mod tests {
         let client = Client {
             url: "http://127.0.0.1:9".into(),
             rt: rt.clone(),
-            stub: CoordinatorClient::with_interceptor(channel, AttachToken(None)),
+            stub: CoordinatorClient::with_interceptor(channel, Outgoing(AttachToken(None))),
         };
         let tries = AtomicU32::new(0);
         let answer = client

@@ -9,6 +9,11 @@ use lgaf_data::source::SourceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The run's history (steps and events in the store) could not be written. Boxed: it
+    /// is much larger than the other variants.
+    #[error("the run's history: {0}")]
+    History(Box<lgaf_store::HistoryError>),
+
     #[error("config: `{key}`: {message}")]
     Config { key: &'static str, message: String },
 
@@ -126,4 +131,10 @@ pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
 pub fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> WorkerError {
     let path = path.into();
     move |source| WorkerError::Io { path, source }
+}
+
+impl From<lgaf_store::HistoryError> for WorkerError {
+    fn from(e: lgaf_store::HistoryError) -> Self {
+        WorkerError::History(Box::new(e))
+    }
 }

@@ -81,6 +81,38 @@ pub struct SynthReport {
     pub per_factor: Vec<FactorReport>,
 }
 
+impl SynthReport {
+    /// This report as an evaluation in the run's history, at `step`: the mixed pairs as
+    /// `held-out`, and one set per nuisance factor with its attention weights.
+    pub fn to_history(&self, step: u64) -> lgaf_store::history::Evaluation {
+        use lgaf_store::history::{EvalSet, Evaluation};
+        let set =
+            |name: &str, factor: Option<&str>, v: &Verification, gamma: Option<(f64, f64)>| {
+                EvalSet {
+                    name: name.to_string(),
+                    factor: factor.map(str::to_string),
+                    pairs: None,
+                    accuracy: v.accuracy,
+                    std: v.std,
+                    threshold: v.threshold,
+                    tar_at_far: None,
+                    gamma_local: gamma.map(|g| g.0),
+                    gamma_global: gamma.map(|g| g.1),
+                }
+            };
+        let mut sets = vec![set("held-out", None, &self.overall, None)];
+        sets.extend(self.per_factor.iter().map(|f| {
+            let name = format!("held-out {}", f.factor.name());
+            set(&name, Some(f.factor.name()), &f.verification, f.gamma)
+        }));
+        Evaluation {
+            step,
+            sets,
+            time: lgaf_store::history::now(),
+        }
+    }
+}
+
 /// The held-out set: identities `first_id..first_id + identities`, never trained on.
 pub struct HeldOut {
     pub synth: SynthConfig,

@@ -121,21 +121,27 @@ impl BinEvaluator {
     }
 
     /// Evaluates every set and logs one line per set; a failure is logged, not fatal, so
-    /// that a bad evaluation file cannot stop a long run.
-    pub fn run(&self, model: &Lgaf, device: Device, step: u64) {
+    /// that a bad evaluation file cannot stop a long run. Returns the sets that evaluated,
+    /// by name.
+    pub fn run(&self, model: &Lgaf, device: Device, step: u64) -> Vec<(String, Verification)> {
+        let mut evaluated = Vec::new();
         for set in &self.sets {
             match set.evaluate(model, device, EVAL_BATCH) {
-                Ok(v) => info!(
-                    step,
-                    set = set.name.as_str(),
-                    accuracy = format!("{:.4}", v.accuracy.accuracy),
-                    std = format!("{:.4}", v.accuracy.std),
-                    tar_at_far_1e_3 = format!("{:.4}", v.tar_at_far.tar),
-                    "verification"
-                ),
+                Ok(v) => {
+                    info!(
+                        step,
+                        set = set.name.as_str(),
+                        accuracy = format!("{:.4}", v.accuracy.accuracy),
+                        std = format!("{:.4}", v.accuracy.std),
+                        tar_at_far_1e_3 = format!("{:.4}", v.tar_at_far.tar),
+                        "verification"
+                    );
+                    evaluated.push((set.name.clone(), v));
+                }
                 Err(e) => warn!(step, set = set.name.as_str(), "verification failed: {e}"),
             }
         }
+        evaluated
     }
 }
 

@@ -15,6 +15,7 @@ pub mod eval;
 pub mod eval_sets;
 pub mod legacy_checkpoint;
 pub mod loader;
+pub mod metrics;
 pub mod optim;
 pub mod progress;
 pub mod trainer;

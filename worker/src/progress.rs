@@ -5,8 +5,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use lgaf_telemetry::{Telemetry, TelemetryArgs, TelemetryError, TextStyle};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
 
 static BAR: OnceLock<ProgressBar> = OnceLock::new();
 
@@ -46,15 +46,17 @@ impl<'a> MakeWriter<'a> for BarAwareStderr {
     }
 }
 
-/// `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(BarAwareStderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+/// The process's logs (to stderr, above the progress bar, filtered by `RUST_LOG`, default
+/// `info`) and its traces and metrics as `args` say, for `service`.
+pub fn init_telemetry(
+    service: &'static str,
+    args: &TelemetryArgs,
+) -> Result<Telemetry, TelemetryError> {
+    let style = TextStyle {
+        ansi: std::io::stderr().is_terminal(),
+        targets: false,
+    };
+    Telemetry::init(service, args, BarAwareStderr, style)
 }
 
 /// The training progress bar (hidden when stderr is not a terminal or `enabled` is false).

@@ -13,7 +13,10 @@ use lgaf_data::source::FaceSource;
 use lgaf_model::amp::{self, GradScaler, Precision};
 use lgaf_model::partial_fc::{ClassRange, PartialFc};
 use lgaf_model::{weights, Lgaf};
+use lgaf_store::history::{Source, StepRecord};
+use lgaf_store::HistoryWriter;
 use lgaf_store::{Manifest, RunState};
+use lgaf_telemetry::settings::step_traced;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, info_span};
@@ -62,6 +65,24 @@ pub struct StepReport {
     pub loader: LoaderStats,
     pub step_time: Duration,
     pub batch_size: usize,
+    /// Where the step's time went.
+    pub phases: PhaseTimes,
+    /// Gradient bytes this rank all-reduced (0 in a single process).
+    pub allreduce_bytes: u64,
+    /// The fp16 loss scale the step used (`None` without loss scaling).
+    pub loss_scale: Option<f64>,
+}
+
+/// The phases of a training step (the data wait is [`StepReport::data_wait`]), by the host's
+/// clock: exact on the CPU; on CUDA, kernels run asynchronously, so a phase shows when its
+/// work was queued and the wait for it lands in the next phase that synchronises (the loss
+/// read at the end of the step).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PhaseTimes {
+    pub forward: Duration,
+    pub backward: Duration,
+    pub all_reduce: Duration,
+    pub optimizer: Duration,
 }
 
 pub struct Trainer {
@@ -81,6 +102,12 @@ pub struct Trainer {
     group: Group,
     /// Steps completed.
     step: u64,
+    /// Bytes of the gradients a step all-reduces.
+    grad_bytes: u64,
+    /// Ranks other than 0 trace one step in this many (see `lgaf_telemetry::settings`).
+    trace_step_every: u64,
+    /// Where rank 0 records each step (the run's history in the store); `None` elsewhere.
+    history: Option<HistoryWriter>,
 }
 
 /// Variables that the optimiser updates, by name, sorted.
@@ -112,6 +139,13 @@ impl Trainer {
             let source = checkpoints.location(loaded.manifest.step);
             trainer.restore_from_objects(&source, &loaded.manifest, &loaded.objects)?;
         }
+        // The run's history goes on from the step it resumed at.
+        trainer.history = Some(HistoryWriter::start(
+            checkpoints.run().clone(),
+            Source::Rank0,
+            0,
+            trainer.step,
+        )?);
         trainer.checkpoints = Some(checkpoints);
         Ok(trainer)
     }
@@ -182,6 +216,11 @@ impl Trainer {
             broadcast_from_rank0(&vs, &group)?;
         }
         let sgd = Sgd::new(trainable(&vs), cfg.optim.momentum, cfg.optim.weight_decay);
+        let grad_bytes = sgd
+            .params()
+            .iter()
+            .map(|t| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
+            .sum();
         Ok(Self {
             cfg,
             device,
@@ -196,6 +235,9 @@ impl Trainer {
             layout,
             group,
             step: 0,
+            grad_bytes,
+            trace_step_every: 0,
+            history: None,
         })
     }
 
@@ -442,6 +484,31 @@ impl Trainer {
         keys
     }
 
+    /// Records every step from now on in `history` (rank 0: the run's history).
+    pub fn set_history(&mut self, history: HistoryWriter) {
+        self.history = Some(history);
+    }
+
+    /// The run's history, if this rank writes it.
+    pub fn history(&self) -> Option<&HistoryWriter> {
+        self.history.as_ref()
+    }
+
+    /// Waits until every step recorded so far is in the store: before a checkpoint is
+    /// committed, so that a resumed run's history has no gap.
+    pub fn flush_history(&self) -> Result<()> {
+        if let Some(history) = &self.history {
+            let _s = info_span!("history_flush").entered();
+            history.flush_and_wait()?;
+        }
+        Ok(())
+    }
+
+    /// Traces one step in `every` on ranks other than 0 (rank 0 traces them all).
+    pub fn set_trace_step_every(&mut self, every: u64) {
+        self.trace_step_every = every;
+    }
+
     /// Steps per epoch at this world size.
     pub fn steps_per_epoch(&self) -> u64 {
         self.sampler.steps_per_epoch()
@@ -521,6 +588,8 @@ impl Trainer {
 
         let n = batch.labels.len();
         let collective = self.group.collective();
+        let mut phases = PhaseTimes::default();
+        let phase_started = Instant::now();
         let (out, fwd, exchange) = {
             let _s = info_span!("forward").entered();
             let mut images = images_to_tensor(&batch.images, n, IMAGE_SIZE, self.device);
@@ -545,6 +614,8 @@ impl Trainer {
                 (out, fwd, None)
             }
         };
+        phases.forward = phase_started.elapsed();
+        let phase_started = Instant::now();
         {
             let _s = info_span!("backward").entered();
             (&fwd.surrogate * loss_scale).backward();
@@ -558,10 +629,17 @@ impl Trainer {
                 }
             }
         }
-        if self.group.world_size() > 1 {
-            let _s = info_span!("all_reduce").entered();
+        phases.backward = phase_started.elapsed();
+        let phase_started = Instant::now();
+        let allreduce_bytes = if self.group.world_size() > 1 {
+            let _s = info_span!("all_reduce", bytes = self.grad_bytes).entered();
             data_parallel::all_reduce_grads(collective.as_ref(), self.sgd.params());
-        }
+            self.grad_bytes
+        } else {
+            0
+        };
+        phases.all_reduce = phase_started.elapsed();
+        let phase_started = Instant::now();
         if let Err(failed) = self.group.check() {
             self.sgd.zero_grad();
             return Err(WorkerError::Collective {
@@ -592,6 +670,7 @@ impl Trainer {
             self.sgd.zero_grad();
             !apply
         };
+        phases.optimizer = phase_started.elapsed();
         self.step += 1;
         let gamma = out.gamma.map(|g| {
             let m = Vec::<f64>::try_from(g.detach().to_kind(Kind::Double).mean_dim(
@@ -614,6 +693,9 @@ impl Trainer {
             loader: LoaderStats::default(),
             step_time: started.elapsed() + data_wait,
             batch_size: n,
+            phases,
+            allreduce_bytes,
+            loss_scale: scaled.then_some(loss_scale),
         })
     }
 
@@ -658,6 +740,7 @@ impl Trainer {
                     .into(),
             });
         };
+        self.flush_history()?;
         let (objects, state) = self.checkpoint_objects()?;
         let state = state.expect("a single process is rank 0");
         let epoch = self.step / state.steps_per_epoch;
@@ -700,8 +783,12 @@ impl Trainer {
             settings,
             self.step..end,
         )?;
-        loop {
-            let _step = info_span!("step", step = self.step + 1).entered();
+        // Up to `end`, not until the loader runs dry: a step span is made only for a step.
+        while self.step < end {
+            let rank = self.group.rank() as u32;
+            let step = self.step + 1;
+            let traced = step_traced(rank, step, self.trace_step_every);
+            let _step = info_span!("step", step, rank, lgaf.sampled = traced).entered();
             let wait_start = Instant::now();
             let batch = {
                 let _s = info_span!("data_wait").entered();
@@ -720,9 +807,48 @@ impl Trainer {
                     loss: report.loss,
                 });
             }
+            if let Some(history) = &self.history {
+                history.record(step_record(
+                    &report,
+                    self.group.world_size() as u32,
+                    self.layout.data_world_size(),
+                    history.generation(),
+                ));
+            }
             after_step(self, &report)?;
         }
         Ok(())
+    }
+}
+
+/// A step as the run's history keeps it.
+/// `data_shards` ranks' batches make a step (more than `world_size` in a smaller elastic
+/// generation).
+fn step_record(
+    report: &StepReport,
+    world_size: u32,
+    data_shards: u32,
+    generation: u64,
+) -> StepRecord {
+    let step_seconds = report.step_time.as_secs_f64();
+    StepRecord {
+        step: report.step,
+        epoch: report.epoch,
+        total_steps: report.total_steps,
+        loss: report.loss,
+        lr: report.lr,
+        // The job's rate: every data shard is a batch like this rank's.
+        samples_per_sec: (report.batch_size as f64 * f64::from(data_shards))
+            / step_seconds.max(1e-9),
+        step_seconds,
+        data_wait_seconds: report.data_wait.as_secs_f64(),
+        loss_scale: report.loss_scale,
+        skipped: report.skipped,
+        gamma_local: report.gamma.map(|g| g.0),
+        gamma_global: report.gamma.map(|g| g.1),
+        world_size,
+        generation,
+        time: lgaf_store::history::now(),
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::assert_history_complete;
 use common::processes::{
     all_gone_within, bin, coordinator_command, coordinator_url, store_url, tiny_config, wait_exit,
     work_dir, Log,
@@ -270,6 +271,8 @@ fn workers_killed_at_random_steps_are_replaced_and_the_run_ends_as_an_uninterrup
 
     // Same final step, and in deterministic CPU mode the same network, bit for bit.
     assert_same_network(&dir, "straight", "faulted", 24);
+    // Every step once in the run's history, whichever rank was killed when.
+    assert_history_complete(&store_url(&dir), "faulted", 24);
 }
 
 #[test]
@@ -320,6 +323,7 @@ fn a_killed_coordinator_started_again_continues_the_run_exactly() {
     assert!(log.contains("resuming from step 1"), "{log}");
     assert!(log.contains("step 36/36 epoch 5"), "{log}");
     assert_same_network(&dir, "straight", "restarted", 36);
+    assert_history_complete(&store_url(&dir), "restarted", 36);
 }
 
 #[test]

@@ -185,12 +185,13 @@ fn a_cut_link_is_detected_and_the_run_recovers_when_it_returns() {
                 &cut.ns_ip,
             ),
         ] {
-            if let Some(exited) = child.try_wait().unwrap() {
-                assert!(
-                    !exited.success(),
-                    "worker {slot} finished first\n{}",
-                    all_logs()
-                );
+            // A worker that finished (the run is over; the coordinator still lingers for
+            // its health probes) is done; one that failed is started again.
+            let failed = child
+                .try_wait()
+                .unwrap()
+                .is_some_and(|exited| !exited.success());
+            if failed {
                 child_log.push(&format!(
                     "[test] worker {slot} stopped; its pod is restarted"
                 ));

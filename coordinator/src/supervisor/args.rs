@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use lgaf_telemetry::TelemetryArgs;
 
 /// Coordinates a data-parallel LGAF training job: workers register over gRPC, get their
 /// rank, shards and checkpoint steps, and report progress; checkpoints are committed once
@@ -147,6 +148,19 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub long_poll_secs: u64,
+
+    /// Once the job has ended, the gRPC health service (grpc.health.v1, for Kubernetes
+    /// probes) answers NOT_SERVING for at least this long, in milliseconds, before the
+    /// server stops and the process exits (at most a minute; the shutdown's own waits count
+    /// towards it, and a signal cuts it short). The default, Kubernetes' shortest probe
+    /// period, lets a probe see the job end rather than only a refused connection.
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(0..=60_000))]
+    pub health_linger_ms: u32,
+
+    /// Logs, traces and metrics: `--log-format`, `--otlp-endpoint`, `--metrics-listen`...
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 /// The longest wait any flag may ask for: a day. Longer ones are surely a typo, and the
@@ -201,5 +215,16 @@ mod tests {
                 Args::try_parse_from(["lgaf-coordinator", "--workers", "1", flag, "86401"]);
             assert!(refused.is_err(), "{flag}");
         }
+        let linger = |ms| {
+            Args::try_parse_from([
+                "lgaf-coordinator",
+                "--workers",
+                "1",
+                "--health-linger-ms",
+                ms,
+            ])
+        };
+        assert_eq!(linger("60000").unwrap().health_linger_ms, 60_000);
+        assert!(linger("60001").is_err());
     }
 }

@@ -58,6 +58,9 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// The longest a blocking Join or GetNcclId waits before the worker calls again.
     pub long_poll: Duration,
+    /// How long after the job ended the health service answers NOT_SERVING, at least,
+    /// before the server stops.
+    pub health_linger: Duration,
 }
 
 /// The coordinator's TLS identity, and the CA its local workers verify it with.
@@ -178,6 +181,7 @@ impl Config {
             max_requests_per_sec: args.max_requests_per_sec,
             stop_timeout: Duration::from_secs(args.stop_timeout_secs),
             long_poll: Duration::from_secs(args.long_poll_secs),
+            health_linger: Duration::from_millis(args.health_linger_ms.into()),
         })
     }
 }
@@ -302,6 +306,7 @@ mod tests {
         assert_eq!(config.grace, Duration::from_secs(3));
         assert_eq!(config.stop_timeout, Duration::from_secs(10));
         assert_eq!(config.long_poll, Duration::from_secs(30));
+        assert_eq!(config.health_linger, Duration::from_secs(1));
         assert_eq!(config.token.as_ref().map(JobToken::expose), Some("s3cret"));
         assert!(config.tls.is_none() && config.config_toml.is_empty());
         assert!(config.worker_bin.ends_with("lgaf-worker"));
@@ -315,6 +320,8 @@ mod tests {
             "0.25",
             "--min-workers",
             "1",
+            "--health-linger-ms",
+            "0",
             "--token-file",
             token,
         ]))
@@ -328,6 +335,7 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:7000".parse().unwrap());
         assert_eq!(config.elastic_grace, Duration::from_millis(250));
         assert_eq!(config.min_workers, 1);
+        assert_eq!(config.health_linger, Duration::ZERO);
     }
 
     #[test]

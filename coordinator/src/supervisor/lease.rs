@@ -1,7 +1,8 @@
 //! This process as the holder of its run's coordinator lease (`runs/<run>/LEASE.json`, see
-//! [`lgaf_store::lease`]): who it is, and taking the lease at start, which may mean waiting
-//! to see whether the coordinator holding it is still alive. The time and that wait come
-//! through a [`Clock`], so that tests take leases without waiting for real.
+//! [`lgaf_store::lease`]): who it is, taking the lease at start, which may mean waiting to
+//! see whether the coordinator holding it is still alive, and renewing it while it runs
+//! ([`Tenure`]), which says whether it still holds it. The time and that wait come through
+//! a [`Clock`], so that tests take and renew leases without waiting for real.
 
 use std::future::Future;
 use std::time::Duration;
@@ -84,22 +85,24 @@ pub fn holder_is_gone(held: &Lease, here: &str) -> bool {
             == Err(nix::errno::Errno::ESRCH)
 }
 
-/// Takes the run's coordinator lease for `me`, so that only one coordinator acts for a run.
-/// A lease whose holder is `gone` is taken at once; one that lapses without being renewed
-/// (its coordinator died elsewhere) is taken when it lapses; one that is being renewed means
-/// another coordinator is running: [`StoreError::LeaseHeld`], naming it.
+/// Takes the run's coordinator lease for `me`, so that only one coordinator acts for a run,
+/// and returns the lease as written. A lease whose holder is `gone` is taken at once; one
+/// that lapses without being renewed (its coordinator died elsewhere) is taken when it
+/// lapses; one that is being renewed means another coordinator is running:
+/// [`StoreError::LeaseHeld`], naming it.
 pub async fn acquire_lease(
     run: &RunStore,
     me: &LeaseHolder,
     clock: &impl Clock,
     gone: impl Fn(&Lease) -> bool,
-) -> Result<(), StoreError> {
+) -> Result<Lease, StoreError> {
     // The expiry of the other holder's lease when we last looked.
     let mut seen: Option<u64> = None;
     loop {
         let now = clock.now_ms();
-        match run.try_acquire_lease(&me.lease_at(now), now, &gone).await? {
-            LeaseAttempt::Acquired => return Ok(()),
+        let mine = me.lease_at(now);
+        match run.try_acquire_lease(&mine, now, &gone).await? {
+            LeaseAttempt::Acquired => return Ok(mine),
             LeaseAttempt::HeldBy(held) => {
                 if seen.is_some_and(|expiry| held.expires_at_ms > expiry) {
                     return Err(run.lease_held(held));
@@ -119,6 +122,60 @@ pub async fn acquire_lease(
                 let wait = held.expires_at_ms.saturating_sub(now).clamp(100, 2_000);
                 clock.sleep(Duration::from_millis(wait)).await;
             }
+        }
+    }
+}
+
+/// What one renewal of this process's lease came to.
+#[derive(Debug)]
+pub enum Renewal {
+    /// Renewed for another term.
+    Renewed,
+    /// Not renewed (the store failed), but the last renewal still holds: renewals come three
+    /// times a term so that one failure does not lose the lease.
+    Failed(StoreError),
+    /// Not renewed, and the last renewal has run out: another coordinator may take the run
+    /// at any moment, until a renewal succeeds again.
+    Lapsed(StoreError),
+    /// Another coordinator holds it ([`StoreError::LeaseHeld`]): this one must stop acting
+    /// for the run.
+    Lost(StoreError),
+}
+
+impl Renewal {
+    /// Whether this process still holds the lease.
+    pub fn holds(&self) -> bool {
+        matches!(self, Renewal::Renewed | Renewal::Failed(_))
+    }
+}
+
+/// This process's hold on its lease while it runs: until when the last lease it wrote
+/// lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tenure {
+    until_ms: u64,
+}
+
+impl Tenure {
+    /// From the lease [`acquire_lease`] wrote.
+    pub fn new(acquired: &Lease) -> Self {
+        Tenure {
+            until_ms: acquired.expires_at_ms,
+        }
+    }
+
+    /// Renews the lease of `me` for another term from now, and says whether it still holds.
+    pub async fn renew(&mut self, run: &RunStore, me: &LeaseHolder, clock: &impl Clock) -> Renewal {
+        let lease = me.lease_at(clock.now_ms());
+        match run.renew_lease(&lease).await {
+            Ok(()) => {
+                self.until_ms = lease.expires_at_ms;
+                Renewal::Renewed
+            }
+            Err(e @ StoreError::LeaseHeld { .. }) => Renewal::Lost(e),
+            // Judged after the failed call, which may have taken a while.
+            Err(e) if clock.now_ms() >= self.until_ms => Renewal::Lapsed(e),
+            Err(e) => Renewal::Failed(e),
         }
     }
 }
@@ -326,5 +383,85 @@ mod tests {
         assert!(clock.sleeps() >= 1);
         assert!(clock.now_ms() > START_MS + silent.term.as_millis() as u64);
         assert_eq!(lease_holder(&run).await.as_deref(), Some("me"));
+    }
+
+    /// Renewals while the store fails keep the lease only as long as the last one lasts; a
+    /// lease another coordinator took is lost, naming it.
+    #[tokio::test]
+    async fn renewals_say_whether_the_lease_still_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_store(&dir);
+        let clock = FakeClock::new(None);
+        let me = holder("me", std::process::id());
+        let acquired = acquire_lease(&run, &me, &clock, never_gone).await.unwrap();
+        assert_eq!(
+            (acquired.holder.as_str(), acquired.expires_at_ms),
+            ("me", START_MS + 2_000)
+        );
+        let mut tenure = Tenure::new(&acquired);
+
+        clock.sleep(Duration::from_millis(1_000)).await;
+        let renewed = tenure.renew(&run, &me, &clock).await;
+        assert!(
+            matches!(renewed, Renewal::Renewed) && renewed.holds(),
+            "{renewed:?}"
+        );
+
+        // The store fails (an unreadable lease): the renewal at START + 1 s lasts until
+        // START + 3 s, and not a moment longer.
+        let lease_file = dir.path().join(run.lease_key());
+        std::fs::write(&lease_file, "not a lease").unwrap();
+        clock.sleep(Duration::from_millis(1_000)).await;
+        let failed = tenure.renew(&run, &me, &clock).await;
+        assert!(
+            matches!(failed, Renewal::Failed(_)) && failed.holds(),
+            "{failed:?}"
+        );
+        clock.sleep(Duration::from_millis(1_500)).await;
+        let lapsed = tenure.renew(&run, &me, &clock).await;
+        assert!(
+            matches!(lapsed, Renewal::Lapsed(_)) && !lapsed.holds(),
+            "{lapsed:?}"
+        );
+        assert!(error_text(&lapsed).contains("not a lease"), "{lapsed:?}");
+
+        // The store answers again and nobody took the run meanwhile: held again.
+        std::fs::remove_file(&lease_file).unwrap();
+        let back = tenure.renew(&run, &me, &clock).await;
+        assert!(matches!(back, Renewal::Renewed), "{back:?}");
+
+        // Another coordinator takes it (ours lapsed unseen): lost, naming the other.
+        let other = LeaseHolder {
+            host: "node-7".into(),
+            ..holder("other-coordinator", 4242)
+        };
+        let later = clock.now_ms() + 10_000;
+        assert!(matches!(
+            run.try_acquire_lease(&other.lease_at(later), later, never_gone)
+                .await
+                .unwrap(),
+            LeaseAttempt::Acquired
+        ));
+        let lost = tenure.renew(&run, &me, &clock).await;
+        assert!(
+            matches!(&lost, Renewal::Lost(StoreError::LeaseHeld { .. })) && !lost.holds(),
+            "{lost:?}"
+        );
+        assert!(
+            error_text(&lost).contains("other-coordinator on node-7"),
+            "{lost:?}"
+        );
+        assert_eq!(
+            lease_holder(&run).await.as_deref(),
+            Some("other-coordinator")
+        );
+    }
+
+    /// The error a renewal that did not renew carries.
+    fn error_text(renewal: &Renewal) -> String {
+        match renewal {
+            Renewal::Renewed => String::new(),
+            Renewal::Failed(e) | Renewal::Lapsed(e) | Renewal::Lost(e) => e.to_string(),
+        }
     }
 }

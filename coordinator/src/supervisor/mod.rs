@@ -8,12 +8,14 @@
 //!   ([`Config`]);
 //! - [`lease`]: this process as the holder of the run's lease;
 //! - [`address`]: the listen address and the URL local workers dial;
-//! - `open`: the run's job, resumed or new; `server`: the gRPC server task; `workers`: the
-//!   local workers under supervision.
+//! - `open`: the run's job, resumed or new; `server`: the gRPC server task; `health`: what
+//!   its `grpc.health.v1` service answers (probes); `workers`: the local workers under
+//!   supervision.
 
 pub mod address;
 pub mod args;
 pub mod config;
+mod health;
 pub mod lease;
 mod open;
 mod server;
@@ -24,9 +26,11 @@ use std::time::Duration;
 
 use lgaf_proto::console::print_line;
 use lgaf_proto::v1;
+use lgaf_telemetry::opentelemetry::KeyValue;
+use lgaf_telemetry::Telemetry;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 
 pub use address::{coordinator_url, parse_listen};
@@ -35,8 +39,10 @@ pub use config::{check_run_id, default_run_id, Config, ConfigError, Tls};
 pub use lease::{acquire_lease, holder_is_gone, Clock, LeaseHolder, SystemClock};
 
 use crate::local::{ChildExit, SpawnSpec};
-use crate::service::now_ms;
+use crate::observe::JobObserver;
 use crate::{CoordinatorService, JobError, JobPhase, RunStore, Store};
+use health::Health;
+use lease::{Renewal, Tenure};
 use open::open_job;
 use server::Server;
 use workers::LocalSlots;
@@ -99,6 +105,12 @@ pub enum SupervisorError {
         source: std::io::Error,
     },
 
+    #[error(transparent)]
+    Telemetry(#[from] lgaf_telemetry::TelemetryError),
+
+    #[error(transparent)]
+    History(#[from] lgaf_store::HistoryError),
+
     #[error("the job failed: {error}")]
     JobFailed { error: String },
 
@@ -106,19 +118,31 @@ pub enum SupervisorError {
     JobUnfinished { phase: JobPhase },
 }
 
-/// Runs the job `config` describes to its end.
-pub async fn run(config: Config) -> Result<Outcome, SupervisorError> {
+/// Runs the job `config` describes to its end, its traces and metrics exported as
+/// `telemetry` says.
+pub async fn run(config: Config, telemetry: &mut Telemetry) -> Result<Outcome, SupervisorError> {
     // First of all, so that a signal never kills the coordinator without its children.
     let signals = Signals::install()?;
     let store = Store::from_url(&config.store_url)
         .map_err(|source| SupervisorError::OpenStore { source })?;
     let run = RunStore::new(store, &config.run_id)?;
     let me = LeaseHolder::this_process(config.lease);
-    acquire_lease(&run, &me, &SystemClock, |held| {
+    let acquired = acquire_lease(&run, &me, &SystemClock, |held| {
         holder_is_gone(held, &me.host)
     })
     .await?;
-    let service = open_job(&config, &run, &me.id).await?;
+    telemetry.start_export(vec![
+        KeyValue::new("lgaf.run.id", config.run_id.clone()),
+        KeyValue::new("lgaf.job.id", config.job_id.clone()),
+        KeyValue::new("host.name", lgaf_proto::this_host_name()),
+        KeyValue::new("process.pid", i64::from(std::process::id())),
+    ])?;
+    let observer = JobObserver::new(
+        &config.run_id,
+        &config.job_id,
+        &telemetry.meter("lgaf-coordinator"),
+    );
+    let service = open_job(&config, &run, &me.id, observer).await?;
 
     // Resumed at its final step (or past it): nothing to serve.
     if let Some(phase) = service.with_job(|j| j.is_over().then(|| j.phase().clone())) {
@@ -134,7 +158,8 @@ pub async fn run(config: Config) -> Result<Outcome, SupervisorError> {
         return outcome(Ended::Over, phase);
     }
 
-    let server = Server::start(&config, &service).await?;
+    let (health, health_service) = Health::start().await;
+    let server = Server::start(&config, &service, health_service).await?;
     say(format!("listening on {}", server.url));
     let job_id = service.with_job(|j| j.settings().job_id.clone());
     let job = if job_id == config.run_id {
@@ -155,14 +180,17 @@ pub async fn run(config: Config) -> Result<Outcome, SupervisorError> {
         devices: Vec::new(),
         token: config.token.clone(),
         tls_ca: config.tls.as_ref().map(|tls| tls.ca.clone()),
+        telemetry: telemetry.args().clone(),
     };
     let (local, exits) = LocalSlots::new(spec, config.workers);
     let mut supervision = Supervision {
         config,
         run,
         me,
+        tenure: Tenure::new(&acquired),
         service,
         server,
+        health,
         local,
         exits,
         signals,
@@ -185,8 +213,10 @@ struct Supervision {
     config: Config,
     run: RunStore,
     me: LeaseHolder,
+    tenure: Tenure,
     service: Service,
     server: Server,
+    health: Health,
     local: LocalSlots,
     exits: mpsc::UnboundedReceiver<ChildExit>,
     signals: Signals,
@@ -249,10 +279,13 @@ impl Supervision {
         }
     }
 
-    /// After the loop: the workers stopped (or given time to exit by themselves after a
-    /// success), the final job state saved, the server drained, the lease released and the
-    /// final status printed.
-    async fn shut_down(self, ended: Ended) -> Result<Outcome, SupervisorError> {
+    /// After the loop: probes told NOT_SERVING, the workers stopped (or given time to exit
+    /// by themselves after a success), the final job state saved, the server drained, the
+    /// lease released and the final status printed.
+    async fn shut_down(mut self, ended: Ended) -> Result<Outcome, SupervisorError> {
+        // First, so that probes see the job over while the workers are told and stopped.
+        self.health.job_ended().await;
+        let ended_at = Instant::now();
         let (config, service) = (&self.config, &self.service);
         match ended {
             Ended::Over => {
@@ -275,6 +308,14 @@ impl Supervision {
         if let Err(e) = service.persist().await {
             error!("saving the final job state: {e}");
         }
+        // So that a probe sees NOT_SERVING, not only a refused connection, once the job ended
+        // (pointless once the server has stopped by itself).
+        if self.server.running {
+            self.signals
+                .sleep_until(ended_at + config.health_linger)
+                .await;
+        }
+        self.health.close().await;
         self.server.stop().await;
         release_lease(&self.run, &self.me).await;
         say(describe(&service.status()));
@@ -282,15 +323,21 @@ impl Supervision {
     }
 
     /// Renews the lease; one taken over by another coordinator fails the job, which must
-    /// stop acting for the run at once.
-    async fn renew_lease(&self) {
-        if let Err(e) = self.run.renew_lease(&self.me.lease_at(now_ms())).await {
-            if matches!(e, lgaf_store::StoreError::LeaseHeld { .. }) {
+    /// stop acting for the run at once. Probes learn first whether it still holds.
+    async fn renew_lease(&mut self) {
+        let renewal = self.tenure.renew(&self.run, &self.me, &SystemClock).await;
+        self.health.lease_held(renewal.holds()).await;
+        match renewal {
+            Renewal::Renewed => {}
+            Renewal::Failed(e) => warn!("renewing the coordinator lease: {e}"),
+            Renewal::Lapsed(e) => warn!(
+                "renewing the coordinator lease: {e}; it has lapsed, so another coordinator \
+                 may take the run until a renewal succeeds"
+            ),
+            Renewal::Lost(e) => {
                 self.service
                     .fail(format!("this coordinator lost its lease: {e}"))
                     .await;
-            } else {
-                warn!("renewing the coordinator lease: {e}");
             }
         }
     }
@@ -314,6 +361,15 @@ impl Signals {
             interrupt: install("SIGINT", SignalKind::interrupt())?,
             terminate: install("SIGTERM", SignalKind::terminate())?,
         })
+    }
+
+    /// Waits until `until`, or until a signal comes (one already pending cuts it short).
+    async fn sleep_until(&mut self, until: Instant) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }
 

@@ -6,14 +6,19 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::{Config, Service, SupervisorError};
+use lgaf_store::history::Source;
+use lgaf_store::HistoryWriter;
+
+use crate::observe::JobObserver;
 use crate::{stored_run, CoordinatorService, Job, JobSettings, RunStore, ServiceOptions};
 
 /// The job of the run: resumed from its newest committed checkpoint, or new; its first
-/// state saved.
+/// state saved. `observer` follows it (traces, metrics).
 pub(super) async fn open_job(
     config: &Config,
     run: &RunStore,
     instance: &str,
+    observer: JobObserver,
 ) -> Result<Service, SupervisorError> {
     let run_id = &config.run_id;
     let store_url = run.store().url().to_string();
@@ -72,7 +77,12 @@ pub(super) async fn open_job(
             Job::new(settings)?
         }
     };
-    let service = CoordinatorService::new(
+    // The job's events join the run's history from the step it resumes at.
+    let generation = job.status(crate::service::now_ms()).generation;
+    let resumed_from = stored.resume.as_ref().map_or(0, |from| from.step);
+    let history = HistoryWriter::start(run.clone(), Source::Coordinator, generation, resumed_from)?;
+    let observer = observer.with_history(history);
+    let service = CoordinatorService::observed(
         job,
         run.clone(),
         run.clone(),
@@ -80,6 +90,7 @@ pub(super) async fn open_job(
             long_poll_max: config.long_poll,
             long_poll_refresh: config.heartbeat_interval,
         },
+        observer,
     );
     service
         .persist()

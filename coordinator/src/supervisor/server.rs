@@ -1,11 +1,13 @@
 //! The gRPC server of the job, in a task of its own: listening, the job token and TLS it
-//! serves with, and draining it at the end.
+//! serves with, the health service beside the job, and draining it at the end.
 
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
 use tracing::warn;
 
 use super::{coordinator_url, Config, Service, SupervisorError};
@@ -23,8 +25,12 @@ pub(super) struct Server {
 
 impl Server {
     /// Listens on `config.listen` and serves `service` with the job token and TLS of
-    /// `config`.
-    pub async fn start(config: &Config, service: &Service) -> Result<Self, SupervisorError> {
+    /// `config`, and `health` to anyone.
+    pub async fn start(
+        config: &Config,
+        service: &Service,
+        health: HealthServer<HealthService>,
+    ) -> Result<Self, SupervisorError> {
         let listen_error = |source| SupervisorError::Listen {
             addr: config.listen,
             source,
@@ -44,6 +50,7 @@ impl Server {
             token: config.token.clone(),
             tls: config.tls.as_ref().map(|tls| tls.server.clone()),
             requests_per_sec: Some(config.max_requests_per_sec),
+            health: Some(health),
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, service.clone(), security, async {

@@ -29,7 +29,7 @@ pub mod testing;
 mod traces;
 
 pub use settings::{LogFormat, OtlpProtocol, TelemetryArgs};
-pub use telemetry::{Telemetry, TelemetryError};
+pub use telemetry::{Telemetry, TelemetryError, TextStyle};
 pub use traces::SAMPLED_FIELD;
 
 /// The OpenTelemetry API, re-exported so the instrumented crates use the same version.

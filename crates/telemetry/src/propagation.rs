@@ -1,8 +1,10 @@
 //! W3C trace context (`traceparent`, `tracestate`) in gRPC metadata, so that one trace
-//! crosses the processes of a job: a client puts its current span's context on a request,
-//! a server parents its handler span under it, and the coordinator hands the job's (or the
-//! generation's) context to the workers on its replies. With tracing off, nothing is
-//! written and nothing read is used.
+//! crosses the processes of a job. The coordinator hands the job's context to a worker on
+//! Register's reply and the generation's on Join's, and the worker parents its spans under
+//! them. Every worker request also carries the calling span's context, as gRPC clients do,
+//! so a proxy or server in between can join the trace (the coordinator's own spans follow
+//! the job's events instead of its handlers). With tracing off, nothing is written and
+//! nothing read is used.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;

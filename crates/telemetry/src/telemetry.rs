@@ -28,7 +28,8 @@ use crate::traces::DeferredExport;
 use crate::{metrics, prometheus_http, traces};
 
 /// How long the exit waits for the last spans and metrics to leave.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+/// Each of spans and metrics gets this long; only a collector that is down or slow uses it.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -57,6 +58,15 @@ pub enum TelemetryError {
     Prometheus(#[source] opentelemetry_sdk::error::OTelSdkError),
 }
 
+/// How text log lines look.
+#[derive(Clone, Copy, Debug)]
+pub struct TextStyle {
+    /// Colours (for a terminal).
+    pub ansi: bool,
+    /// The module each line comes from (`lgaf_coordinator::service: ...`).
+    pub targets: bool,
+}
+
 /// The observability of one process (see the module header).
 pub struct Telemetry {
     service: &'static str,
@@ -72,13 +82,13 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Installs the process's log subscriber (filtered by `RUST_LOG`, default `info`),
-    /// writing to `writer` as text (`ansi` colours) or JSON lines. If a subscriber is
-    /// already installed (tests in one process), that one stays.
+    /// writing to `writer` as text (in `style`) or JSON lines. If a subscriber is already
+    /// installed (tests in one process), that one stays.
     pub fn init<W>(
         service: &'static str,
         args: &TelemetryArgs,
         writer: W,
-        ansi: bool,
+        style: TextStyle,
     ) -> Result<Self, TelemetryError>
     where
         W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -94,8 +104,8 @@ impl Telemetry {
         let log_lines = match args.log_format {
             LogFormat::Text => tracing_subscriber::fmt::layer()
                 .with_writer(writer)
-                .with_ansi(ansi)
-                .with_target(false)
+                .with_ansi(style.ansi)
+                .with_target(style.targets)
                 .boxed(),
             LogFormat::Json => tracing_subscriber::fmt::layer()
                 .event_format(JsonWithTrace)
@@ -200,17 +210,19 @@ impl Telemetry {
     }
 
     fn resource(&self, attributes: Vec<KeyValue>) -> Resource {
-        let mut builder = Resource::builder();
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-            builder = builder.with_service_name(self.service);
-        }
-        // The environment's attributes win over ours: set last.
+        // The environment's attributes (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, which
+        // `Resource::builder` reads) win over ours: ours only fill in what it leaves out.
         let from_env = Resource::builder_empty()
             .with_detector(Box::new(
                 opentelemetry_sdk::resource::EnvResourceDetector::new(),
             ))
             .build();
         let env_keys: Vec<_> = from_env.iter().map(|(k, _)| k.clone()).collect();
+        let mut builder = Resource::builder();
+        let service_key = opentelemetry::Key::from_static_str("service.name");
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() && !env_keys.contains(&service_key) {
+            builder = builder.with_service_name(self.service);
+        }
         builder
             .with_attributes(
                 attributes

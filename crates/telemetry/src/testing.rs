@@ -1,10 +1,13 @@
-//! For this workspace's tests: a real OpenTelemetry collector (`rotel`, from PyPI) started on
-//! free loopback ports, printing what it receives, and a reader of what it printed. `make
-//! test` installs rotel and names it in `LGAF_ROTEL`.
+//! For this workspace's tests, against the real receivers a user runs: a real
+//! OpenTelemetry collector (`rotel`, from PyPI) started on free loopback ports, printing
+//! what it receives, and a reader of what it printed; and the helpers of the Prometheus
+//! checks (a plain HTTP GET, `promtool check metrics`). `make test` installs rotel and
+//! Prometheus and names them in `LGAF_ROTEL` and `LGAF_PROMTOOL`/`LGAF_PROMETHEUS`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,15 +24,21 @@ pub struct Collector {
 
 impl Collector {
     /// Starts the collector named by `LGAF_ROTEL` and waits until it listens. Panics (the
-    /// test fails) when it is not installed, saying how to install it.
+    /// test fails) when it is not installed, saying how to install it. A port taken between
+    /// choosing it and the collector binding it (tests run in parallel) means another try.
     pub fn start() -> Collector {
-        let program = match std::env::var("LGAF_ROTEL") {
-            Ok(path) if std::path::Path::new(&path).exists() => path,
-            _ => panic!(
-                "LGAF_ROTEL does not name the rotel collector: run `make test`, which installs \
-                 it (PyPI rotel, in .venv-otel)"
-            ),
-        };
+        let program = installed("LGAF_ROTEL", "", "rotel (PyPI, in .venv-otel)");
+        let mut last_output = String::new();
+        for _ in 0..3 {
+            match Self::try_start(&program) {
+                Ok(collector) => return collector,
+                Err(output) => last_output = output,
+            }
+        }
+        panic!("rotel did not start listening, three times:\n{last_output}")
+    }
+
+    fn try_start(program: &Path) -> Result<Collector, String> {
         let (grpc, http) = (free_port(), free_port());
         let pid_file =
             std::env::temp_dir().join(format!("lgaf-rotel-{}-{grpc}.pid", std::process::id()));
@@ -59,25 +68,23 @@ impl Collector {
                 }
             });
         }
-        let collector = Collector {
+        let mut collector = Collector {
             child,
             output,
             grpc: format!("http://127.0.0.1:{grpc}"),
             http: format!("http://127.0.0.1:{http}"),
         };
-        collector.wait_for("Starting Rotel", Duration::from_secs(30));
-        // It prints that line just before it binds.
+        let deadline = Instant::now() + Duration::from_secs(30);
         for port in [grpc, http] {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "rotel is not listening on {port}"
-                );
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                let exited = collector.child.try_wait().ok().flatten().is_some();
+                if exited || Instant::now() > deadline {
+                    return Err(collector.output());
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        collector
+        Ok(collector)
     }
 
     /// Everything it printed so far.
@@ -189,11 +196,83 @@ pub fn parse_spans(text: &str) -> Vec<ReceivedSpan> {
     spans
 }
 
-fn free_port() -> u16 {
+/// A free port on loopback (bound, then let go for the server about to take it).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// The program `var` names (else `default`); fails the test, saying how to install it,
+/// when it is not there.
+pub fn installed(var: &str, default: &str, what: &str) -> PathBuf {
+    let path = PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_string()));
+    assert!(
+        path.is_file(),
+        "`{}` (${var}) is not installed: `make test` installs it ({what})",
+        path.display()
+    );
+    path
+}
+
+/// `GET http://{addr}{path}`: the status code and the body. HTTP/1.0, so the server closes
+/// the connection after the body and sends it unchunked.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let malformed = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("GET http://{addr}{path}: {what}: {response:?}"),
+        )
+    };
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| malformed("no end of headers"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| malformed("no status line"))?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Err(malformed("a chunked answer to an HTTP/1.0 request"));
+    }
+    Ok((status, body.to_string()))
+}
+
+/// `promtool check metrics` over `exposition` (the text of `who`'s endpoint): it must exit
+/// 0 and say nothing, or the test fails with what it said.
+pub fn promtool_check(promtool: &Path, who: &str, exposition: &str) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting promtool");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(exposition.as_bytes())
+        .expect("writing to promtool");
+    let out = child.wait_with_output().expect("promtool's output");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics on {who}'s endpoint: {}\n{said}\nthe exposition:\n{exposition}",
+        out.status
+    );
 }
 
 #[cfg(test)]

@@ -6,19 +6,16 @@
 //! `make test` installs rotel (PyPI, `.venv-otel`) and Prometheus (Debian) and names them in
 //! `LGAF_ROTEL` and `LGAF_PROMTOOL`.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lgaf_telemetry::opentelemetry::KeyValue;
-use lgaf_telemetry::testing::Collector;
-use lgaf_telemetry::{Telemetry, TelemetryArgs};
+use lgaf_telemetry::testing::{http_get, installed, promtool_check, Collector};
+use lgaf_telemetry::{Telemetry, TelemetryArgs, TextStyle};
 
-fn tool(var: &str) -> String {
-    match std::env::var(var) {
-        Ok(path) if std::path::Path::new(&path).exists() => path,
-        _ => panic!("{var} does not name an installed program: run `make test`, which installs it"),
-    }
-}
+const PLAIN: TextStyle = TextStyle {
+    ansi: false,
+    targets: false,
+};
 
 #[test]
 fn spans_reach_the_collector_metrics_pass_promtool_and_a_lost_collector_costs_nothing() {
@@ -28,7 +25,7 @@ fn spans_reach_the_collector_metrics_pass_promtool_and_a_lost_collector_costs_no
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..TelemetryArgs::default()
     };
-    let mut telemetry = Telemetry::init("lgaf-test", &args, std::io::stderr, false).unwrap();
+    let mut telemetry = Telemetry::init("lgaf-test", &args, std::io::stderr, PLAIN).unwrap();
     telemetry
         .start_export(vec![KeyValue::new("lgaf.run.id", "collector-test")])
         .unwrap();
@@ -59,8 +56,9 @@ fn spans_reach_the_collector_metrics_pass_promtool_and_a_lost_collector_costs_no
     }
 
     // Prometheus text, checked by Prometheus's own linter.
-    let addr = telemetry.metrics_addr().unwrap();
-    let body = http_get(addr, "/metrics");
+    let addr = telemetry.metrics_addr().unwrap().to_string();
+    let (status, body) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200, "{body}");
     assert!(
         body.lines()
             .any(|l| l.starts_with("lgaf_test_steps_total") && l.ends_with(" 3")),
@@ -70,27 +68,8 @@ fn spans_reach_the_collector_metrics_pass_promtool_and_a_lost_collector_costs_no
         body.contains("lgaf_test_step_duration_seconds_bucket"),
         "{body}"
     );
-    let mut promtool = Command::new(tool("LGAF_PROMTOOL"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}\n{body}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    let promtool = installed("LGAF_PROMTOOL", "/usr/bin/promtool", "Debian's prometheus");
+    promtool_check(&promtool, "the test process", &body);
 
     // The spans arrive with the resource; the unsampled step and its child do not.
     rotel.wait_for("test_job", Duration::from_secs(30));
@@ -130,23 +109,4 @@ fn spans_reach_the_collector_metrics_pass_promtool_and_a_lost_collector_costs_no
         "shutting down with the collector gone took {:?}",
         started.elapsed()
     );
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_lowercase().contains("content-type: text/plain"),
-        "{head}"
-    );
-    body.to_string()
 }

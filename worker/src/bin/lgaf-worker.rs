@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use lgaf_proto::auth::JobToken;
 use lgaf_proto::console::eprint_line;
+use lgaf_telemetry::TelemetryArgs;
 use lgaf_worker::coordinated::{self, WorkerArgs};
+use lgaf_worker::progress::init_telemetry;
 
 #[derive(Parser)]
 #[command(version, about = "One rank of a coordinated LGAF training run")]
@@ -39,11 +41,19 @@ struct Cli {
     /// The CA certificate (PEM) that signed an https:// coordinator's certificate.
     #[arg(long, value_name = "PATH", env = "LGAF_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
 }
 
 fn main() -> ExitCode {
-    lgaf_worker::progress::init_logging();
     let cli = Cli::parse();
+    let mut telemetry = match init_telemetry("lgaf-worker", &cli.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprint_line(format!("lgaf-worker: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
     let token = match &cli.token_file {
         Some(path) => JobToken::from_file(path).map(Some),
         None => JobToken::from_env(),
@@ -64,7 +74,7 @@ fn main() -> ExitCode {
         token,
         tls_ca: cli.tls_ca,
     };
-    match coordinated::run(args) {
+    match coordinated::run(args, &mut telemetry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprint_line(format!("lgaf-worker: {e}"));

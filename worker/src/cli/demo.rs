@@ -1,6 +1,7 @@
 //! `lgaf demo`: the end-to-end CPU demo. A small LGAF trained on synthetic faces (in this
 //! process, or data-parallel through `lgaf-coordinator`), then held-out identities verified
-//! and the attention weights reported per nuisance factor.
+//! and the attention weights reported per nuisance factor, and the run's report (as
+//! `lgaf report` writes it) put beside its outputs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,11 @@ use lgaf_data::augment::AugmentConfig;
 use lgaf_data::image_folder;
 use lgaf_model::{weights, Arch, Lgaf};
 
+use lgaf_store::history::Source;
+use lgaf_store::{BlockingRunStore, HistoryWriter};
+
 use super::model_metadata;
+use super::report::write_report;
 use super::train::run_with_progress;
 use crate::eval::{HeldOut, SynthReport};
 use crate::{TrainConfig, Trainer};
@@ -138,12 +143,19 @@ pub(super) fn demo(a: DemoArgs) -> Result<()> {
         &weights_path,
         &model_metadata(&trainer.config().model),
     )?;
-    let store = &trainer.config().checkpoint.dir;
+    let store = trainer.config().checkpoint.dir.clone();
+    if let Some(history) = trainer.history() {
+        history.record(after.to_history(trainer.steps_done()));
+    }
+    // The trainer's history is complete once it is dropped (its last flush).
+    drop(trainer);
+    let report = write_report(&store, "demo", &a.out.join("report.html"), None)?;
     out!(
         "\nweights: {}\ncheckpoints: {store} (lgaf ckpt ls --store {store} --run demo)\nexample \
-         images: {}",
+         images: {}\nreport: {}",
         weights_path.display(),
-        a.out.join("examples").display()
+        a.out.join("examples").display(),
+        report.html.display()
     );
     Ok(())
 }
@@ -237,12 +249,26 @@ fn demo_coordinated(mut cfg: TrainConfig, a: &DemoArgs) -> Result<()> {
     )?;
     let weights_path = a.out.join("lgaf-r18-w0.25.safetensors");
     std::fs::write(&weights_path, bytes)?;
+    // The evaluation joins the run's history (as rank 0's, after its last step), so the
+    // report shows it.
+    let run = BlockingRunStore::from_url(&store.display().to_string(), "demo")?;
+    let history = HistoryWriter::start(run.run().clone(), Source::Rank0, 0, loaded.manifest.step)?;
+    history.record(after.to_history(loaded.manifest.step));
+    history.finish()?;
+    let report = write_report(
+        &store.display().to_string(),
+        "demo",
+        &a.out.join("report.html"),
+        None,
+    )?;
     out!(
-        "\nweights: {}\ncheckpoints: {} (lgaf ckpt ls --store {} --run demo)\nexample images: {}",
+        "\nweights: {}\ncheckpoints: {} (lgaf ckpt ls --store {} --run demo)\nexample images: \
+         {}\nreport: {}",
         weights_path.display(),
         store.display(),
         store.display(),
-        a.out.join("examples").display()
+        a.out.join("examples").display(),
+        report.html.display()
     );
     Ok(())
 }

@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use lgaf_model::{weights, Arch, Fusion, Lgaf, ModelConfig};
 use tch::nn::VarStore;
 
+use lgaf_telemetry::{Telemetry, TelemetryArgs};
+
 use crate::device::parse_device;
 
 /// `println!` for this tool's output: a reader that went away (`lgaf ckpt ls | head -1`)
@@ -25,12 +27,14 @@ mod ckpt;
 mod dataset;
 mod demo;
 mod eval;
+mod report;
 mod train;
 
 pub use ckpt::{CkptCommand, CkptConvertArgs, CkptExportArgs, CkptLsArgs};
 pub use dataset::{InspectArgs, PackArgs};
 pub use demo::DemoArgs;
 pub use eval::{EmbedArgs, EvalArgs, InitArgs};
+pub use report::ReportArgs;
 pub use train::TrainArgs;
 
 // No doc comments on `Cli` and `Command`: clap would turn them into help text.
@@ -43,6 +47,15 @@ pub use train::TrainArgs;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+}
+
+impl Cli {
+    /// Logging, tracing and metrics flags (global: they go before or after the command).
+    pub fn telemetry(&self) -> &TelemetryArgs {
+        &self.telemetry
+    }
 }
 
 #[derive(Subcommand)]
@@ -71,6 +84,9 @@ pub enum Command {
     /// the inference weights of one, or convert the old single-process folders.
     #[command(subcommand)]
     Ckpt(CkptCommand),
+    /// Write a run's history (steps, generations, faults, checkpoints, evaluations) from its
+    /// store as one self-contained HTML page of plots, and with --png the plots as PNG files.
+    Report(ReportArgs),
 }
 
 /// The network's shape; must match the weights.
@@ -107,16 +123,17 @@ impl ModelArgs {
 }
 
 /// Runs one parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli, telemetry: &mut Telemetry) -> Result<()> {
     match cli.command {
         Command::Init(a) => eval::init(a),
         Command::Embed(a) => eval::embed_folder(a),
-        Command::Train(a) => train::train(a),
+        Command::Train(a) => train::train(a, telemetry),
         Command::Eval(a) => eval::eval(a),
         Command::Pack(a) => dataset::pack(a),
         Command::Inspect(a) => dataset::inspect(a),
         Command::Demo(a) => demo::demo(a),
         Command::Ckpt(c) => ckpt::run(c),
+        Command::Report(a) => report::report(a),
     }
 }
 

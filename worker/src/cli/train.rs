@@ -5,11 +5,15 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use tracing::info;
+use lgaf_store::history::{self, EvalSet, Evaluation, Outcome, RunFinished, TarAtFar};
+use lgaf_telemetry::opentelemetry::KeyValue;
+use lgaf_telemetry::Telemetry;
+use tracing::{info, info_span};
 
 use crate::checkpoint::StartFrom;
 use crate::config::SourceKind;
 use crate::eval_sets::BinEvaluator;
+use crate::metrics::{Rank, WorkerMetrics};
 use crate::progress::training_bar;
 use crate::{StepReport, TrainConfig, Trainer};
 
@@ -39,7 +43,7 @@ pub struct TrainArgs {
     fresh: bool,
 }
 
-pub(super) fn train(a: TrainArgs) -> Result<()> {
+pub(super) fn train(a: TrainArgs, telemetry: &mut Telemetry) -> Result<()> {
     let mut cfg = TrainConfig::load(a.config.as_deref())?;
     if let Some(d) = a.device {
         cfg.train.device = d;
@@ -59,10 +63,38 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
     } else {
         StartFrom::Latest
     };
+    let run_id = cfg.checkpoint.run_id.clone();
+    let device = cfg.train.device.clone();
     let mut trainer = Trainer::start(cfg, from)?;
-    run_with_progress(&mut trainer)?;
+    telemetry.start_export(vec![
+        KeyValue::new("lgaf.run.id", run_id),
+        KeyValue::new("lgaf.device", device),
+        KeyValue::new("host.name", lgaf_proto::this_host_name()),
+        KeyValue::new("process.pid", i64::from(std::process::id())),
+    ])?;
+    let metrics = WorkerMetrics::new(&telemetry.meter("lgaf"));
+    let _run = info_span!("run", run_id = trainer.config().checkpoint.run_id).entered();
+    let trained = run_observed(&mut trainer, &metrics);
+    if let Some(history) = trainer.history() {
+        history.record(RunFinished {
+            step: trainer.steps_done(),
+            outcome: if trained.is_ok() {
+                Outcome::Completed
+            } else {
+                Outcome::Failed
+            },
+            detail: trained.as_ref().err().map(|e| format!("{e:#}")),
+            time: history::now(),
+        });
+    }
+    trained?;
     if synthetic {
         let v = trainer.held_out().verify(trainer.model(), trainer.device());
+        let every = trainer.config().eval.every_steps;
+        if every == 0 || !trainer.steps_done().is_multiple_of(every) {
+            // Not already recorded by the loop at this step.
+            record_evaluation(&trainer, trainer.steps_done(), &v);
+        }
         out!(
             "held-out synthetic identities: verification {:.2}% +- {:.2}",
             v.accuracy * 100.0,
@@ -74,6 +106,15 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
 
 /// Runs the trainer with the progress bar and periodic log lines and evaluations.
 pub(super) fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
+    let unobserved = lgaf_telemetry::opentelemetry::metrics::NoopMeterProvider::new();
+    use lgaf_telemetry::opentelemetry::metrics::MeterProvider;
+    run_observed(trainer, &WorkerMetrics::new(&unobserved.meter("lgaf")))
+}
+
+/// [`run_with_progress`], recording each step and evaluation in `metrics`.
+pub(super) fn run_observed(trainer: &mut Trainer, metrics: &WorkerMetrics) -> Result<()> {
+    let rank = Rank::default();
+    metrics.joined(&rank, 0);
     let total = trainer.total_steps();
     let cfg = trainer.config().clone();
     info!(
@@ -89,6 +130,7 @@ pub(super) fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
     let bar = training_bar(total, trainer.steps_done(), cfg.train.progress);
     let mut window = (0usize, 0.0f64); // images and seconds since the last log line
     trainer.run(|r: &StepReport, t: &Trainer| {
+        metrics.record_step(&rank, r);
         window.0 += r.batch_size;
         window.1 += r.step_time.as_secs_f64();
         let speed = r.batch_size as f64 / r.step_time.as_secs_f64();
@@ -121,7 +163,10 @@ pub(super) fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
         if every > 0 && r.step.is_multiple_of(every) {
             // Held-out *synthetic* identities mean something only when training on them.
             if cfg.data.source == SourceKind::Synthetic {
-                let v = t.held_out().verify(t.model(), t.device());
+                let v = info_span!("evaluation", step = r.step)
+                    .in_scope(|| t.held_out().verify(t.model(), t.device()));
+                metrics.record_eval(&rank, "held-out", v.accuracy);
+                record_evaluation(t, r.step, &v);
                 info!(
                     step = r.step,
                     accuracy = format!("{:.4}", v.accuracy),
@@ -129,14 +174,81 @@ pub(super) fn run_with_progress(trainer: &mut Trainer) -> Result<()> {
                     "held-out verification"
                 );
             }
-            bins.run(t.model(), t.device(), r.step);
+            let sets = info_span!("evaluation", step = r.step)
+                .in_scope(|| bins.run(t.model(), t.device(), r.step));
+            record_bins(t, metrics, &rank, r.step, &sets);
         }
     })?;
     bar.finish_and_clear();
     let every = cfg.eval.every_steps;
     let evaluated_last_step = every > 0 && trainer.steps_done().is_multiple_of(every);
     if !bins.is_empty() && !evaluated_last_step {
-        bins.run(trainer.model(), trainer.device(), trainer.steps_done());
+        let step = trainer.steps_done();
+        let sets = info_span!("evaluation", step)
+            .in_scope(|| bins.run(trainer.model(), trainer.device(), step));
+        record_bins(trainer, metrics, &rank, step, &sets);
     }
     Ok(())
+}
+
+/// An evaluation on the held-out synthetic identities, in the run's history.
+fn record_evaluation(trainer: &Trainer, step: u64, v: &crate::eval::Verification) {
+    if let Some(history) = trainer.history() {
+        history.record(Evaluation {
+            step,
+            sets: vec![EvalSet {
+                name: "held-out".into(),
+                factor: None,
+                pairs: None,
+                accuracy: v.accuracy,
+                std: v.std,
+                threshold: v.threshold,
+                tar_at_far: None,
+                gamma_local: None,
+                gamma_global: None,
+            }],
+            time: history::now(),
+        });
+    }
+}
+
+/// The verification `.bin` sets evaluated at `step`, in the metrics and the run's history.
+fn record_bins(
+    trainer: &Trainer,
+    metrics: &WorkerMetrics,
+    rank: &Rank,
+    step: u64,
+    sets: &[(String, lgaf_eval::verification::Verification)],
+) {
+    if sets.is_empty() {
+        return;
+    }
+    for (name, v) in sets {
+        metrics.record_eval(rank, name, v.accuracy.accuracy);
+    }
+    if let Some(history) = trainer.history() {
+        history.record(Evaluation {
+            step,
+            sets: sets
+                .iter()
+                .map(|(name, v)| EvalSet {
+                    name: name.clone(),
+                    factor: None,
+                    pairs: None,
+                    accuracy: v.accuracy.accuracy,
+                    std: v.accuracy.std,
+                    threshold: v.accuracy.threshold,
+                    tar_at_far: Some(TarAtFar {
+                        far_target: v.tar_at_far.far_target,
+                        tar: v.tar_at_far.tar,
+                        tar_std: v.tar_at_far.tar_std,
+                        far: v.tar_at_far.far,
+                    }),
+                    gamma_local: None,
+                    gamma_global: None,
+                })
+                .collect(),
+            time: history::now(),
+        });
+    }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use lgaf_proto::v1::{self, CheckpointObject};
 use lgaf_proto::API_VERSION;
 use lgaf_store::{BackgroundUploader, BlockingRunStore, UploadTicket};
-use tracing::{info, warn};
+use tracing::{info, info_span, warn};
 
 use super::{Result, RunError};
 use crate::coordinator_client::Client;
@@ -133,9 +133,11 @@ pub(super) fn resume(
         .objects_to_resume(i64::from(manifest.world_size), num_classes as i64)
         .into_iter()
         .collect();
-    let loaded = store.load_with(step, |object| wanted.contains(&object.key))?;
+    let loaded = info_span!("download", objects = wanted.len())
+        .in_scope(|| store.load_with(step, |object| wanted.contains(&object.key)))?;
     let run = store.run();
     let source = format!("{}/{}", run.store().url(), run.step_prefix(step));
-    trainer.restore_from_objects(&source, &loaded.manifest, &loaded.objects)?;
+    info_span!("load")
+        .in_scope(|| trainer.restore_from_objects(&source, &loaded.manifest, &loaded.objects))?;
     Ok(())
 }

@@ -4,16 +4,16 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lgaf_proto::v1;
 use lgaf_proto::API_VERSION;
 use lgaf_store::BlockingRunStore;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn};
 
 use super::checkpoint::{self, AckThread};
 use super::heartbeat::{Heartbeat, Stopped};
-use super::{Result, RunError};
+use super::{Observer, Result, RunError};
 use crate::coordinator_client::{bounded, Client};
 use crate::trainer::{StepReport, Trainer};
 use crate::WorkerError;
@@ -28,8 +28,15 @@ pub(super) fn train(
     joined: &v1::JoinReply,
     store: &BlockingRunStore,
     heartbeat: Heartbeat,
+    observer: &Observer,
 ) -> Result<u64> {
+    // Checkpoints are spans of the generation, not of the step they follow (a rank's
+    // unsampled step would take them out of the trace).
+    let generation_span = tracing::Span::current();
     let uploader = store.uploader(1 << 30)?;
+    // The uploader's counters at the last checkpoint: each checkpoint's metrics are the
+    // difference.
+    let mut uploads_before = uploader.stats();
     // The thread acknowledging the newest checkpoint; it waits for the one before.
     let last_ack: Arc<Mutex<Option<AckThread>>> = Arc::default();
     let total = joined.total_steps;
@@ -44,6 +51,7 @@ pub(super) fn train(
             let checkpoints: BTreeSet<u64> = plan.checkpoint_steps.iter().copied().collect();
             trainer.run_until(plan.end_step.min(total), |trainer, report| {
                 heartbeat.record_step(report.step);
+                observer.metrics.record_step(&observer.rank, report);
                 if let Some(stopped) = heartbeat.stopped() {
                     return Err(WorkerError::Collective {
                         step: report.step,
@@ -65,6 +73,12 @@ pub(super) fn train(
                     let mut last_ack = last_ack.lock().expect("last_ack");
                     let earlier = last_ack.take();
                     let id = &registered.worker_id;
+                    let _checkpoint =
+                        info_span!(parent: &generation_span, "checkpoint", step).entered();
+                    let stall_started = Instant::now();
+                    // Every step up to this checkpoint is in the history before it can be
+                    // committed (rank 0 acknowledges only after this).
+                    trainer.flush_history()?;
                     let handle = checkpoint::save(trainer, &uploader, client, id, joined, earlier)
                         .map_err(|e| match e {
                             // A peer lost while the parts were gathered (a broadcast): that
@@ -76,6 +90,11 @@ pub(super) fn train(
                             },
                         })?;
                     *last_ack = Some(handle);
+                    let metrics = &observer.metrics;
+                    metrics.record_checkpoint_stall(&observer.rank, stall_started.elapsed());
+                    let uploads = uploader.stats();
+                    metrics.record_uploads(&observer.rank, &uploads_before, &uploads);
+                    uploads_before = uploads;
                 }
                 Ok(())
             })?;
@@ -86,6 +105,10 @@ pub(super) fn train(
         checkpoint::joined_ack(handle)?;
     }
     let stats = uploader.stats();
+    // The uploads that finished since the last checkpoint's hand-over.
+    observer
+        .metrics
+        .record_uploads(&observer.rank, &uploads_before, &stats);
     info!(
         uploads = stats.completed,
         stall_ms = stats.stall_total.as_millis() as u64,

@@ -10,11 +10,14 @@ use lgaf_collective::nccl::{NcclCommunicator, NcclUniqueId};
 use lgaf_collective::tcp::{TcpGroup, TcpOptions};
 use lgaf_proto::v1::{self, CollectiveBackend, TrainingFacts};
 use lgaf_proto::API_VERSION;
-use lgaf_store::BlockingRunStore;
-use tracing::info;
+use lgaf_store::history::Source;
+use lgaf_store::{BlockingRunStore, HistoryWriter};
+use lgaf_telemetry::propagation;
+use tonic::metadata::MetadataMap;
+use tracing::{info, info_span};
 
 use super::heartbeat::Heartbeat;
-use super::{checkpoint, epochs, Membership, Result, RunError, WorkerArgs};
+use super::{checkpoint, epochs, Membership, Observer, Result, RunError, WorkerArgs};
 use crate::config::TrainConfig;
 use crate::coordinator_client::Client;
 use crate::data_parallel::{Group, HostCollective, NcclCollective};
@@ -24,10 +27,15 @@ use crate::trainer::Trainer;
 
 /// Joins the next generation and trains in it to the end; returns the steps completed.
 /// `member.generation` is the generation left (0 at first) and becomes the one joined.
+///
+/// Traced as the coordinator's generation: the Join is a span under the job's context, and
+/// everything after it (forming the group, resuming, the steps) is under a `generation`
+/// span whose parent is the coordinator's span of that generation.
 pub(super) fn train(
     args: &WorkerArgs,
     client: &Client,
     member: &mut Membership,
+    observer: &Observer,
     listener: TcpListener,
 ) -> Result<u64> {
     let registered = &member.registered;
@@ -35,23 +43,46 @@ pub(super) fn train(
     cfg.train.device = args.device.clone();
     cfg.train.progress = false;
     let facts = facts(&cfg)?;
-    let joined = join(client, registered, facts, member.generation)?;
+    let join_span = info_span!("join", left_generation = member.generation);
+    propagation::set_parent(&join_span, &observer.job_trace);
+    let (joined, generation_trace) =
+        join_span.in_scope(|| join(client, registered, facts, member.generation))?;
+    drop(join_span);
     member.generation = joined.generation;
     let registered = &member.registered;
+    observer.metrics.joined(&observer.rank, joined.rank);
+    let generation_span = info_span!(
+        "generation",
+        generation = joined.generation,
+        rank = joined.rank,
+        world_size = joined.world_size,
+        resume_step = joined.resume_step,
+    );
+    propagation::set_parent(&generation_span, &generation_trace);
+    let _generation = generation_span.enter();
 
     // From here on the coordinator hears from this rank even while it forms the group,
     // builds the model or downloads a checkpoint, and this rank notices a vanished
     // coordinator.
-    let heartbeat = Heartbeat::start(
-        client.clone_handle(),
-        registered.worker_id.clone(),
-        joined.generation,
-        Duration::from_millis(u64::from(registered.heartbeat_interval_ms).max(100)),
-        Duration::from_millis(u64::from(registered.heartbeat_deadline_ms).max(1000)),
-    );
-    let group = form_group(args, client, registered, &joined, listener, &heartbeat)?;
+    let heartbeat = {
+        let (metrics, rank) = (observer.metrics.clone(), observer.rank.clone());
+        Heartbeat::start(
+            client.clone_handle(),
+            registered.worker_id.clone(),
+            joined.generation,
+            (
+                Duration::from_millis(u64::from(registered.heartbeat_interval_ms).max(100)),
+                Duration::from_millis(u64::from(registered.heartbeat_deadline_ms).max(1000)),
+            ),
+            move |round_trip| metrics.record_heartbeat(&rank, round_trip),
+        )
+    };
+    let group = info_span!("form_group", backend = ?joined.backend())
+        .in_scope(|| form_group(args, client, registered, &joined, listener, &heartbeat))?;
     let data_world_size = joined.data_shard_count();
-    let mut trainer = Trainer::with_data_shards(cfg, group, data_world_size)?;
+    let mut trainer = info_span!("build_trainer")
+        .in_scope(|| Trainer::with_data_shards(cfg, group, data_world_size))?;
+    trainer.set_trace_step_every(observer.trace_step_every);
     if trainer.steps_per_epoch() != joined.steps_per_epoch {
         return Err(RunError::Other(format!(
             "steps per epoch: the coordinator computed {}, this worker's sampler {}",
@@ -61,12 +92,33 @@ pub(super) fn train(
     }
     let store = BlockingRunStore::from_url(&registered.store_url, &registered.run_id)?;
     if joined.resume_step > 0 {
-        checkpoint::resume(&mut trainer, &store, joined.resume_step, facts.num_classes)?;
+        info_span!("resume", step = joined.resume_step).in_scope(|| {
+            checkpoint::resume(&mut trainer, &store, joined.resume_step, facts.num_classes)
+        })?;
         // The step this job continues at (`resume_step` is the checkpoint's own, of the
         // run that saved it, which may have had other steps per epoch).
         heartbeat.record_step(trainer.steps_done());
     }
-    epochs::train(&mut trainer, client, registered, &joined, &store, heartbeat)
+    if joined.rank == 0 {
+        // Rank 0 writes the run's steps, going on from where this generation resumed.
+        let history = HistoryWriter::start(
+            store.run().clone(),
+            Source::Rank0,
+            joined.generation,
+            trainer.steps_done(),
+        )
+        .map_err(crate::WorkerError::from)?;
+        trainer.set_history(history);
+    }
+    epochs::train(
+        &mut trainer,
+        client,
+        registered,
+        &joined,
+        &store,
+        heartbeat,
+        observer,
+    )
 }
 
 /// What the coordinator checks every worker agrees on before it forms a generation.
@@ -94,23 +146,21 @@ fn join(
     registered: &v1::RegisterReply,
     facts: TrainingFacts,
     left_generation: u64,
-) -> Result<v1::JoinReply> {
+) -> Result<(v1::JoinReply, MetadataMap)> {
     let join = v1::JoinRequest {
         api_version: API_VERSION,
         worker_id: registered.worker_id.clone(),
         facts: Some(facts),
         left_generation,
     };
-    let joined = loop {
-        let reply = client
-            .rt
-            .block_on(client.send(
-                "Join",
-                join.clone(),
-                |mut c, r| async move { c.join(r).await },
-            ));
+    let (generation_trace, joined, _) = loop {
+        let reply = client.rt.block_on(client.send_for_response(
+            "Join",
+            join.clone(),
+            |mut c, r| async move { c.join(r).await },
+        ));
         match reply {
-            Ok(reply) => break reply,
+            Ok(reply) => break reply.into_parts(),
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
                 info!(
                     waiting_for = status.message(),
@@ -130,7 +180,7 @@ fn join(
         resume_step = joined.resume_step,
         "joined"
     );
-    Ok(joined)
+    Ok((joined, generation_trace))
 }
 
 /// The generation's collective group on the backend the coordinator chose, aborted by the

@@ -28,12 +28,13 @@ pub(super) struct Heartbeat {
 }
 
 impl Heartbeat {
+    /// `answered` is told each answered heartbeat's round trip (the latency metric).
     pub(super) fn start(
         client: Client,
         worker_id: String,
         generation: u64,
-        interval: Duration,
-        deadline: Duration,
+        (interval, deadline): (Duration, Duration),
+        answered: impl Fn(Duration) + Send + 'static,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let step = Arc::new(AtomicU64::new(0));
@@ -51,9 +52,12 @@ impl Heartbeat {
                     }
                 };
                 let cadence = Cadence { interval, deadline };
-                beat(
-                    client, worker_id, generation, cadence, &beat_step, &stop, give_up,
-                )
+                let watch = Watch {
+                    stop: &stop,
+                    give_up,
+                    answered,
+                };
+                beat(client, worker_id, generation, cadence, &beat_step, watch)
             })
         };
         Self {
@@ -121,6 +125,14 @@ struct Cadence {
     deadline: Duration,
 }
 
+/// What the heartbeat loop reports to: the stop flag it obeys, where it says why it gives
+/// up, and where it tells each answer's round trip.
+struct Watch<'a, G, A> {
+    stop: &'a AtomicBool,
+    give_up: G,
+    answered: A,
+}
+
 /// The heartbeat thread's loop, until `stop` or until it gives up (and says why).
 fn beat(
     client: Client,
@@ -128,8 +140,11 @@ fn beat(
     generation: u64,
     Cadence { interval, deadline }: Cadence,
     step: &AtomicU64,
-    stop: &AtomicBool,
-    give_up: impl Fn(Stopped),
+    Watch {
+        stop,
+        give_up,
+        answered,
+    }: Watch<'_, impl Fn(Stopped), impl Fn(Duration)>,
 ) {
     let mut last_answer = Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -143,12 +158,14 @@ fn beat(
             c.heartbeat(r).await
         });
         // Bounded, so that an unreachable coordinator (no RST, just silence) is noticed.
+        let sent = Instant::now();
         let reply = client
             .rt
             .block_on(async { tokio::time::timeout(interval.max(deadline / 4), send).await });
         match reply {
             Ok(Ok(reply)) => {
                 last_answer = Instant::now();
+                answered(sent.elapsed());
                 match reply.action() {
                     WorkerAction::Continue => {}
                     WorkerAction::Rejoin => {

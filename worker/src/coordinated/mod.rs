@@ -27,7 +27,12 @@ use lgaf_proto::v1;
 use lgaf_proto::API_VERSION;
 use tracing::{info, warn};
 
+use lgaf_telemetry::opentelemetry::KeyValue;
+use lgaf_telemetry::{Telemetry, TelemetryError};
+use tonic::metadata::MetadataMap;
+
 use crate::coordinator_client::{bounded, Client, ClientError};
+use crate::metrics::{Rank, WorkerMetrics};
 
 pub use checkpoint::FAILPOINT_ENV;
 
@@ -64,6 +69,8 @@ pub enum RunError {
     /// The coordinator ended this rank's generation (a peer was lost): join the next.
     #[error("the generation ended: {0}")]
     GenerationOver(String),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     #[error("{0}")]
     Other(String),
 }
@@ -110,9 +117,21 @@ struct Membership {
     generation: u64,
 }
 
+/// What this worker tells about itself besides its calls: its metrics, and the trace
+/// context the coordinator handed it for the job (each generation's comes with its Join).
+struct Observer {
+    metrics: WorkerMetrics,
+    rank: Arc<Rank>,
+    /// The Register reply's metadata: the job span's `traceparent`.
+    job_trace: MetadataMap,
+    /// Ranks other than 0 trace one step in this many.
+    trace_step_every: u64,
+}
+
 /// Runs this worker until the job finishes (Ok) or fails (Err, also reported to the
-/// coordinator when it can be).
-pub fn run(args: WorkerArgs) -> Result<()> {
+/// coordinator when it can be). Export of its traces and metrics starts once it has
+/// registered (the run and job it belongs to are in their resource).
+pub fn run(args: WorkerArgs, telemetry: &mut Telemetry) -> Result<()> {
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -132,8 +151,27 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             args.collective_bind
         ))
     })?;
+    let (registered, job_trace) = register(&args, &client, &listener)?;
+    let mut resource = vec![
+        KeyValue::new("lgaf.run.id", registered.run_id.clone()),
+        KeyValue::new("lgaf.job.id", registered.job_id.clone()),
+        KeyValue::new("lgaf.worker.id", registered.worker_id.clone()),
+        KeyValue::new("lgaf.device", args.device.clone()),
+        KeyValue::new("host.name", lgaf_proto::this_host_name()),
+        KeyValue::new("process.pid", i64::from(std::process::id())),
+    ];
+    if let Some(slot) = args.slot {
+        resource.push(KeyValue::new("lgaf.slot", i64::from(slot)));
+    }
+    telemetry.start_export(resource)?;
+    let observer = Observer {
+        metrics: WorkerMetrics::new(&telemetry.meter("lgaf-worker")),
+        rank: Arc::default(),
+        job_trace,
+        trace_step_every: telemetry.args().trace_step_every,
+    };
     let mut member = Membership {
-        registered: register(&args, &client, &listener)?,
+        registered,
         generation: 0,
     };
 
@@ -143,7 +181,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             Ok(l) => l,
             Err(e) => break Err(RunError::Other(format!("collective listener: {e}"))),
         };
-        match generation::train(&args, &client, &mut member, listener) {
+        match generation::train(&args, &client, &mut member, &observer, listener) {
             Err(e) if e.ends_generation_only() => {
                 let generation = member.generation;
                 warn!(generation, error = %e, "left the generation; joining the next");
@@ -155,12 +193,13 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     outcome.map(|_| ())
 }
 
-/// Registers this worker: its host, device and the address its peers reach it at.
+/// Registers this worker: its host, device and the address its peers reach it at. Returns
+/// the reply and its metadata (the job's trace context).
 fn register(
     args: &WorkerArgs,
     client: &Client,
     listener: &TcpListener,
-) -> Result<v1::RegisterReply> {
+) -> Result<(v1::RegisterReply, MetadataMap)> {
     let local = listener
         .local_addr()
         .expect("bound listener has an address");
@@ -177,16 +216,22 @@ fn register(
         collective_addr: format!("{host}:{}", local.port()),
         slot: args.slot,
     };
-    let registered = client.call("Register", register, |mut c, r| async move {
-        c.register(r).await
-    })?;
+    let reply = client
+        .rt
+        .block_on(
+            client.send_for_response("Register", register, |mut c, r| async move {
+                c.register(r).await
+            }),
+        )
+        .map_err(|status| client.failed("Register", status))?;
+    let (job_trace, registered, _) = reply.into_parts();
     info!(
         worker_id = registered.worker_id,
         run_id = registered.run_id,
         store = registered.store_url,
         "registered"
     );
-    Ok(registered)
+    Ok((registered, job_trace))
 }
 
 /// The last word to the coordinator: the steps done, or why this worker failed. Bounded:

@@ -50,6 +50,34 @@ pub fn committed_steps(store: &Path, run: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The run's history in the store at `store_url` (a path or URL), read as `lgaf report`
+/// reads it; a line it could not read fails the test.
+pub fn history(store_url: &str, run: &str) -> lgaf_store::History {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = lgaf_store::Store::from_url(store_url).unwrap();
+        let run = lgaf_store::RunStore::new(store, run).unwrap();
+        let history = lgaf_store::read_history(&run).await.unwrap();
+        assert!(history.problems.is_empty(), "{:?}", history.problems);
+        history
+    })
+}
+
+/// Asserts that the history of `run` holds every step from 1 to `last` exactly once, in
+/// order (what a killed and resumed run must still have).
+pub fn assert_history_complete(store_url: &str, run: &str, last: u64) {
+    let steps: Vec<u64> = history(store_url, run)
+        .steps
+        .iter()
+        .map(|s| s.step)
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=last).collect::<Vec<_>>(),
+        "the steps of {run}'s history"
+    );
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lgaf-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

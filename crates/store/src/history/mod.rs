@@ -13,16 +13,18 @@
 //! A segment is named
 //!
 //! ```text
-//! <generation:06>-<started_unix_ms:015>-<source>-<part:04>.jsonl
-//! e.g. 000003-001717243200123-rank0-0000.jsonl
+//! <started_unix_ms:015>-<generation:06>-<source>-<part:04>.jsonl
+//! e.g. 001717243200123-000003-rank0-0000.jsonl
 //! ```
 //!
-//! `generation` only grows across the restarts of a coordinated run (0 for a single-process
-//! run), `started_unix_ms` is when the writing process started its history (the same in all
-//! its parts), and `part` counts its roll-overs. So the names sort in the order the segments
-//! were written, and the reader merges them in that order: the key order of a listing.
-//! (A single-process run that restarts relies on the wall clock moving forward between its
-//! processes, as its checkpoint times already do.)
+//! `started_unix_ms` is when the writing process started its history (the same in all its
+//! parts), `generation` the coordinated generation it wrote in (0 for the coordinator and a
+//! single-process run) and `part` counts its roll-overs. So the names sort in the order the
+//! segments were started, and the reader merges them in that order: the key order of a
+//! listing. The start time leads, not the generation: a restarted coordinator numbers its
+//! generations from 1 again. Processes of one run start seconds apart at least (a
+//! generation forms after its predecessor is declared lost), so clocks kept in step by NTP
+//! order them correctly.
 //!
 //! Reading ([`read_history`]) merges the segments: a part-0 segment whose process resumed
 //! from step S drops the steps after S that earlier segments recorded, because they were
@@ -87,8 +89,8 @@ pub enum HistoryError {
 /// sort: the order the segments were written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct SegmentName {
-    pub generation: u64,
     pub started_unix_ms: u64,
+    pub generation: u64,
     pub source: Source,
     pub part: u32,
 }
@@ -97,19 +99,19 @@ impl SegmentName {
     /// The object name (the last path segment of its key).
     pub fn file_name(&self) -> String {
         format!(
-            "{:06}-{:015}-{}-{:04}.jsonl",
-            self.generation, self.started_unix_ms, self.source, self.part
+            "{:015}-{:06}-{}-{:04}.jsonl",
+            self.started_unix_ms, self.generation, self.source, self.part
         )
     }
 
     /// Parses a name written by [`SegmentName::file_name`]; the error says what is wrong.
     pub fn parse(name: &str) -> Result<Self, String> {
-        let expected = "expected <generation>-<started_unix_ms>-<source>-<part>.jsonl";
+        let expected = "expected <started_unix_ms>-<generation>-<source>-<part>.jsonl";
         let stem = name
             .strip_suffix(".jsonl")
             .ok_or_else(|| format!("not a .jsonl file; {expected}"))?;
         let fields: Vec<&str> = stem.split('-').collect();
-        let [generation, started, source, part] = fields[..] else {
+        let [started, generation, source, part] = fields[..] else {
             return Err(format!("{} `-`-separated fields; {expected}", fields.len()));
         };
         let number = |field: &str, what: &str| {
@@ -145,18 +147,21 @@ mod tests {
             source,
             part,
         };
+        // A coordinator restarted after generation 2 numbers its next generation 1: the
+        // start time orders them.
         let written = [
             name(0, 1_717_243_200_123, Source::Coordinator, 0),
             name(0, 1_717_243_200_123, Source::Coordinator, 1),
-            name(0, 1_717_243_201_000, Source::Rank0, 0),
-            name(0, 1_717_243_201_000, Source::Rank0, 1),
-            name(0, 1_717_243_201_000, Source::Rank0, 12),
-            name(1, 1_717_243_100_000, Source::Rank0, 0),
-            name(12, 1_717_243_300_000, Source::Rank0, 0),
+            name(1, 1_717_243_201_000, Source::Rank0, 0),
+            name(1, 1_717_243_201_000, Source::Rank0, 1),
+            name(1, 1_717_243_201_000, Source::Rank0, 12),
+            name(2, 1_717_243_260_000, Source::Rank0, 0),
+            name(0, 1_717_243_300_000, Source::Coordinator, 0),
+            name(1, 1_717_243_301_000, Source::Rank0, 0),
         ];
         assert_eq!(
             written[2].file_name(),
-            "000000-001717243201000-rank0-0000.jsonl"
+            "001717243201000-000001-rank0-0000.jsonl"
         );
         for n in written {
             assert_eq!(SegmentName::parse(&n.file_name()), Ok(n));
@@ -176,10 +181,10 @@ mod tests {
     fn foreign_names_are_refused_with_the_reason() {
         for (bad, why) in [
             ("notes.txt", "not a .jsonl"),
-            ("000000-0017-rank0.jsonl", "3 `-`-separated"),
-            ("000000-0017-rank1-0000.jsonl", "source `rank1`"),
-            ("00000x-0017-rank0-0000.jsonl", "generation `00000x`"),
-            ("000000-0017-rank0-9999999999.jsonl", "too large"),
+            ("0017-000000-rank0.jsonl", "3 `-`-separated"),
+            ("0017-000000-rank1-0000.jsonl", "source `rank1`"),
+            ("0017-00000x-rank0-0000.jsonl", "generation `00000x`"),
+            ("0017-000000-rank0-9999999999.jsonl", "too large"),
         ] {
             let e = SegmentName::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
