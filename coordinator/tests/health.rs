@@ -8,24 +8,18 @@
 mod common;
 
 use std::future::Future;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::process::Coordinator;
 use common::{facts, TestWorker};
 use lgaf_proto::v1::{self, coordinator_client::CoordinatorClient};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lgaf-coordinator");
 
 /// The job's service, as probes name it.
 const COORDINATOR: &str = "lgaf.v1.Coordinator";
@@ -33,103 +27,6 @@ const COORDINATOR: &str = "lgaf.v1.Coordinator";
 /// The longest any step may take, however loaded the machine: generous, never a timing
 /// assertion.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A running coordinator, killed if a test fails.
-struct Coordinator {
-    child: Child,
-    url: String,
-    stdout: mpsc::Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Coordinator {
-    /// Starts it and reads the address it serves on from its first line.
-    fn start(args: &[&str]) -> Coordinator {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, stdout) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let stdout_reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = Arc::clone(&stderr);
-        let stderr_reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut c = Coordinator {
-            child,
-            url: String::new(),
-            stdout,
-            stderr,
-            readers: vec![stdout_reader, stderr_reader],
-        };
-        let line = c
-            .stdout
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("no address printed; stderr:\n{}", c.stderr()));
-        c.url = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        c
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-
-    /// Its exit status, once it has exited and everything it wrote has been read.
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the coordinator did not exit within {PATIENCE:?}; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn remaining_stdout(&self) -> String {
-        self.stdout.try_iter().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `fut`, or a panic naming `what` if it takes longer than [`PATIENCE`].
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
@@ -202,20 +99,23 @@ fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 fn serving_while_the_job_waits_and_trains_and_not_serving_once_it_finished() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let mut coord = Coordinator::start(&[
-        "--workers",
-        "1",
-        "--store",
-        store.to_str().unwrap(),
-        "--max-steps",
-        "4",
-        "--grace-secs",
-        "600",
-        "--heartbeat-ms",
-        "100",
-        "--health-linger-ms",
-        "60000",
-    ]);
+    let mut coord = Coordinator::start(
+        &[
+            "--workers",
+            "1",
+            "--store",
+            store.to_str().unwrap(),
+            "--max-steps",
+            "4",
+            "--grace-secs",
+            "600",
+            "--heartbeat-ms",
+            "100",
+            "--health-linger-ms",
+            "60000",
+        ],
+        &[],
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = coord.url.clone();
     rt.block_on(async {
@@ -246,10 +146,10 @@ fn serving_while_the_job_waits_and_trains_and_not_serving_once_it_finished() {
         }
     });
     coord.signal(Signal::SIGTERM);
-    let status = coord.wait();
+    let status = coord.wait(PATIENCE);
     let stderr = coord.stderr();
     assert!(status.success(), "{status}; stderr:\n{stderr}");
-    let out = coord.remaining_stdout();
+    let out = coord.remaining_stdout().join("\n");
     assert!(
         out.contains("(run ") && out.contains(" finished: "),
         "{out}"
@@ -270,20 +170,23 @@ fn over_tls_and_without_the_token_a_watching_probe_sees_a_cancelled_job_go_not_s
     let token = dir.path().join("token");
     std::fs::write(&token, "tok-5e1f0a\n").unwrap();
     let store = dir.path().join("store");
-    let mut coord = Coordinator::start(&[
-        "--workers",
-        "2",
-        "--store",
-        store.to_str().unwrap(),
-        "--grace-secs",
-        "600",
-        "--token-file",
-        token.to_str().unwrap(),
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let mut coord = Coordinator::start(
+        &[
+            "--workers",
+            "2",
+            "--store",
+            store.to_str().unwrap(),
+            "--grace-secs",
+            "600",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(coord.url.starts_with("https://127.0.0.1:"), "{}", coord.url);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -319,10 +222,10 @@ fn over_tls_and_without_the_token_a_watching_probe_sees_a_cancelled_job_go_not_s
             "the watch did not end cleanly: {ended:?}"
         );
     });
-    let status = coord.wait();
+    let status = coord.wait(PATIENCE);
     let stderr = coord.stderr();
     assert_eq!(status.code(), Some(143), "stderr:\n{stderr}");
     assert!(!stderr.contains("did not drain"), "{stderr}");
-    let out = coord.remaining_stdout();
+    let out = coord.remaining_stdout().join("\n");
     assert!(out.contains("failed") && out.contains("cancelled"), "{out}");
 }
