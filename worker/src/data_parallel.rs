@@ -416,6 +416,11 @@ impl Group {
     }
 }
 
+/// The bytes [`all_reduce_grads`] sends of `params`' gradients each step (fp32).
+pub fn grad_bytes(params: &[Tensor]) -> u64 {
+    params.iter().map(|p| p.numel() as u64 * 4).sum()
+}
+
 /// Sums every rank's gradients of `params` (same names, order and shapes on every rank),
 /// in flattened buckets of about [`BUCKET_BYTES`]. A parameter without a gradient counts
 /// as zeros, so every rank sends the same sizes. Summing (not averaging) is right here:

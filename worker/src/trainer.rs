@@ -216,11 +216,7 @@ impl Trainer {
             broadcast_from_rank0(&vs, &group)?;
         }
         let sgd = Sgd::new(trainable(&vs), cfg.optim.momentum, cfg.optim.weight_decay);
-        let grad_bytes = sgd
-            .params()
-            .iter()
-            .map(|t| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
-            .sum();
+        let grad_bytes = data_parallel::grad_bytes(sgd.params());
         Ok(Self {
             cfg,
             device,

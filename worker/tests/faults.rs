@@ -7,7 +7,7 @@
 //! lost one is not replaced, and grows back when a worker comes.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -15,7 +15,7 @@ mod common;
 use common::assert_history_complete;
 use common::processes::{
     all_gone_within, bin, coordinator_command, coordinator_url, store_url, tiny_config, wait_exit,
-    work_dir, Log,
+    work_dir, worker_command, Log,
 };
 use lgaf_worker::coordinated::FAILPOINT_ENV;
 use nix::sys::signal::{kill, Signal};
@@ -84,14 +84,9 @@ impl Run {
 
     /// [`Run::worker`] with extra environment variables.
     fn worker_with(&mut self, slot: u32, env: &[(&str, &str)]) -> Pid {
-        let mut child = Command::new(bin("lgaf-worker"))
-            .args(["--coordinator", &self.url, "--slot", &slot.to_string()])
+        let mut child = worker_command(&self.url, slot)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env("OMP_NUM_THREADS", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         self.log.collect(child.stderr.take().unwrap());

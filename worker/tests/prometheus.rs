@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::processes::{bin, coordinator_command, coordinator_url, tiny_config, work_dir, Log};
+use common::processes::{
+    coordinator_command, coordinator_url, tiny_config, work_dir, worker_command, Log,
+};
 use lgaf_telemetry::testing::{free_port, http_get, installed, promtool_check};
 
 /// Dashboard metrics this run cannot produce, so they are not looked for in its scrapes.
@@ -198,15 +200,10 @@ fn prometheus_scrapes_every_process_and_the_dashboard_queries_only_exported_metr
 
     let mut workers = Vec::new();
     let mut worker_logs = Vec::new();
-    for slot in ["0", "1"] {
-        let mut worker = Command::new(bin("lgaf-worker"))
-            .args(["--coordinator", &url, "--slot", slot])
+    for slot in [0, 1] {
+        let mut worker = worker_command(&url, slot)
             .args(["--collective-bind", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
-            .env("NO_COLOR", "1")
-            .env("OMP_NUM_THREADS", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let log = Log::default();

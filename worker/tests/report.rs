@@ -98,12 +98,7 @@ fn write_history(store: &Path, run_id: &str) {
     for s in 1..=70 {
         rank0.record(step(s, 1, 4));
         if s % 30 == 0 {
-            rank0.record(CheckpointCommitted {
-                step: s,
-                bytes: 40_000_000,
-                seconds: 0.4,
-                time: now(),
-            });
+            rank0.record(checkpoint(s));
             rank0.flush_and_wait().unwrap();
         }
         if s % 40 == 0 {
@@ -143,12 +138,7 @@ fn write_history(store: &Path, run_id: &str) {
     for s in 61..=120 {
         rank0.record(step(s, 2, 3));
         if s % 30 == 0 {
-            rank0.record(CheckpointCommitted {
-                step: s,
-                bytes: 40_000_000,
-                seconds: 0.4,
-                time: now(),
-            });
+            rank0.record(checkpoint(s));
         }
         if s % 40 == 0 {
             rank0.record(evaluation(s));
@@ -213,6 +203,16 @@ fn chromium_screenshot(page: &Path, shot: &Path, profile: &Path) {
         "chromium failed ({status}):\n{}",
         stderr.text()
     );
+}
+
+/// A checkpoint of `step` committed now.
+fn checkpoint(step: u64) -> CheckpointCommitted {
+    CheckpointCommitted {
+        step,
+        bytes: 40_000_000,
+        seconds: 0.4,
+        time: now(),
+    }
 }
 
 #[test]

@@ -8,11 +8,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::processes::{
-    bin, coordinator_command, coordinator_url, tiny_config, wait_exit_or, work_dir, Log,
+    coordinator_command, coordinator_url, tiny_config, wait_exit_or, work_dir, worker_command, Log,
 };
 use lgaf_telemetry::testing::{Collector, ReceivedSpan};
 
@@ -31,15 +31,10 @@ fn start_run(name: &str, collector: &Collector) -> (Child, Vec<Child>, Log) {
     log.collect(coordinator.stderr.take().unwrap());
     let workers = (0..2)
         .map(|slot| {
-            let mut worker = Command::new(bin("lgaf-worker"))
-                .args(["--coordinator", &url, "--slot", &slot.to_string()])
+            let mut worker = worker_command(&url, slot)
                 .args(["--trace-step-every", "4"])
                 .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.http)
                 .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-                .env("NO_COLOR", "1")
-                .env("OMP_NUM_THREADS", "1")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
             log.collect(worker.stderr.take().unwrap());

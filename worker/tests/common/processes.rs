@@ -48,6 +48,18 @@ pub fn coordinator_command(dir: &Path) -> Command {
     cmd
 }
 
+/// `lgaf-worker` in `slot` of the coordinator at `url`: no colours, one libtorch thread,
+/// stdout dropped and stderr piped. Callers add their flags and spawn it.
+pub fn worker_command(url: &str, slot: u32) -> Command {
+    let mut cmd = Command::new(bin("lgaf-worker"));
+    cmd.args(["--coordinator", url, "--slot", &slot.to_string()])
+        .env("NO_COLOR", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Waits for `child` to exit; panics after `timeout`.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     wait_exit_or(child, timeout, String::new)
