@@ -1,13 +1,15 @@
 //! `lgaf-coordinator`: runs one training job's control plane, and on a single machine
 //! starts the workers itself. The work is [`lgaf_coordinator::supervisor`]'s; this parses
-//! the command line and turns how the job ended into the exit status: 0 finished, 1 an
-//! error or a failed job, 130/143 cancelled by SIGINT/SIGTERM, 2 a malformed flag (clap).
+//! the command line and turns how the job ended into the exit status of the exit-code
+//! contract (`lgaf_proto::exit`): 0 finished, 75 worth a restart, 78 a wrong setting, 79
+//! the job failed, 130/143 cancelled by SIGINT/SIGTERM, 2 a malformed flag (clap).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use lgaf_coordinator::supervisor::{self, Args, Config, Outcome};
 use lgaf_proto::console::eprint_line;
+use lgaf_proto::exit::ExitClass;
 use lgaf_telemetry::{Telemetry, TextStyle};
 
 #[tokio::main]
@@ -21,23 +23,23 @@ async fn main() -> ExitCode {
     let mut telemetry =
         match Telemetry::init("lgaf-coordinator", &args.telemetry, std::io::stderr, style) {
             Ok(telemetry) => telemetry,
-            Err(e) => {
-                eprint_line(format!("error: {e}"));
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return fail(e, ExitClass::Permanent),
         };
-    let ended = match Config::try_from(args) {
-        Ok(config) => supervisor::run(config, &mut telemetry)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    let config = match Config::try_from(args) {
+        Ok(config) => config,
+        Err(e) => return fail(e, ExitClass::Permanent),
     };
-    match ended {
-        Ok(Outcome::Finished) => ExitCode::SUCCESS,
+    match supervisor::run(config, &mut telemetry).await {
+        Ok(Outcome::Finished) => ExitClass::Success.into(),
         Ok(Outcome::Cancelled { exit_code, .. }) => ExitCode::from(exit_code),
-        Err(message) => {
-            eprint_line(format!("error: {message}"));
-            ExitCode::FAILURE
+        Err(e) => {
+            let class = e.exit_class();
+            fail(e, class)
         }
     }
+}
+
+fn fail(error: impl std::fmt::Display, class: ExitClass) -> ExitCode {
+    eprint_line(format!("error: {error}"));
+    class.into()
 }

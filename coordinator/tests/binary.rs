@@ -36,6 +36,62 @@ fn standin(dir: &Path) -> PathBuf {
     dst
 }
 
+/// Every flag also comes from its environment variable (`LGAF_<FLAG>`), as a Kubernetes pod
+/// sets them; a coordinator with `--external-workers` never starts workers itself, however
+/// long none comes.
+#[test]
+fn flags_from_the_environment_and_a_coordinator_that_never_spawns() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = standin(dir.path());
+    let store = dir.path().join("store");
+    let mut coord = Coordinator::start(
+        &[],
+        &[
+            ("LGAF_WORKERS", Path::new("3")),
+            ("LGAF_STORE", &store),
+            ("LGAF_RUN_ID", Path::new("from-env")),
+            ("LGAF_EXTERNAL_WORKERS", Path::new("true")),
+            ("LGAF_GRACE_SECS", Path::new("0")),
+            ("LGAF_WORKER_BIN", &worker),
+            ("LGAF_STANDIN_DIR", dir.path()),
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        let mut client = CoordinatorClient::connect(coord.url.clone()).await.unwrap();
+        client
+            .get_job_status(v1::JobStatusRequest { api_version: 1 })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert_eq!((status.run_id.as_str(), status.world_size), ("from-env", 3));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(standin_pids(dir.path()).is_empty(), "{}", coord.stderr());
+    assert!(
+        !coord.stderr().contains("local worker"),
+        "{}",
+        coord.stderr()
+    );
+    coord.signal(Signal::SIGTERM);
+    assert_eq!(coord.wait(Duration::from_secs(15)).code(), Some(143));
+
+    // --help names each variable.
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for variable in [
+        "LGAF_WORKERS",
+        "LGAF_MIN_WORKERS",
+        "LGAF_EXTERNAL_WORKERS",
+        "LGAF_TOKEN_FILE",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {variable}")),
+            "{variable}:\n{help}"
+        );
+    }
+}
+
 #[test]
 fn help_lists_the_options() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
@@ -213,10 +269,40 @@ fn rerunning_a_run_id_resumes_it_and_a_finished_run_ends_at_once() {
     );
     assert!(stderr.contains("nothing left to train"), "{stderr}");
 
+    // With --keep-serving (a Kubernetes Deployment's coordinator), the finished job is
+    // served, its status answered, until SIGTERM; then it exits 0, the job's verdict.
+    let keep: Vec<&str> = second
+        .iter()
+        .map(String::as_str)
+        .chain(["--keep-serving"])
+        .collect();
+    let mut coord = Coordinator::start(&keep, &[]);
+    let status = rt.block_on(async {
+        let mut client = CoordinatorClient::connect(coord.url.clone()).await.unwrap();
+        client
+            .get_job_status(v1::JobStatusRequest { api_version: 1 })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert_eq!(status.state(), v1::JobState::Finished);
+    assert_eq!(status.last_checkpoint_step, 20);
+    std::thread::sleep(Duration::from_millis(500));
+    coord.signal(Signal::SIGTERM);
+    let exit = coord.wait(Duration::from_secs(15));
+    assert_eq!(exit.code(), Some(0), "{}", coord.stderr());
+    assert!(
+        coord.stderr().contains("--keep-serving"),
+        "{}",
+        coord.stderr()
+    );
+
     // A lower cap than what was trained is refused with the reason.
     let out = Command::new(BIN).args(args("12")).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // A schedule the stored run cannot take fails the job: 79, no restart helps (the
+    // exit-code contract).
+    assert_eq!(out.status.code(), Some(79), "{stderr}");
     assert!(
         stderr.contains("step 20, past the final step 12"),
         "{stderr}"
@@ -314,7 +400,8 @@ fn local_workers_start_after_the_grace_period_and_their_failures_spend_the_resta
     );
     let status = coord.wait(Duration::from_secs(30));
     assert!(started.elapsed() >= Duration::from_secs(1));
-    assert_eq!(status.code(), Some(1), "stderr:\n{}", coord.stderr());
+    // The job failed (its workers failed past --max-restarts): 79, no restart helps.
+    assert_eq!(status.code(), Some(79), "stderr:\n{}", coord.stderr());
     let stderr = coord.stderr();
     assert!(
         stderr.contains("no worker registered within 1 s"),
@@ -408,7 +495,7 @@ fn refusals_before_serving() {
         "--worker-bin",
         "/nonexistent/lgaf-worker",
     ]);
-    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(status.code(), Some(79), "{err}");
     assert!(
         err.contains("/nonexistent/lgaf-worker does not exist"),
         "{err}"
@@ -424,7 +511,7 @@ fn refusals_before_serving() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(78), "{err}");
         assert!(err.contains("--store") && err.contains(says), "{err}");
     }
 }

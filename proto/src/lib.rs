@@ -9,6 +9,7 @@ use tonic::Status;
 
 pub mod auth;
 pub mod console;
+pub mod exit;
 pub mod tls;
 
 #[allow(clippy::all, missing_docs)]

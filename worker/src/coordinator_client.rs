@@ -79,6 +79,28 @@ impl Client {
         tls_ca: Option<&Path>,
         rt: Arc<Runtime>,
     ) -> Result<Self, ClientError> {
+        Self::connect_within(url, token, tls_ca, rt, Duration::from_secs(60))
+    }
+
+    /// [`Client::connect`] for a one-shot call (`lgaf status`): a coordinator that is not
+    /// listening is an error at once, not waited for.
+    pub fn connect_once(
+        url: &str,
+        token: Option<JobToken>,
+        tls_ca: Option<&Path>,
+        rt: Arc<Runtime>,
+    ) -> Result<Self, ClientError> {
+        Self::connect_within(url, token, tls_ca, rt, Duration::ZERO)
+    }
+
+    /// Connects, retrying for up to `wait` while nothing listens at `url`.
+    fn connect_within(
+        url: &str,
+        token: Option<JobToken>,
+        tls_ca: Option<&Path>,
+        rt: Arc<Runtime>,
+        wait: Duration,
+    ) -> Result<Self, ClientError> {
         let fail = |message: String| ClientError::Connect {
             url: url.to_string(),
             message,
@@ -115,7 +137,7 @@ impl Client {
         // The coordinator may still be starting: retry for a while.
         // Jittered: N workers of a restarted coordinator do not all come back in the same
         // millisecond.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + wait;
         let mut backoff = Backoff::new(CONNECT_BACKOFF_FIRST, CONNECT_BACKOFF_LAST);
         let channel = loop {
             match rt.block_on(endpoint.connect()) {

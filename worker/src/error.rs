@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use lgaf_data::sampler::SamplerError;
 use lgaf_data::source::SourceError;
+use lgaf_proto::exit::ExitClass;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -84,6 +85,38 @@ pub enum WorkerError {
     /// was not applied.
     #[error("step {step}: {message}")]
     Collective { step: u64, message: String },
+}
+
+impl WorkerError {
+    /// Whether starting again could succeed, for the exit-code contract
+    /// (`lgaf_proto::exit`): what the configuration, the data or a file it names got wrong
+    /// is permanent; what a peer, the store or the machine did may pass.
+    pub fn exit_class(&self) -> ExitClass {
+        match self {
+            WorkerError::Config { .. }
+            | WorkerError::ConfigValue { .. }
+            | WorkerError::ConfigSource(_)
+            | WorkerError::Model(_)
+            | WorkerError::Data(_)
+            | WorkerError::Loader(_)
+            | WorkerError::Io { .. }
+            | WorkerError::Device(_)
+            | WorkerError::Eval(_)
+            | WorkerError::Decode(_)
+            | WorkerError::Source(_)
+            | WorkerError::Record(_)
+            | WorkerError::EvalSet { .. }
+            // Resuming the same run the same way diverges the same way.
+            | WorkerError::Diverged { .. } => ExitClass::Permanent,
+            // A checkpoint the coordinator named may be complete on the next try, the store
+            // reachable, the peer back, the GPU (libtorch's errors) on another node.
+            WorkerError::History(_)
+            | WorkerError::Checkpoint { .. }
+            | WorkerError::Store(_)
+            | WorkerError::Torch(_)
+            | WorkerError::Collective { .. } => ExitClass::Retryable,
+        }
+    }
 }
 
 // Boxed: a store error (URL, key and cause) would double the size of every `Result` here.

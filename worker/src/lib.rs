@@ -16,6 +16,7 @@ pub mod eval_sets;
 pub mod legacy_checkpoint;
 pub mod loader;
 pub mod metrics;
+pub mod node;
 pub mod optim;
 pub mod progress;
 pub mod trainer;

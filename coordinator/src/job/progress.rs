@@ -144,6 +144,7 @@ impl Job {
                     step: w.step,
                     last_seen_ms: now.saturating_sub(w.last_seen),
                     state: w.phase.name().into(),
+                    slot: w.slot,
                 })
                 .collect(),
             error: match &self.phase {

@@ -19,80 +19,102 @@ pub struct Args {
     /// Number of workers (the world size): one per GPU, or CPU processes. Every global
     /// batch is cut into this many data shards, whatever the ranks of a generation. With
     /// --min-workers it is the most ranks a generation has, hence its alias.
-    #[arg(long, visible_alias = "max-workers", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, env = "LGAF_WORKERS", visible_alias = "max-workers", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub workers: u32,
 
     /// Elastic: continue with as few as this many workers when lost ones are not replaced
     /// within --elastic-grace-secs (ranks then hold several data shards: the same global
     /// batch, steps and learning rate), and grow back at the next checkpoint when workers
     /// join. Default: --workers (a lost worker must be replaced).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, env = "LGAF_MIN_WORKERS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub min_workers: Option<u32>,
 
     /// How long a job with --min-workers waits for the full --workers after losing one
     /// before it continues with fewer, in seconds (at most a day).
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = wait_secs)]
+    #[arg(long, env = "LGAF_ELASTIC_GRACE_SECS", value_name = "SECS", default_value_t = 60.0, value_parser = wait_secs)]
     pub elastic_grace_secs: f64,
 
     /// Training configuration (TOML), handed to every worker as is; the workers apply
     /// their LGAF__SECTION__KEY environment overrides. Without it, the workers' defaults.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "LGAF_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Where checkpoints and the job state go: file:///abs/dir, a directory path (relative
     /// to the current directory), or s3://bucket/prefix configured by the AWS_* environment
     /// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL,
     /// AWS_ALLOW_HTTP, ...), which the workers need too.
-    #[arg(long, value_name = "URL", default_value = "runs-store")]
+    #[arg(
+        long,
+        env = "LGAF_STORE",
+        value_name = "URL",
+        default_value = "runs-store"
+    )]
     pub store: String,
 
     /// The run's name in the store (runs/<RUN_ID>/...). The run id of an earlier run
     /// resumes it from its newest committed checkpoint. Default: derived from the
     /// configuration's hash and the start time, so each invocation is a new run.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, env = "LGAF_RUN_ID", value_name = "ID")]
     pub run_id: Option<String>,
 
     /// The job's name; workers that ask for another job are refused. Default: the run id.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, env = "LGAF_JOB_ID", value_name = "ID")]
     pub job_id: Option<String>,
 
     /// Stop after this many steps (0: the configuration's schedule).
-    #[arg(long, value_name = "S", default_value_t = 0)]
+    #[arg(long, env = "LGAF_MAX_STEPS", value_name = "S", default_value_t = 0)]
     pub max_steps: u64,
 
     /// Address for the gRPC service: HOST:PORT, or a bare PORT for all interfaces.
     /// Port 0 picks a free port; the address is printed on stdout.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        env = "LGAF_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:0"
+    )]
     pub listen: String,
 
     /// Start the workers on this machine right away (otherwise only when none has
     /// registered from outside within --grace-secs).
-    #[arg(long)]
+    #[arg(long, env = "LGAF_SPAWN_LOCAL")]
     pub spawn_local: bool,
 
+    /// Never start workers on this machine: they all come from outside (a Kubernetes Job,
+    /// other machines), however long that takes.
+    #[arg(long, env = "LGAF_EXTERNAL_WORKERS", conflicts_with = "spawn_local")]
+    pub external_workers: bool,
+
+    /// Once the job has ended, keep answering status calls (`lgaf status`) and health
+    /// probes (NOT_SERVING) until SIGTERM or SIGINT, instead of exiting: for a Kubernetes
+    /// Deployment, which would restart a coordinator that exits. The exit status is then
+    /// still the job's.
+    #[arg(long, env = "LGAF_KEEP_SERVING")]
+    pub keep_serving: bool,
+
     /// The worker executable for local workers. Default: lgaf-worker beside this one.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "LGAF_WORKER_BIN", value_name = "PATH")]
     pub worker_bin: Option<PathBuf>,
 
     /// Seconds to wait for workers from outside before starting local ones (at most a day).
-    #[arg(long, value_name = "SECS", default_value_t = 3,
+    #[arg(long, env = "LGAF_GRACE_SECS", value_name = "SECS", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     pub grace_secs: u64,
 
     /// How often workers send heartbeats, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2000,
+    #[arg(long, env = "LGAF_HEARTBEAT_MS", value_name = "MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u32).range(10..))]
     pub heartbeat_ms: u32,
 
     /// A worker not heard from for this long (milliseconds) is lost: its generation ends
     /// and restarts without it (see --max-restarts). Workers stop when the coordinator has
     /// not answered them for as long.
-    #[arg(long, value_name = "MS", default_value_t = 20_000,
+    #[arg(long, env = "LGAF_HEARTBEAT_DEADLINE_MS", value_name = "MS", default_value_t = 20_000,
           value_parser = clap::value_parser!(u32).range(100..))]
     pub heartbeat_deadline_ms: u32,
 
     /// Collective operation timeout handed to the workers, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 300_000,
+    #[arg(long, env = "LGAF_COLLECTIVE_TIMEOUT_MS", value_name = "MS", default_value_t = 300_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub collective_timeout_ms: u32,
 
@@ -100,52 +122,52 @@ pub struct Args {
     /// secret); else $LGAF_JOB_TOKEN. With neither, a coordinator that spawns its workers
     /// (--spawn-local) makes a random one and hands it to them; otherwise requests are not
     /// authenticated (a warning says so).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "LGAF_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
     /// Serve over TLS with this certificate (PEM; with --tls-key). Workers then connect to
     /// https:// and verify it against their --tls-ca.
-    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    #[arg(long, env = "LGAF_TLS_CERT", value_name = "PATH", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    #[arg(long, env = "LGAF_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
     /// The CA certificate (PEM) spawned local workers verify --tls-cert against (default:
     /// --tls-cert itself, for a self-signed certificate).
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    #[arg(long, env = "LGAF_TLS_CA", value_name = "PATH", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
 
     /// Seconds the run's coordinator lease lasts without renewal (it is renewed three
     /// times as often), at most a day. A coordinator started while another holds the run's
     /// lease waits for it to lapse, and refuses to start if it is being renewed.
-    #[arg(long, value_name = "SECS", default_value_t = 30,
+    #[arg(long, env = "LGAF_LEASE_SECS", value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=MAX_WAIT_SECS))]
     pub lease_secs: u64,
 
     /// Times a generation may be restarted from the last checkpoint after losing a worker
     /// (a crash, a hang, an unreachable host) before the job fails.
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(long, env = "LGAF_MAX_RESTARTS", value_name = "N", default_value_t = 3)]
     pub max_restarts: u32,
 
     /// Requests a second one client address may make (in bursts of twice that); more are
     /// refused with RESOURCE_EXHAUSTED, and workers retry them after a pause. Callers with
     /// the job token and callers without it are counted apart, so unauthenticated traffic
     /// never slows the job's workers. Workers make a few a second each.
-    #[arg(long, value_name = "N", default_value_t = 500,
+    #[arg(long, env = "LGAF_MAX_REQUESTS_PER_SEC", value_name = "N", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_requests_per_sec: u32,
 
     /// Seconds local workers get to exit after SIGTERM before they are killed (at most a
     /// day).
-    #[arg(long, value_name = "SECS", default_value_t = 10,
+    #[arg(long, env = "LGAF_STOP_TIMEOUT_SECS", value_name = "SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     pub stop_timeout_secs: u64,
 
     /// Longest wait of a blocking Join or GetNcclId before the worker is told to call
     /// again, in seconds (at most an hour).
-    #[arg(long, value_name = "SECS", default_value_t = 30,
+    #[arg(long, env = "LGAF_LONG_POLL_SECS", value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub long_poll_secs: u64,
 
@@ -154,7 +176,7 @@ pub struct Args {
     /// server stops and the process exits (at most a minute; the shutdown's own waits count
     /// towards it, and a signal cuts it short). The default, Kubernetes' shortest probe
     /// period, lets a probe see the job end rather than only a refused connection.
-    #[arg(long, value_name = "MS", default_value_t = 1000,
+    #[arg(long, env = "LGAF_HEALTH_LINGER_MS", value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(0..=60_000))]
     pub health_linger_ms: u32,
 

@@ -38,10 +38,9 @@ pub struct Config {
     /// 0: the configuration's schedule.
     pub max_steps: u64,
     pub listen: SocketAddr,
-    /// Start local workers at once, instead of after `grace` without any registration.
-    pub spawn_local: bool,
+    /// When workers are started on this machine.
+    pub local_workers: LocalWorkers,
     pub worker_bin: PathBuf,
-    pub grace: Duration,
     pub heartbeat_interval: Duration,
     /// At least three heartbeat intervals.
     pub heartbeat_deadline: Duration,
@@ -61,6 +60,20 @@ pub struct Config {
     /// How long after the job ended the health service answers NOT_SERVING, at least,
     /// before the server stops.
     pub health_linger: Duration,
+    /// After the job ended, serve its status until a signal instead of exiting.
+    pub keep_serving: bool,
+}
+
+/// When the coordinator starts workers on its own machine (`lgaf-worker` processes it
+/// supervises), rather than waiting for them to register from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalWorkers {
+    /// At once (`--spawn-local`).
+    Now,
+    /// When no worker has registered from outside within this long (`--grace-secs`).
+    AfterGrace(Duration),
+    /// Never: they all come from outside (`--external-workers`).
+    Never,
 }
 
 /// The coordinator's TLS identity, and the CA its local workers verify it with.
@@ -168,9 +181,14 @@ impl Config {
             run_id,
             max_steps: args.max_steps,
             listen,
-            spawn_local: args.spawn_local,
+            local_workers: if args.spawn_local {
+                LocalWorkers::Now
+            } else if args.external_workers {
+                LocalWorkers::Never
+            } else {
+                LocalWorkers::AfterGrace(Duration::from_secs(args.grace_secs))
+            },
             worker_bin: args.worker_bin.unwrap_or_else(default_worker_bin),
-            grace: Duration::from_secs(args.grace_secs),
             heartbeat_interval: Duration::from_millis(args.heartbeat_ms.into()),
             heartbeat_deadline: Duration::from_millis(args.heartbeat_deadline_ms.into()),
             collective_timeout: Duration::from_millis(args.collective_timeout_ms.into()),
@@ -182,6 +200,7 @@ impl Config {
             stop_timeout: Duration::from_secs(args.stop_timeout_secs),
             long_poll: Duration::from_secs(args.long_poll_secs),
             health_linger: Duration::from_millis(args.health_linger_ms.into()),
+            keep_serving: args.keep_serving,
         })
     }
 }
@@ -303,7 +322,11 @@ mod tests {
         assert_eq!(config.collective_timeout, Duration::from_secs(300));
         assert_eq!(config.elastic_grace, Duration::from_secs(60));
         assert_eq!(config.lease, Duration::from_secs(30));
-        assert_eq!(config.grace, Duration::from_secs(3));
+        assert_eq!(
+            config.local_workers,
+            LocalWorkers::AfterGrace(Duration::from_secs(3))
+        );
+        assert!(!config.keep_serving);
         assert_eq!(config.stop_timeout, Duration::from_secs(10));
         assert_eq!(config.long_poll, Duration::from_secs(30));
         assert_eq!(config.health_linger, Duration::from_secs(1));
@@ -336,6 +359,30 @@ mod tests {
         assert_eq!(config.elastic_grace, Duration::from_millis(250));
         assert_eq!(config.min_workers, 1);
         assert_eq!(config.health_linger, Duration::ZERO);
+    }
+
+    #[test]
+    fn local_workers_start_now_after_the_grace_or_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0ken").unwrap();
+        let local = |extra: &[&str]| {
+            let mut all = vec!["--token-file", token.to_str().unwrap()];
+            all.extend_from_slice(extra);
+            Config::from_args(args(&all)).unwrap()
+        };
+        assert_eq!(local(&["--spawn-local"]).local_workers, LocalWorkers::Now);
+        assert_eq!(
+            local(&["--grace-secs", "0"]).local_workers,
+            LocalWorkers::AfterGrace(Duration::ZERO)
+        );
+        let cluster = local(&["--external-workers", "--keep-serving"]);
+        assert_eq!(cluster.local_workers, LocalWorkers::Never);
+        assert!(cluster.keep_serving);
+        let both = ["lgaf-coordinator", "--workers", "1"];
+        let both = [&both[..], &["--spawn-local", "--external-workers"]].concat();
+        let e = Args::try_parse_from(both).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

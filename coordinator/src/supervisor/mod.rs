@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lgaf_proto::console::print_line;
+use lgaf_proto::exit::ExitClass;
 use lgaf_proto::v1;
 use lgaf_telemetry::opentelemetry::KeyValue;
 use lgaf_telemetry::Telemetry;
@@ -35,7 +36,7 @@ use tracing::{error, info, warn};
 
 pub use address::{coordinator_url, parse_listen};
 pub use args::{Args, MAX_WAIT_SECS};
-pub use config::{check_run_id, default_run_id, Config, ConfigError, Tls};
+pub use config::{check_run_id, default_run_id, Config, ConfigError, LocalWorkers, Tls};
 pub use lease::{acquire_lease, holder_is_gone, Clock, LeaseHolder, SystemClock};
 
 use crate::local::{ChildExit, SpawnSpec};
@@ -118,6 +119,31 @@ pub enum SupervisorError {
     JobUnfinished { phase: JobPhase },
 }
 
+impl SupervisorError {
+    /// What the process's exit status tells whoever would restart it (the exit-code
+    /// contract, `lgaf_proto::exit`).
+    pub fn exit_class(&self) -> ExitClass {
+        match self {
+            // The job gave up (a worker lost too often, a lost lease): so must its pods.
+            SupervisorError::JobFailed { .. } => ExitClass::JobFailed,
+            // What the user asked for is wrong: the store URL, the stored run against these
+            // settings, the telemetry settings.
+            SupervisorError::OpenStore { .. }
+            | SupervisorError::Job(_)
+            | SupervisorError::Telemetry(_) => ExitClass::Permanent,
+            // The store, the port or the process may be fine next time: the lease held by a
+            // coordinator that is going away, a store that was unreachable, a taken port.
+            SupervisorError::Signal { .. }
+            | SupervisorError::Run(_)
+            | SupervisorError::ReadRun { .. }
+            | SupervisorError::SaveJob { .. }
+            | SupervisorError::Listen { .. }
+            | SupervisorError::History(_)
+            | SupervisorError::JobUnfinished { .. } => ExitClass::Retryable,
+        }
+    }
+}
+
 /// Runs the job `config` describes to its end, its traces and metrics exported as
 /// `telemetry` says.
 pub async fn run(config: Config, telemetry: &mut Telemetry) -> Result<Outcome, SupervisorError> {
@@ -154,7 +180,11 @@ pub async fn run(config: Config, telemetry: &mut Telemetry) -> Result<Outcome, S
             );
         }
         release_lease(&run, &me).await;
-        say(describe(&service.status()));
+        if config.keep_serving {
+            serve_until_signal(&config, &service, signals).await?;
+        } else {
+            say(describe(&service.status()));
+        }
         return outcome(Ended::Over, phase);
     }
 
@@ -228,12 +258,18 @@ impl Supervision {
     /// server's health.
     async fn supervise(&mut self) -> Ended {
         let config = &self.config;
-        let mut grace_over = config.spawn_local;
-        if config.spawn_local {
-            self.local.start(&self.service).await;
-        }
-        let grace = tokio::time::sleep(config.grace);
-        tokio::pin!(grace);
+        let grace = match config.local_workers {
+            LocalWorkers::Now => {
+                self.local.start(&self.service).await;
+                None
+            }
+            LocalWorkers::AfterGrace(grace) => Some(grace),
+            LocalWorkers::Never => None,
+        };
+        let mut grace_over = grace.is_none();
+        let grace = grace.unwrap_or_default();
+        let grace_timer = tokio::time::sleep(grace);
+        tokio::pin!(grace_timer);
         // Failure detection: a rank silent past the deadline ends its generation (checked
         // ten times a deadline, so it is noticed within about a tenth of the deadline after
         // it passes); the same clock ends an elastic grace period.
@@ -250,12 +286,12 @@ impl Supervision {
                 _ = self.service.wait_until_over() => return Ended::Over,
                 _ = liveness.tick() => self.service.tick().await,
                 _ = renew.tick() => self.renew_lease().await,
-                _ = &mut grace, if !grace_over => {
+                _ = &mut grace_timer, if !grace_over => {
                     grace_over = true;
                     let registered = self.service.with_job(|j| j.registered_count());
                     if registered == 0 {
                         info!("no worker registered within {} s: starting {} local worker(s)",
-                              self.config.grace.as_secs(), self.config.workers);
+                              grace.as_secs(), self.config.workers);
                         self.local.start(&self.service).await;
                     } else {
                         info!("{registered} of {} worker(s) registered from outside; waiting \
@@ -310,7 +346,10 @@ impl Supervision {
         }
         // So that a probe sees NOT_SERVING, not only a refused connection, once the job ended
         // (pointless once the server has stopped by itself).
-        if self.server.running {
+        if self.server.running && config.keep_serving && matches!(ended, Ended::Over) {
+            info!("{KEEP_SERVING}");
+            self.signals.wait().await;
+        } else if self.server.running {
             self.signals
                 .sleep_until(ended_at + config.health_linger)
                 .await;
@@ -363,6 +402,14 @@ impl Signals {
         })
     }
 
+    /// Waits for SIGINT or SIGTERM.
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+
     /// Waits until `until`, or until a signal comes (one already pending cuts it short).
     async fn sleep_until(&mut self, until: Instant) {
         tokio::select! {
@@ -371,6 +418,29 @@ impl Signals {
             _ = self.terminate.recv() => {}
         }
     }
+}
+
+const KEEP_SERVING: &str =
+    "the job has ended; serving its status until SIGTERM or SIGINT (--keep-serving)";
+
+/// For a job that was over when this coordinator opened it: its address and final status on
+/// stdout, then its status and NOT_SERVING on the job's port until a signal
+/// (`--keep-serving`).
+async fn serve_until_signal(
+    config: &Config,
+    service: &Service,
+    mut signals: Signals,
+) -> Result<(), SupervisorError> {
+    let (mut health, health_service) = Health::start().await;
+    health.job_ended().await;
+    let server = Server::start(config, service, health_service).await?;
+    say(format!("listening on {}", server.url));
+    say(describe(&service.status()));
+    info!("{KEEP_SERVING}");
+    signals.wait().await;
+    health.close().await;
+    server.stop().await;
+    Ok(())
 }
 
 async fn release_lease(run: &RunStore, me: &LeaseHolder) {

@@ -28,6 +28,7 @@ mod dataset;
 mod demo;
 mod eval;
 mod report;
+mod status;
 mod train;
 
 pub use ckpt::{CkptCommand, CkptConvertArgs, CkptExportArgs, CkptLsArgs};
@@ -35,6 +36,7 @@ pub use dataset::{InspectArgs, PackArgs};
 pub use demo::DemoArgs;
 pub use eval::{EmbedArgs, EvalArgs, InitArgs};
 pub use report::ReportArgs;
+pub use status::StatusArgs;
 pub use train::TrainArgs;
 
 // No doc comments on `Cli` and `Command`: clap would turn them into help text.
@@ -87,6 +89,9 @@ pub enum Command {
     /// Write a run's history (steps, generations, faults, checkpoints, evaluations) from its
     /// store as one self-contained HTML page of plots, and with --png the plots as PNG files.
     Report(ReportArgs),
+    /// A coordinated job as its coordinator sees it: state, generation, step, the workers
+    /// and the last committed checkpoint (the GetJobStatus call), as text or with --json.
+    Status(StatusArgs),
 }
 
 /// The network's shape; must match the weights.
@@ -134,6 +139,7 @@ pub fn run(cli: Cli, telemetry: &mut Telemetry) -> Result<()> {
         Command::Demo(a) => demo::demo(a),
         Command::Ckpt(c) => ckpt::run(c),
         Command::Report(a) => report::report(a),
+        Command::Status(a) => status::status(a),
     }
 }
 

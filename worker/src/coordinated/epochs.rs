@@ -116,8 +116,10 @@ pub(super) fn train(
         "checkpoint uploads: the training step waited only for the stall"
     );
     // The coordinator's word overrides what the loop saw: the job may be over.
-    if let Some(Stopped::Stop(why)) = heartbeat.stopped() {
-        return Err(RunError::Other(why));
+    match heartbeat.stopped() {
+        Some(Stopped::JobOver(why)) => return Err(RunError::JobOver(why)),
+        Some(Stopped::CoordinatorGone(why)) => return Err(RunError::CoordinatorGone(why)),
+        Some(Stopped::Rejoin(_)) | None => {}
     }
     drop(heartbeat);
     result?;

@@ -106,14 +106,18 @@ type AbortHook = Arc<Mutex<Option<Box<dyn Fn() + Send>>>>;
 pub(super) enum Stopped {
     /// The generation ended: join the next one.
     Rejoin(String),
-    /// The job is over or the coordinator is gone: exit.
-    Stop(String),
+    /// The coordinator says the job is over (finished, failed or cancelled): exit.
+    JobOver(String),
+    /// The coordinator has not answered for the heartbeat deadline: exit.
+    CoordinatorGone(String),
 }
 
 impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Stopped::Rejoin(why) | Stopped::Stop(why) => f.write_str(why),
+            Stopped::Rejoin(why) | Stopped::JobOver(why) | Stopped::CoordinatorGone(why) => {
+                f.write_str(why)
+            }
         }
     }
 }
@@ -175,7 +179,7 @@ fn beat(
                         return;
                     }
                     action => {
-                        give_up(Stopped::Stop(format!(
+                        give_up(Stopped::JobOver(format!(
                             "the coordinator ended the job ({action:?})"
                         )));
                         return;
@@ -190,7 +194,7 @@ fn beat(
             Err(_) => warn!("heartbeat: no answer from the coordinator"),
         }
         if last_answer.elapsed() > deadline {
-            give_up(Stopped::Stop(format!(
+            give_up(Stopped::CoordinatorGone(format!(
                 "the coordinator at {} has not answered a heartbeat for {} ms (deadline {} ms): \
                  it is gone or unreachable; stopping",
                 client.url,

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lgaf_proto::auth::JobToken;
+use lgaf_proto::exit::ExitClass;
 use lgaf_proto::v1;
 use lgaf_proto::API_VERSION;
 use tracing::{info, warn};
@@ -71,6 +72,15 @@ pub enum RunError {
     GenerationOver(String),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
+    /// The heartbeat says the job is over; [`settle`] asks the coordinator how it ended.
+    #[error("{0}")]
+    JobOver(String),
+    /// The coordinator did not answer for the heartbeat deadline.
+    #[error("{0}")]
+    CoordinatorGone(String),
+    /// The coordinator says the job failed, for this reason.
+    #[error("the job failed: {0}")]
+    JobFailed(String),
     #[error("{0}")]
     Other(String),
 }
@@ -96,6 +106,25 @@ impl From<lgaf_store::StoreError> for RunError {
 }
 
 impl RunError {
+    /// Whether starting this worker again could succeed (the exit-code contract,
+    /// `lgaf_proto::exit`).
+    pub fn exit_class(&self) -> ExitClass {
+        match self {
+            RunError::Coordinator(e) => client_error_class(e),
+            RunError::Worker(e) => e.exit_class(),
+            // The OTLP endpoint or protocol given is wrong.
+            RunError::Telemetry(_) => ExitClass::Permanent,
+            RunError::JobFailed(_) => ExitClass::JobFailed,
+            // Whether the job is over could not be learned: a new pod will ask again.
+            RunError::JobOver(_)
+            | RunError::CoordinatorGone(_)
+            | RunError::Store(_)
+            | RunError::Collective(_)
+            | RunError::GenerationOver(_)
+            | RunError::Other(_) => ExitClass::Retryable,
+        }
+    }
+
     /// The generation failed under this rank (a peer died or hung, the coordinator ended
     /// it), not the rank itself: it may join the next generation.
     fn ends_generation_only(&self) -> bool {
@@ -105,6 +134,84 @@ impl RunError {
                 | RunError::Collective(_)
                 | RunError::Worker(crate::WorkerError::Collective { .. })
         )
+    }
+}
+
+/// A refusal that the same worker would get again (a wrong token, a request the
+/// coordinator finds malformed, facts or settings it cannot take) is permanent; a
+/// coordinator that is away, overloaded or restarted is worth waiting for.
+fn client_error_class(e: &ClientError) -> ExitClass {
+    use tonic::Code;
+    match e {
+        ClientError::Connect { .. } => ExitClass::Retryable,
+        ClientError::Call { status, .. } => match status.code() {
+            Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Unimplemented => ExitClass::Permanent,
+            Code::Ok
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss => ExitClass::Retryable,
+        },
+    }
+}
+
+/// Whether `e` may only mean that the job is over: the heartbeat said so, or a call was
+/// refused as FAILED_PRECONDITION (a Join after the job ended).
+fn may_mean_job_over(e: &RunError) -> bool {
+    match e {
+        RunError::JobOver(_) => true,
+        RunError::Coordinator(ClientError::Call { status, .. }) => {
+            status.code() == tonic::Code::FailedPrecondition
+        }
+        _ => false,
+    }
+}
+
+/// What a worker that stopped with `outcome` reports: when it may have stopped because the
+/// job is over, the coordinator's word on how the job ended (finished: this worker's part
+/// is done; failed: the job failed). Otherwise, or when the coordinator cannot say, the
+/// outcome itself.
+fn settle(client: &Client, outcome: Result<u64>) -> Result<u64> {
+    let Err(e) = &outcome else {
+        return outcome;
+    };
+    if !may_mean_job_over(e) {
+        return outcome;
+    }
+    let request = v1::JobStatusRequest {
+        api_version: API_VERSION,
+    };
+    let status = client.rt.block_on(bounded(
+        "GetJobStatus",
+        Duration::from_secs(10),
+        client.send("GetJobStatus", request, |mut c, r| async move {
+            c.get_job_status(r).await
+        }),
+    ));
+    match status {
+        Ok(status) => match status.state() {
+            v1::JobState::Finished => {
+                info!("the job finished (this worker stopped: {e})");
+                Ok(status.step)
+            }
+            v1::JobState::Failed => Err(RunError::JobFailed(status.error)),
+            v1::JobState::Waiting | v1::JobState::Running | v1::JobState::Unspecified => outcome,
+        },
+        Err(status_error) => {
+            warn!(error = %status_error.message(), "asking how the job ended");
+            outcome
+        }
     }
 }
 
@@ -189,6 +296,7 @@ pub fn run(args: WorkerArgs, telemetry: &mut Telemetry) -> Result<()> {
             other => break other,
         }
     };
+    let outcome = settle(&client, outcome);
     finish(&client, &member, &outcome);
     outcome.map(|_| ())
 }

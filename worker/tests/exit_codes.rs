@@ -1,0 +1,204 @@
+//! The exit-code contract (`lgaf_proto::exit`), each class produced by a real failure of real
+//! processes: a worker refused for a wrong token or given a bad configuration exits 78
+//! (permanent), workers whose coordinator was killed exit 75 (retryable), a job that failed
+//! makes its surviving worker and its coordinator exit 79, and a malformed flag exits 2.
+//! Also a node of two local ranks (`--local-ranks 2`), configured entirely from the
+//! environment a Kubernetes pod would have, training a job to its end.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::processes::{
+    bin, coordinator_command, coordinator_url, tiny_config, wait_exit_or, work_dir, worker_command,
+    Log,
+};
+use lgaf_proto::exit::ExitClass;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// A coordinator for `workers` local-less workers, its URL, and its log (stderr).
+fn coordinator(dir: &std::path::Path, workers: u32, extra: &[&str], log: &Log) -> (Child, String) {
+    let mut coordinator = coordinator_command(dir)
+        .args(["--workers", &workers.to_string(), "--external-workers"])
+        .args(["--heartbeat-ms", "200", "--heartbeat-deadline-ms", "2000"])
+        .args(["--health-linger-ms", "0"])
+        .args(extra)
+        .spawn()
+        .unwrap();
+    let url = coordinator_url(&mut coordinator);
+    log.collect(coordinator.stderr.take().unwrap());
+    (coordinator, url)
+}
+
+fn worker(url: &str, slot: u32, log: &Log) -> Child {
+    let mut child = worker_command(url, slot).spawn().unwrap();
+    log.collect(child.stderr.take().unwrap());
+    child
+}
+
+fn class_of(child: &mut Child, log: &Log) -> Option<ExitClass> {
+    let status = wait_exit_or(child, LONG, || log.text());
+    status.code().and_then(ExitClass::from_code)
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_wrong_token_and_a_bad_config_are_permanent() {
+    let dir = work_dir("exit", "permanent", &tiny_config(8, 1, 0));
+    let token = dir.join("token");
+    std::fs::write(&token, "the-right-token\n").unwrap();
+    let log = Log::default();
+    let (coordinator_process, url) =
+        coordinator(&dir, 1, &["--token-file", token.to_str().unwrap()], &log);
+    let mut refused = worker_command(&url, 0)
+        .env("LGAF_JOB_TOKEN", "a-wrong-token")
+        .spawn()
+        .unwrap();
+    log.collect(refused.stderr.take().unwrap());
+    assert_eq!(
+        class_of(&mut refused, &log),
+        Some(ExitClass::Permanent),
+        "{}",
+        log.text()
+    );
+    assert!(log.text().contains("Unauthenticated"), "{}", log.text());
+    stop(coordinator_process);
+
+    // A config the coordinator passes on (it only checks the TOML) but no worker can use.
+    let dir = work_dir("exit", "bad-config", "[model]\narch = \"r999\"\n");
+    let log = Log::default();
+    let (coordinator_process, url) = coordinator(&dir, 1, &[], &log);
+    let mut worker = worker(&url, 0, &log);
+    assert_eq!(
+        class_of(&mut worker, &log),
+        Some(ExitClass::Permanent),
+        "{}",
+        log.text()
+    );
+    assert!(log.text().contains("r999"), "{}", log.text());
+    stop(coordinator_process);
+}
+
+#[test]
+fn workers_that_lose_their_coordinator_may_retry() {
+    let dir = work_dir("exit", "coordinator-killed", &tiny_config(400, 1, 0));
+    let log = Log::default();
+    let (mut coordinator_process, url) = coordinator(&dir, 2, &[], &log);
+    let mut workers = [worker(&url, 0, &log), worker(&url, 1, &log)];
+    log.wait_for("generation 1 formed", LONG);
+    coordinator_process.kill().unwrap();
+    coordinator_process.wait().unwrap();
+    for worker in &mut workers {
+        assert_eq!(
+            class_of(worker, &log),
+            Some(ExitClass::Retryable),
+            "{}",
+            log.text()
+        );
+    }
+    // Each says which coordinator it lost (a refused call, or heartbeats unanswered).
+    let named = log
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("lgaf-worker: ") && l.contains(&url))
+        .count();
+    assert_eq!(named, 2, "{}", log.text());
+}
+
+#[test]
+fn a_failed_job_fails_its_surviving_workers_and_its_coordinator() {
+    let dir = work_dir("exit", "job-failed", &tiny_config(400, 1, 0));
+    let log = Log::default();
+    // No restart allowed: losing a worker fails the job.
+    let (mut coordinator_process, url) = coordinator(&dir, 2, &["--max-restarts", "0"], &log);
+    let mut survivor = worker(&url, 0, &log);
+    let lost = worker(&url, 1, &log);
+    log.wait_for("step 2/", LONG);
+    kill(Pid::from_raw(lost.id() as i32), Signal::SIGKILL).unwrap();
+    stop(lost);
+    assert_eq!(
+        class_of(&mut survivor, &log),
+        Some(ExitClass::JobFailed),
+        "{}",
+        log.text()
+    );
+    assert_eq!(
+        class_of(&mut coordinator_process, &log),
+        Some(ExitClass::JobFailed),
+        "{}",
+        log.text()
+    );
+}
+
+#[test]
+fn a_malformed_flag_is_a_usage_error() {
+    for args in [
+        &["--local-ranks", "0"][..],
+        &["--slot", "minus-one"],
+        &["--frobnicate"],
+    ] {
+        let out = std::process::Command::new(bin("lgaf-worker"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    // A completion index that is not one: permanent, named.
+    let out = std::process::Command::new(bin("lgaf-worker"))
+        .env("JOB_COMPLETION_INDEX", "three")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("$JOB_COMPLETION_INDEX"), "{stderr}");
+}
+
+/// One node of a Kubernetes Indexed Job with 2 GPUs' worth of ranks (CPU here), configured
+/// only by its environment: completion index 0, the coordinator and the token from
+/// variables. Its two local ranks take slots 0 and 1 and train the job to its end.
+#[test]
+fn a_node_runs_its_local_ranks_from_the_environment_of_a_pod() {
+    let dir = work_dir("exit", "node", &tiny_config(8, 2, 0));
+    let token = dir.join("token");
+    std::fs::write(&token, "node-token\n").unwrap();
+    let log = Log::default();
+    let (mut coordinator_process, url) =
+        coordinator(&dir, 2, &["--token-file", token.to_str().unwrap()], &log);
+    let mut node = std::process::Command::new(bin("lgaf-worker"))
+        .env("LGAF_COORDINATOR", &url)
+        .env("LGAF_LOCAL_RANKS", "2")
+        .env("LGAF_DEVICE", "cpu")
+        .env("LGAF_TOKEN_FILE", &token)
+        .env("JOB_COMPLETION_INDEX", "0")
+        .env("NO_COLOR", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    log.collect(node.stderr.take().unwrap());
+    assert_eq!(
+        class_of(&mut node, &log),
+        Some(ExitClass::Success),
+        "{}",
+        log.text()
+    );
+    let text = log.text();
+    for slot in ["slot 0)", "slot 1)"] {
+        assert!(text.contains(slot), "{slot}: {text}");
+    }
+    assert!(text.contains("local rank finished"), "{text}");
+    assert_eq!(
+        class_of(&mut coordinator_process, &log),
+        Some(ExitClass::Success),
+        "{text}"
+    );
+}
