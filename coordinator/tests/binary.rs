@@ -26,6 +26,18 @@ fn wait_for(path: &Path, timeout: Duration) {
     }
 }
 
+/// The job's status, as the coordinator at `url` (no job token) answers GetJobStatus.
+fn job_status(rt: &tokio::runtime::Runtime, url: &str) -> v1::JobStatus {
+    rt.block_on(async {
+        let mut client = CoordinatorClient::connect(url.to_string()).await.unwrap();
+        client
+            .get_job_status(v1::JobStatusRequest { api_version: 1 })
+            .await
+            .unwrap()
+            .into_inner()
+    })
+}
+
 /// The stand-in worker, copied executable into `dir`.
 fn standin(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
@@ -57,14 +69,7 @@ fn flags_from_the_environment_and_a_coordinator_that_never_spawns() {
         ],
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let status = rt.block_on(async {
-        let mut client = CoordinatorClient::connect(coord.url.clone()).await.unwrap();
-        client
-            .get_job_status(v1::JobStatusRequest { api_version: 1 })
-            .await
-            .unwrap()
-            .into_inner()
-    });
+    let status = job_status(&rt, &coord.url);
     assert_eq!((status.run_id.as_str(), status.world_size), ("from-env", 3));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(standin_pids(dir.path()).is_empty(), "{}", coord.stderr());
@@ -277,14 +282,7 @@ fn rerunning_a_run_id_resumes_it_and_a_finished_run_ends_at_once() {
         .chain(["--keep-serving"])
         .collect();
     let mut coord = Coordinator::start(&keep, &[]);
-    let status = rt.block_on(async {
-        let mut client = CoordinatorClient::connect(coord.url.clone()).await.unwrap();
-        client
-            .get_job_status(v1::JobStatusRequest { api_version: 1 })
-            .await
-            .unwrap()
-            .into_inner()
-    });
+    let status = job_status(&rt, &coord.url);
     assert_eq!(status.state(), v1::JobState::Finished);
     assert_eq!(status.last_checkpoint_step, 20);
     std::thread::sleep(Duration::from_millis(500));

@@ -5,12 +5,12 @@
 //! The trainer is synchronous: each call blocks on the small tokio runtime held here.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lgaf_data::rng::Rng;
-use lgaf_proto::auth::{AttachToken, JobToken};
+use lgaf_proto::auth::{AttachToken, JobToken, TokenError};
 use lgaf_proto::v1::coordinator_client::CoordinatorClient;
 use lgaf_proto::MAX_MESSAGE_BYTES;
 use tokio::runtime::Runtime;
@@ -19,6 +19,36 @@ use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 use tracing::warn;
+
+/// How to reach the coordinator, as `lgaf-worker` and `lgaf status` take it on their
+/// command lines.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CoordinatorArgs {
+    /// The coordinator's URL (the one `lgaf-coordinator` printed: "listening on URL").
+    #[arg(
+        long,
+        env = "LGAF_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+    /// A file holding the job's token (else $LGAF_JOB_TOKEN, which a spawning coordinator
+    /// sets); needed when the coordinator has one.
+    #[arg(long, env = "LGAF_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed an https:// coordinator's certificate.
+    #[arg(long, env = "LGAF_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl CoordinatorArgs {
+    /// The job token: the one in `--token-file`, else `$LGAF_JOB_TOKEN`, else none.
+    pub fn token(&self) -> Result<Option<JobToken>, TokenError> {
+        match &self.token_file {
+            Some(path) => JobToken::from_file(path).map(Some),
+            None => JobToken::from_env(),
+        }
+    }
+}
 
 /// The generated client, with the job token and the trace context on every request.
 pub type Stub = CoordinatorClient<InterceptedService<Channel, Outgoing>>;

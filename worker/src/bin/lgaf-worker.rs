@@ -3,15 +3,14 @@
 //! coordinator starts these itself with `--spawn-local`; on a cluster each pod runs one.
 //! The exit status follows the contract of `lgaf_proto::exit`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lgaf_proto::auth::JobToken;
 use lgaf_proto::console::eprint_line;
 use lgaf_proto::exit::ExitClass;
 use lgaf_telemetry::TelemetryArgs;
 use lgaf_worker::coordinated::{self, WorkerArgs};
+use lgaf_worker::coordinator_client::CoordinatorArgs;
 use lgaf_worker::node::{self, NodeOutcome, RankLaunch, Supervision};
 use lgaf_worker::progress::init_telemetry;
 
@@ -21,13 +20,8 @@ use lgaf_worker::progress::init_telemetry;
     about = "One rank of a coordinated LGAF training run, or a node's ranks"
 )]
 struct Cli {
-    /// The coordinator's URL.
-    #[arg(
-        long,
-        env = "LGAF_COORDINATOR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    coordinator: String,
+    #[command(flatten)]
+    connection: CoordinatorArgs,
     /// This worker's slot, 0..N (its rank order); with --local-ranks, the node's index (its
     /// ranks take slots N x index .. N x index + N - 1). Else $JOB_COMPLETION_INDEX (a
     /// Kubernetes Indexed Job), else a StatefulSet pod's ordinal, else the coordinator's
@@ -53,13 +47,6 @@ struct Cli {
     /// address's IP; on Kubernetes, the pod IP).
     #[arg(long, env = "LGAF_COLLECTIVE_HOST")]
     collective_host: Option<String>,
-    /// A file holding the job's token (else $LGAF_JOB_TOKEN, which a spawning coordinator
-    /// sets).
-    #[arg(long, env = "LGAF_TOKEN_FILE", value_name = "PATH")]
-    token_file: Option<PathBuf>,
-    /// The CA certificate (PEM) that signed an https:// coordinator's certificate.
-    #[arg(long, value_name = "PATH", env = "LGAF_TLS_CA")]
-    tls_ca: Option<PathBuf>,
     #[command(flatten)]
     telemetry: TelemetryArgs,
 }
@@ -97,22 +84,18 @@ fn run_rank(cli: &Cli, rank: &node::LocalRank) -> ExitCode {
         Ok(telemetry) => telemetry,
         Err(e) => return fail(e, ExitClass::Permanent),
     };
-    let token = match &cli.token_file {
-        Some(path) => JobToken::from_file(path).map(Some),
-        None => JobToken::from_env(),
-    };
-    let token = match token {
+    let token = match cli.connection.token() {
         Ok(t) => t,
         Err(e) => return fail(e, ExitClass::Permanent),
     };
     let args = WorkerArgs {
-        coordinator: cli.coordinator.clone(),
+        coordinator: cli.connection.coordinator.clone(),
         slot: rank.slot,
         device: rank.device.clone(),
         collective_bind: rank.collective_bind.clone(),
         collective_host: cli.collective_host.clone(),
         token,
-        tls_ca: cli.tls_ca.clone(),
+        tls_ca: cli.connection.tls_ca.clone(),
     };
     match coordinated::run(args, &mut telemetry) {
         Ok(()) => ExitClass::Success.into(),
@@ -136,10 +119,10 @@ fn run_node(cli: &Cli, ranks: &[node::LocalRank]) -> ExitCode {
     };
     let launch = RankLaunch {
         program,
-        coordinator: cli.coordinator.clone(),
+        coordinator: cli.connection.coordinator.clone(),
         collective_host: cli.collective_host.clone(),
-        token_file: cli.token_file.clone(),
-        tls_ca: cli.tls_ca.clone(),
+        token_file: cli.connection.token_file.clone(),
+        tls_ca: cli.connection.tls_ca.clone(),
         telemetry: cli.telemetry.clone(),
     };
     let supervision = Supervision {

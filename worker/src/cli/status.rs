@@ -4,7 +4,7 @@
 //! JSON object of the typed [`JobView`]; a coordinator that cannot be reached or refuses
 //! the token is an error naming its URL and what to do.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -15,24 +15,12 @@ use serde::Serialize;
 use tokio::runtime::Runtime;
 use tonic::Code;
 
-use crate::coordinator_client::{Client, ClientError};
+use crate::coordinator_client::{Client, ClientError, CoordinatorArgs};
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// The coordinator's URL (the one `lgaf-coordinator` printed: "listening on URL").
-    #[arg(
-        long,
-        env = "LGAF_COORDINATOR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    coordinator: String,
-    /// A file holding the job's token (else $LGAF_JOB_TOKEN); needed when the coordinator
-    /// has one.
-    #[arg(long, value_name = "PATH")]
-    token_file: Option<PathBuf>,
-    /// The CA certificate (PEM) that signed an https:// coordinator's certificate.
-    #[arg(long, value_name = "PATH", env = "LGAF_TLS_CA")]
-    tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    connection: CoordinatorArgs,
     /// One JSON object: job_id, run_id, coordinator, state (waiting, running, finished,
     /// failed), generation, world_size, step, total_steps, epoch, loss, samples_per_s,
     /// last_checkpoint_step, error and workers (worker_id, rank, host, pid, device, state,
@@ -65,7 +53,8 @@ pub enum StatusError {
 
 /// `lgaf status`: fetches the job's status and prints it.
 pub(super) fn status(a: StatusArgs) -> Result<()> {
-    let (token, sent) = match &a.token_file {
+    let connection = &a.connection;
+    let (token, sent) = match &connection.token_file {
         Some(path) => (
             Some(JobToken::from_file(path)?),
             format!("the job token in {}", path.display()),
@@ -80,13 +69,13 @@ pub(super) fn status(a: StatusArgs) -> Result<()> {
         .build()
         .context("starting the gRPC runtime")?;
     let status = fetch(
-        &a.coordinator,
+        &connection.coordinator,
         token,
         &sent,
-        a.tls_ca.as_deref(),
+        connection.tls_ca.as_deref(),
         Arc::new(rt),
     )?;
-    let view = JobView::new(&a.coordinator, &status);
+    let view = JobView::new(&connection.coordinator, &status);
     if a.json {
         out!("{}", view.to_json()?);
     } else {
