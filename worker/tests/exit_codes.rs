@@ -138,6 +138,47 @@ fn a_failed_job_fails_its_surviving_workers_and_its_coordinator() {
     );
 }
 
+/// A worker pod that comes after the job finished (a Job's late replacement, an elastic
+/// slot scheduled at last) has nothing to do: it exits 0, so that its Job completes, while a
+/// coordinator with --keep-serving still answers.
+#[test]
+fn a_worker_that_comes_after_the_job_finished_succeeds() {
+    let dir = work_dir("exit", "late", &tiny_config(8, 1, 0));
+    let log = Log::default();
+    let (mut coordinator_process, url) = coordinator(&dir, 1, &["--keep-serving"], &log);
+    let mut worker_process = worker(&url, 0, &log);
+    assert_eq!(
+        class_of(&mut worker_process, &log),
+        Some(ExitClass::Success),
+        "{}",
+        log.text()
+    );
+    log.wait_for("--keep-serving", LONG);
+    let mut late = worker(&url, 0, &log);
+    assert_eq!(
+        class_of(&mut late, &log),
+        Some(ExitClass::Success),
+        "{}",
+        log.text()
+    );
+    assert!(
+        log.text().contains("the job finished (this worker stopped"),
+        "{}",
+        log.text()
+    );
+    kill(
+        Pid::from_raw(coordinator_process.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        class_of(&mut coordinator_process, &log),
+        Some(ExitClass::Success),
+        "{}",
+        log.text()
+    );
+}
+
 #[test]
 fn a_malformed_flag_is_a_usage_error() {
     for args in [

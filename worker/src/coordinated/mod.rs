@@ -258,7 +258,12 @@ pub fn run(args: WorkerArgs, telemetry: &mut Telemetry) -> Result<()> {
             args.collective_bind
         ))
     })?;
-    let (registered, job_trace) = register(&args, &client, &listener)?;
+    // A pod started after the job ended (its Job replaced a failed one late) is refused
+    // here: it learns how the job ended like a worker that was told to stop.
+    let (registered, job_trace) = match register(&args, &client, &listener) {
+        Ok(registered) => registered,
+        Err(e) => return settle(&client, Err(e)).map(|_| ()),
+    };
     let mut resource = vec![
         KeyValue::new("lgaf.run.id", registered.run_id.clone()),
         KeyValue::new("lgaf.job.id", registered.job_id.clone()),
