@@ -36,6 +36,7 @@ pub fn status_of(e: JobError) -> Status {
         }
         JobError::SlotTaken { .. } => Status::already_exists(message),
         JobError::OutOfRange { .. } => Status::out_of_range(message),
+        JobError::NoPlace(_) => Status::unavailable(message),
     }
 }
 
@@ -791,6 +792,7 @@ mod tests {
                 },
                 Code::OutOfRange,
             ),
+            (JobError::NoPlace("full".into()), Code::Unavailable),
         ];
         for (e, code) in cases {
             assert_eq!(status_of(e).code(), code);

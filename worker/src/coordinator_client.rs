@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use lgaf_data::rng::Rng;
 use lgaf_proto::auth::{AttachToken, JobToken, TokenError};
+use lgaf_proto::v1;
 use lgaf_proto::v1::coordinator_client::CoordinatorClient;
 use lgaf_proto::MAX_MESSAGE_BYTES;
 use tokio::runtime::Runtime;
@@ -73,6 +74,9 @@ const RATE_RETRY_FOR: Duration = Duration::from_secs(60);
 /// The first pause after a refusal for rate; each next one doubles, up to the last.
 const RATE_BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const RATE_BACKOFF_LAST: Duration = Duration::from_secs(2);
+/// How long a Register is sent again while the coordinator has no place for the worker:
+/// past the default heartbeat deadline (20 s), after which a dead rank's place is free.
+pub const PLACE_WAIT: Duration = Duration::from_secs(120);
 /// The first and the longest pause between attempts to reach a coordinator that is not
 /// listening (yet, or again after a restart).
 const CONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -250,6 +254,39 @@ impl Client {
                         pause_ms = pause.as_millis() as u64,
                         error = status.message(),
                         "the coordinator turned the call away for rate; sending it again"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// A Register, sent again with a growing, jittered pause while the coordinator has no
+    /// place for this worker yet (UNAVAILABLE: every place taken; ALREADY_EXISTS: its slot
+    /// held), for up to [`PLACE_WAIT`]. A replacement for a rank that died comes before
+    /// the coordinator has found the rank lost (a heartbeat deadline, 20 s by default),
+    /// and a pod must not fail for being early.
+    pub async fn register(
+        &self,
+        request: v1::RegisterRequest,
+    ) -> Result<Response<v1::RegisterReply>, Status> {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(CONNECT_BACKOFF_FIRST, CONNECT_BACKOFF_LAST);
+        loop {
+            let sent = self.send_for_response("Register", request.clone(), |mut c, r| async move {
+                c.register(r).await
+            });
+            match sent.await {
+                Err(status)
+                    if matches!(status.code(), Code::Unavailable | Code::AlreadyExists)
+                        && started.elapsed() < PLACE_WAIT =>
+                {
+                    let pause = backoff.next_pause();
+                    warn!(
+                        pause_ms = pause.as_millis() as u64,
+                        error = status.message(),
+                        "the coordinator has no place for this worker yet; registering again"
                     );
                     tokio::time::sleep(pause).await;
                 }

@@ -138,6 +138,37 @@ fn a_failed_job_fails_its_surviving_workers_and_its_coordinator() {
     );
 }
 
+/// A replacement that comes while its predecessor still holds the slot (it hangs, so the
+/// coordinator finds it lost only at the heartbeat deadline; with NCCL a crashed rank is
+/// found so too) waits for its place instead of failing: registering again until the
+/// generation ends, then training the job to its end in that slot.
+#[test]
+fn an_early_replacement_waits_for_its_place() {
+    let dir = work_dir("exit", "early-replacement", &tiny_config(8, 3, 2));
+    let log = Log::default();
+    let (mut coordinator_process, url) = coordinator(&dir, 2, &[], &log);
+    let mut survivor = worker(&url, 0, &log);
+    let hung = worker(&url, 1, &log);
+    log.wait_for("checkpoint at step 2 committed", LONG);
+    kill(Pid::from_raw(hung.id() as i32), Signal::SIGSTOP).unwrap();
+    let mut replacement = worker(&url, 1, &log);
+    for process in [&mut replacement, &mut survivor, &mut coordinator_process] {
+        assert_eq!(
+            class_of(process, &log),
+            Some(ExitClass::Success),
+            "{}",
+            log.text()
+        );
+    }
+    let text = log.text();
+    assert!(text.contains("has no place for this worker yet"), "{text}");
+    // Registered in slot 1 twice: the hung worker, then its replacement, once the hung one
+    // was lost and its generation ended.
+    assert_eq!(text.matches("(cpu, slot 1): ").count(), 2, "{text}");
+    assert!(text.contains("generation 2 formed"), "{text}");
+    stop(hung);
+}
+
 /// A worker pod that comes after the job finished (a Job's late replacement, an elastic
 /// slot scheduled at last) has nothing to do: it exits 0, so that its Job completes, while a
 /// coordinator with --keep-serving still answers.

@@ -39,6 +39,11 @@ pub enum JobError {
     /// The job has ended (FAILED_PRECONDITION).
     #[error("the job has {0}")]
     JobOver(String),
+    /// Every place in the job is taken for now (UNAVAILABLE): a place frees when a
+    /// generation ends or a worker is lost, so the worker registers again later (a
+    /// replacement for a rank that died is usually early: the rank is not lost yet).
+    #[error("{0}")]
+    NoPlace(String),
 }
 
 impl JobError {

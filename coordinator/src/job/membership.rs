@@ -188,9 +188,9 @@ impl Job {
         self.refuse_if_over()?;
         if let Some(g) = self.generation.as_ref().filter(|g| g.ended.is_none()) {
             if g.world_size() >= self.settings.world_size {
-                return Err(JobError::precondition(format!(
+                return Err(JobError::NoPlace(format!(
                     "the job is already running generation {} with {} workers; there is no \
-                     place for another worker",
+                     place for another worker until it ends",
                     g.number,
                     g.world_size()
                 )));
@@ -212,7 +212,7 @@ impl Job {
             .filter(|w| Some(&w.id) != superseded.as_ref());
         if others.clone().count() as u32 >= self.settings.world_size {
             let ids: Vec<&str> = self.workers.keys().map(String::as_str).collect();
-            return Err(JobError::precondition(format!(
+            return Err(JobError::NoPlace(format!(
                 "the job wants {} workers and {} have registered ({})",
                 self.settings.world_size,
                 ids.len(),

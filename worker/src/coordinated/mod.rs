@@ -331,11 +331,7 @@ fn register(
     };
     let reply = client
         .rt
-        .block_on(
-            client.send_for_response("Register", register, |mut c, r| async move {
-                c.register(r).await
-            }),
-        )
+        .block_on(client.register(register))
         .map_err(|status| client.failed("Register", status))?;
     let (job_trace, registered, _) = reply.into_parts();
     info!(

@@ -117,7 +117,7 @@ fn registration_is_validated() {
     register(&mut job, None, 2);
     let e = job.register(&register_req("cpu", None, 3), 1).unwrap_err();
     assert!(
-        matches!(&e, JobError::FailedPrecondition(m) if m.contains("wants 2 workers")),
+        matches!(&e, JobError::NoPlace(m) if m.contains("wants 2 workers")),
         "{e}"
     );
 }
@@ -173,7 +173,7 @@ fn registration_closes_once_the_generation_formed() {
     let (mut job, _) = formed(2);
     let e = job.register(&register_req("cpu", None, 9), 1).unwrap_err();
     assert!(
-        matches!(&e, JobError::FailedPrecondition(m) if m.contains("already running")),
+        matches!(&e, JobError::NoPlace(m) if m.contains("already running")),
         "{e}"
     );
 }
