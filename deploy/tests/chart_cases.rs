@@ -38,11 +38,11 @@ fn default_case_trains_on_two_pods_of_one_gpu() {
     let limits = &container(job)["resources"]["limits"];
     assert_eq!(limits["nvidia.com/gpu"], 1, "{}", pretty(limits));
     assert_eq!(limits["memory"], "128Gi", "the values' limits are kept");
-    // Not elastic: no drain may take a worker.
-    assert_eq!(
-        r.get("PodDisruptionBudget", "-worker")["spec"]["maxUnavailable"],
-        0
-    );
+    // Not elastic: no drain may take a worker (an integer minAvailable: a Job has no
+    // scale subresource for Kubernetes to count its pods by).
+    let pdb = &r.get("PodDisruptionBudget", "-worker")["spec"];
+    assert_eq!(pdb["minAvailable"], 2);
+    assert!(pdb["maxUnavailable"].is_null());
     // No S3 keys: no Secret but the token, no envFrom.
     assert_eq!(r.all("Secret").len(), 1);
     assert!(env_from_secrets(deployment).is_empty() && env_from_secrets(job).is_empty());
@@ -157,7 +157,7 @@ fn elastic_case_continues_with_min_workers_pods() {
     assert_eq!(flag(deployment, "--max-restarts"), Some("10"));
     assert_eq!(worker_job(&r)["spec"]["completions"], 6);
     let pdb = r.get("PodDisruptionBudget", "-worker");
-    assert_eq!(pdb["spec"]["maxUnavailable"], 2, "workers - minWorkers");
+    assert_eq!(pdb["spec"]["minAvailable"], 4, "minWorkers");
     assert!(is_subset(
         &labels(&pdb["spec"]["selector"]["matchLabels"]),
         &labels(&worker_job(&r)["spec"]["template"]["metadata"]["labels"])

@@ -149,7 +149,7 @@ fn a_missing_store_is_refused_naming_it() {
 #[test]
 fn values_the_schema_cannot_compare_are_refused_by_the_templates() {
     // minWorkers above workers: the coordinator would refuse --min-workers > --workers and
-    // the PodDisruptionBudget's maxUnavailable would be negative.
+    // the PodDisruptionBudget would keep more pods than the Job has.
     let error = refused(&["--set", "workers=2", "--set", "minWorkers=3"]);
     assert!(error.contains("minWorkers"), "{error}");
     // A world size above the coordinator's 4096 ranks.

@@ -296,7 +296,7 @@ pub async fn supervise(
             }
             ExitClass::Retryable if restarts[index] < supervision.max_restarts => {
                 restarts[index] += 1;
-                // 1, 2, 4 ... s, at most a minute: a crash loop does not spin.
+                // 1, 2, 4 ... 64 s: a crash loop does not spin.
                 let pause = Duration::from_secs(1 << (restarts[index] - 1).min(6));
                 warn!(local_rank = rank.local_rank, slot = ?rank.slot, status = ?status,
                       restart = restarts[index], max = supervision.max_restarts,
@@ -382,7 +382,9 @@ async fn stop(
     timeout: Duration,
 ) {
     let signal_all = |pids: &[Option<u32>], signal: Signal| {
-        for pid in pids.iter().flatten() {
+        // Never pid 0 (a child whose id was not known): kill(0) would signal this whole
+        // process group, the supervisor included.
+        for pid in pids.iter().flatten().filter(|&&pid| pid > 0) {
             if let Ok(pid) = i32::try_from(*pid) {
                 // A rank that exited in the meantime: nothing to signal.
                 let _ = kill(Pid::from_raw(pid), signal);

@@ -23,8 +23,8 @@ pub struct StatusArgs {
     connection: CoordinatorArgs,
     /// One JSON object: job_id, run_id, coordinator, state (waiting, running, finished,
     /// failed), generation, world_size, step, total_steps, epoch, loss, samples_per_s,
-    /// last_checkpoint_step, error and workers (worker_id, rank, host, pid, device, state,
-    /// step, last_seen_ms); null where the coordinator has no value yet.
+    /// last_checkpoint_step, error and workers (worker_id, rank, slot, host, pid, device,
+    /// state, step, last_seen_ms); null where the coordinator has no value yet.
     #[arg(long)]
     json: bool,
 }
