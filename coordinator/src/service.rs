@@ -211,6 +211,14 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
             .unwrap_or(false)
     }
 
+    /// Cancels the job (see [`Job::cancel`]); false when it was already over.
+    pub async fn cancel(&self, reason: impl Into<String>) -> bool {
+        let reason = reason.into();
+        self.call(|job, _| Ok::<_, JobError>(job.cancel(reason)))
+            .await
+            .unwrap_or(false)
+    }
+
     /// The job's clock (see [`Job::tick`]): loses silent workers, forms a smaller
     /// generation once its grace period is over.
     pub async fn tick(&self) {
@@ -519,6 +527,7 @@ fn log_effect(effect: &Effect) {
         },
         Effect::WorkerLost { worker_id, .. } => warn!("worker {worker_id} is lost"),
         Effect::JobEnded(JobPhase::Failed { error }) => error!("job failed: {error}"),
+        Effect::JobEnded(JobPhase::Cancelled { reason }) => warn!("job cancelled: {reason}"),
         Effect::JobEnded(phase) => info!("job {phase:?}"),
         Effect::Commit(c) => debug!("commit of step {} requested", c.step),
         Effect::Persist => {}

@@ -113,6 +113,37 @@ fn workers_that_lose_their_coordinator_may_retry() {
     assert_eq!(named, 2, "{}", log.text());
 }
 
+/// A coordinator stopped by SIGTERM (its pod deleted, its node drained) cancels the job,
+/// which is not a failure: its workers stop as retryable, and a coordinator started again
+/// would resume the run.
+#[test]
+fn workers_of_a_cancelled_job_may_retry() {
+    let dir = work_dir("exit", "cancelled", &tiny_config(400, 1, 0));
+    let log = Log::default();
+    let (mut coordinator_process, url) = coordinator(&dir, 2, &[], &log);
+    let mut workers = [worker(&url, 0, &log), worker(&url, 1, &log)];
+    log.wait_for("step 2/", LONG);
+    kill(
+        Pid::from_raw(coordinator_process.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        coordinator_process.wait().unwrap().code(),
+        Some(143),
+        "{}",
+        log.text()
+    );
+    for worker in &mut workers {
+        assert_eq!(
+            class_of(worker, &log),
+            Some(ExitClass::Retryable),
+            "{}",
+            log.text()
+        );
+    }
+}
+
 #[test]
 fn a_failed_job_fails_its_surviving_workers_and_its_coordinator() {
     let dir = work_dir("exit", "job-failed", &tiny_config(400, 1, 0));

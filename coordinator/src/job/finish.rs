@@ -97,6 +97,19 @@ impl Job {
         true
     }
 
+    /// Cancels the job (its coordinator is being stopped): over for every worker, but not
+    /// failed, since a coordinator started again resumes it. Returns false when the job was
+    /// already over.
+    pub fn cancel(&mut self, reason: impl Into<String>) -> bool {
+        if self.phase.is_over() {
+            return false;
+        }
+        self.end(JobPhase::Cancelled {
+            reason: reason.into(),
+        });
+        true
+    }
+
     /// Ends the job in `phase` (finished or failed).
     pub(super) fn end(&mut self, phase: JobPhase) {
         self.phase = phase.clone();

@@ -80,11 +80,18 @@ pub enum JobPhase {
     Failed {
         error: String,
     },
+    /// The coordinator was stopped before the end; the run is resumable.
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl JobPhase {
     pub fn is_over(&self) -> bool {
-        matches!(self, JobPhase::Finished | JobPhase::Failed { .. })
+        matches!(
+            self,
+            JobPhase::Finished | JobPhase::Failed { .. } | JobPhase::Cancelled { .. }
+        )
     }
 
     pub fn to_proto(&self) -> v1::JobState {
@@ -93,6 +100,7 @@ impl JobPhase {
             JobPhase::Running => v1::JobState::Running,
             JobPhase::Finished => v1::JobState::Finished,
             JobPhase::Failed { .. } => v1::JobState::Failed,
+            JobPhase::Cancelled { .. } => v1::JobState::Cancelled,
         }
     }
 
@@ -102,6 +110,7 @@ impl JobPhase {
             JobPhase::Running => "started".into(),
             JobPhase::Finished => "finished".into(),
             JobPhase::Failed { error } => format!("failed: {error}"),
+            JobPhase::Cancelled { reason } => format!("been cancelled: {reason}"),
         }
     }
 }

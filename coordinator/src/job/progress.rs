@@ -149,6 +149,7 @@ impl Job {
                 .collect(),
             error: match &self.phase {
                 JobPhase::Failed { error } => error.clone(),
+                JobPhase::Cancelled { reason } => reason.clone(),
                 _ => String::new(),
             },
         }

@@ -241,6 +241,7 @@ impl JobObserver {
                 let (outcome, detail) = match phase {
                     JobPhase::Finished => (Outcome::Completed, None),
                     JobPhase::Failed { error } => (Outcome::Failed, Some(error.clone())),
+                    JobPhase::Cancelled { reason } => (Outcome::Stopped, Some(reason.clone())),
                     other => (Outcome::Stopped, Some(format!("{other:?}"))),
                 };
                 self.record(RunFinished {

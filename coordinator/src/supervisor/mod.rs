@@ -335,8 +335,10 @@ impl Supervision {
             }
             Ended::Signal(name, _) => {
                 warn!("received {name}: cancelling the job");
+                // Cancelled, not failed: the workers stop as retryable (75), and a
+                // coordinator started again (a replaced pod) resumes the run.
                 service
-                    .fail(format!("cancelled: the coordinator received {name}"))
+                    .cancel(format!("the coordinator received {name}"))
                     .await;
                 self.local.wind_down(false, config.stop_timeout).await;
             }
@@ -472,6 +474,7 @@ fn describe(s: &v1::JobStatus) -> String {
     let state = match v1::JobState::try_from(s.state).unwrap_or(v1::JobState::Unspecified) {
         v1::JobState::Finished => "finished",
         v1::JobState::Failed => "failed",
+        v1::JobState::Cancelled => "cancelled",
         v1::JobState::Running => "running",
         v1::JobState::Waiting => "waiting",
         v1::JobState::Unspecified => "unknown",

@@ -22,7 +22,7 @@ pub struct StatusArgs {
     #[command(flatten)]
     connection: CoordinatorArgs,
     /// One JSON object: job_id, run_id, coordinator, state (waiting, running, finished,
-    /// failed), generation, world_size, step, total_steps, epoch, loss, samples_per_s,
+    /// failed, cancelled), generation, world_size, step, total_steps, epoch, loss, samples_per_s,
     /// last_checkpoint_step, error and workers (worker_id, rank, slot, host, pid, device,
     /// state, step, last_seen_ms); null where the coordinator has no value yet.
     #[arg(long)]
@@ -157,6 +157,8 @@ pub enum JobState {
     Running,
     Finished,
     Failed,
+    /// Its coordinator was stopped before the end (the run can be resumed).
+    Cancelled,
     /// A state this build does not know (a newer coordinator), or none.
     Unknown,
 }
@@ -168,6 +170,7 @@ impl JobState {
             Ok(v1::JobState::Running) => JobState::Running,
             Ok(v1::JobState::Finished) => JobState::Finished,
             Ok(v1::JobState::Failed) => JobState::Failed,
+            Ok(v1::JobState::Cancelled) => JobState::Cancelled,
             Ok(v1::JobState::Unspecified) | Err(_) => JobState::Unknown,
         }
     }
@@ -178,6 +181,7 @@ impl JobState {
             JobState::Running => "running",
             JobState::Finished => "finished",
             JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
             JobState::Unknown => "unknown",
         }
     }
@@ -519,6 +523,7 @@ mod tests {
             (v1::JobState::Running as i32, "running"),
             (v1::JobState::Finished as i32, "finished"),
             (v1::JobState::Failed as i32, "failed"),
+            (v1::JobState::Cancelled as i32, "cancelled"),
             (v1::JobState::Unspecified as i32, "unknown"),
             (99, "unknown"),
         ] {

@@ -81,6 +81,10 @@ pub enum RunError {
     /// The coordinator says the job failed, for this reason.
     #[error("the job failed: {0}")]
     JobFailed(String),
+    /// The coordinator says the job was cancelled (it was stopped): a coordinator started
+    /// again resumes it, with this worker started again too.
+    #[error("the job was cancelled: {0}")]
+    JobCancelled(String),
     #[error("{0}")]
     Other(String),
 }
@@ -117,6 +121,7 @@ impl RunError {
             RunError::JobFailed(_) => ExitClass::JobFailed,
             // Whether the job is over could not be learned: a new pod will ask again.
             RunError::JobOver(_)
+            | RunError::JobCancelled(_)
             | RunError::CoordinatorGone(_)
             | RunError::Store(_)
             | RunError::Collective(_)
@@ -206,6 +211,7 @@ fn settle(client: &Client, outcome: Result<u64>) -> Result<u64> {
                 Ok(status.step)
             }
             v1::JobState::Failed => Err(RunError::JobFailed(status.error)),
+            v1::JobState::Cancelled => Err(RunError::JobCancelled(status.error)),
             v1::JobState::Waiting | v1::JobState::Running | v1::JobState::Unspecified => outcome,
         },
         Err(status_error) => {

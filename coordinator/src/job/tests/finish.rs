@@ -1,5 +1,5 @@
 //! Finish: every rank done finishes the job; a worker's error fails it (on one log line)
-//! and stops the others.
+//! and stops the others; a cancelled job stops them too, without failing.
 
 use super::*;
 
@@ -98,6 +98,35 @@ fn a_worker_error_fails_the_job_and_stops_the_others() {
     assert!(job.all_released());
     assert_eq!(job.status(7).error, error);
     assert!(!job.fail("again"), "the first failure stays");
+}
+
+#[test]
+fn a_cancelled_job_is_over_for_its_workers_but_not_failed() {
+    let (mut job, ids) = formed(2);
+    assert!(job.cancel("the coordinator received SIGTERM"));
+    assert_eq!(
+        job.phase(),
+        &JobPhase::Cancelled {
+            reason: "the coordinator received SIGTERM".into()
+        }
+    );
+    for id in &ids {
+        let beat = v1::HeartbeatRequest {
+            api_version: 1,
+            worker_id: id.clone(),
+            generation: 1,
+            step: 3,
+        };
+        assert_eq!(
+            job.heartbeat(&beat, 6).unwrap().action,
+            v1::WorkerAction::Stop as i32
+        );
+    }
+    // Workers asking how it ended learn it was cancelled, and why; it stays so.
+    let status = job.status(7);
+    assert_eq!(status.state(), v1::JobState::Cancelled);
+    assert_eq!(status.error, "the coordinator received SIGTERM");
+    assert!(!job.cancel("again") && !job.fail("later"));
 }
 
 #[test]
