@@ -253,6 +253,7 @@ async fn malformed_requests_get_their_codes_and_change_nothing() {
             generation: 1,
             step: 3,
             error: String::new(),
+            retryable: false,
         })
         .await
         .unwrap_err();
@@ -489,6 +490,7 @@ async fn a_worker_error_fails_the_job_and_the_others_are_told_to_stop() {
             generation: 1,
             step: 7,
             error: "injected failure at step 7".into(),
+            retryable: false,
         })
         .await
         .unwrap();

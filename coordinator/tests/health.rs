@@ -135,6 +135,7 @@ fn serving_while_the_job_waits_and_trains_and_not_serving_once_it_finished() {
             generation: worker.generation(),
             step: joined.total_steps,
             error: String::new(),
+            retryable: false,
         };
         within("finishing", worker.client.finish(finish))
             .await

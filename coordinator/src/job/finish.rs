@@ -4,6 +4,7 @@
 
 use lgaf_proto::v1;
 
+use super::generations::LossCost;
 use super::membership::require_id;
 use super::{Effect, Job, JobError, JobPhase, Millis, Result, WorkerPhase};
 
@@ -12,8 +13,9 @@ const MAX_ERROR_CHARS: usize = 4096;
 
 impl Job {
     /// A rank is done: at the final step (the job finishes when every rank is), or failed
-    /// with `req.error` (the job fails). A worker that failed before it had a rank says so
-    /// without a generation.
+    /// with `req.error`: the job fails, unless the error is `retryable`, when the worker is
+    /// lost as if it had died. A worker that failed before it had a rank says so without a
+    /// generation.
     pub fn finish(&mut self, req: &v1::FinishRequest, now: Millis) -> Result<v1::FinishReply> {
         let id = require_id(&req.worker_id)?.to_string();
         let worker = self
@@ -63,13 +65,24 @@ impl Job {
         w.last_seen = now;
         w.released = true;
         w.step = req.step;
-        if !req.error.is_empty() {
-            w.phase = WorkerPhase::Failed;
-            let who = match rank {
-                Some(r) => format!("rank {r} (worker {id} on {})", w.host),
-                None => format!("worker {id} on {} (before it had a rank)", w.host),
+        let who = match rank {
+            Some(r) => format!("rank {r} (worker {id} on {})", w.host),
+            None => format!("worker {id} on {} (before it had a rank)", w.host),
+        };
+        let error = one_line(&req.error, MAX_ERROR_CHARS);
+        if !req.error.is_empty() && req.retryable {
+            // As if it had died: its generation ends (a restart, for a rank), and a worker
+            // started again in its slot takes its place.
+            let why = format!("{who} stopped and may be started again: {error}");
+            let cost = if rank.is_some() {
+                LossCost::SpendsRestart
+            } else {
+                LossCost::NoRestart
             };
-            let error = format!("{who} failed: {}", one_line(&req.error, MAX_ERROR_CHARS));
+            self.lose(&[id], why, cost, now);
+        } else if !req.error.is_empty() {
+            w.phase = WorkerPhase::Failed;
+            let error = format!("{who} failed: {error}");
             self.end(JobPhase::Failed { error });
         } else {
             w.phase = WorkerPhase::Finished;

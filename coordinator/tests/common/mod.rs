@@ -467,6 +467,7 @@ pub async fn run_worker_with_env(
                 generation: w.generation(),
                 step,
                 error: String::new(),
+                retryable: false,
             })
             .await?;
     }

@@ -352,9 +352,9 @@ fn register(
 /// The last word to the coordinator: the steps done, or why this worker failed. Bounded:
 /// an unreachable coordinator does not keep the worker from exiting.
 fn finish(client: &Client, member: &Membership, outcome: &Result<u64>) {
-    let (step, error) = match outcome {
-        Ok(step) => (*step, String::new()),
-        Err(e) => (0, e.to_string()),
+    let (step, error, retryable) = match outcome {
+        Ok(step) => (*step, String::new(), false),
+        Err(e) => (0, e.to_string(), e.exit_class() == ExitClass::Retryable),
     };
     let finish = v1::FinishRequest {
         api_version: API_VERSION,
@@ -362,6 +362,7 @@ fn finish(client: &Client, member: &Membership, outcome: &Result<u64>) {
         generation: member.generation,
         step,
         error,
+        retryable,
     };
     let sent = client.rt.block_on(bounded(
         "Finish",

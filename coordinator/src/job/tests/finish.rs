@@ -12,6 +12,7 @@ fn every_rank_finishing_finishes_the_job() {
         generation: 1,
         step,
         error: error.into(),
+        retryable: false,
     };
     assert_eq!(
         invalid_field(job.finish(&finish(&ids[0], 7, ""), 5).unwrap_err()),
@@ -59,6 +60,47 @@ fn every_rank_finishing_finishes_the_job() {
 }
 
 #[test]
+fn a_retryable_worker_error_is_a_loss_not_a_failure() {
+    let (mut job, ids) = formed(3);
+    job.take_effects();
+    job.finish(
+        &v1::FinishRequest {
+            api_version: 1,
+            worker_id: ids[1].clone(),
+            generation: 1,
+            step: 3,
+            error: "checkpoint store: s3://b/r: connection reset".into(),
+            retryable: true,
+        },
+        5,
+    )
+    .unwrap();
+    // Its generation ends (one restart), the job waits for a worker in its slot.
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    let effects = job.take_effects();
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::WorkerLost { worker_id, reason, .. }
+                if worker_id == &ids[1] && reason.contains("may be started again")
+                    && reason.contains("connection reset")
+        )),
+        "{effects:?}"
+    );
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::GenerationEnded {
+                generation: 1,
+                restart: Some(1),
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+}
+
+#[test]
 fn a_worker_error_fails_the_job_and_stops_the_others() {
     let (mut job, ids) = formed(3);
     job.finish(
@@ -68,6 +110,7 @@ fn a_worker_error_fails_the_job_and_stops_the_others() {
             generation: 1,
             step: 3,
             error: "CUDA out of memory".into(),
+            retryable: false,
         },
         5,
     )
@@ -139,6 +182,7 @@ fn a_worker_failing_before_it_has_a_rank_fails_the_job() {
         generation: 0,
         step: 0,
         error: String::new(),
+        retryable: false,
     };
     assert_eq!(
         invalid_field(job.finish(&req, 2).unwrap_err()),
@@ -160,6 +204,7 @@ fn a_workers_error_text_reaches_the_log_on_one_line() {
         generation: 1,
         step: 3,
         error: format!("boom\nINFO job Finished\r\u{1b}[0m{}", "x".repeat(10_000)),
+        retryable: false,
     };
     job.finish(&finish, 5).unwrap();
     let JobPhase::Failed { error } = job.phase() else {

@@ -162,6 +162,7 @@ fn finished_ranks_and_jobs_without_a_generation_never_expire() {
         generation: 1,
         step: total,
         error: String::new(),
+        retryable: false,
     };
     job.finish(&done, 5).unwrap();
     // Rank 0 finished and went quiet; rank 1 is still training and calling.

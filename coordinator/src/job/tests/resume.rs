@@ -106,6 +106,7 @@ fn a_resumed_job_hands_out_its_checkpoint_and_continues_the_schedule() {
                 generation: 1,
                 step: 30,
                 error: String::new(),
+                retryable: false,
             },
             7,
         )
