@@ -45,6 +45,11 @@ fn class_of(child: &mut Child, log: &Log) -> Option<ExitClass> {
     status.code().and_then(ExitClass::from_code)
 }
 
+/// Waits for `child` and checks its exit class, showing the log when it differs.
+fn expect_exit(child: &mut Child, class: ExitClass, log: &Log) {
+    assert_eq!(class_of(child, log), Some(class), "{}", log.text());
+}
+
 fn stop(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -63,12 +68,7 @@ fn a_wrong_token_and_a_bad_config_are_permanent() {
         .spawn()
         .unwrap();
     log.collect(refused.stderr.take().unwrap());
-    assert_eq!(
-        class_of(&mut refused, &log),
-        Some(ExitClass::Permanent),
-        "{}",
-        log.text()
-    );
+    expect_exit(&mut refused, ExitClass::Permanent, &log);
     assert!(log.text().contains("Unauthenticated"), "{}", log.text());
     stop(coordinator_process);
 
@@ -77,12 +77,7 @@ fn a_wrong_token_and_a_bad_config_are_permanent() {
     let log = Log::default();
     let (coordinator_process, url) = coordinator(&dir, 1, &[], &log);
     let mut worker = worker(&url, 0, &log);
-    assert_eq!(
-        class_of(&mut worker, &log),
-        Some(ExitClass::Permanent),
-        "{}",
-        log.text()
-    );
+    expect_exit(&mut worker, ExitClass::Permanent, &log);
     assert!(log.text().contains("r999"), "{}", log.text());
     stop(coordinator_process);
 }
@@ -97,12 +92,7 @@ fn workers_that_lose_their_coordinator_may_retry() {
     coordinator_process.kill().unwrap();
     coordinator_process.wait().unwrap();
     for worker in &mut workers {
-        assert_eq!(
-            class_of(worker, &log),
-            Some(ExitClass::Retryable),
-            "{}",
-            log.text()
-        );
+        expect_exit(worker, ExitClass::Retryable, &log);
     }
     // Each says which coordinator it lost (a refused call, or heartbeats unanswered).
     let named = log
@@ -135,12 +125,7 @@ fn workers_of_a_cancelled_job_may_retry() {
         log.text()
     );
     for worker in &mut workers {
-        assert_eq!(
-            class_of(worker, &log),
-            Some(ExitClass::Retryable),
-            "{}",
-            log.text()
-        );
+        expect_exit(worker, ExitClass::Retryable, &log);
     }
 }
 
@@ -155,18 +140,8 @@ fn a_failed_job_fails_its_surviving_workers_and_its_coordinator() {
     log.wait_for("step 2/", LONG);
     kill(Pid::from_raw(lost.id() as i32), Signal::SIGKILL).unwrap();
     stop(lost);
-    assert_eq!(
-        class_of(&mut survivor, &log),
-        Some(ExitClass::JobFailed),
-        "{}",
-        log.text()
-    );
-    assert_eq!(
-        class_of(&mut coordinator_process, &log),
-        Some(ExitClass::JobFailed),
-        "{}",
-        log.text()
-    );
+    expect_exit(&mut survivor, ExitClass::JobFailed, &log);
+    expect_exit(&mut coordinator_process, ExitClass::JobFailed, &log);
 }
 
 /// A replacement that comes while its predecessor still holds the slot (it hangs, so the
@@ -184,12 +159,7 @@ fn an_early_replacement_waits_for_its_place() {
     kill(Pid::from_raw(hung.id() as i32), Signal::SIGSTOP).unwrap();
     let mut replacement = worker(&url, 1, &log);
     for process in [&mut replacement, &mut survivor, &mut coordinator_process] {
-        assert_eq!(
-            class_of(process, &log),
-            Some(ExitClass::Success),
-            "{}",
-            log.text()
-        );
+        expect_exit(process, ExitClass::Success, &log);
     }
     let text = log.text();
     assert!(text.contains("has no place for this worker yet"), "{text}");
@@ -209,20 +179,10 @@ fn a_worker_that_comes_after_the_job_finished_succeeds() {
     let log = Log::default();
     let (mut coordinator_process, url) = coordinator(&dir, 1, &["--keep-serving"], &log);
     let mut worker_process = worker(&url, 0, &log);
-    assert_eq!(
-        class_of(&mut worker_process, &log),
-        Some(ExitClass::Success),
-        "{}",
-        log.text()
-    );
+    expect_exit(&mut worker_process, ExitClass::Success, &log);
     log.wait_for("--keep-serving", LONG);
     let mut late = worker(&url, 0, &log);
-    assert_eq!(
-        class_of(&mut late, &log),
-        Some(ExitClass::Success),
-        "{}",
-        log.text()
-    );
+    expect_exit(&mut late, ExitClass::Success, &log);
     assert!(
         log.text().contains("the job finished (this worker stopped"),
         "{}",
@@ -233,12 +193,7 @@ fn a_worker_that_comes_after_the_job_finished_succeeds() {
         Signal::SIGTERM,
     )
     .unwrap();
-    assert_eq!(
-        class_of(&mut coordinator_process, &log),
-        Some(ExitClass::Success),
-        "{}",
-        log.text()
-    );
+    expect_exit(&mut coordinator_process, ExitClass::Success, &log);
 }
 
 #[test]
@@ -288,20 +243,11 @@ fn a_node_runs_its_local_ranks_from_the_environment_of_a_pod() {
         .spawn()
         .unwrap();
     log.collect(node.stderr.take().unwrap());
-    assert_eq!(
-        class_of(&mut node, &log),
-        Some(ExitClass::Success),
-        "{}",
-        log.text()
-    );
+    expect_exit(&mut node, ExitClass::Success, &log);
     let text = log.text();
     for slot in ["slot 0)", "slot 1)"] {
         assert!(text.contains(slot), "{slot}: {text}");
     }
     assert!(text.contains("local rank finished"), "{text}");
-    assert_eq!(
-        class_of(&mut coordinator_process, &log),
-        Some(ExitClass::Success),
-        "{text}"
-    );
+    expect_exit(&mut coordinator_process, ExitClass::Success, &log);
 }

@@ -98,28 +98,29 @@ impl Job {
         Ok(v1::FinishReply {})
     }
 
-    /// Fails the job from outside the protocol (a spawned worker died, the operator
-    /// cancelled). Returns false when the job was already over.
+    /// Fails the job from outside the protocol (a spawned worker died, the lease was lost).
+    /// Returns false when the job was already over.
     pub fn fail(&mut self, error: impl Into<String>) -> bool {
-        if self.phase.is_over() {
-            return false;
-        }
-        self.end(JobPhase::Failed {
+        self.end_unless_over(JobPhase::Failed {
             error: error.into(),
-        });
-        true
+        })
     }
 
     /// Cancels the job (its coordinator is being stopped): over for every worker, but not
     /// failed, since a coordinator started again resumes it. Returns false when the job was
     /// already over.
     pub fn cancel(&mut self, reason: impl Into<String>) -> bool {
+        self.end_unless_over(JobPhase::Cancelled {
+            reason: reason.into(),
+        })
+    }
+
+    /// Ends the job in `phase` unless it is over already (the first ending stays).
+    fn end_unless_over(&mut self, phase: JobPhase) -> bool {
         if self.phase.is_over() {
             return false;
         }
-        self.end(JobPhase::Cancelled {
-            reason: reason.into(),
-        });
+        self.end(phase);
         true
     }
 
