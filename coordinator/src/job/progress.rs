@@ -14,9 +14,16 @@ impl Job {
         now: Millis,
     ) -> Result<v1::HeartbeatReply> {
         let action = self.liveness(&req.worker_id, req.generation, req.step, now)?;
+        let (job_state, job_error) = match &self.phase {
+            JobPhase::Failed { error } => (v1::JobState::Failed, error.clone()),
+            JobPhase::Cancelled { reason } => (v1::JobState::Cancelled, reason.clone()),
+            phase => (phase.to_proto(), String::new()),
+        };
         Ok(v1::HeartbeatReply {
             action: action as i32,
             generation: self.generation.as_ref().map_or(0, |g| g.number),
+            job_state: job_state as i32,
+            job_error,
         })
     }
 

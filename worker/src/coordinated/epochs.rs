@@ -117,7 +117,17 @@ pub(super) fn train(
     );
     // The coordinator's word overrides what the loop saw: the job may be over.
     match heartbeat.stopped() {
-        Some(Stopped::JobOver(why)) => return Err(RunError::JobOver(why)),
+        Some(Stopped::JobOver { why, state, error }) => {
+            return Err(match state {
+                v1::JobState::Finished => RunError::JobFinished(why),
+                v1::JobState::Failed => RunError::JobFailed(error),
+                v1::JobState::Cancelled => RunError::JobCancelled(error),
+                // An older coordinator: settle asks it.
+                v1::JobState::Waiting | v1::JobState::Running | v1::JobState::Unspecified => {
+                    RunError::JobOver(why)
+                }
+            });
+        }
         Some(Stopped::CoordinatorGone(why)) => return Err(RunError::CoordinatorGone(why)),
         Some(Stopped::Rejoin(_)) | None => {}
     }

@@ -106,8 +106,13 @@ type AbortHook = Arc<Mutex<Option<Box<dyn Fn() + Send>>>>;
 pub(super) enum Stopped {
     /// The generation ended: join the next one.
     Rejoin(String),
-    /// The coordinator says the job is over (finished, failed or cancelled): exit.
-    JobOver(String),
+    /// The coordinator says the job is over (finished, failed or cancelled), and how it
+    /// ended (`Unspecified` from an older coordinator): exit.
+    JobOver {
+        why: String,
+        state: v1::JobState,
+        error: String,
+    },
     /// The coordinator has not answered for the heartbeat deadline: exit.
     CoordinatorGone(String),
 }
@@ -115,7 +120,7 @@ pub(super) enum Stopped {
 impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Stopped::Rejoin(why) | Stopped::JobOver(why) | Stopped::CoordinatorGone(why) => {
+            Stopped::Rejoin(why) | Stopped::JobOver { why, .. } | Stopped::CoordinatorGone(why) => {
                 f.write_str(why)
             }
         }
@@ -179,9 +184,11 @@ fn beat(
                         return;
                     }
                     action => {
-                        give_up(Stopped::JobOver(format!(
-                            "the coordinator ended the job ({action:?})"
-                        )));
+                        give_up(Stopped::JobOver {
+                            why: format!("the coordinator ended the job ({action:?})"),
+                            state: reply.job_state(),
+                            error: reply.job_error.clone(),
+                        });
                         return;
                     }
                 }

@@ -72,9 +72,12 @@ pub enum RunError {
     GenerationOver(String),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
-    /// The heartbeat says the job is over; [`settle`] asks the coordinator how it ended.
+    /// The heartbeat says the job is over, not how; [`settle`] asks the coordinator.
     #[error("{0}")]
     JobOver(String),
+    /// The heartbeat says the job finished (without this worker finishing its part).
+    #[error("{0}")]
+    JobFinished(String),
     /// The coordinator did not answer for the heartbeat deadline.
     #[error("{0}")]
     CoordinatorGone(String),
@@ -121,6 +124,7 @@ impl RunError {
             RunError::JobFailed(_) => ExitClass::JobFailed,
             // Whether the job is over could not be learned: a new pod will ask again.
             RunError::JobOver(_)
+            | RunError::JobFinished(_)
             | RunError::JobCancelled(_)
             | RunError::CoordinatorGone(_)
             | RunError::Store(_)
@@ -191,6 +195,10 @@ fn settle(client: &Client, outcome: Result<u64>) -> Result<u64> {
     let Err(e) = &outcome else {
         return outcome;
     };
+    if let RunError::JobFinished(why) = e {
+        info!("the job finished (this worker stopped: {why})");
+        return Ok(0);
+    }
     if !may_mean_job_over(e) {
         return outcome;
     }

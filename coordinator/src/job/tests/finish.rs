@@ -160,10 +160,12 @@ fn a_cancelled_job_is_over_for_its_workers_but_not_failed() {
             generation: 1,
             step: 3,
         };
-        assert_eq!(
-            job.heartbeat(&beat, 6).unwrap().action,
-            v1::WorkerAction::Stop as i32
-        );
+        // STOP, saying how the job ended: the worker need not ask a coordinator that may be
+        // gone by then.
+        let reply = job.heartbeat(&beat, 6).unwrap();
+        assert_eq!(reply.action(), v1::WorkerAction::Stop);
+        assert_eq!(reply.job_state(), v1::JobState::Cancelled);
+        assert_eq!(reply.job_error, "the coordinator received SIGTERM");
     }
     // Workers asking how it ended learn it was cancelled, and why; it stays so.
     let status = job.status(7);
