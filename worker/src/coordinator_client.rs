@@ -240,26 +240,7 @@ impl Client {
         Req: Clone,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let started = Instant::now();
-        let mut backoff = Backoff::new(RATE_BACKOFF_FIRST, RATE_BACKOFF_LAST);
-        loop {
-            match method(self.stub.clone(), request.clone()).await {
-                Err(status)
-                    if status.code() == Code::ResourceExhausted
-                        && started.elapsed() < RATE_RETRY_FOR =>
-                {
-                    let pause = backoff.next_pause();
-                    warn!(
-                        call,
-                        pause_ms = pause.as_millis() as u64,
-                        error = status.message(),
-                        "the coordinator turned the call away for rate; sending it again"
-                    );
-                    tokio::time::sleep(pause).await;
-                }
-                outcome => return outcome,
-            }
-        }
+        retry(&RATE, call, || method(self.stub.clone(), request.clone())).await
     }
 
     /// A Register, sent again with a growing, jittered pause while the coordinator has no
@@ -271,28 +252,12 @@ impl Client {
         &self,
         request: v1::RegisterRequest,
     ) -> Result<Response<v1::RegisterReply>, Status> {
-        let started = Instant::now();
-        let mut backoff = Backoff::new(CONNECT_BACKOFF_FIRST, CONNECT_BACKOFF_LAST);
-        loop {
-            let sent = self.send_for_response("Register", request.clone(), |mut c, r| async move {
+        retry(&PLACE, "Register", || {
+            self.send_for_response("Register", request.clone(), |mut c, r| async move {
                 c.register(r).await
-            });
-            match sent.await {
-                Err(status)
-                    if matches!(status.code(), Code::Unavailable | Code::AlreadyExists)
-                        && started.elapsed() < PLACE_WAIT =>
-                {
-                    let pause = backoff.next_pause();
-                    warn!(
-                        pause_ms = pause.as_millis() as u64,
-                        error = status.message(),
-                        "the coordinator has no place for this worker yet; registering again"
-                    );
-                    tokio::time::sleep(pause).await;
-                }
-                outcome => return outcome,
-            }
-        }
+            })
+        })
+        .await
     }
 
     /// The error for `call` having failed with `status`.
@@ -310,6 +275,67 @@ impl Client {
             url: self.url.clone(),
             rt: self.rt.clone(),
             stub: self.stub.clone(),
+        }
+    }
+}
+
+/// When a refused call is sent again: on which codes, for how long, after which pauses,
+/// and what the log says.
+struct RetryPolicy {
+    codes: &'static [Code],
+    within: Duration,
+    first_pause: Duration,
+    last_pause: Duration,
+    says: &'static str,
+}
+
+/// Refused for rate: the coordinator's gate turned it away before looking at it, so sending
+/// it again can never apply it twice.
+const RATE: RetryPolicy = RetryPolicy {
+    codes: &[Code::ResourceExhausted],
+    within: RATE_RETRY_FOR,
+    first_pause: RATE_BACKOFF_FIRST,
+    last_pause: RATE_BACKOFF_LAST,
+    says: "the coordinator turned the call away for rate; sending it again",
+};
+
+/// A Register with no place for the worker yet (see [`Client::register`]).
+const PLACE: RetryPolicy = RetryPolicy {
+    codes: &[Code::Unavailable, Code::AlreadyExists],
+    within: PLACE_WAIT,
+    first_pause: CONNECT_BACKOFF_FIRST,
+    last_pause: CONNECT_BACKOFF_LAST,
+    says: "the coordinator has no place for this worker yet; registering again",
+};
+
+/// `attempt`, made again after a growing, jittered pause while it fails with one of
+/// `policy`'s codes, for up to its time; every other outcome is returned as is.
+async fn retry<T, Fut>(
+    policy: &RetryPolicy,
+    call: &'static str,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, Status>
+where
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let started = Instant::now();
+    let mut backoff = Backoff::new(policy.first_pause, policy.last_pause);
+    loop {
+        match attempt().await {
+            Err(status)
+                if policy.codes.contains(&status.code()) && started.elapsed() < policy.within =>
+            {
+                let pause = backoff.next_pause();
+                warn!(
+                    call,
+                    pause_ms = pause.as_millis() as u64,
+                    error = status.message(),
+                    "{}",
+                    policy.says
+                );
+                tokio::time::sleep(pause).await;
+            }
+            outcome => return outcome,
         }
     }
 }

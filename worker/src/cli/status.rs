@@ -408,6 +408,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A job of 4 workers that none has joined yet.
+    fn waiting() -> v1::JobStatus {
+        v1::JobStatus {
+            job_id: "j".into(),
+            run_id: "r".into(),
+            state: v1::JobState::Waiting as i32,
+            world_size: 4,
+            ..Default::default()
+        }
+    }
+
     fn running() -> v1::JobStatus {
         v1::JobStatus {
             job_id: "job-a".into(),
@@ -495,13 +506,7 @@ mod tests {
         // One object on one line.
         assert!(!view.to_json().unwrap().contains('\n'));
 
-        let waiting = v1::JobStatus {
-            job_id: "j".into(),
-            run_id: "r".into(),
-            state: v1::JobState::Waiting as i32,
-            world_size: 4,
-            ..Default::default()
-        };
+        let waiting = waiting();
         let json = serde_json::to_value(JobView::new("u", &waiting)).unwrap();
         assert_eq!(json["state"], "waiting");
         for absent in [
@@ -558,13 +563,7 @@ mod tests {
 
     #[test]
     fn the_text_of_a_job_before_its_workers_and_of_a_failed_one() {
-        let waiting = v1::JobStatus {
-            job_id: "j".into(),
-            run_id: "r".into(),
-            state: v1::JobState::Waiting as i32,
-            world_size: 4,
-            ..Default::default()
-        };
+        let waiting = waiting();
         let text = JobView::new("https://coord:443", &waiting).to_text();
         assert_eq!(
             text,

@@ -64,14 +64,11 @@ fn a_retryable_worker_error_is_a_loss_not_a_failure() {
     let (mut job, ids) = formed(3);
     job.take_effects();
     job.finish(
-        &v1::FinishRequest {
-            api_version: 1,
-            worker_id: ids[1].clone(),
-            generation: 1,
-            step: 3,
-            error: "checkpoint store: s3://b/r: connection reset".into(),
-            retryable: true,
-        },
+        &failed_at_step_3(
+            &ids[1],
+            "checkpoint store: s3://b/r: connection reset",
+            true,
+        ),
         5,
     )
     .unwrap();
@@ -103,18 +100,8 @@ fn a_retryable_worker_error_is_a_loss_not_a_failure() {
 #[test]
 fn a_worker_error_fails_the_job_and_stops_the_others() {
     let (mut job, ids) = formed(3);
-    job.finish(
-        &v1::FinishRequest {
-            api_version: 1,
-            worker_id: ids[1].clone(),
-            generation: 1,
-            step: 3,
-            error: "CUDA out of memory".into(),
-            retryable: false,
-        },
-        5,
-    )
-    .unwrap();
+    job.finish(&failed_at_step_3(&ids[1], "CUDA out of memory", false), 5)
+        .unwrap();
     let JobPhase::Failed { error } = job.phase().clone() else {
         panic!("{:?}", job.phase());
     };
@@ -141,6 +128,18 @@ fn a_worker_error_fails_the_job_and_stops_the_others() {
     assert!(job.all_released());
     assert_eq!(job.status(7).error, error);
     assert!(!job.fail("again"), "the first failure stays");
+}
+
+/// Rank `id`'s Finish at step 3 of generation 1, with `error`.
+fn failed_at_step_3(id: &str, error: &str, retryable: bool) -> v1::FinishRequest {
+    v1::FinishRequest {
+        api_version: 1,
+        worker_id: id.into(),
+        generation: 1,
+        step: 3,
+        error: error.into(),
+        retryable,
+    }
 }
 
 #[test]
