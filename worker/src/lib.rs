@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod eval_sets;
+pub mod host_memory;
 pub mod legacy_checkpoint;
 pub mod loader;
 pub mod metrics;

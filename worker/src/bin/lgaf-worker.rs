@@ -56,6 +56,7 @@ struct Cli {
 const RANK_STOP_TIMEOUT_SECS: u64 = 20;
 
 fn main() -> ExitCode {
+    lgaf_worker::host_memory::keep_freed_tensor_memory();
     let cli = Cli::parse();
     let slot = match node::resolve_slot(cli.slot, |name| std::env::var(name).ok()) {
         Ok(slot) => slot,

@@ -9,6 +9,7 @@ use lgaf_worker::cli::{self, Cli};
 use lgaf_worker::progress::init_telemetry;
 
 fn main() -> ExitCode {
+    lgaf_worker::host_memory::keep_freed_tensor_memory();
     let cli = Cli::parse();
     let mut telemetry = match init_telemetry("lgaf", cli.telemetry()) {
         Ok(telemetry) => telemetry,
