@@ -416,60 +416,24 @@ impl Group {
     }
 }
 
-/// The bytes [`all_reduce_grads`] sends of `params`' gradients each step (fp32).
-pub fn grad_bytes(params: &[Tensor]) -> u64 {
-    params.iter().map(|p| p.numel() as u64 * 4).sum()
-}
-
-/// Sums every rank's gradients of `params` (same names, order and shapes on every rank),
-/// in flattened buckets of about [`BUCKET_BYTES`]. A parameter without a gradient counts
-/// as zeros, so every rank sends the same sizes. Summing (not averaging) is right here:
-/// each rank's backward gives its share of the gradient of the one global-batch loss.
-pub fn all_reduce_grads(collective: &dyn Collective, params: &[Tensor]) {
+/// Sums every rank's gradients in place: `flat_grads` is the optimiser's gradient buffer
+/// (`Sgd::flat_grads`, the same parameters in the same order on every rank), reduced in
+/// chunks of about [`BUCKET_BYTES`], which bounds the memory a reduction adds. Summing
+/// (not averaging) is right here: each rank's backward gives its share of the gradient of
+/// the one global-batch loss.
+pub fn all_reduce_grads(collective: &dyn Collective, flat_grads: &Tensor) {
     if collective.world_size() == 1 {
         return;
     }
-    let mut bucket: Vec<&Tensor> = Vec::new();
-    let mut bytes = 0;
-    for p in params {
-        bucket.push(p);
-        bytes += p.numel() * 4;
-        if bytes >= BUCKET_BYTES {
-            reduce_bucket(collective, &bucket);
-            bucket.clear();
-            bytes = 0;
-        }
-    }
-    if !bucket.is_empty() {
-        reduce_bucket(collective, &bucket);
-    }
-}
-
-fn reduce_bucket(collective: &dyn Collective, params: &[&Tensor]) {
+    let total = flat_grads.numel() as i64;
+    let chunk = (BUCKET_BYTES / 4) as i64;
     tch::no_grad(|| {
-        let flat: Vec<Tensor> = params
-            .iter()
-            .map(|p| {
-                let g = p.grad();
-                if g.defined() {
-                    g.to_kind(Kind::Float).flatten(0, -1)
-                } else {
-                    Tensor::zeros([p.numel() as i64], (Kind::Float, p.device()))
-                }
-            })
-            .collect();
-        let reduced = collective.all_reduce_sum(&Tensor::cat(&flat, 0));
-        let mut offset = 0;
-        for p in params {
-            let n = p.numel() as i64;
-            let slice = reduced.narrow(0, offset, n).view(p.size().as_slice());
-            offset += n;
-            // Every rank runs the same graph, so a parameter without a gradient has none
-            // anywhere and its slice of the sum is zero: it stays without one.
-            let mut g = p.grad();
-            if g.defined() {
-                g.copy_(&slice);
-            }
+        let mut start = 0;
+        while start < total {
+            let part = flat_grads.narrow(0, start, chunk.min(total - start));
+            let reduced = collective.all_reduce_sum(&part);
+            let _ = part.shallow_clone().copy_(&reduced);
+            start += chunk;
         }
     });
 }

@@ -216,7 +216,7 @@ impl Trainer {
             broadcast_from_rank0(&vs, &group)?;
         }
         let sgd = Sgd::new(trainable(&vs), cfg.optim.momentum, cfg.optim.weight_decay);
-        let grad_bytes = data_parallel::grad_bytes(sgd.params());
+        let grad_bytes = sgd.flat_grads().numel() as u64 * 4;
         Ok(Self {
             cfg,
             device,
@@ -629,7 +629,7 @@ impl Trainer {
         let phase_started = Instant::now();
         let allreduce_bytes = if self.group.world_size() > 1 {
             let _s = info_span!("all_reduce", bytes = self.grad_bytes).entered();
-            data_parallel::all_reduce_grads(collective.as_ref(), self.sgd.params());
+            data_parallel::all_reduce_grads(collective.as_ref(), self.sgd.flat_grads());
             self.grad_bytes
         } else {
             0
@@ -646,9 +646,10 @@ impl Trainer {
         let skipped = {
             let _s = info_span!("optimizer").entered();
             let finite = !scaled || {
-                let mut grads = self.sgd.grads();
-                grads.push(fwd.sampled_weight.grad());
-                GradScaler::all_finite(&grads)
+                GradScaler::all_finite(&[
+                    self.sgd.flat_grads().shallow_clone(),
+                    fwd.sampled_weight.grad(),
+                ])
             };
             let apply = if scaled {
                 self.scaler.update(finite)
