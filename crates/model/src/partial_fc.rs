@@ -221,6 +221,23 @@ impl PartialFc {
         if !grad.defined() {
             return;
         }
+        if self.sample_rate >= 1.0 {
+            // Every centre takes part: update the whole matrix in place (205,990 x 512 is
+            // 420 MB; gathering and scattering it would copy it four times a step).
+            let device = self.weight.device();
+            let scalar = |v: f64| Tensor::full([0i64; 0], v, (Kind::Float, device));
+            tch::no_grad(|| {
+                let mut g = if grad_scale == 1.0 {
+                    grad
+                } else {
+                    grad / grad_scale
+                };
+                let _ = g.addcmul_(&self.weight, &scalar(weight_decay));
+                let _ = self.momentum.g_mul_scalar_(momentum).g_add_(&g);
+                let _ = self.weight.addcmul_(&self.momentum, &scalar(-lr));
+            });
+            return;
+        }
         tch::no_grad(|| {
             let w = self.weight.index_select(0, &fwd.sampled);
             let m = self.momentum.index_select(0, &fwd.sampled);
@@ -419,6 +436,16 @@ mod tests {
         pfc.step(&fwd, 0.1, 0.9, 5e-4, 2.0);
         let g = grad / 2.0 + &w0 * 5e-4;
         assert!(pfc.momentum.allclose(&g, 1e-6, 1e-8, false));
-        assert!(pfc.weight.allclose(&(w0 - g * 0.1), 1e-6, 1e-8, false));
+        let w1 = &w0 - &g * 0.1;
+        assert!(pfc.weight.allclose(&w1, 1e-6, 1e-8, false));
+        // A second step, unscaled (the gradient is then updated in place): momentum
+        // carries the first step's direction.
+        let fwd = pfc.forward(&emb, &labels);
+        fwd.surrogate.backward();
+        let grad = fwd.sampled_weight.grad().copy();
+        pfc.step(&fwd, 0.1, 0.9, 5e-4, 1.0);
+        let m = g * 0.9 + grad + &w1 * 5e-4;
+        assert!(pfc.momentum.allclose(&m, 1e-6, 1e-8, false));
+        assert!(pfc.weight.allclose(&(w1 - m * 0.1), 1e-6, 1e-8, false));
     }
 }
