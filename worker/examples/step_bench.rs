@@ -65,6 +65,10 @@ struct Args {
     /// Python with torch (the project's venv).
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
+    /// The PyTorch side (relative to the working directory: the repository's root, also
+    /// on a machine this binary was carried to).
+    #[arg(long, default_value = "bench/step/torch_step.py")]
+    torch_step: PathBuf,
     /// Where the batches both sides read are written.
     #[arg(long, default_value = "bench-out/step")]
     out: PathBuf,
@@ -250,9 +254,8 @@ fn python(
     reference: Reference,
     args: &Args,
 ) -> Result<Vec<f64>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/step/torch_step.py");
     let mut cmd = Command::new(&args.python);
-    cmd.arg(&script)
+    cmd.arg(&args.torch_step)
         .args(["--arch", &shape.arch])
         .args(["--width", &shape.width.to_string()])
         .args(["--fusion", &shape.fusion])
