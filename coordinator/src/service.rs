@@ -69,9 +69,12 @@ impl Default for ServiceOptions {
 
 struct Shared<C, P> {
     job: Mutex<Job>,
-    /// Bumped after every call that produced effects (the job's events), to wake long
-    /// polls and the binary.
+    /// Bumped after every call that produced effects (the job's events), to wake the
+    /// binary.
     changed: watch::Sender<u64>,
+    /// Bumped after the events that may answer a waiting long poll
+    /// ([`Effect::may_answer_long_polls`]), to wake them.
+    answerable: watch::Sender<u64>,
     committer: C,
     persistence: P,
     /// Serialises snapshot writes, and a snapshot is taken only once it is held, so an
@@ -126,11 +129,13 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
         observer: JobObserver,
     ) -> Self {
         let (changed, _) = watch::channel(0);
+        let (answerable, _) = watch::channel(0);
         let (lost, _) = tokio::sync::broadcast::channel(64);
         CoordinatorService {
             shared: Arc::new(Shared {
                 job: Mutex::new(job),
                 changed,
+                answerable,
                 committer,
                 persistence,
                 persist_lock: tokio::sync::Mutex::new(()),
@@ -250,8 +255,18 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
         self.shared.persistence.save(snapshot).await
     }
 
-    fn bump(&self) {
+    /// After `effects`: wakes the binary's waits if there are any, and the long polls if
+    /// one may answer them.
+    fn bump(&self, effects: &[Effect]) {
+        if effects.is_empty() {
+            return;
+        }
         self.shared.changed.send_modify(|v| *v = v.wrapping_add(1));
+        if effects.iter().any(Effect::may_answer_long_polls) {
+            self.shared
+                .answerable
+                .send_modify(|v| *v = v.wrapping_add(1));
+        }
     }
 
     /// Runs `f` on the job, then its effects. Returns the commits carried out, by step.
@@ -266,9 +281,7 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
         };
         // Only events wake the waiters: a long poll that re-checks and finds nothing new
         // must not wake the others (which would wake it again, and so on).
-        if !effects.is_empty() {
-            self.bump();
-        }
+        self.bump(&effects);
         let changed = !effects.is_empty();
         let commits = self.run_effects(effects).await;
         if changed {
@@ -299,7 +312,7 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
     ) -> Result<T, Status> {
         loop {
             // Subscribed before looking, so a change after the look is not missed.
-            let mut rx = self.subscribe();
+            let mut rx = self.shared.answerable.subscribe();
             if let Some(v) = self.call(&mut f).await? {
                 return Ok(v);
             }
@@ -337,11 +350,11 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
 
     /// The job's gauges after a change.
     fn observe_status(&self) {
-        let (status, wanted) = {
+        let (gauges, wanted) = {
             let job = self.lock();
-            (job.status(now_ms()), job.settings().world_size)
+            (job.gauges(), job.settings().world_size)
         };
-        self.shared.observer.status(&status, wanted);
+        self.shared.observer.status(&gauges, wanted);
     }
 
     /// Carries out effects in order; returns the commits made, by step.
@@ -417,9 +430,7 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
             job.commit_done(step, outcome.clone(), now_ms());
             job.take_effects()
         };
-        if !effects.is_empty() {
-            self.bump();
-        }
+        self.bump(&effects);
         let mut persist = false;
         for effect in &effects {
             self.shared.observer.effect(effect);

@@ -81,3 +81,15 @@ pub enum Effect {
     /// Something worth keeping changed: save a [`super::JobSnapshot`].
     Persist,
 }
+
+impl Effect {
+    /// Whether the event may answer (or refuse) a waiting Join or GetNcclId, which the
+    /// service then calls again. Not so a registration: the new worker has not joined, a
+    /// generation forms from joined workers (an elastic one "when all joined" only once
+    /// every registered worker has), and a place it freed is a [`Effect::WorkerLost`] of its
+    /// own; nor rank 0's progress numbers. Waking every waiting Join on each of N
+    /// registrations made forming a generation of N workers cost O(N^2) calls of O(N).
+    pub fn may_answer_long_polls(&self) -> bool {
+        !matches!(self, Effect::WorkerRegistered { .. } | Effect::Progress(_))
+    }
+}

@@ -57,6 +57,7 @@ pub use effects::{Effect, Progress};
 pub use errors::JobError;
 pub use generations::{Generation, GenerationEnd};
 pub use membership::{Backend, Worker, WorkerPhase};
+pub use progress::JobGauges;
 pub use schedule::{Facts, Schedule, ScheduleError};
 pub use settings::JobSettings;
 

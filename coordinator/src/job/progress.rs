@@ -110,6 +110,20 @@ impl Job {
         Ok(v1::WorkerAction::Continue)
     }
 
+    /// The figures of [`Job::status`] the job's gauges show, without building the status
+    /// of every worker: the service records them after every event, and at thousands of
+    /// workers a full status per Register made forming a generation quadratic.
+    pub fn gauges(&self) -> JobGauges {
+        let generation = self.generation.as_ref();
+        let schedule = generation.map(|g| g.schedule).or(self.schedule);
+        JobGauges {
+            workers: self.registered_count(),
+            generation: generation.map_or(0, |g| g.number),
+            total_steps: schedule.map_or(0, |s| s.total_steps),
+            last_checkpoint_step: self.last_commit.as_ref().map_or(0, |c| c.step),
+        }
+    }
+
     /// The job as operators see it.
     pub fn status(&self, now: Millis) -> v1::JobStatus {
         let generation = self.generation.as_ref();
@@ -161,6 +175,17 @@ impl Job {
             },
         }
     }
+}
+
+/// What the job's gauges show: the same figures as [`v1::JobStatus`]'s `workers.len()`,
+/// `generation`, `total_steps` and `last_checkpoint_step`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobGauges {
+    /// Registered and not lost.
+    pub workers: u32,
+    pub generation: u64,
+    pub total_steps: u64,
+    pub last_checkpoint_step: u64,
 }
 
 /// A progress report's numbers are finite: a NaN loss or an infinite rate is a broken or

@@ -20,7 +20,6 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use lgaf_proto::v1;
 use lgaf_store::history::{
     self, CheckpointCommitted, GenerationEnded, GenerationFormed, HistoryRecord, Outcome, Recovery,
     RunFinished, WorkerLost, WorkerRegistered,
@@ -31,7 +30,7 @@ use lgaf_telemetry::propagation;
 use tonic::metadata::MetadataMap;
 use tracing::{info_span, Span};
 
-use crate::job::{Effect, JobPhase};
+use crate::job::{Effect, JobGauges, JobPhase};
 use metrics::JobMetrics;
 
 mod metrics;
@@ -268,9 +267,9 @@ impl JobObserver {
     }
 
     /// The job's state after a change: workers, generation, progress.
-    pub fn status(&self, status: &v1::JobStatus, workers_expected: u32) {
+    pub fn status(&self, status: &JobGauges, workers_expected: u32) {
         if let Some(m) = &self.metrics {
-            m.workers_alive.record(status.workers.len() as u64, &[]);
+            m.workers_alive.record(u64::from(status.workers), &[]);
             m.workers_expected.record(u64::from(workers_expected), &[]);
             m.generation.record(status.generation, &[]);
             m.total_steps.record(status.total_steps, &[]);

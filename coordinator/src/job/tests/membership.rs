@@ -323,3 +323,28 @@ fn min_workers_above_the_job_size_is_refused() {
         "min_workers: 4 is more than the 3 workers of the job"
     );
 }
+
+/// Registering never answers a waiting Join (the newcomer has not joined), so its event
+/// does not wake the long polls; the Join that forms the generation does, and so do the
+/// losses and endings that refuse a waiting call.
+#[test]
+fn only_events_that_may_answer_a_waiting_join_wake_the_long_polls() {
+    let mut job = job(2);
+    let first = register(&mut job, None, 4000);
+    assert!(join(&mut job, &first).is_none());
+    job.take_effects();
+    let second = register(&mut job, None, 4001);
+    let registered = job.take_effects();
+    assert!(matches!(&registered[..], [Effect::WorkerRegistered { .. }]));
+    assert!(!registered.iter().any(Effect::may_answer_long_polls));
+    // The waiting Join is still not answerable after the registration.
+    assert!(join(&mut job, &first).is_none());
+    assert!(join(&mut job, &second).is_some());
+    let formed = job.take_effects();
+    assert!(formed
+        .iter()
+        .any(|e| matches!(e, Effect::GenerationFormed { .. }) && e.may_answer_long_polls()));
+    assert!(Effect::JobEnded(JobPhase::Finished).may_answer_long_polls());
+    assert!(Effect::NcclIdPublished { generation: 1 }.may_answer_long_polls());
+    assert!(!Effect::Progress(Progress::default()).may_answer_long_polls());
+}

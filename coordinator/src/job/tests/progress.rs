@@ -135,3 +135,54 @@ fn progress_and_heartbeats_past_the_run_or_not_finite_are_refused_and_change_not
     job.heartbeat(&v1::HeartbeatRequest { step: 45, ..beat }, 7)
         .unwrap();
 }
+
+/// The gauges the service records after every event are the status's figures, without
+/// the status of every worker: before any worker, while registering, formed, committed,
+/// and after a generation ends and a worker is lost.
+#[test]
+fn gauges_are_the_status_figures() {
+    let from_status = |job: &Job| {
+        let s = job.status(9);
+        JobGauges {
+            workers: s.workers.len() as u32,
+            generation: s.generation,
+            total_steps: s.total_steps,
+            last_checkpoint_step: s.last_checkpoint_step,
+        }
+    };
+    let mut waiting = job(3);
+    assert_eq!(waiting.gauges(), from_status(&waiting));
+    let first = register(&mut waiting, None, 4000);
+    join(&mut waiting, &first);
+    assert_eq!(waiting.gauges(), from_status(&waiting));
+    assert_eq!(
+        waiting.gauges().total_steps,
+        30,
+        "the schedule, before a generation"
+    );
+
+    let (mut job, ids) = formed(3);
+    assert_eq!(job.gauges(), from_status(&job));
+    trained_to(&mut job, 4, 3);
+    for (rank, id) in ids.iter().enumerate() {
+        job.checkpoint_ack(&ack(id, rank as u32, 4), 4).unwrap();
+    }
+    job.commit_done(4, Ok("runs/run/ckpt/000000000004/MANIFEST.json".into()), 5);
+    let committed = job.gauges();
+    assert_eq!(committed, from_status(&job));
+    assert_eq!(
+        (
+            committed.workers,
+            committed.generation,
+            committed.last_checkpoint_step
+        ),
+        (3, 1, 4)
+    );
+    // Rank 2 goes silent: the generation ends and it is forgotten.
+    for id in &ids[..2] {
+        job.heartbeat(&heartbeat_req(id, 1), 20_000).unwrap();
+    }
+    assert!(job.expire_silent(20_000));
+    assert_eq!(job.gauges(), from_status(&job));
+    assert_eq!(job.gauges().workers, 2);
+}
