@@ -432,7 +432,7 @@ pub fn all_reduce_grads(collective: &dyn Collective, flat_grads: &Tensor) {
         while start < total {
             let part = flat_grads.narrow(0, start, chunk.min(total - start));
             let reduced = collective.all_reduce_sum(&part);
-            let _ = part.shallow_clone().copy_(&reduced);
+            part.shallow_clone().copy_(&reduced);
             start += chunk;
         }
     });

@@ -64,7 +64,7 @@ impl Sgd {
                 let at =
                     |flat: &Tensor| flat.as_strided(size.as_slice(), strides.as_slice(), offset);
                 let view = at(&flat_params);
-                let _ = view.shallow_clone().copy_(p);
+                view.shallow_clone().copy_(p);
                 p.shallow_clone().set_data(&view);
                 momentum.push(at(&flat_momentum));
                 grad_views.push(at(&flat_grads));

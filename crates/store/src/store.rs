@@ -29,8 +29,9 @@ pub const DEFAULT_MULTIPART_THRESHOLD: usize = 64 << 20;
 pub const DEFAULT_PART_SIZE: usize = 16 << 20;
 /// S3 refuses parts smaller than 5 MiB (except the last), so no smaller part size is allowed.
 pub const MIN_PART_SIZE: usize = 5 << 20;
-/// Parts in flight at once per multipart upload.
-pub const DEFAULT_PART_CONCURRENCY: usize = 4;
+/// Parts in flight at once per multipart upload (8: at 4, one rank's 1.5 GB checkpoint went
+/// to moto at 55 MB/s, against 124 for boto3's 10 threads).
+pub const DEFAULT_PART_CONCURRENCY: usize = 8;
 /// Below this size hashing inline is cheaper than handing it to a blocking thread.
 const INLINE_HASH_LIMIT: usize = 1 << 20;
 
@@ -356,7 +357,8 @@ impl Store {
 
     /// Writes `bytes` under `key` (replacing what was there) and returns its size and
     /// SHA-256. The hash is computed while the upload runs. Objects of at least the
-    /// multipart threshold go up in parts, several in flight; a failed multipart upload is
+    /// multipart threshold go up to S3 in parts, several in flight (a local directory
+    /// writes them at once); a failed multipart upload is
     /// aborted so no half-object remains. Either way the object appears whole or not at all.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<ObjectInfo> {
         let location = self.location(key)?;
@@ -364,7 +366,10 @@ impl Store {
         let size = bytes.len() as u64;
         let hash = hash_off_thread(bytes.clone());
         let upload = async {
-            if bytes.len() >= self.multipart_threshold {
+            // A local directory takes one write: its multipart staging file only adds
+            // positional writes per part (measured 274 MB/s against 743 for one write of
+            // the same 1.5 GB checkpoint), and a disk has no hiccup a retry of a part mends.
+            if self.local.is_none() && bytes.len() >= self.multipart_threshold {
                 self.put_multipart(&location, bytes).await
             } else {
                 self.inner

@@ -270,6 +270,32 @@ impl BackgroundUploader {
         self.hand_over(Destination::Replace, key, bytes).1
     }
 
+    /// Hands over every object of one checkpoint at once and returns their tickets in
+    /// order. The pending-bytes limit applies to the checkpoint as a whole: it waits only
+    /// for earlier submissions to make room (or for nothing to be pending, when the
+    /// checkpoint alone is larger than the limit), never for its own objects. They are
+    /// already in host memory, so waiting for the first to upload before queueing the next
+    /// would bound nothing and only stall training (one rank's 1.5 GB checkpoint under the
+    /// worker's 1 GiB limit waited 2 s to file:// and 9 s to S3 for its first two parts).
+    pub fn submit_all(&self, step: u64, objects: Vec<(String, Bytes)>) -> Vec<UploadTicket> {
+        let start = Instant::now();
+        let total = objects.iter().map(|(_, b)| b.len()).sum();
+        self.reserve(total);
+        let stall = start.elapsed();
+        let tickets: Vec<UploadTicket> = objects
+            .into_iter()
+            .map(|(key, bytes)| UploadTicket {
+                step,
+                reply: self.enqueue(Destination::Checkpoint(step), &key, bytes),
+                key,
+                stall,
+                result: None,
+            })
+            .collect();
+        self.count_stall(tickets.len() as u64, stall);
+        tickets
+    }
+
     /// Waits for room, queues the job and counts the stall.
     fn hand_over(
         &self,
@@ -278,14 +304,31 @@ impl BackgroundUploader {
         bytes: Bytes,
     ) -> (Duration, std_mpsc::Receiver<Result<ObjectInfo>>) {
         let start = Instant::now();
-        let size = bytes.len();
-        {
-            let mut pending = self.pending.bytes.lock().expect("pending lock");
-            while *pending > 0 && *pending + size > self.max_pending_bytes {
-                pending = self.pending.room.wait(pending).expect("pending lock");
-            }
-            *pending += size;
+        self.reserve(bytes.len());
+        let receiver = self.enqueue(destination, key, bytes);
+        let stall = start.elapsed();
+        self.count_stall(1, stall);
+        (stall, receiver)
+    }
+
+    /// Waits until `size` more bytes fit under the limit (or nothing is pending), then
+    /// counts them as pending.
+    fn reserve(&self, size: usize) {
+        let mut pending = self.pending.bytes.lock().expect("pending lock");
+        while *pending > 0 && *pending + size > self.max_pending_bytes {
+            pending = self.pending.room.wait(pending).expect("pending lock");
         }
+        *pending += size;
+    }
+
+    /// Queues a job whose bytes [`BackgroundUploader::reserve`] already counted.
+    fn enqueue(
+        &self,
+        destination: Destination,
+        key: &str,
+        bytes: Bytes,
+    ) -> std_mpsc::Receiver<Result<ObjectInfo>> {
+        let size = bytes.len();
         let (reply, receiver) = std_mpsc::sync_channel(1);
         let job = Job {
             destination,
@@ -297,15 +340,16 @@ impl BackgroundUploader {
         if !matches!(sent, Some(Ok(()))) {
             // The upload thread is gone (it panicked); the ticket reports that on wait.
             *self.pending.bytes.lock().expect("pending lock") -= size;
+            self.pending.room.notify_all();
         }
-        let stall = start.elapsed();
-        {
-            let mut s = self.stats.lock().expect("stats lock");
-            s.submitted += 1;
-            s.stall_total += stall;
-            s.stall_max = s.stall_max.max(stall);
-        }
-        (stall, receiver)
+        receiver
+    }
+
+    fn count_stall(&self, submitted: u64, stall: Duration) {
+        let mut s = self.stats.lock().expect("stats lock");
+        s.submitted += submitted;
+        s.stall_total += stall;
+        s.stall_max = s.stall_max.max(stall);
     }
 
     /// Bytes handed over and not yet uploaded.
@@ -334,5 +378,69 @@ impl Drop for BackgroundUploader {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// A run in a fresh directory under the system's temporary one, removed on drop.
+    struct TempRun(std::path::PathBuf);
+
+    impl TempRun {
+        fn new(name: &str) -> (Self, RunStore) {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let dir = std::env::temp_dir().join(format!(
+                "lgaf-uploader-{name}-{}-{nanos}",
+                std::process::id()
+            ));
+            let store = Store::from_url(dir.to_str().unwrap()).unwrap();
+            (Self(dir), RunStore::new(store, "run").unwrap())
+        }
+    }
+
+    impl Drop for TempRun {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn parts(prefix: &str) -> Vec<(String, Bytes)> {
+        (0..3)
+            .map(|i| (format!("{prefix}-{i}.bin"), Bytes::from(vec![i as u8; 8])))
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_is_handed_over_whole_and_waits_only_for_earlier_ones() {
+        let (_dir, run) = TempRun::new("all");
+        // 24 bytes a checkpoint against a limit of 10: larger than the limit, so accepted
+        // only with nothing pending, and without waiting for its own parts.
+        let uploader = BackgroundUploader::with_max_pending(run, 10).unwrap();
+        let first = uploader.submit_all(1, parts("a"));
+        assert_eq!(
+            first.iter().map(|t| t.key()).collect::<Vec<_>>(),
+            ["a-0.bin", "a-1.bin", "a-2.bin"]
+        );
+        let mut second = uploader.submit_all(2, parts("b"));
+        // The second waited for room, so every part of the first is done by now.
+        for ticket in first {
+            assert_eq!(ticket.step(), 1);
+            let info = ticket.wait().unwrap();
+            assert_eq!(info.size, 8);
+        }
+        assert!(second.iter().all(|t| t.stall() == second[0].stall()));
+        for (i, ticket) in second.drain(..).enumerate() {
+            let info = ticket.wait().unwrap();
+            assert_eq!(info.sha256, crate::store::sha256_hex(&[i as u8; 8]));
+        }
+        uploader.flush();
+        assert_eq!(uploader.pending_bytes(), 0);
+        let stats = uploader.stats();
+        assert_eq!((stats.submitted, stats.completed), (6, 6));
     }
 }

@@ -275,6 +275,11 @@ impl Store {
                 Found { size, sha256 }
             }
         };
+        self.checked(info, sink, found)
+    }
+
+    /// `sink` if what was read (`found`) is the object `info` lists, else the mismatch.
+    fn checked<S>(&self, info: &ObjectInfo, sink: S, found: Found) -> Result<S> {
         match found.sha256 {
             Some(sha256) if sha256 == info.sha256 => Ok(sink),
             Some(sha256) => Err(StoreError::Corrupt {

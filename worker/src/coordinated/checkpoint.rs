@@ -63,10 +63,15 @@ pub(super) fn save(
             std::thread::park();
         }
     }
-    let tickets: Vec<UploadTicket> = objects
-        .into_iter()
-        .map(|(key, bytes)| uploader.submit(step, &key, Bytes::from(bytes)))
-        .collect();
+    // All at once: the parts are already in host memory, so none waits for another's
+    // upload (only for an earlier checkpoint's, under the uploader's limit).
+    let tickets: Vec<UploadTicket> = uploader.submit_all(
+        step,
+        objects
+            .into_iter()
+            .map(|(key, bytes)| (key, Bytes::from(bytes)))
+            .collect(),
+    );
     info!(
         step,
         stall_ms = started.elapsed().as_millis() as u64,
