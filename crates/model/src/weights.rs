@@ -1,10 +1,11 @@
 //! Weights as safetensors, with PyTorch's names: a state dict exported from PyTorch
 //! (`num_batches_tracked` included) loads unchanged, and ours loads into PyTorch.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::{Dtype, View};
 use safetensors::SafeTensors;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
@@ -42,13 +43,40 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
     })
 }
 
-/// Raw little-endian bytes of a CPU-contiguous copy of `t`.
-fn tensor_bytes(t: &Tensor) -> Vec<u8> {
-    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
-    let numel = t.numel();
-    let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-    t.copy_data_u8(&mut bytes, numel);
-    bytes
+/// A tensor on the host, contiguous, as safetensors' [`View`]: serialising borrows its bytes,
+/// so they are copied once, into the file's buffer. (A copy into a `Vec` first, then into
+/// the file, made a 1.5 GB checkpoint stall training for twice as long.)
+struct HostTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Contiguous, on the CPU: the parameter itself where it already is, else a copy.
+    tensor: Tensor,
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        if self.tensor.numel() == 0 {
+            return Cow::Borrowed(&[]);
+        }
+        // SAFETY: `tensor` is contiguous and on the CPU, so `data_len()` bytes start at its
+        // data pointer, and `self` keeps its storage alive for the borrow. Nothing writes
+        // to it meanwhile: checkpoints are serialised by the thread that trains.
+        Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, self.data_len())
+        })
+    }
+
+    fn data_len(&self) -> usize {
+        self.tensor.numel() * self.tensor.kind().elt_size_in_bytes()
+    }
 }
 
 /// Writes every variable and buffer of `vs`, sorted by name, with `metadata` in the header.
@@ -90,7 +118,7 @@ pub fn to_bytes(
         path: name.to_path_buf(),
         message,
     };
-    let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = named
+    let tensors: Vec<(&str, HostTensor)> = named
         .iter()
         .map(|(tensor_name, t)| {
             let dtype = dtype_of(t.kind()).ok_or_else(|| ModelError::UnsupportedKind {
@@ -98,18 +126,19 @@ pub fn to_bytes(
                 name: tensor_name.clone(),
                 found: format!("{:?}", t.kind()),
             })?;
-            let shape = t.size().iter().map(|&d| d as usize).collect();
-            Ok((tensor_name.clone(), dtype, shape, tensor_bytes(t)))
+            let tensor = t.detach().to_device(tch::Device::Cpu).contiguous();
+            let shape = tensor.size().iter().map(|&d| d as usize).collect();
+            Ok((
+                tensor_name.as_str(),
+                HostTensor {
+                    dtype,
+                    shape,
+                    tensor,
+                },
+            ))
         })
         .collect::<Result<_>>()?;
-    let views = data
-        .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            TensorView::new(*dtype, shape.clone(), bytes)
-                .map(|v| (name.as_str(), v))
-                .map_err(|e| file_err(format!("tensor `{name}`: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let views = tensors.iter().map(|(name, t)| (*name, t));
     let meta = (!metadata.is_empty()).then(|| metadata.clone());
     safetensors::serialize(views, meta).map_err(|e| file_err(e.to_string()))
 }
