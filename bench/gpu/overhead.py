@@ -47,7 +47,7 @@ def main():
     parser.add_argument("--skip", type=int, default=10)
     args = parser.parse_args()
     rows = {name: summary(path, args.skip) for name, path in
-            (("single process", args.single), ("coordinated, 1 worker, NCCL", args.coordinated))}
+            (("single process", args.single), ("coordinated, 1 worker", args.coordinated))}
     print(f"| run | steps | median step ms | wall ms per step | img/s (wall) |")
     print(f"|---|---|---|---|---|")
     for name, (n, step_s, wall_s) in rows.items():
