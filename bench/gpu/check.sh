@@ -9,11 +9,14 @@
 #
 # 1. CUDA tests: lgaf-model on CUDA against the CPU (fp32, fp16 with loss scaling, bf16,
 #    channels-last) and real NCCL at world size 1 (every op, the watchdog and abort paths).
-# 2. The distributed path's overhead: the same 50-step LGAF-r100 job (bench/gpu/train.toml)
-#    as `lgaf train` and as a coordinated job of one worker with NCCL (goal: under 3%).
-# 3. The step benchmark (bench/step.sh's binary) at LGAF-r100, batch 256, fp16 with loss
+# 2. The step benchmark (bench/step.sh's binary) at LGAF-r100, batch 256, fp16 with loss
 #    scaling, channels-last, Partial FC over 205,990 classes: ours against the PyTorch twin,
 #    eager and torch.compile (goal: at least 1.25x the best PyTorch figure).
+# 3. The distributed path's overhead: the same 50-step LGAF-r100 job (bench/gpu/train.toml)
+#    as `lgaf train` and as a coordinated job of one worker with NCCL (goal: under 3%).
+# The parts share one budget (BUDGET_S, 470 s) so the call ends well inside the device
+# tool's 10 minutes; each part gets what is left, up to its own cap, and the step table is
+# printed row by row, so a part cut short keeps what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 rehearse=false
@@ -23,7 +26,17 @@ mkdir -p "$out"
 report="$out/gpu-check.md"
 : > "$report"
 kit=bench-out/gpu-kit
-python="${LGAF_GPU_PYTHON:-python3}"
+# The GPU machine's torch lives in /opt/torch/.venv (spec section 7).
+default_python=python3
+[ -x /opt/torch/.venv/bin/python3 ] && default_python=/opt/torch/.venv/bin/python3
+python="${LGAF_GPU_PYTHON:-$default_python}"
+deadline=$((SECONDS + ${BUDGET_S:-470}))
+# Seconds a part may take: what is left of the budget, at most its cap.
+limit() { # (`timeout 0` would mean no limit at all: never below 1)
+    local left=$((deadline - SECONDS))
+    [ "$left" -lt 1 ] && left=1
+    [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
 work=$(mktemp -d /tmp/lgaf-gpu-check.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -67,6 +80,7 @@ else
     say "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
 fi
 say "torch: $("$python" -c 'import torch; print(torch.__version__, torch.version.cuda)'), NCCL: ${nccl_lib:-none}"
+say "kit: $(cat "$kit/VERSION" 2>/dev/null || echo 'no VERSION: built by an older prepare.sh')"
 say ""
 status=0
 
@@ -100,12 +114,38 @@ run_suite() { # name, timeout, executable and its arguments
 }
 gpu_required=1
 $rehearse && gpu_required=0
-LGAF_REQUIRE_GPU=$gpu_required run_suite "lgaf-model on CUDA vs CPU" 180 "$bin/model-cuda" --test-threads=1 --nocapture
-run_suite "lgaf-collective, real NCCL (gpu_*)" 120 "$bin/collective-nccl" gpu_ --test-threads=1 --nocapture
+LGAF_REQUIRE_GPU=$gpu_required run_suite "lgaf-model on CUDA vs CPU" "$(limit 90)" "$bin/model-cuda" --test-threads=1 --nocapture
+run_suite "lgaf-collective, real NCCL (gpu_*)" "$(limit 60)" "$bin/collective-nccl" gpu_ --test-threads=1 --nocapture
 say ""
 
-# --- 2. Distributed overhead ----------------------------------------------------------------
-say "## 2. Coordinated 1-worker job with NCCL vs the single-process trainer"
+# --- 2. Step benchmark ----------------------------------------------------------------------
+say "## 2. Training step: ours vs the PyTorch twin"
+say ""
+if $rehearse; then
+    bench_args=(--device cpu --precision fp32 --classes 2000 --configs r18:0.25:16:lgf
+                --rounds 1 --steps 2 --warmup 1)
+else
+    bench_args=(--device cuda --precision fp16 --channels-last --classes 205990
+                --configs r100:1:256:lgf --rounds 1 --steps 30 --warmup 10 --threads 16)
+    # torch.compile's Triton kernels need a C compiler at run time.
+    if command -v cc > /dev/null || command -v gcc > /dev/null; then
+        bench_args+=(--compile)
+    else
+        say "(no C compiler on this machine: torch.compile, which needs one for Triton, is left out)"
+    fi
+fi
+say '```'
+timeout "$(limit 240)" "$bin/step_bench" --python "$python" --out "$work/step" "${bench_args[@]}" \
+    > "$work/step.out" 2> "$out/step.log"
+rc=$?
+cat "$work/step.out" | tee -a "$report"
+say '```'
+[ $rc -eq 0 ] || { say "step benchmark FAILED (exit $rc), see step.log"; status=1; }
+
+say ""
+
+# --- 3. Distributed overhead ----------------------------------------------------------------
+say "## 3. Coordinated 1-worker job with NCCL vs the single-process trainer"
 say ""
 steps=50
 skip=10
@@ -116,10 +156,10 @@ if $rehearse; then
     steps=14 skip=4 batch=16
 fi
 export LGAF__TRAIN__MAX_STEPS=$steps
-timeout 240 "$bin/lgaf" --log-format json train --config bench/gpu/train.toml \
+timeout "$(limit 100)" "$bin/lgaf" --log-format json train --config bench/gpu/train.toml \
     --checkpoint-dir "$work/single" --run-id single --fresh > "$out/overhead.log" 2>&1 ||
     { say "single-process run FAILED (exit $?), see overhead.log"; status=1; }
-timeout 240 "$bin/lgaf-coordinator" --workers 1 --spawn-local --config bench/gpu/train.toml \
+timeout "$(limit 100)" "$bin/lgaf-coordinator" --workers 1 --spawn-local --config bench/gpu/train.toml \
     --store "$work/coordinated" --run-id coordinated --max-steps $steps \
     --worker-bin "$bin/lgaf-worker" >> "$out/overhead.log" 2>&1 ||
     { say "coordinated run FAILED (exit $?), see overhead.log"; status=1; }
@@ -128,24 +168,6 @@ timeout 240 "$bin/lgaf-coordinator" --workers 1 --spawn-local --config bench/gpu
 unset LGAF__MODEL__ARCH LGAF__MODEL__WIDTH LGAF__DATA__BATCH_SIZE LGAF__DATA__WORKERS \
     LGAF__TRAIN__DEVICE LGAF__TRAIN__PRECISION LGAF__TRAIN__MAX_STEPS
 say ""
-
-# --- 3. Step benchmark ----------------------------------------------------------------------
-say "## 3. Training step: ours vs the PyTorch twin"
-say ""
-if $rehearse; then
-    bench_args=(--device cpu --precision fp32 --classes 2000 --configs r18:0.25:16:lgf
-                --rounds 1 --steps 2 --warmup 1)
-else
-    bench_args=(--device cuda --precision fp16 --channels-last --classes 205990
-                --configs r100:1:256:lgf --compile --rounds 1 --steps 30 --warmup 10 --threads 16)
-fi
-say '```'
-timeout 330 "$bin/step_bench" --python "$python" --out "$work/step" "${bench_args[@]}" \
-    > "$work/step.out" 2> "$out/step.log"
-rc=$?
-cat "$work/step.out" | tee -a "$report"
-say '```'
-[ $rc -eq 0 ] || { say "step benchmark FAILED (exit $rc), see step.log"; status=1; }
 
 say ""
 [ $status -eq 0 ] && say "gpu check: every part ran" || say "gpu check: a part FAILED (above)"

@@ -33,6 +33,9 @@ pack "$target/release/lgaf-coordinator" lgaf-coordinator
 pack "$target/release/examples/step_bench" step_bench
 pack "$model_cuda" model-cuda
 pack "$collective_nccl" collective-nccl
+# Which source the kit is: check.sh prints it beside its results.
+dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo ", with uncommitted changes" || true)
+echo "$(git rev-parse --short HEAD)$dirty, built $(date -u +%Y-%m-%dT%H:%MZ)" > "$kit/VERSION"
 du -sh "$kit"
 bytes=$(du -sb "$kit" | cut -f1)
 [ "$bytes" -lt $((56 * 1024 * 1024)) ] || { echo "prepare: the kit is $bytes bytes; the device tool carries 64 MiB with the tree" >&2; exit 1; }

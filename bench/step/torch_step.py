@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "torch_ref"))
@@ -57,15 +56,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    images = np.fromfile(args.images, dtype=np.uint8)
-    labels = np.fromfile(args.labels, dtype=np.int64)
-    if images.size != args.batch * SIDE * SIDE * 3 or labels.size != args.batch:
+    # torch alone reads the files: the GPU machine's python may have no numpy.
+    images = torch.frombuffer(bytearray(args.images.read_bytes()), dtype=torch.uint8)
+    labels = torch.frombuffer(bytearray(args.labels.read_bytes()), dtype=torch.int64)
+    if images.numel() != args.batch * SIDE * SIDE * 3 or labels.numel() != args.batch:
         sys.exit(
-            f"{args.images}: {images.size} bytes and {args.labels}: {labels.size} labels do not "
-            f"make a batch of {args.batch} 112x112 RGB images"
+            f"{args.images}: {images.numel()} bytes and {args.labels}: {labels.numel()} labels "
+            f"do not make a batch of {args.batch} 112x112 RGB images"
         )
-    images = torch.from_numpy(images.reshape(args.batch, SIDE, SIDE, 3))
-    labels = torch.from_numpy(labels)
+    images = images.view(args.batch, SIDE, SIDE, 3)
 
     cfg = ModelConfig(
         arch=args.arch,

@@ -326,6 +326,31 @@ struct Measured {
     torch: Vec<Vec<f64>>,
 }
 
+/// One configuration's medians, the ratios to PyTorch's (NaN where a reference failed), and
+/// our phases.
+fn print_row(shape: &StepShape, m: &Measured) {
+    let ours = median(&m.ours.step);
+    let mut row = format!("{:<22} | {ours:>9.1}", shape.to_string());
+    let medians: Vec<f64> = m.torch.iter().map(|t| median(t)).collect();
+    for t in &medians {
+        row += &format!(" | {t:>13.1}");
+    }
+    if let Some(&eager) = medians.first() {
+        let best = medians
+            .iter()
+            .copied()
+            .filter(|t| t.is_finite())
+            .fold(f64::NAN, f64::min);
+        row += &format!(" | {:>7.2}x | {:>6.2}x", eager / ours, best / ours);
+    }
+    println!(
+        "{row} | {:>13.1} {:>9.1} {:>10.1}",
+        median(&m.ours.forward),
+        median(&m.ours.backward),
+        median(&m.ours.optimizer),
+    );
+}
+
 fn main() -> Result<()> {
     lgaf_worker::host_memory::keep_freed_tensor_memory();
     let args = Args::parse();
@@ -358,26 +383,8 @@ fn main() -> Result<()> {
             torch: vec![Vec::new(); references.len()],
         })
         .collect();
-    for round in 1..=args.rounds {
-        for (shape, m) in args.configs.iter().zip(&mut measured) {
-            eprintln!("round {round}/{}: {shape}", args.rounds);
-            let (batch, images, labels) = write_batch(shape, args.classes, &args.out)?;
-            let o = ours(shape, &batch, &args)?;
-            m.ours.step.extend(o.step);
-            m.ours.forward.extend(o.forward);
-            m.ours.backward.extend(o.backward);
-            m.ours.optimizer.extend(o.optimizer);
-            for (&reference, times) in references.iter().zip(&mut m.torch) {
-                times.extend(python(
-                    shape,
-                    (&images, &labels),
-                    threads,
-                    reference,
-                    &args,
-                )?);
-            }
-        }
-    }
+    // The header first and each row as soon as its last round is in, so that a run cut
+    // short (a time limit on a lent machine) keeps what it measured.
     println!(
         "device {}, {}, {threads} threads, {} classes, {} rounds x {} timed steps a side \
          (median ms per step)\n",
@@ -391,23 +398,27 @@ fn main() -> Result<()> {
         header += " | vs torch | vs best";
     }
     println!("{header} | ours: forward  backward  optimizer");
-    for (shape, m) in args.configs.iter().zip(&measured) {
-        let ours = median(&m.ours.step);
-        let mut row = format!("{:<22} | {ours:>9.1}", shape.to_string());
-        let medians: Vec<f64> = m.torch.iter().map(|t| median(t)).collect();
-        for t in &medians {
-            row += &format!(" | {t:>13.1}");
+    for round in 1..=args.rounds {
+        for (shape, m) in args.configs.iter().zip(&mut measured) {
+            eprintln!("round {round}/{}: {shape}", args.rounds);
+            let (batch, images, labels) = write_batch(shape, args.classes, &args.out)?;
+            let o = ours(shape, &batch, &args)?;
+            m.ours.step.extend(o.step);
+            m.ours.forward.extend(o.forward);
+            m.ours.backward.extend(o.backward);
+            m.ours.optimizer.extend(o.optimizer);
+            for (&reference, times) in references.iter().zip(&mut m.torch) {
+                // A reference that fails (torch.compile without a compiler, say) is a
+                // missing column, not a lost table.
+                match python(shape, (&images, &labels), threads, reference, &args) {
+                    Ok(t) => times.extend(t),
+                    Err(e) => eprintln!("{shape}: {} failed: {e:#}", reference.header()),
+                }
+            }
+            if round == args.rounds {
+                print_row(shape, m);
+            }
         }
-        if let Some(&eager) = medians.first() {
-            let best = medians.iter().copied().fold(f64::INFINITY, f64::min);
-            row += &format!(" | {:>7.2}x | {:>6.2}x", eager / ours, best / ours);
-        }
-        println!(
-            "{row} | {:>13.1} {:>9.1} {:>10.1}",
-            median(&m.ours.forward),
-            median(&m.ours.backward),
-            median(&m.ours.optimizer),
-        );
     }
     if !references.is_empty() {
         println!(

@@ -8,10 +8,12 @@
 //! path. PyTorch's CPU tuning guide answers this by preloading jemalloc or tcmalloc; glibc
 //! can be told the same thing directly, with no allocator to build or ship.
 
-/// Serves large blocks from the heap instead of fresh mappings, and keeps freed heap
-/// memory for the next step instead of returning it to the kernel. Call it first thing in
-/// `main`, before tensors exist. The cost: memory freed after a peak (a checkpoint's
-/// buffers) stays with the process for reuse rather than going back to the system.
+/// Serves large blocks of the main thread's heap (where both binaries train) instead of
+/// fresh mappings, and keeps freed heap memory for the next step instead of returning it to
+/// the kernel. Other threads' arenas still map blocks above 64 MiB afresh (glibc's heap
+/// size for a thread arena). Call it first thing in `main`, before tensors exist. The
+/// cost: memory freed after a peak (a checkpoint's buffers) stays with the process for
+/// reuse rather than going back to the system; the peak itself does not grow.
 pub fn keep_freed_tensor_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

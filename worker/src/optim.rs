@@ -5,6 +5,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::OptimConfig;
 
+/// Elements per row of the gradient norm's two-stage reduction (see `Sgd::grad_norm`).
+const NORM_ROW: i64 = 1 << 15;
+
 /// `g += wd * w; m = mu * m + g; w -= lr * m`, with momentum buffers we own so they can be
 /// checkpointed.
 ///
@@ -14,9 +17,6 @@ use crate::config::OptimConfig;
 /// parameters: PyTorch reaches the same with its `_foreach_` kernels, which tch does not
 /// expose. A per-parameter loop costs a kernel launch per operation and parameter (about
 /// 2,500 for LGAF-r100 on a GPU) and a temporary per operation.
-/// Elements per row of the gradient norm's two-stage reduction (see `Sgd::grad_norm`).
-const NORM_ROW: i64 = 1 << 15;
-
 pub struct Sgd {
     names: Vec<String>,
     /// The model's parameters, each a view into `flat_params` (their `.grad()` into
@@ -24,6 +24,8 @@ pub struct Sgd {
     params: Vec<Tensor>,
     /// Views into `flat_momentum`, one per parameter.
     momentum: Vec<Tensor>,
+    /// Where each parameter starts in the flat buffers, in elements.
+    offsets: Vec<i64>,
     flat_params: Tensor,
     flat_grads: Tensor,
     flat_momentum: Tensor,
@@ -56,6 +58,7 @@ impl Sgd {
         let flat_grads = Tensor::zeros([total], options);
         let flat_momentum = Tensor::zeros([total], options);
         let mut momentum = Vec::with_capacity(params.len());
+        let mut offsets = Vec::with_capacity(params.len());
         let mut grad_views = Vec::with_capacity(params.len());
         let mut offset = 0;
         tch::no_grad(|| {
@@ -68,6 +71,7 @@ impl Sgd {
                 p.shallow_clone().set_data(&view);
                 momentum.push(at(&flat_momentum));
                 grad_views.push(at(&flat_grads));
+                offsets.push(offset);
                 offset += p.numel() as i64;
             }
         });
@@ -77,6 +81,7 @@ impl Sgd {
             names,
             params,
             momentum,
+            offsets,
             flat_params,
             flat_grads,
             flat_momentum,
@@ -121,6 +126,7 @@ impl Sgd {
     /// clipping folded into one factor). The gradients are spent: they hold the update's
     /// direction afterwards, until `zero_grad`.
     pub fn step(&mut self, lr: f64, grad_multiplier: f64) {
+        self.check_bound();
         let device = self.flat_params.device();
         // 0-dim factors made on the device, so `addcmul_` scales without a temporary.
         let scalar = |v: f64| Tensor::full([0i64; 0], v, (Kind::Float, device));
@@ -131,6 +137,22 @@ impl Sgd {
             let _ = self.flat_momentum.g_mul_scalar_(self.mu).g_add_(g);
             let _ = self.flat_params.addcmul_(&self.flat_momentum, &scalar(-lr));
         });
+    }
+
+    /// Panics, naming the parameter, if a parameter or its gradient is no longer the view
+    /// of the flat buffers this optimiser updates: something replaced its tensor after
+    /// `Sgd::new` (a `set_data`, a kind change), and the update would silently miss it.
+    /// Pointers only, no kernels: about a microsecond per hundred parameters.
+    fn check_bound(&self) {
+        let (params, grads) = (self.flat_params.data_ptr(), self.flat_grads.data_ptr());
+        for ((name, p), &offset) in self.names.iter().zip(&self.params).zip(&self.offsets) {
+            let at = |base: *mut std::ffi::c_void| base as usize + offset as usize * 4;
+            assert!(
+                p.data_ptr() as usize == at(params) && p.grad().data_ptr() as usize == at(grads),
+                "parameter `{name}` (or its gradient) was replaced after the optimiser took it \
+                 into its flat buffer; load values with copy_ instead"
+            );
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -341,6 +363,15 @@ mod tests {
             norm > 0.0,
             "the gradients are spent into the update, not cleared"
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "parameter `w` (or its gradient) was replaced")]
+    fn a_parameter_replaced_after_new_is_refused() {
+        let w = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let mut sgd = Sgd::new(vec![("w".into(), w.shallow_clone())], 0.9, 0.0);
+        tch::no_grad(|| w.shallow_clone().set_data(&Tensor::from_slice(&[3.0f32, 4.0])));
+        sgd.step(0.1, 1.0);
     }
 
     #[test]

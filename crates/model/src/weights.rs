@@ -68,7 +68,8 @@ impl View for &HostTensor {
         }
         // SAFETY: `tensor` is contiguous and on the CPU, so `data_len()` bytes start at its
         // data pointer, and `self` keeps its storage alive for the borrow. Nothing writes
-        // to it meanwhile: checkpoints are serialised by the thread that trains.
+        // to it meanwhile: on the CPU these bytes are the live parameters themselves, and
+        // checkpoints are serialised synchronously by the thread that trains.
         Cow::Borrowed(unsafe {
             std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, self.data_len())
         })
