@@ -145,7 +145,7 @@ say '```'
 say ""
 
 # --- 3. Distributed overhead ----------------------------------------------------------------
-say "## 3. Coordinated 1-worker job with NCCL vs the single-process trainer"
+say "## 3. Coordinated 1-worker job (NCCL on a GPU) vs the single-process trainer"
 say ""
 steps=50
 skip=10
