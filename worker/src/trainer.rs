@@ -451,6 +451,12 @@ impl Trainer {
             )));
         }
         let cat = |i: usize| {
+            if let [(_, weight, momentum)] = &pieces[..] {
+                // One saved shard covers the range (the same world size): its narrowed view
+                // is copied into the centres directly; `cat` would copy it once more.
+                let only = if i == 0 { weight } else { momentum };
+                return only.to_device(self.device);
+            }
             let parts: Vec<Tensor> = pieces
                 .iter()
                 .map(|p| {
