@@ -370,7 +370,10 @@ mod tests {
     fn a_parameter_replaced_after_new_is_refused() {
         let w = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
         let mut sgd = Sgd::new(vec![("w".into(), w.shallow_clone())], 0.9, 0.0);
-        tch::no_grad(|| w.shallow_clone().set_data(&Tensor::from_slice(&[3.0f32, 4.0])));
+        tch::no_grad(|| {
+            w.shallow_clone()
+                .set_data(&Tensor::from_slice(&[3.0f32, 4.0]))
+        });
         sgd.step(0.1, 1.0);
     }
 
