@@ -190,6 +190,7 @@ fn train_config(shape: &StepShape, args: &Args) -> Result<TrainConfig> {
 }
 
 /// Our side: per timed step, its wall time and the trainer's phase times.
+#[derive(Default)]
 struct OursTimes {
     step: Vec<f64>,
     forward: Vec<f64>,
@@ -205,12 +206,7 @@ fn ours(shape: &StepShape, batch: &Batch, args: &Args) -> Result<OursTimes> {
             tch::Cuda::synchronize(index as i64);
         }
     };
-    let mut times = OursTimes {
-        step: Vec::new(),
-        forward: Vec::new(),
-        backward: Vec::new(),
-        optimizer: Vec::new(),
-    };
+    let mut times = OursTimes::default();
     for i in 0..args.warmup + args.steps {
         sync();
         let started = Instant::now();
@@ -374,12 +370,7 @@ fn main() -> Result<()> {
         .configs
         .iter()
         .map(|_| Measured {
-            ours: OursTimes {
-                step: Vec::new(),
-                forward: Vec::new(),
-                backward: Vec::new(),
-                optimizer: Vec::new(),
-            },
+            ours: OursTimes::default(),
             torch: vec![Vec::new(); references.len()],
         })
         .collect();

@@ -90,10 +90,6 @@ impl Sgd {
         }
     }
 
-    pub fn params(&self) -> &[Tensor] {
-        &self.params
-    }
-
     /// Every parameter's gradient, back to back in parameter order (fp32, 1-D; zeros
     /// after the last, to a multiple of 32,768): the buffer the backward pass
     /// accumulates into.

@@ -224,10 +224,16 @@ fn self_cpu() -> f64 {
     usage_of("/proc/self").map_or(0.0, |u| u.cpu_secs)
 }
 
-pub async fn steady(settings: &Settings, workers: u32) -> Result<SteadyFigures, String> {
+/// A scenario's coordinator (a fresh job of `workers`, its log named by `label`), its job
+/// token, and the swarm of simulated workers that will call it, recording into `recorder`.
+fn start_job(
+    settings: &Settings,
+    workers: u32,
+    label: String,
+) -> Result<(CoordinatorProcess, JobToken, Arc<Recorder>, Arc<Swarm>), String> {
     let mut opts = settings.coordinator.clone();
     opts.workers = workers;
-    opts.label = format!("steady-{workers}");
+    opts.label = label;
     let coordinator = CoordinatorProcess::start(&opts)?;
     let token = JobToken::new(&opts.token).map_err(|e| format!("the job token: {e}"))?;
     let recorder = Arc::new(Recorder::new(Instant::now()));
@@ -238,6 +244,12 @@ pub async fn steady(settings: &Settings, workers: u32) -> Result<SteadyFigures, 
         workers,
         recorder.clone(),
     );
+    Ok((coordinator, token, recorder, swarm))
+}
+
+pub async fn steady(settings: &Settings, workers: u32) -> Result<SteadyFigures, String> {
+    let (coordinator, _token, recorder, swarm) =
+        start_job(settings, workers, format!("steady-{workers}"))?;
     let placements = (0..workers)
         .map(|slot| Placement {
             slot,
@@ -356,19 +368,8 @@ async fn poll_status(
 }
 
 pub async fn mass_failure(settings: &Settings, workers: u32) -> Result<FailureFigures, String> {
-    let mut opts = settings.coordinator.clone();
-    opts.workers = workers;
-    opts.label = format!("failure-{workers}");
-    let coordinator = CoordinatorProcess::start(&opts)?;
-    let token = JobToken::new(&opts.token).map_err(|e| format!("the job token: {e}"))?;
-    let recorder = Arc::new(Recorder::new(Instant::now()));
-    let swarm = swarm(
-        settings,
-        &coordinator.url,
-        &token,
-        workers,
-        recorder.clone(),
-    );
+    let (coordinator, token, recorder, swarm) =
+        start_job(settings, workers, format!("failure-{workers}"))?;
     // A quarter of the slots, the last ones: whole hosts, as a lost rack or partition.
     let silenced = workers / 4;
     let silent_from = workers - silenced;
@@ -443,7 +444,7 @@ pub async fn mass_failure(settings: &Settings, workers: u32) -> Result<FailureFi
     let figures = FailureFigures {
         workers,
         silenced,
-        deadline: Duration::from_millis(opts.heartbeat_deadline_ms.into()),
+        deadline: Duration::from_millis(settings.coordinator.heartbeat_deadline_ms.into()),
         detected: detected_at.map(since_silence),
         first_told: told.iter().min().copied().map(since_silence),
         last_told: told.iter().max().copied().map(since_silence),
