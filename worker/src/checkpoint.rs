@@ -173,3 +173,52 @@ impl LocalCheckpoints {
         Ok(manifest)
     }
 }
+
+/// The network of a run's newest committed checkpoint, ready for evaluation.
+pub struct CommittedModel {
+    /// The checkpoint's step.
+    pub step: u64,
+    pub model: lgaf_model::Lgaf,
+    pub var_store: tch::nn::VarStore,
+    /// The weights as stored (safetensors), to be written out as they are.
+    pub bytes: Bytes,
+}
+
+/// Loads the network of the newest checkpoint of `run_id` in `store` that verifies (only its
+/// model object is read), built from `model` on `device`. Coordinated runs and `lgaf train`
+/// store it alike.
+pub fn load_committed_model(
+    store: &str,
+    run_id: &str,
+    model: &lgaf_model::ModelConfig,
+    device: tch::Device,
+) -> Result<CommittedModel> {
+    use crate::trainer::MODEL_OBJECT;
+    let runs = BlockingRunStore::from_url(store, run_id)?;
+    let missing = |message: &str| WorkerError::Checkpoint {
+        path: PathBuf::from(format!("{store} run {run_id}")),
+        message: message.to_string(),
+    };
+    let loaded = runs
+        .load_latest_with(|o| o.key == MODEL_OBJECT)?
+        .ok_or_else(|| missing("the run has no committed checkpoint"))?;
+    let bytes = loaded
+        .objects
+        .get(MODEL_OBJECT)
+        .cloned()
+        .ok_or_else(|| missing("the newest checkpoint holds no network (model.safetensors)"))?;
+    let name = std::path::Path::new(MODEL_OBJECT);
+    let tensors: std::collections::HashMap<String, tch::Tensor> =
+        lgaf_model::weights::from_bytes(&bytes, name)?
+            .into_iter()
+            .collect();
+    let mut var_store = tch::nn::VarStore::new(device);
+    let net = lgaf_model::Lgaf::new(&var_store.root(), model)?;
+    lgaf_model::weights::assign(&mut var_store, &tensors, name)?;
+    Ok(CommittedModel {
+        step: loaded.manifest.step,
+        model: net,
+        var_store,
+        bytes,
+    })
+}

@@ -27,9 +27,7 @@ use crate::data_parallel::{self, DataLayout, EmbeddingExchange, Group};
 use crate::device::{channels_last, images_to_tensor, parse_device};
 use crate::error::{Result, WorkerError};
 use crate::eval::HeldOut;
-use crate::loader::{
-    open_source, synth_config, Batch, Loader, LoaderError, LoaderSettings, LoaderStats,
-};
+use crate::loader::{open_source, Batch, Loader, LoaderError, LoaderSettings, LoaderStats};
 use crate::optim::{clip_factor, learning_rate, Sgd};
 use lgaf_data::synth::IMAGE_SIZE;
 
@@ -561,12 +559,7 @@ impl Trainer {
 
     /// The held-out identities right after the training ones.
     pub fn held_out(&self) -> HeldOut {
-        HeldOut {
-            synth: synth_config(&self.cfg.data.synthetic),
-            first_id: self.cfg.data.synthetic.identities as u32,
-            identities: self.cfg.eval.identities,
-            pairs: self.cfg.eval.pairs,
-        }
+        HeldOut::of(&self.cfg)
     }
 
     /// One optimisation step on `batch` (this rank's part of the global batch). Fails,

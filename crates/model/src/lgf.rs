@@ -25,6 +25,8 @@ pub struct Fused {
     pub kappa: Tensor,
     /// [B, 2]: (gamma_local, gamma_global) per sample.
     pub gamma: Tensor,
+    /// [B, 2]: (Z_local, Z_global), the feature norms the weights came from; detached.
+    pub norms: Tensor,
 }
 
 pub struct Lgf {
@@ -90,7 +92,11 @@ impl Lgf {
         let gamma = self.attention(&norms);
         let kappa =
             gamma.select(1, 0).unsqueeze(1) * &local + gamma.select(1, 1).unsqueeze(1) * &global;
-        Fused { kappa, gamma }
+        Fused {
+            kappa,
+            gamma,
+            norms: norms.detach(),
+        }
     }
 
     /// Eq. 6 and 9: norms [B, 2] -> attention weights [B, 2] that sum to 1 per row.

@@ -20,6 +20,9 @@ pub struct LgafOutput {
     pub kappa: Tensor,
     /// (gamma_local, gamma_global) per sample [B, 2] under `lgf` fusion.
     pub gamma: Option<Tensor>,
+    /// (||local||, ||global||) per sample [B, 2], detached, under `lgf` fusion: what the
+    /// attention weights were computed from.
+    pub norms: Option<Tensor>,
 }
 
 impl LgafOutput {
@@ -80,15 +83,18 @@ impl Lgaf {
                 LgafOutput {
                     kappa: fused.kappa,
                     gamma: Some(fused.gamma),
+                    norms: Some(fused.norms),
                 }
             }
             (Some(local), Some(global), None) => LgafOutput {
                 kappa: local.to_kind(tch::Kind::Float) + global,
                 gamma: None,
+                norms: None,
             },
             (Some(only), None, _) | (None, Some(only), _) => LgafOutput {
                 kappa: only.to_kind(tch::Kind::Float),
                 gamma: None,
+                norms: None,
             },
             (None, None, _) => unreachable!("every fusion mode has a local or a global branch"),
         }

@@ -3,7 +3,6 @@
 //! and the attention weights reported per nuisance factor, and the run's report (as
 //! `lgaf report` writes it) put beside its outputs.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use lgaf_store::{BlockingRunStore, HistoryWriter};
 use super::model_metadata;
 use super::report::write_report;
 use super::train::run_with_progress;
+use crate::checkpoint::load_committed_model;
 use crate::eval::{HeldOut, SynthReport};
 use crate::{TrainConfig, Trainer};
 
@@ -91,11 +91,9 @@ fn print_report(title: &str, r: &SynthReport) -> Result<()> {
     );
     for f in &r.per_factor {
         let (factor, v) = (f.factor, &f.verification);
-        let (gl, gg) = f
-            .gamma
-            .map_or(("-".to_string(), "-".to_string()), |(l, g)| {
-                (format!("{l:.4}"), format!("{g:.4}"))
-            });
+        let (gl, gg) = f.attention.map_or(("-".to_string(), "-".to_string()), |a| {
+            (format!("{:.4}", a.gamma.0), format!("{:.4}", a.gamma.1))
+        });
         out!(
             "  {:<12} {:>9.2}% {:>8.2} {:>13} {:>13}",
             factor.name(),
@@ -186,12 +184,7 @@ fn demo_coordinated(mut cfg: TrainConfig, a: &DemoArgs) -> Result<()> {
         );
     }
 
-    let held_out = HeldOut {
-        synth: crate::loader::synth_config(&cfg.data.synthetic),
-        first_id: cfg.data.synthetic.identities as u32,
-        identities: cfg.eval.identities,
-        pairs: cfg.eval.pairs,
-    };
+    let held_out = HeldOut::of(&cfg);
     tch::manual_seed(cfg.train.seed as i64);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let model = Lgaf::new(&vs.root(), &cfg.model)?;
@@ -224,43 +217,26 @@ fn demo_coordinated(mut cfg: TrainConfig, a: &DemoArgs) -> Result<()> {
     }
     let minutes = started.elapsed().as_secs_f64() / 60.0;
 
-    let runs = lgaf_store::BlockingRunStore::from_url(&store.display().to_string(), "demo")?;
-    let key = crate::trainer::MODEL_OBJECT;
-    let loaded = runs
-        .block_on(runs.run().load_latest_with(|o| o.key == key))?
-        .context("the run committed no checkpoint")?;
-    let bytes = loaded
-        .objects
-        .get(key)
-        .context("the checkpoint holds no network")?;
-    let tensors: HashMap<String, tch::Tensor> = weights::from_bytes(bytes, Path::new(key))?
-        .into_iter()
-        .collect();
-    let mut vs = vs;
-    weights::assign(&mut vs, &tensors, Path::new(key))?;
-    let after = held_out.report(&model, tch::Device::Cpu);
+    let store_url = store.display().to_string();
+    let trained = load_committed_model(&store_url, "demo", &cfg.model, tch::Device::Cpu)?;
+    let after = held_out.report(&trained.model, tch::Device::Cpu);
     print_report(
         &format!(
             "After {} steps on {} workers ({minutes:.1} min, committed checkpoint of step {}), \
              held-out identities never seen in training:",
-            loaded.manifest.step, a.workers, loaded.manifest.step
+            trained.step, a.workers, trained.step
         ),
         &after,
     )?;
     let weights_path = a.out.join("lgaf-r18-w0.25.safetensors");
-    std::fs::write(&weights_path, bytes)?;
+    std::fs::write(&weights_path, &trained.bytes)?;
     // The evaluation joins the run's history (as rank 0's, after its last step), so the
     // report shows it.
-    let run = BlockingRunStore::from_url(&store.display().to_string(), "demo")?;
-    let history = HistoryWriter::start(run.run().clone(), Source::Rank0, 0, loaded.manifest.step)?;
-    history.record(after.to_history(loaded.manifest.step));
+    let run = BlockingRunStore::from_url(&store_url, "demo")?;
+    let history = HistoryWriter::start(run.run().clone(), Source::Rank0, 0, trained.step)?;
+    history.record(after.to_history(trained.step));
     history.finish()?;
-    let report = write_report(
-        &store.display().to_string(),
-        "demo",
-        &a.out.join("report.html"),
-        None,
-    )?;
+    let report = write_report(&store_url, "demo", &a.out.join("report.html"), None)?;
     out!(
         "\nweights: {}\ncheckpoints: {} (lgaf ckpt ls --store {} --run demo)\nexample images: \
          {}\nreport: {}",
