@@ -36,4 +36,28 @@ pub enum ReportError {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "{path} is not a sweep's results file ({source}); it is written by `lgaf sweep` only: \
+         move it aside, and the sweep evaluates its trained runs again without retraining them"
+    )]
+    Results {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error(
+        "{path} has results format {found}, and this lgaf reads format {}; use the lgaf that \
+         wrote it, or move it aside to start the sweep's results afresh",
+        crate::sweep::FORMAT
+    )]
+    ResultsFormat { path: PathBuf, found: u32 },
 }

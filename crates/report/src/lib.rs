@@ -21,6 +21,7 @@ mod page;
 mod plots;
 mod style;
 mod summary;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,7 @@ use crate::plots::Plot;
 use crate::style;
 use crate::summary::{bytes, duration, quantile, Summary};
 
-const CSS: &str = r#"
+pub(crate) const CSS: &str = r#"
 :root { --ink: #222; --muted: #666; --line: #e4e4e4; --card: #fff; --bg: #f5f6f8; }
 * { box-sizing: border-box; }
 body { margin: 0; background: var(--bg); color: var(--ink);
