@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod node;
 pub mod optim;
 pub mod progress;
+pub mod sweep;
 pub mod trainer;
 
 pub use config::TrainConfig;

@@ -29,6 +29,7 @@ mod demo;
 mod eval;
 mod report;
 mod status;
+mod sweep;
 mod train;
 
 pub use ckpt::{CkptCommand, CkptConvertArgs, CkptExportArgs, CkptLsArgs};
@@ -37,6 +38,7 @@ pub use demo::DemoArgs;
 pub use eval::{EmbedArgs, EvalArgs, InitArgs};
 pub use report::ReportArgs;
 pub use status::StatusArgs;
+pub use sweep::SweepArgs;
 pub use train::TrainArgs;
 
 // No doc comments on `Cli` and `Command`: clap would turn them into help text.
@@ -89,6 +91,10 @@ pub enum Command {
     /// Write a run's history (steps, generations, faults, checkpoints, evaluations) from its
     /// store as one self-contained HTML page of plots, and with --png the plots as PNG files.
     Report(ReportArgs),
+    /// Train and evaluate one job per point of a grid over config keys, for several seeds:
+    /// held-out accuracy per nuisance factor and LGF attention, as results.json, a Markdown
+    /// summary over seeds and an HTML page. Resumable: run it again to go on.
+    Sweep(SweepArgs),
     /// A coordinated job as its coordinator sees it: state, generation, step, the workers
     /// and the last committed checkpoint (the GetJobStatus call), as text or with --json.
     Status(StatusArgs),
@@ -140,6 +146,7 @@ pub fn run(cli: Cli, telemetry: &mut Telemetry) -> Result<()> {
         Command::Ckpt(c) => ckpt::run(c),
         Command::Report(a) => report::report(a),
         Command::Status(a) => status::status(a),
+        Command::Sweep(a) => sweep::sweep(a),
     }
 }
 
