@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 # The stamp names the exact pins, so changing a pin reinstalls.
-VENV_STAMP := $(VENV)/.installed-torch-2.11.0-v1
+VENV_STAMP := $(VENV)/.installed-torch-2.11.0-onnx-1.23.2-onnxruntime-1.32.0-v2
 # MXNet 1.9.1 for the RecordIO compatibility tests only (crates/data/tests/mxnet_compat.rs);
 # it needs numpy < 1.24, so it cannot share the torch venv.
 MXNET_VENV := $(CURDIR)/.venv-mxnet

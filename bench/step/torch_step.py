@@ -1,6 +1,6 @@
 """The PyTorch side of the step benchmark (run it through ``bench/step.sh``).
 
-One training step of the PyTorch twin (``bench/torch_ref/lgaf_torch.py``) written the way
+One training step of the PyTorch twin (``worker/python/lgaf_torch.py``) written the way
 insightface's ``arcface_torch`` writes it: uint8 images to normalised floats on the device,
 forward under autocast, the margin softmax over every class (``PartialFCSingle``: world size
 1, sample rate 1), backward (through ``GradScaler`` under fp16), ``clip_grad_norm_`` of the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "torch_ref"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "worker" / "python"))
 from lgaf_torch import LGAF, CombinedMargin, ModelConfig, PartialFCSingle  # noqa: E402
 
 SIDE = 112

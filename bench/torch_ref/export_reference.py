@@ -39,7 +39,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The twin lives with the `lgaf` binary, which embeds it for `lgaf export --format onnx`.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "worker", "python"))
 from lgaf_torch import LGAF, CombinedMargin, LgfConfig, ModelConfig, PartialFCSingle  # noqa: E402
 
 

@@ -18,6 +18,7 @@ pub mod legacy_checkpoint;
 pub mod loader;
 pub mod metrics;
 pub mod node;
+pub mod onnx_export;
 pub mod optim;
 pub mod progress;
 pub mod sweep;

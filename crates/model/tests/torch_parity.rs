@@ -1,4 +1,4 @@
-//! Parity with the PyTorch twin of the model, `bench/torch_ref/lgaf_torch.py`.
+//! Parity with the PyTorch twin of the model, `worker/python/lgaf_torch.py`.
 //!
 //! Each test runs `bench/torch_ref/export_reference.py` with the project virtualenv's
 //! python: it builds the model in PyTorch with randomised BatchNorm, PReLU and LGF state,

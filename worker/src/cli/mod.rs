@@ -27,6 +27,7 @@ mod ckpt;
 mod dataset;
 mod demo;
 mod eval;
+mod export;
 mod report;
 mod status;
 mod sweep;
@@ -36,6 +37,7 @@ pub use ckpt::{CkptCommand, CkptConvertArgs, CkptExportArgs, CkptLsArgs};
 pub use dataset::{InspectArgs, PackArgs};
 pub use demo::DemoArgs;
 pub use eval::{EmbedArgs, EvalArgs, InitArgs};
+pub use export::ExportArgs;
 pub use report::ReportArgs;
 pub use status::StatusArgs;
 pub use sweep::SweepArgs;
@@ -84,6 +86,9 @@ pub enum Command {
     /// The end-to-end CPU demo: train a small LGAF on synthetic faces for a few minutes,
     /// then verify held-out identities and report attention weights per nuisance factor.
     Demo(DemoArgs),
+    /// Write trained weights as a model file for inference elsewhere: ONNX (opset 18+, any
+    /// batch size), which onnxruntime, TensorRT and OpenVINO run as insightface's models.
+    Export(ExportArgs),
     /// Checkpoints of a run in its store (coordinated or `lgaf train`'s): list them, export
     /// the inference weights of one, or convert the old single-process folders.
     #[command(subcommand)]
@@ -144,6 +149,7 @@ pub fn run(cli: Cli, telemetry: &mut Telemetry) -> Result<()> {
         Command::Inspect(a) => dataset::inspect(a),
         Command::Demo(a) => demo::demo(a),
         Command::Ckpt(c) => ckpt::run(c),
+        Command::Export(a) => export::export(a),
         Command::Report(a) => report::report(a),
         Command::Status(a) => status::status(a),
         Command::Sweep(a) => sweep::sweep(a),
