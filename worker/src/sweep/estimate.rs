@@ -75,7 +75,7 @@ pub fn estimate(
         cfg.checkpoint.run_id = "calibration".into();
         let failed = |source| SweepError::Calibrate {
             label: planned.point.label.clone(),
-            source,
+            source: Box::new(source),
         };
         let mut trainer = Trainer::start(cfg.clone(), StartFrom::Fresh).map_err(failed)?;
         let batch = cfg.data.batch_size as f64;

@@ -45,7 +45,7 @@ pub enum SweepError {
     Grid { path: PathBuf, message: String },
 
     #[error("base config: {0}")]
-    Base(#[source] WorkerError),
+    Base(#[source] Box<WorkerError>),
 
     #[error("grid point `{label}`: {message}")]
     Point { label: String, message: String },
@@ -79,14 +79,14 @@ pub enum SweepError {
     Calibrate {
         label: String,
         #[source]
-        source: WorkerError,
+        source: Box<WorkerError>,
     },
 
     #[error("evaluating run {run_id}: {source}")]
     Evaluate {
         run_id: String,
         #[source]
-        source: WorkerError,
+        source: Box<WorkerError>,
     },
 
     #[error(transparent)]
@@ -117,7 +117,8 @@ pub struct Sweep {
 impl Sweep {
     /// Reads the base config, the grid and the results so far; checks every point's config.
     pub fn prepare(options: SweepOptions) -> Result<Self, SweepError> {
-        let base = TrainConfig::load(options.base.as_deref()).map_err(SweepError::Base)?;
+        let base = TrainConfig::load(options.base.as_deref())
+            .map_err(|e| SweepError::Base(Box::new(e)))?;
         let groups = grid::load(&options.grid)?;
         std::fs::create_dir_all(&options.out).map_err(|source| SweepError::Write {
             path: options.out.clone(),

@@ -136,7 +136,7 @@ fn evaluate(run: &PlannedRun) -> Result<(u64, Vec<SetResult>), SweepError> {
     let cfg = &run.config;
     let failed = |source| SweepError::Evaluate {
         run_id: run.run_id.clone(),
-        source,
+        source: Box::new(source),
     };
     let device = parse_device(&cfg.train.device).map_err(failed)?;
     let trained = load_committed_model(&cfg.checkpoint.dir, &run.run_id, &cfg.model, device)
