@@ -174,10 +174,12 @@ impl LocalCheckpoints {
     }
 }
 
-/// The network of a run's newest committed checkpoint, ready for evaluation.
+/// The network of a run's newest committed checkpoint that verifies, ready for evaluation.
 pub struct CommittedModel {
     /// The checkpoint's step.
     pub step: u64,
+    /// Newer committed checkpoints that did not verify, as (step, why), newest first.
+    pub skipped: Vec<(u64, String)>,
     pub model: lgaf_model::Lgaf,
     pub var_store: tch::nn::VarStore,
     /// The weights as stored (safetensors), to be written out as they are.
@@ -186,7 +188,7 @@ pub struct CommittedModel {
 
 /// Loads the network of the newest checkpoint of `run_id` in `store` that verifies (only its
 /// model object is read), built from `model` on `device`. Coordinated runs and `lgaf train`
-/// store it alike.
+/// store it alike. A store that does not exist is an error, never created.
 pub fn load_committed_model(
     store: &str,
     run_id: &str,
@@ -194,7 +196,7 @@ pub fn load_committed_model(
     device: tch::Device,
 ) -> Result<CommittedModel> {
     use crate::trainer::MODEL_OBJECT;
-    let runs = BlockingRunStore::from_url(store, run_id)?;
+    let runs = BlockingRunStore::from_existing_url(store, run_id)?;
     let missing = |message: &str| WorkerError::Checkpoint {
         path: PathBuf::from(format!("{store} run {run_id}")),
         message: message.to_string(),
@@ -217,6 +219,7 @@ pub fn load_committed_model(
     lgaf_model::weights::assign(&mut var_store, &tensors, name)?;
     Ok(CommittedModel {
         step: loaded.manifest.step,
+        skipped: loaded.skipped,
         model: net,
         var_store,
         bytes,

@@ -509,6 +509,11 @@ impl Trainer {
         self.trace_step_every = every;
     }
 
+    /// Samples in the training data (every shard's).
+    pub fn num_samples(&self) -> usize {
+        self.source.len()
+    }
+
     /// Steps per epoch at this world size.
     pub fn steps_per_epoch(&self) -> u64 {
         self.sampler.steps_per_epoch()

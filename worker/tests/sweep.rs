@@ -108,9 +108,10 @@ fn a_sweep_trains_each_point_and_seed_once_and_resumes() {
             .join("train.log")
             .exists());
     }
-    // The seeds differ, and so do their weights.
-    let seeds: Vec<u64> = results.runs.iter().map(|r| r.seed).collect();
-    assert!(seeds.contains(&0) && seeds.contains(&1));
+    // The seeds differ, and so do their weights (LGF's attention on the same images).
+    let lgf = &results.groups[0].points[0].key;
+    let attention = |seed| results.run(lgf, seed).unwrap().sets[0].attention.unwrap();
+    assert_ne!(attention(0), attention(1));
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(
         md.contains("### fusion") && md.contains("| model.fusion=global | 2 | 4 |"),
@@ -202,5 +203,42 @@ fn mistakes_name_the_point_or_the_run() {
     let err = fails(&args);
     assert!(err.contains("failed") && err.contains("train.log"), "{err}");
     assert!(err.contains("lfw.bin"), "the log's tail is quoted: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_jobs_a_failed_run_stops_the_sweep_but_not_the_runs_in_flight() {
+    // Two points at once; the second fails (its .bin file does not exist) soon after it starts.
+    let grid = "eval.bins = [[], [\"/nonexistent/lfw.bin\"]]\n";
+    let (dir, base, grid, out) = setup("sweep-jobs", grid);
+    let args = [
+        "sweep",
+        "--config",
+        s(&base),
+        "--grid",
+        s(&grid),
+        "--out",
+        s(&out),
+        "--jobs",
+        "2",
+        "--no-estimate",
+    ];
+    let err = fails(&args);
+    assert!(
+        err.contains("lfw.bin") && err.contains("train.log"),
+        "{err}"
+    );
+    let results = SweepResults::load(&out.join("results.json")).unwrap();
+    assert_eq!(
+        results.runs.len(),
+        1,
+        "the run in flight finished and was recorded"
+    );
+    assert_eq!(results.runs[0].label, "eval.bins=[]");
+    // A second sweep on the same folder while one holds it is refused.
+    let held = std::fs::File::open(out.join(".lock")).unwrap();
+    let _held = nix::fcntl::Flock::lock(held, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let err = fails(&args);
+    assert!(err.contains("another lgaf sweep"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

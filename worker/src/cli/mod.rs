@@ -123,18 +123,32 @@ pub struct ModelArgs {
     /// Embedding size.
     #[arg(long, default_value_t = 512)]
     embedding_size: i64,
+    /// MSNet kernel sizes, comma-separated (model.kernels).
+    #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
+    kernels: Vec<i64>,
+    /// MSNet branch channels (model.mid_channels); default 128 x width.
+    #[arg(long)]
+    mid_channels: Option<i64>,
+    /// LGF concentration h (model.lgf.h): not stored in the weights, so it must be the
+    /// value the model was trained with.
+    #[arg(long, default_value_t = 0.333)]
+    lgf_h: f64,
 }
 
 impl ModelArgs {
     fn config(&self) -> ModelConfig {
-        ModelConfig {
+        let mut cfg = ModelConfig {
             arch: self.arch,
             fusion: self.fusion,
             heads: self.heads,
             width: self.width,
             embedding_size: self.embedding_size,
+            kernels: self.kernels.clone(),
+            mid_channels: self.mid_channels,
             ..Default::default()
-        }
+        };
+        cfg.lgf.h = self.lgf_h;
+        cfg
     }
 }
 

@@ -46,10 +46,12 @@ pub struct SweepArgs {
 pub(super) fn sweep(a: SweepArgs) -> Result<()> {
     let jobs = a.jobs as usize;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Processes that share the machine share its cores.
+    let processes = jobs * a.workers.map_or(1, |w| w as usize);
     let launcher = Launcher {
         lgaf: std::env::current_exe()?,
         workers: a.workers,
-        threads: (jobs > 1).then(|| (cores / jobs).max(1)),
+        threads: (processes > 1).then(|| (cores / processes).max(1)),
     };
     let mut sweep = Sweep::prepare(SweepOptions {
         base: a.config,
@@ -74,7 +76,7 @@ pub(super) fn sweep(a: SweepArgs) -> Result<()> {
     } else {
         out!("timing a few steps of each point...");
         let estimate = sweep.estimate()?;
-        print_estimate(&estimate, jobs)?;
+        print_estimate(&estimate)?;
         estimate
             .points
             .iter()
@@ -109,10 +111,11 @@ pub(super) fn sweep(a: SweepArgs) -> Result<()> {
         p.left -= 1;
         p.estimated_done += estimated;
         p.estimated_left -= estimated;
-        // The estimate of what is left, scaled by how the finished runs compared with theirs.
+        // The estimate of what is left, scaled by how the finished runs compared with theirs
+        // (the wall time so far already reflects the runs going at once).
         let elapsed = started.elapsed().as_secs_f64();
         let to_go = if p.estimated_done > 0.0 {
-            p.estimated_left * elapsed / p.estimated_done / jobs as f64
+            p.estimated_left * elapsed / p.estimated_done
         } else {
             f64::NAN
         };
@@ -139,8 +142,10 @@ pub(super) fn sweep(a: SweepArgs) -> Result<()> {
             }
         ));
     });
-    let markdown = sweep.write_summary()?;
+    // The summary is written whatever happened; a failed run is the error to report first.
+    let summary = sweep.write_summary();
     outcome?;
+    let markdown = summary?;
     out!("\n{markdown}");
     out!(
         "results: {}\nsummary: {}\nreport: {}",
@@ -162,7 +167,7 @@ fn label_of(sweep: &Sweep, run: &PlannedRun) -> String {
     sweep.plan().points[run.point].point.label.clone()
 }
 
-fn print_estimate(e: &Estimate, jobs: usize) -> Result<()> {
+fn print_estimate(e: &Estimate) -> Result<()> {
     out!(
         "\n  {:<40} {:>5} {:>7} {:>8} {:>12}",
         "point",
@@ -181,10 +186,11 @@ fn print_estimate(e: &Estimate, jobs: usize) -> Result<()> {
             p.seconds_per_run / 60.0
         );
     }
-    let total = e.total().div_f64(jobs as f64);
+    // Runs at once share the machine's speed, which the timing measured: no faster in all.
+    let total = e.total();
     let finish = lgaf_store::history::now() + total;
     out!(
-        "estimated run time: {} with {jobs} at once (until about {} UTC)\n",
+        "estimated run time: {} (until about {} UTC)\n",
         minutes(total),
         finish.format("%H:%M")
     );

@@ -2,12 +2,15 @@
 //! measured here on a few steps, and its runs' images are divided by it.
 //!
 //! What it assumes: the machine trains as many images per second in the sweep as in this
-//! process now (true on the CPU, where the runs share the cores; an overestimate for
-//! `--workers` on several GPUs), evaluation runs forward-only at three times the training
-//! speed, and each process takes a few seconds to start. Evaluation on `.bin` files is not
-//! counted.
+//! process now, however many runs or workers share it (true on the CPU, where they share
+//! the cores; an overestimate for `--workers` on several GPUs); evaluation runs
+//! forward-only at three times the training speed; each process takes a few seconds to
+//! start. A pending run counts whole even when it resumes part-trained, and evaluation on
+//! `.bin` files is not counted.
 
 use std::time::Duration;
+
+use lgaf_data::synth::Factor;
 
 use super::plan::{Plan, PlannedRun};
 use super::SweepError;
@@ -82,10 +85,11 @@ pub fn estimate(
         let world = f64::from(workers.unwrap_or(1));
         let steps = match workers {
             None => trainer.total_steps(),
-            // A coordinated job's global batch is `world` ranks' batches.
-            Some(_) => {
-                let all = (trainer.steps_per_epoch() as f64 / world).ceil() as u64
-                    * cfg.train.epochs as u64;
+            // As the coordinator's schedule: each rank's share of the samples in batches.
+            Some(w) => {
+                let per_epoch =
+                    (trainer.num_samples() as u64 / u64::from(w)) / cfg.data.batch_size as u64;
+                let all = per_epoch.saturating_mul(cfg.train.epochs as u64);
                 match cfg.train.max_steps {
                     0 => all,
                     max => max.min(all),
@@ -109,7 +113,7 @@ pub fn estimate(
         let train = steps as f64 * batch * world / images_per_second;
         let eval_images = if cfg.data.source == SourceKind::Synthetic {
             // The mixed set and one per factor; two images a pair, each also flipped.
-            5.0 * cfg.eval.pairs as f64 * 2.0 * 2.0
+            (Factor::ALL.len() + 1) as f64 * cfg.eval.pairs as f64 * 2.0 * 2.0
         } else {
             0.0
         };

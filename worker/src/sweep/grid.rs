@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! # One table: the cartesian product of its keys' values (in key order).
+//! name = "fusion and loss"   # optional; the file's name otherwise
 //! model.fusion = ["lgf", "add"]
 //! loss.name = ["cosface", "arcface"]
 //! ```
@@ -78,7 +79,15 @@ pub fn parse(text: &str, default_name: &str) -> Result<Vec<GridGroup>, String> {
                 .collect()
         }
         Some(_) => Err("`grid` must be an array of tables ([[grid]])".into()),
-        None => Ok(vec![group(default_name.to_string(), &table)?]),
+        None => {
+            let mut table = table;
+            let name = match table.remove("name") {
+                None => default_name.to_string(),
+                Some(toml::Value::String(s)) => s,
+                Some(other) => return Err(format!("name must be a string, not {other}")),
+            };
+            Ok(vec![group(name, &table)?])
+        }
     }
 }
 
@@ -185,6 +194,8 @@ mod tests {
         .unwrap();
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].name, "g");
+        let named = parse("name = \"losses\"\nloss.name = [\"cosface\"]", "g").unwrap();
+        assert_eq!(named[0].name, "losses");
         assert_eq!(
             keys(&g[0]),
             [

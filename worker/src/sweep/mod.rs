@@ -57,7 +57,10 @@ pub enum SweepError {
         source: std::io::Error,
     },
 
-    #[error("cannot start {program}: {source}")]
+    #[error(
+        "cannot start {program}: {source} (lgaf-coordinator is looked for beside lgaf: `make \
+         build` puts both in target/release)"
+    )]
     Spawn {
         program: String,
         #[source]
@@ -65,8 +68,9 @@ pub enum SweepError {
     },
 
     #[error(
-        "run {run_id} failed ({status}); its log is {log}, which ends:\n{log_tail}\n(run the \
-         sweep again to resume it from its newest checkpoint)"
+        "run {run_id} failed ({status}); its log is {log}, which ends:\n{log_tail}\nMend what \
+         the log names, then run the sweep again: finished runs are kept, and this one \
+         resumes from its newest checkpoint"
     )]
     RunFailed {
         run_id: String,
@@ -88,6 +92,29 @@ pub enum SweepError {
         #[source]
         source: Box<WorkerError>,
     },
+
+    #[error(
+        "run {run_id}: its newest checkpoint, of step {step}, does not verify ({why}); it is \
+         not evaluated in place of the run's end. Move the run's folder out of <out>/store/runs \
+         to train it again"
+    )]
+    LastCheckpointUnverified {
+        run_id: String,
+        step: u64,
+        why: String,
+    },
+
+    #[error(
+        "run {run_id}: the evaluation gave {which}, which results.json cannot hold; the run \
+         probably diverged (its log says)"
+    )]
+    NonFinite { run_id: String, which: String },
+
+    #[error(
+        "another lgaf sweep is writing {path} (its lock is held); wait for it, or give this \
+         one another --out"
+    )]
+    Busy { path: PathBuf },
 
     #[error(transparent)]
     Results(#[from] ReportError),
@@ -112,11 +139,16 @@ pub struct Sweep {
     options: SweepOptions,
     plan: Plan,
     results: SweepResults,
+    /// `<out>/.lock`, held while this sweep lives: one sweep per folder, since two would
+    /// train the same runs into the same store and overwrite each other's results.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Sweep {
     /// Reads the base config, the grid and the results so far; checks every point's config.
     pub fn prepare(options: SweepOptions) -> Result<Self, SweepError> {
+        // The page is written after the runs: a missing font is found before the first.
+        lgaf_report::ensure_font()?;
         let base = TrainConfig::load(options.base.as_deref())
             .map_err(|e| SweepError::Base(Box::new(e)))?;
         let groups = grid::load(&options.grid)?;
@@ -124,6 +156,7 @@ impl Sweep {
             path: options.out.clone(),
             source,
         })?;
+        let lock = lock(&options.out)?;
         let out = std::path::absolute(&options.out).map_err(|source| SweepError::Write {
             path: options.out.clone(),
             source,
@@ -131,10 +164,12 @@ impl Sweep {
         let plan = Plan::new(&base, &groups, options.seeds.max(1), &out.join("store"))?;
         let mut results = SweepResults::load(&results_path(&options.out))?;
         results.groups = plan.groups.clone();
+        results.seeds = plan.seeds.clone();
         Ok(Sweep {
             options,
             plan,
             results,
+            _lock: lock,
         })
     }
 
@@ -229,6 +264,20 @@ impl Sweep {
         lgaf_report::sweep::write_html(&self.results, &title, &out.join("report.html"))?;
         Ok(markdown)
     }
+}
+
+/// Takes `<out>/.lock`, or says who holds it.
+fn lock(out: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, SweepError> {
+    let path = out.join(".lock");
+    let file = std::fs::File::create(&path).map_err(|source| SweepError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        SweepError::Busy {
+            path: out.to_path_buf(),
+        }
+    })
 }
 
 /// `<out>/results.json`.

@@ -25,8 +25,8 @@ pub struct Launcher {
     pub lgaf: PathBuf,
     /// With `Some(n)`, `lgaf-coordinator` beside `lgaf` runs each job on n local workers.
     pub workers: Option<u32>,
-    /// Intra-op threads of each training process (OMP_NUM_THREADS), when runs share the
-    /// machine; `None` leaves libtorch's default.
+    /// Intra-op threads of each training process (OMP_NUM_THREADS; with `workers`, of each
+    /// worker), when processes share the machine; `None` leaves libtorch's default.
     pub threads: Option<usize>,
 }
 
@@ -59,6 +59,13 @@ impl Launcher {
         if let Some(threads) = self.threads {
             cmd.env("OMP_NUM_THREADS", threads.to_string());
         }
+        // The run's train.toml holds its resolved config; an `LGAF__...` variable would
+        // change it behind the plan's back (the plan refused those that touch a swept key).
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("LGAF__") {
+                cmd.env_remove(name);
+            }
+        }
         cmd
     }
 }
@@ -83,7 +90,10 @@ pub fn train_and_evaluate(
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let config_path = dir.join("train.toml");
-    let text = toml::to_string(&run.config).expect("a config serializes to TOML");
+    let text = toml::to_string(&run.config).map_err(|e| SweepError::Point {
+        label: label.to_string(),
+        message: format!("its config is not writable as TOML: {e}"),
+    })?;
     std::fs::write(&config_path, text).map_err(io(&config_path))?;
     let log_path = dir.join("train.log");
     // Appended to: a resumed run's log keeps what the interrupted start printed.
@@ -116,19 +126,25 @@ pub fn train_and_evaluate(
     }
 
     let started = Instant::now();
-    let sets = evaluate(run)?;
-    let step = sets.0;
-    Ok(RunResult {
+    let (steps, sets) = evaluate(run)?;
+    let result = RunResult {
         point: key.to_string(),
         label: label.to_string(),
         seed: run.seed,
         run_id: run.run_id.clone(),
         config: serde_json::to_value(&run.config).expect("a config serializes"),
-        steps: step,
+        steps,
         train_seconds,
         eval_seconds: started.elapsed().as_secs_f64(),
-        sets: sets.1,
-    })
+        sets,
+    };
+    if let Some(which) = result.non_finite() {
+        return Err(SweepError::NonFinite {
+            run_id: run.run_id.clone(),
+            which,
+        });
+    }
+    Ok(result)
 }
 
 /// The newest committed checkpoint of `run`, evaluated: its step and its sets.

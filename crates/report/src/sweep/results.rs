@@ -19,6 +19,10 @@ pub struct SweepResults {
     pub format: u32,
     /// The grid's tables in file order, each with its points: the report's tables.
     pub groups: Vec<Group>,
+    /// The seeds each point runs with: the summary counts runs of these only (a run of
+    /// another seed, from an earlier sweep with more seeds, is kept but not counted).
+    #[serde(default)]
+    pub seeds: Vec<u64>,
     /// Finished runs, in the order they finished.
     pub runs: Vec<RunResult>,
 }
@@ -28,6 +32,7 @@ impl Default for SweepResults {
         Self {
             format: FORMAT,
             groups: Vec::new(),
+            seeds: Vec::new(),
             runs: Vec::new(),
         }
     }
@@ -48,7 +53,7 @@ pub struct Point {
     /// Identifies the resolved configuration (seed and storage aside): two grid entries that
     /// resolve to the same configuration are one point, trained once.
     pub key: String,
-    /// The overrides as `key=value`, joined by spaces (`fusion=lgf heads=4`).
+    /// The overrides as `key=value`, joined by spaces (`model.fusion=lgf model.heads=4`).
     pub label: String,
     /// Dotted config key -> the value the grid gives it.
     pub overrides: BTreeMap<String, serde_json::Value>,
@@ -164,10 +169,40 @@ impl SweepResults {
             .find(|r| r.point == point && r.seed == seed)
     }
 
-    /// Adds a finished run, replacing an earlier result of the same point and seed.
+    /// Adds a finished run, replacing an earlier result of the same point and seed. Every
+    /// number must be finite (JSON has no NaN): the caller checks with
+    /// [`RunResult::non_finite`].
     pub fn record(&mut self, run: RunResult) {
         self.runs
             .retain(|r| !(r.point == run.point && r.seed == run.seed));
         self.runs.push(run);
+    }
+}
+
+impl RunResult {
+    /// The first number that is not finite, named (`sets[missing].attention.norm_local`).
+    pub fn non_finite(&self) -> Option<String> {
+        let mut numbers = vec![
+            ("train_seconds".to_string(), self.train_seconds),
+            ("eval_seconds".to_string(), self.eval_seconds),
+        ];
+        for s in &self.sets {
+            let at = |field: &str| format!("sets[{}].{field}", s.name);
+            numbers.push((at("accuracy"), s.accuracy));
+            numbers.push((at("std"), s.std));
+            if let Some(a) = &s.attention {
+                numbers.push((at("attention.gamma_local"), a.gamma_local));
+                numbers.push((at("attention.gamma_global"), a.gamma_global));
+                numbers.push((at("attention.norm_local"), a.norm_local));
+                numbers.push((at("attention.norm_global"), a.norm_global));
+                if let Some(r) = a.local_weight_vs_global_norm {
+                    numbers.push((at("attention.local_weight_vs_global_norm"), r));
+                }
+            }
+        }
+        numbers
+            .into_iter()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(name, v)| format!("{name} = {v}"))
     }
 }

@@ -46,7 +46,8 @@ pub struct SetSummary {
     /// Accuracy in percent.
     pub accuracy: Stat,
     /// Means over seeds of gamma_local, gamma_global, ||local||, ||global|| and the
-    /// correlation of gamma_local with ||global||, when the runs measured them.
+    /// correlation of gamma_local with ||global|| (over the seeds that have one; NaN when
+    /// none has), when the runs measured them.
     pub attention: Option<[f64; 5]>,
 }
 
@@ -94,15 +95,19 @@ pub fn summarize(results: &SweepResults) -> Vec<GroupSummary<'_>> {
     results
         .groups
         .iter()
-        .map(|g| group(g, &results.runs))
+        .map(|g| group(g, &results.runs, &results.seeds))
         .collect()
 }
 
-fn group<'a>(g: &'a Group, runs: &'a [RunResult]) -> GroupSummary<'a> {
+/// `seeds`: the runs counted (all when empty).
+fn group<'a>(g: &'a Group, runs: &'a [RunResult], seeds: &[u64]) -> GroupSummary<'a> {
     let mut points = Vec::new();
     let mut pending = Vec::new();
     for point in &g.points {
-        let mine: Vec<&RunResult> = runs.iter().filter(|r| r.point == point.key).collect();
+        let mine: Vec<&RunResult> = runs
+            .iter()
+            .filter(|r| r.point == point.key && (seeds.is_empty() || seeds.contains(&r.seed)))
+            .collect();
         if mine.is_empty() {
             pending.push(point);
         } else {
@@ -156,7 +161,12 @@ fn point_summary<'a>(point: &'a Point, runs: &[&RunResult]) -> PointSummary<'a> 
             accuracy: Stat::of(&accuracy),
             attention: (!attention.is_empty()).then(|| {
                 std::array::from_fn(|i| {
-                    attention.iter().map(|a| a[i]).sum::<f64>() / attention.len() as f64
+                    let known: Vec<f64> = attention
+                        .iter()
+                        .map(|a| a[i])
+                        .filter(|v| !v.is_nan())
+                        .collect();
+                    known.iter().sum::<f64>() / known.len() as f64
                 })
             }),
         });

@@ -90,6 +90,41 @@ fn ranking_separates_only_gaps_larger_than_the_spread() {
 }
 
 #[test]
+fn only_the_planned_seeds_are_counted() {
+    let mut r = results();
+    r.seeds = vec![0, 1];
+    let groups = summarize(&r);
+    assert_eq!(groups[0].points[0].seeds, [0, 1]);
+    assert_eq!(groups[0].points[0].sets[0].accuracy.mean, 90.5);
+}
+
+#[test]
+fn a_missing_correlation_is_left_out_of_the_mean() {
+    let mut r = results();
+    for run in r.runs.iter_mut().filter(|run| run.seed == 0) {
+        for set in &mut run.sets {
+            if let Some(a) = &mut set.attention {
+                a.local_weight_vs_global_norm = None;
+            }
+        }
+    }
+    let groups = summarize(&r);
+    let attention = groups[0].points[0].sets[0].attention.unwrap();
+    assert_eq!(attention[4], -0.5);
+}
+
+#[test]
+fn non_finite_numbers_are_named() {
+    let mut run = run("a", 0, 0.9, 0.8, true);
+    assert_eq!(run.non_finite(), None);
+    run.sets[1].attention.as_mut().unwrap().norm_global = f64::NAN;
+    assert_eq!(
+        run.non_finite().as_deref(),
+        Some("sets[missing].attention.norm_global = NaN")
+    );
+}
+
+#[test]
 fn one_seed_is_never_separated() {
     let mut r = results();
     r.runs.retain(|run| run.seed == 0);
