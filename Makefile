@@ -72,7 +72,7 @@ export LGAF_DOCKER_COMPOSE := $(DOCKER_COMPOSE)
 ROTEL_AGENT = $$($(OTEL_PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/rotel/rotel-agent
 CARGO ?= cargo
 
-.PHONY: all venv venv-mxnet venv-s3 venv-otel test-packages deploy-tools build demo test lint clean
+.PHONY: all venv venv-mxnet venv-s3 venv-otel test-packages deploy-tools build demo ablation test lint clean
 
 all: build
 
@@ -176,6 +176,12 @@ build: venv
 
 demo: build
 	./target/release/lgaf demo --workers 2 --out demo-out
+
+# The paper's ablations (Tables 1 and 2) on synthetic faces, 3 seeds each: about an hour on
+# two cores (the sweep prints its estimate first). Resumable: run it again to go on.
+ablation: build
+	./target/release/lgaf sweep --config configs/ablation/base.toml \
+		--grid configs/ablation/grid.toml --out ablation-out --seeds 3
 
 test: venv venv-mxnet venv-s3 venv-otel test-packages deploy-tools
 	LGAF_ROTEL="$(ROTEL_AGENT)" $(CARGO) test --release --workspace
