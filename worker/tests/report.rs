@@ -327,3 +327,70 @@ fn report_errors_name_the_run_and_what_is_missing() {
     assert!(!missing.exists() && !page.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A sweep's page (`lgaf sweep`'s report.html), from results of two points over three
+/// seeds, as a person sees it in a browser.
+#[test]
+fn sweep_page_renders_in_chromium() {
+    use lgaf_report::sweep::{
+        write_html, Attention, Group, Point, RunResult, SetKind, SetResult, SweepResults,
+    };
+    let dir = temp_dir("sweep-page");
+    let point = |key: &str| Point {
+        key: key.into(),
+        label: format!("model.fusion={key}"),
+        overrides: Default::default(),
+    };
+    let mut results = SweepResults {
+        groups: vec![Group {
+            name: "Table 1".into(),
+            points: vec![point("lgf"), point("global")],
+        }],
+        ..Default::default()
+    };
+    for (key, base) in [("lgf", 0.92), ("global", 0.90)] {
+        for seed in 0..3u64 {
+            let sets = ["mixed", "clean", "missing", "deformed", "low_quality"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| SetResult {
+                    name: name.to_string(),
+                    kind: if i == 0 { SetKind::Mixed } else { SetKind::Factor },
+                    accuracy: base - i as f64 * 0.02 + seed as f64 * 0.004,
+                    std: 0.01,
+                    attention: (key == "lgf").then_some(Attention {
+                        gamma_local: 0.48 + i as f64 * 0.01,
+                        gamma_global: 0.52 - i as f64 * 0.01,
+                        norm_local: 11.0,
+                        norm_global: 10.5,
+                        local_weight_vs_global_norm: Some(-0.3),
+                    }),
+                })
+                .collect();
+            results.record(RunResult {
+                point: key.into(),
+                label: format!("model.fusion={key}"),
+                seed,
+                run_id: format!("sweep-{key}-s{seed}"),
+                config: serde_json::json!({}),
+                steps: 186,
+                train_seconds: 120.0,
+                eval_seconds: 10.0,
+                sets,
+            });
+        }
+    }
+    let page = dir.join("report.html");
+    write_html(&results, "sweep-out", &page).unwrap();
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("Table 1: accuracy per evaluation set"));
+    assert!(html.contains("model.fusion=lgf &gt; model.fusion=global"), "mixed ranks them");
+
+    let shot = dir.join("screenshot.png");
+    chromium_screenshot(&page, &shot, &dir.join("chromium-profile"));
+    let image = image::open(&shot).unwrap().to_rgb8();
+    let (colours, inked) = content(&image);
+    assert!(colours > 200, "the screenshot has only {colours} colours");
+    assert!(inked > 0.08, "the screenshot is mostly blank: {inked:.3} of it drawn");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,7 +8,9 @@ use crate::error::ReportError;
 use crate::style;
 
 /// Pixels of the SVG's view box.
-pub const SIZE: (u32, u32) = (1100, 420);
+pub const SIZE: (u32, u32) = (1100, 470);
+/// The legend's strip under the chart: two rows of labels.
+const LEGEND_HEIGHT: u32 = 50;
 
 /// The group's plot as an SVG document.
 pub fn svg(g: &GroupSummary) -> Result<String, ReportError> {
@@ -28,6 +30,10 @@ fn draw<DB: DrawingBackend>(
     g: &GroupSummary,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     area.fill(&WHITE)?;
+    // The legend gets a strip of its own under the chart: the bars fill the plot.
+    let (chart_area, legend_area) = area.split_vertically(SIZE.1 - LEGEND_HEIGHT);
+    legend_row(&legend_area, g)?;
+    let area = &chart_area;
     let sets = &g.sets;
     let bars: Vec<(usize, usize, f64, f64, f64)> = g
         .points
@@ -79,7 +85,7 @@ fn draw<DB: DrawingBackend>(
         .draw()?;
     // A cluster spans 0.8 of its slot, shared by the points.
     let width = 0.8 / g.points.len().max(1) as f64;
-    for (p, point) in g.points.iter().enumerate() {
+    for p in 0..g.points.len() {
         let color = style::SERIES[p % style::SERIES.len()];
         let left = |s: usize| s as f64 - 0.4 + p as f64 * width;
         chart
@@ -91,23 +97,31 @@ fn draw<DB: DrawingBackend>(
                     ],
                     color.filled(),
                 )
-            }))?
-            .label(point.point.label.clone())
-            .legend(move |(px, py)| {
-                Rectangle::new([(px, py - 6), (px + 16, py + 6)], color.filled())
-            });
+            }))?;
         chart.draw_series(bars.iter().filter(|b| b.1 == p).map(|&(s, _, _, lo, hi)| {
             let centre = left(s) + width / 2.0;
             PathElement::new(vec![(centre, lo), (centre, hi)], style::INK.stroke_width(2))
         }))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .margin(10)
-        .label_font(style::legend())
-        .background_style(WHITE.mix(0.9))
-        .border_style(style::GRID)
-        .draw()?;
     area.present()
+}
+
+/// Each point's colour and label, in a row (wrapping) under the chart.
+fn legend_row<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    g: &GroupSummary,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let (mut x, mut y) = (80i32, 8i32);
+    for (p, point) in g.points.iter().enumerate() {
+        let color = style::SERIES[p % style::SERIES.len()];
+        let label = &point.point.label;
+        let (text_width, _) = area.estimate_text_size(label, &style::legend())?;
+        if x + 24 + text_width as i32 > SIZE.0 as i32 - 20 {
+            (x, y) = (80, y + 22);
+        }
+        area.draw(&Rectangle::new([(x, y + 2), (x + 16, y + 14)], color.filled()))?;
+        area.draw(&Text::new(label.clone(), (x + 22, y), style::legend()))?;
+        x += 22 + text_width as i32 + 28;
+    }
+    Ok(())
 }
