@@ -355,7 +355,11 @@ fn sweep_page_renders_in_chromium() {
                 .enumerate()
                 .map(|(i, name)| SetResult {
                     name: name.to_string(),
-                    kind: if i == 0 { SetKind::Mixed } else { SetKind::Factor },
+                    kind: if i == 0 {
+                        SetKind::Mixed
+                    } else {
+                        SetKind::Factor
+                    },
                     accuracy: base - i as f64 * 0.02 + seed as f64 * 0.004,
                     std: 0.01,
                     attention: (key == "lgf").then_some(Attention {
@@ -384,13 +388,19 @@ fn sweep_page_renders_in_chromium() {
     write_html(&results, "sweep-out", &page).unwrap();
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("Table 1: accuracy per evaluation set"));
-    assert!(html.contains("model.fusion=lgf &gt; model.fusion=global"), "mixed ranks them");
+    assert!(
+        html.contains("model.fusion=lgf &gt; model.fusion=global"),
+        "mixed ranks them"
+    );
 
     let shot = dir.join("screenshot.png");
     chromium_screenshot(&page, &shot, &dir.join("chromium-profile"));
     let image = image::open(&shot).unwrap().to_rgb8();
     let (colours, inked) = content(&image);
     assert!(colours > 200, "the screenshot has only {colours} colours");
-    assert!(inked > 0.08, "the screenshot is mostly blank: {inked:.3} of it drawn");
+    assert!(
+        inked > 0.08,
+        "the screenshot is mostly blank: {inked:.3} of it drawn"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -88,16 +88,15 @@ fn draw<DB: DrawingBackend>(
     for p in 0..g.points.len() {
         let color = style::SERIES[p % style::SERIES.len()];
         let left = |s: usize| s as f64 - 0.4 + p as f64 * width;
-        chart
-            .draw_series(bars.iter().filter(|b| b.1 == p).map(|&(s, _, mean, _, _)| {
-                Rectangle::new(
-                    [
-                        (left(s) + width * 0.08, y.0),
-                        (left(s) + width * 0.92, mean),
-                    ],
-                    color.filled(),
-                )
-            }))?;
+        chart.draw_series(bars.iter().filter(|b| b.1 == p).map(|&(s, _, mean, _, _)| {
+            Rectangle::new(
+                [
+                    (left(s) + width * 0.08, y.0),
+                    (left(s) + width * 0.92, mean),
+                ],
+                color.filled(),
+            )
+        }))?;
         chart.draw_series(bars.iter().filter(|b| b.1 == p).map(|&(s, _, _, lo, hi)| {
             let centre = left(s) + width / 2.0;
             PathElement::new(vec![(centre, lo), (centre, hi)], style::INK.stroke_width(2))
@@ -119,7 +118,10 @@ fn legend_row<DB: DrawingBackend>(
         if x + 24 + text_width as i32 > SIZE.0 as i32 - 20 {
             (x, y) = (80, y + 22);
         }
-        area.draw(&Rectangle::new([(x, y + 2), (x + 16, y + 14)], color.filled()))?;
+        area.draw(&Rectangle::new(
+            [(x, y + 2), (x + 16, y + 14)],
+            color.filled(),
+        ))?;
         area.draw(&Text::new(label.clone(), (x + 22, y), style::legend()))?;
         x += 22 + text_width as i32 + 28;
     }
