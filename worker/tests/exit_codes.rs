@@ -156,8 +156,12 @@ fn an_early_replacement_waits_for_its_place() {
     let mut survivor = worker(&url, 0, &log);
     let hung = worker(&url, 1, &log);
     log.wait_for("checkpoint at step 2 committed", LONG);
-    kill(Pid::from_raw(hung.id() as i32), Signal::SIGSTOP).unwrap();
+    // The replacement is turned away while its predecessor holds the slot, and only then
+    // does the predecessor hang: stopped first, it could be found lost before a slow
+    // machine has started the replacement, which would then find the slot free.
     let mut replacement = worker(&url, 1, &log);
+    log.wait_for("has no place for this worker yet", LONG);
+    kill(Pid::from_raw(hung.id() as i32), Signal::SIGSTOP).unwrap();
     for process in [&mut replacement, &mut survivor, &mut coordinator_process] {
         expect_exit(process, ExitClass::Success, &log);
     }
