@@ -98,15 +98,10 @@ pub(super) fn sweep(a: SweepArgs) -> Result<()> {
             .map(|r| estimates.get(&label_of(&sweep, r)).copied().unwrap_or(0.0))
             .sum(),
     });
-    let labels: HashMap<String, String> = sweep
-        .plan()
-        .runs
-        .iter()
-        .map(|r| (r.run_id.clone(), label_of(&sweep, r)))
-        .collect();
-    let outcome = sweep.run(|result: &RunResult, run: &PlannedRun| {
+    // Each result carries its point's label, which keys the estimates.
+    let outcome = sweep.run(|result: &RunResult| {
         let mut p = progress.lock().expect("progress");
-        let estimated = estimates.get(&labels[&run.run_id]).copied().unwrap_or(0.0);
+        let estimated = estimates.get(&result.label).copied().unwrap_or(0.0);
         p.done += 1;
         p.left -= 1;
         p.estimated_done += estimated;

@@ -177,10 +177,6 @@ impl Sweep {
         &self.plan
     }
 
-    pub fn results(&self) -> &SweepResults {
-        &self.results
-    }
-
     /// Runs without a result yet, in plan order.
     pub fn pending(&self) -> Vec<&PlannedRun> {
         self.plan
@@ -201,10 +197,7 @@ impl Sweep {
     /// Trains and evaluates every pending run, `jobs` at a time, saving the results after
     /// each; `on_finished` hears of each run as it is saved. After a failure no new run
     /// starts, those in flight finish, and the first error is returned.
-    pub fn run(
-        &mut self,
-        on_finished: impl Fn(&RunResult, &PlannedRun) + Sync,
-    ) -> Result<(), SweepError> {
+    pub fn run(&mut self, on_finished: impl Fn(&RunResult) + Sync) -> Result<(), SweepError> {
         let queue: Mutex<VecDeque<PlannedRun>> =
             Mutex::new(self.pending().into_iter().cloned().collect());
         let results = Mutex::new(std::mem::take(&mut self.results));
@@ -228,7 +221,7 @@ impl Sweep {
                     let mut all = results.lock().expect("results");
                     all.record(result.clone());
                     all.save(&results_path(&options.out))?;
-                    on_finished(&result, &run);
+                    on_finished(&result);
                     Ok(())
                 });
                 if let Err(e) = finished {
