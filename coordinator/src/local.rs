@@ -68,8 +68,9 @@ pub struct SpawnSpec {
     pub devices: Vec<String>,
     /// Handed to the workers in their environment (LGAF_JOB_TOKEN), never as an argument.
     pub token: Option<lgaf_proto::auth::JobToken>,
-    /// The CA certificate the workers verify a TLS coordinator with (LGAF_TLS_CA).
-    pub tls_ca: Option<PathBuf>,
+    /// The CA certificate the workers verify a TLS coordinator with, and the certificate
+    /// they present under mutual TLS (in their environment: `ClientTlsFiles::child_env`).
+    pub tls: lgaf_proto::tls::ClientTlsFiles,
     /// The coordinator's logging, tracing and metrics settings, which the workers take
     /// (in their environment; see `TelemetryArgs::child_env`).
     pub telemetry: lgaf_telemetry::TelemetryArgs,
@@ -131,10 +132,12 @@ impl LocalWorkers {
             Some(token) => cmd.env(lgaf_proto::auth::TOKEN_ENV, token.expose()),
             None => cmd.env_remove(lgaf_proto::auth::TOKEN_ENV),
         };
-        match &self.spec.tls_ca {
-            Some(ca) => cmd.env(lgaf_proto::tls::TLS_CA_ENV, ca),
-            None => cmd.env_remove(lgaf_proto::tls::TLS_CA_ENV),
-        };
+        for (name, path) in self.spec.tls.child_env() {
+            match path {
+                Some(path) => cmd.env(name, path),
+                None => cmd.env_remove(name),
+            };
+        }
         cmd.envs(self.spec.telemetry.child_env(slot));
         cmd.arg("--coordinator")
             .arg(&self.spec.coordinator_url)
@@ -383,7 +386,7 @@ mod tests {
             coordinator_url: "http://127.0.0.1:1".into(),
             devices: vec!["cpu".into()],
             token: None,
-            tls_ca: None,
+            tls: Default::default(),
             telemetry: Default::default(),
         };
         let workers = LocalWorkers::spawn(&spec, tx).unwrap();

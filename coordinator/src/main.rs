@@ -20,11 +20,24 @@ async fn main() -> ExitCode {
         ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         targets: true,
     };
-    let mut telemetry =
-        match Telemetry::init("lgaf-coordinator", &args.telemetry, std::io::stderr, style) {
-            Ok(telemetry) => telemetry,
-            Err(e) => return fail(e, ExitClass::Permanent),
-        };
+    // Under mutual TLS, tonic's line for a refused handshake (which names the reason: no
+    // certificate, an unknown issuer, an expired one) is the only place the reason shows;
+    // it is a debug line, and without client certificates it would mostly count port probes.
+    let filter = match args.tls_client_ca.is_some() {
+        true => "info,tonic::transport::server::io_stream=debug",
+        false => "info",
+    };
+    let telemetry = Telemetry::init_filtered(
+        "lgaf-coordinator",
+        &args.telemetry,
+        std::io::stderr,
+        style,
+        filter,
+    );
+    let mut telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => return fail(e, ExitClass::Permanent),
+    };
     let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(e) => return fail(e, ExitClass::Permanent),

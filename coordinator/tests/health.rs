@@ -193,7 +193,7 @@ fn over_tls_and_without_the_token_a_watching_probe_sees_a_cancelled_job_go_not_s
     rt.block_on(async {
         let endpoint = Endpoint::from_shared(coord.url.clone())
             .unwrap()
-            .tls_config(lgaf_proto::tls::client_config(&ca).unwrap())
+            .tls_config(lgaf_proto::tls::client_config(&ca, None).unwrap())
             .unwrap();
         let channel = connect(endpoint).await;
         assert_eq!(answer(&channel).await, ServingStatus::Serving);

@@ -1,6 +1,8 @@
 //! TLS for the control plane (rustls through tonic): the coordinator serves with a
 //! certificate and key from PEM files (e.g. a mounted Kubernetes TLS secret), workers verify
-//! it against a CA certificate and connect to an `https://` URL.
+//! it against a CA certificate and connect to an `https://` URL. With mutual TLS the
+//! coordinator also asks every client for a certificate signed by the job's client CA, and
+//! workers present one ([`ClientTlsFiles::identity`]).
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +10,38 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// The environment variable naming the CA certificate (PEM) workers trust.
 pub const TLS_CA_ENV: &str = "LGAF_TLS_CA";
+/// The environment variables naming the certificate and key (PEM) a worker presents to a
+/// coordinator that asks for one (mutual TLS).
+pub const TLS_CLIENT_CERT_ENV: &str = "LGAF_TLS_CLIENT_CERT";
+pub const TLS_CLIENT_KEY_ENV: &str = "LGAF_TLS_CLIENT_KEY";
+
+/// A certificate and its private key, as PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What a client needs to reach a TLS server: the CA it verifies the server with, and the
+/// certificate it presents if the server asks for one. Both unset: plain HTTP/2.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    pub ca: Option<PathBuf>,
+    pub identity: Option<IdentityFiles>,
+}
+
+impl ClientTlsFiles {
+    /// The variables that hand these files to a child process (unset ones removed, so a
+    /// child never inherits another job's).
+    pub fn child_env(&self) -> [(&'static str, Option<&Path>); 3] {
+        let identity = self.identity.as_ref();
+        [
+            (TLS_CA_ENV, self.ca.as_deref()),
+            (TLS_CLIENT_CERT_ENV, identity.map(|i| i.cert.as_path())),
+            (TLS_CLIENT_KEY_ENV, identity.map(|i| i.key.as_path())),
+        ]
+    }
+}
 
 /// A certificate or key file that cannot be used; the message names the file and what it
 /// is for.
@@ -15,7 +49,8 @@ pub const TLS_CA_ENV: &str = "LGAF_TLS_CA";
 pub enum TlsError {
     #[error("reading the TLS {what} {}: {source}", path.display())]
     Read {
-        /// "certificate", "key" or "CA certificate".
+        /// "certificate", "key", "CA certificate", "client CA certificate", "client
+        /// certificate" or "client key".
         what: &'static str,
         path: PathBuf,
         #[source]
@@ -55,18 +90,41 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(bytes)
 }
 
-/// The server side: this certificate (chain) and its private key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
+/// The server side: this certificate (chain) and its private key; with `client_ca`, every
+/// client must present a certificate signed by that CA (mutual TLS), or its handshake fails.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerTlsConfig, TlsError> {
     install_crypto_provider();
     let identity = Identity::from_pem(read_pem("certificate", cert)?, read_pem("key", key)?);
-    Ok(ServerTlsConfig::new().identity(identity))
+    let config = ServerTlsConfig::new().identity(identity);
+    Ok(match client_ca {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(read_pem(
+            "client CA certificate",
+            ca,
+        )?)),
+        None => config,
+    })
 }
 
-/// The client side: trust only certificates signed by the CA in `ca`.
-pub fn client_config(ca: &Path) -> Result<ClientTlsConfig, TlsError> {
+/// The client side: trust only certificates signed by the CA in `ca`, and present
+/// `identity` to a server that asks for a client certificate.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<&IdentityFiles>,
+) -> Result<ClientTlsConfig, TlsError> {
     install_crypto_provider();
-    let ca = Certificate::from_pem(read_pem("CA certificate", ca)?);
-    Ok(ClientTlsConfig::new().ca_certificate(ca))
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read_pem("CA certificate", ca)?));
+    Ok(match identity {
+        Some(files) => config.identity(Identity::from_pem(
+            read_pem("client certificate", &files.cert)?,
+            read_pem("client key", &files.key)?,
+        )),
+        None => config,
+    })
 }
 
 #[cfg(test)]
@@ -83,7 +141,7 @@ mod tests {
         std::fs::write(&der, [0x30, 0x82]).unwrap();
         let missing = dir.join("missing.pem");
 
-        let e = client_config(&missing).unwrap_err();
+        let e = client_config(&missing, None).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -104,7 +162,7 @@ mod tests {
         );
         assert!(std::error::Error::source(&e).is_some());
 
-        let e = server_config(&pem, &der).unwrap_err();
+        let e = server_config(&pem, &der, None).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -112,8 +170,47 @@ mod tests {
                 der.display()
             )
         );
-        assert!(server_config(&pem, &pem).is_ok());
-        assert!(client_config(&pem).is_ok());
+        assert!(server_config(&pem, &pem, None).is_ok());
+        assert!(server_config(&pem, &pem, Some(&pem)).is_ok());
+        let e = server_config(&pem, &pem, Some(&der)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TlsError::NotPem {
+                    what: "client CA certificate",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(client_config(&pem, None).is_ok());
+        let identity = |cert: &Path, key: &Path| IdentityFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        };
+        assert!(client_config(&pem, Some(&identity(&pem, &pem))).is_ok());
+        let e = client_config(&pem, Some(&identity(&pem, &der))).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TlsError::NotPem {
+                    what: "client key",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = client_config(&pem, Some(&identity(&missing, &pem))).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TlsError::Read {
+                    what: "client certificate",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

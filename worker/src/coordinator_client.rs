@@ -5,12 +5,13 @@
 //! The trainer is synchronous: each call blocks on the small tokio runtime held here.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lgaf_data::rng::Rng;
 use lgaf_proto::auth::{AttachToken, JobToken, TokenError};
+use lgaf_proto::tls::{ClientTlsFiles, IdentityFiles};
 use lgaf_proto::v1;
 use lgaf_proto::v1::coordinator_client::CoordinatorClient;
 use lgaf_proto::MAX_MESSAGE_BYTES;
@@ -39,9 +40,41 @@ pub struct CoordinatorArgs {
     /// The CA certificate (PEM) that signed an https:// coordinator's certificate.
     #[arg(long, env = "LGAF_TLS_CA", value_name = "PATH")]
     pub tls_ca: Option<PathBuf>,
+    /// The certificate (PEM, with --tls-key) this worker presents to a coordinator that
+    /// requires one (mutual TLS: `lgaf-coordinator --tls-client-ca`).
+    #[arg(
+        long,
+        env = "LGAF_TLS_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "LGAF_TLS_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl CoordinatorArgs {
+    /// The TLS files: the CA, and the client certificate if one was given.
+    pub fn tls(&self) -> ClientTlsFiles {
+        ClientTlsFiles {
+            ca: self.tls_ca.clone(),
+            identity: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(IdentityFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                // Clap requires the two together.
+                _ => None,
+            },
+        }
+    }
+
     /// The job token: the one in `--token-file`, else `$LGAF_JOB_TOKEN`, else none.
     pub fn token(&self) -> Result<Option<JobToken>, TokenError> {
         match &self.token_file {
@@ -88,8 +121,13 @@ pub enum ClientError {
     /// No channel to the coordinator (bad URL, TLS set-up, nothing listening).
     #[error("coordinator {url}: {message}")]
     Connect { url: String, message: String },
-    /// The coordinator answered `call` with an error status (or never answered).
-    #[error("coordinator {url}: {call}: {} ({:?})", status.message(), status.code())]
+    /// The coordinator answered `call` with an error status (or never answered: then the
+    /// status's sources say why, e.g. the TLS alert of a refused client certificate).
+    #[error(
+        "coordinator {url}: {call}: {}{}",
+        status_text(status),
+        closed_tls_hint(url, status)
+    )]
     Call {
         url: String,
         call: &'static str,
@@ -106,14 +144,14 @@ pub struct Client {
 
 impl Client {
     /// Connects to `url`, waiting up to a minute for a coordinator that is not listening
-    /// yet; `tls_ca` must be given exactly for an `https://` URL.
+    /// yet; `tls.ca` must be given exactly for an `https://` URL.
     pub fn connect(
         url: &str,
         token: Option<JobToken>,
-        tls_ca: Option<&Path>,
+        tls: &ClientTlsFiles,
         rt: Arc<Runtime>,
     ) -> Result<Self, ClientError> {
-        Self::connect_within(url, token, tls_ca, rt, Duration::from_secs(60))
+        Self::connect_within(url, token, tls, rt, Duration::from_secs(60))
     }
 
     /// [`Client::connect`] for a one-shot call (`lgaf status`): a coordinator that is not
@@ -121,17 +159,17 @@ impl Client {
     pub fn connect_once(
         url: &str,
         token: Option<JobToken>,
-        tls_ca: Option<&Path>,
+        tls: &ClientTlsFiles,
         rt: Arc<Runtime>,
     ) -> Result<Self, ClientError> {
-        Self::connect_within(url, token, tls_ca, rt, Duration::ZERO)
+        Self::connect_within(url, token, tls, rt, Duration::ZERO)
     }
 
     /// Connects, retrying for up to `wait` while nothing listens at `url`.
     fn connect_within(
         url: &str,
         token: Option<JobToken>,
-        tls_ca: Option<&Path>,
+        tls: &ClientTlsFiles,
         rt: Arc<Runtime>,
         wait: Duration,
     ) -> Result<Self, ClientError> {
@@ -145,9 +183,10 @@ impl Client {
             // A safety net above the longest long poll (30 s by default): a call lost in a
             // network cut fails instead of waiting for TCP to give up (many minutes).
             .timeout(Duration::from_secs(90));
-        match (url.starts_with("https://"), tls_ca) {
+        match (url.starts_with("https://"), &tls.ca) {
             (true, Some(ca)) => {
-                let tls = lgaf_proto::tls::client_config(ca).map_err(|e| fail(e.to_string()))?;
+                let tls = lgaf_proto::tls::client_config(ca, tls.identity.as_ref())
+                    .map_err(|e| fail(e.to_string()))?;
                 endpoint = endpoint
                     .tls_config(tls)
                     .map_err(|e| fail(format!("TLS: {e}")))?;
@@ -162,6 +201,13 @@ impl Client {
             (false, Some(_)) => {
                 return Err(fail(
                     "a TLS CA certificate was given but the URL is not https://; use the \
+                     https:// URL the coordinator printed"
+                        .into(),
+                ))
+            }
+            (false, None) if tls.identity.is_some() => {
+                return Err(fail(
+                    "a TLS client certificate was given but the URL is not https://; use the \
                      https:// URL the coordinator printed"
                         .into(),
                 ))
@@ -398,6 +444,34 @@ fn not_listening_yet(e: &tonic::transport::Error) -> bool {
         source = err.source();
     }
     false
+}
+
+/// A status's message and code, then what caused it when the call never got an answer.
+fn status_text(status: &Status) -> String {
+    let mut text = format!("{} ({:?})", status.message(), status.code());
+    if let Some(source) = std::error::Error::source(status) {
+        text.push_str(": ");
+        text.push_str(&error_chain(source));
+    }
+    text
+}
+
+/// What a TLS connection closed under a call most often means. Under mutual TLS a refused
+/// client certificate looks just so from here: TLS 1.3 sends the refusal after the client's
+/// side of the handshake is done, and HTTP/2 sees only a closed connection, not the alert
+/// (the coordinator's log names it).
+fn closed_tls_hint(url: &str, status: &Status) -> &'static str {
+    // Which of the two depends on when the client notices the closed connection.
+    let closed = matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled)
+        && std::error::Error::source(status).is_some();
+    match closed && url.starts_with("https://") {
+        true => {
+            ". The coordinator closed the connection without answering: if it requires client \
+             certificates (lgaf-coordinator --tls-client-ca), present a current one signed by \
+             that CA with --tls-cert and --tls-key"
+        }
+        false => "",
+    }
 }
 
 /// An error and its sources, "outer: inner: ...".

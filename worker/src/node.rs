@@ -194,7 +194,8 @@ pub struct RankLaunch {
     /// Passed on as a file, so the token never sits in a child's environment; without it
     /// the ranks inherit `$LGAF_JOB_TOKEN`.
     pub token_file: Option<PathBuf>,
-    pub tls_ca: Option<PathBuf>,
+    /// Passed on as flags: the CA, and the certificate the ranks present (mutual TLS).
+    pub tls: lgaf_proto::tls::ClientTlsFiles,
     /// Logs, traces and metrics as the node was told (flags or environment).
     pub telemetry: TelemetryArgs,
 }
@@ -217,8 +218,12 @@ impl RankLaunch {
         if let Some(path) = &self.token_file {
             command.arg("--token-file").arg(path);
         }
-        if let Some(path) = &self.tls_ca {
+        if let Some(path) = &self.tls.ca {
             command.arg("--tls-ca").arg(path);
+        }
+        if let Some(identity) = &self.tls.identity {
+            command.arg("--tls-cert").arg(&identity.cert);
+            command.arg("--tls-key").arg(&identity.key);
         }
         for (name, value) in self.telemetry.child_env(rank.local_rank) {
             if name != METRICS_LISTEN_ENV {

@@ -19,27 +19,46 @@ use common::processes::{
 use lgaf_proto::v1::{self, coordinator_client::CoordinatorClient};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
-/// A CA, and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
-fn pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+/// A test CA: its certificate in `<name>-ca.pem`, and the issuer that signs with it.
+fn ca(dir: &Path, name: &str) -> (PathBuf, Issuer<'static, KeyPair>) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
+    let path = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&path, ca_cert.pem()).unwrap();
+    (path, Issuer::new(ca_params, ca_key))
+}
+
+/// A certificate for 127.0.0.1 signed by `issuer`, valid until rcgen's far future, or
+/// only through 2020 when `expired`: (`<name>-cert.pem`, `<name>-key.pem`).
+fn signed(
+    dir: &Path,
+    name: &str,
+    issuer: &Issuer<'static, KeyPair>,
+    expired: bool,
+) -> (PathBuf, PathBuf) {
     let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let cert = params.signed_by(&key, issuer).unwrap();
     let paths = (
-        dir.join(format!("{name}-ca.pem")),
         dir.join(format!("{name}-cert.pem")),
         dir.join(format!("{name}-key.pem")),
     );
-    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    std::fs::write(&paths.0, cert.pem()).unwrap();
+    std::fs::write(&paths.1, key.serialize_pem()).unwrap();
     paths
+}
+
+/// A CA, and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
+fn pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, issuer) = ca(dir, name);
+    let (cert, key) = signed(dir, name, &issuer, false);
+    (ca, cert, key)
 }
 
 #[test]
@@ -102,6 +121,111 @@ fn a_run_trains_over_tls_and_workers_with_the_wrong_ca_or_no_tls_are_refused() {
     assert!(status.success(), "{log}");
     assert!(log.contains("job Finished"), "{log}");
     assert!(log.contains("starting 2 local worker(s)"), "{log}");
+}
+
+/// Mutual TLS: the coordinator asks every client for a certificate signed by the job's
+/// client CA. Its spawned workers present one and train the run; a worker presenting none,
+/// one from another CA, or an expired one from the right CA is refused at the handshake,
+/// and one with a good certificate still needs the job token.
+#[test]
+fn under_mutual_tls_only_workers_with_a_current_certificate_from_the_job_ca_get_through() {
+    let dir = work_dir("security", "mtls", &tiny_config(8, 1, 2));
+    let (server_ca, cert, key) = pki(&dir, "server");
+    let (client_ca, issuer) = ca(&dir, "clients");
+    let (_, other_issuer) = ca(&dir, "other");
+    let (worker_cert, worker_key) = signed(&dir, "worker", &issuer, false);
+    let (stray_cert, stray_key) = signed(&dir, "stray", &other_issuer, false);
+    let (expired_cert, expired_key) = signed(&dir, "expired", &issuer, true);
+    let token = dir.join("token");
+    std::fs::write(&token, "mutual-tls-test-token").unwrap();
+    let mut coordinator = coordinator_command(&dir)
+        .args(["--workers", "2", "--run-id", "mtls", "--grace-secs", "4"])
+        .arg("--token-file")
+        .arg(&token)
+        .args(
+            [
+                ("--tls-cert", &cert),
+                ("--tls-key", &key),
+                ("--tls-ca", &server_ca),
+                ("--tls-client-ca", &client_ca),
+                ("--tls-worker-cert", &worker_cert),
+                ("--tls-worker-key", &worker_key),
+            ]
+            .iter()
+            .flat_map(|(flag, path)| [flag.as_ref(), path.as_os_str()]),
+        )
+        .spawn()
+        .unwrap();
+    let url = coordinator_url(&mut coordinator);
+
+    // Before the local workers start (grace period): `lgaf status` as an outsider, which
+    // makes one call and says why it failed.
+    let mut reasons = Vec::new();
+    let outsider = |identity: Option<(&Path, &Path)>, token: Option<&Path>| {
+        let mut cmd = Command::new(bin("lgaf"));
+        cmd.args(["status", "--coordinator", url.as_str(), "--tls-ca"])
+            .arg(&server_ca)
+            .env_remove("LGAF_TLS_CLIENT_CERT")
+            .env_remove("LGAF_TLS_CLIENT_KEY")
+            .env_remove("LGAF_JOB_TOKEN")
+            .env("NO_COLOR", "1");
+        if let Some((cert, key)) = identity {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        if let Some(token) = token {
+            cmd.arg("--token-file").arg(token);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), text)
+    };
+    // The refusal comes after the client's side of a TLS 1.3 handshake, so the client sees
+    // a closed connection and says what the coordinator checks; the coordinator's log names
+    // the reason.
+    for (what, identity, reason) in [
+        ("no certificate", None, "no certificates"),
+        (
+            "a certificate from another CA",
+            Some((stray_cert.as_path(), stray_key.as_path())),
+            "BadSignature",
+        ),
+        (
+            "an expired certificate",
+            Some((expired_cert.as_path(), expired_key.as_path())),
+            "certificate expired",
+        ),
+    ] {
+        let (ok, text) = outsider(identity, Some(&token));
+        assert!(!ok, "{what} got through:\n{text}");
+        assert!(
+            text.contains("--tls-client-ca") && text.contains("--tls-cert"),
+            "{what}: {text}"
+        );
+        reasons.push((what, reason));
+    }
+    // The right certificate gets through TLS, and then the token decides.
+    let good = Some((worker_cert.as_path(), worker_key.as_path()));
+    let (ok, text) = outsider(good, None);
+    assert!(!ok && text.contains("token"), "no token: {text}");
+    let (ok, text) = outsider(good, Some(&token));
+    assert!(ok, "a worker's certificate and the token: {text}");
+
+    let status = wait_exit(&mut coordinator, Duration::from_secs(300));
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut coordinator.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("job Finished"), "{log}");
+    assert!(log.contains("starting 2 local worker(s)"), "{log}");
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tls accept error"))
+        .collect();
+    for (what, reason) in reasons {
+        assert!(
+            refusals.iter().any(|l| l.contains(reason)),
+            "{what}: no refusal naming {reason} in {refusals:#?}"
+        );
+    }
 }
 
 /// A coordinator spawning `workers` local workers for the config in `dir`, with `extra`

@@ -139,6 +139,35 @@ pub struct Args {
     #[arg(long, env = "LGAF_TLS_CA", value_name = "PATH", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Mutual TLS: every worker (and any other client) must present a certificate signed by
+    /// this CA (PEM), on top of the job token; others fail the handshake.
+    #[arg(
+        long,
+        env = "LGAF_TLS_CLIENT_CA",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// The certificate (PEM, with --tls-worker-key) the workers this coordinator spawns
+    /// present under --tls-client-ca.
+    #[arg(
+        long,
+        env = "LGAF_TLS_WORKER_CERT",
+        value_name = "PATH",
+        requires_all = ["tls_worker_key", "tls_client_ca"]
+    )]
+    pub tls_worker_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-worker-cert.
+    #[arg(
+        long,
+        env = "LGAF_TLS_WORKER_KEY",
+        value_name = "PATH",
+        requires = "tls_worker_cert"
+    )]
+    pub tls_worker_key: Option<PathBuf>,
+
     /// Seconds the run's coordinator lease lasts without renewal (it is renewed three
     /// times as often), at most a day. A coordinator started while another holds the run's
     /// lease waits for it to lapse, and refuses to start if it is being renewed.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lgaf_proto::auth::{JobToken, TokenError};
-use lgaf_proto::tls::{self, TlsError};
+use lgaf_proto::tls::{self, ClientTlsFiles, IdentityFiles, TlsError};
 use sha2::{Digest, Sha256};
 use tonic::transport::ServerTlsConfig;
 
@@ -76,12 +76,15 @@ pub enum LocalWorkers {
     Never,
 }
 
-/// The coordinator's TLS identity, and the CA its local workers verify it with.
+/// The coordinator's TLS identity, and what its local workers verify it with and present
+/// to it.
 #[derive(Clone, Debug)]
 pub struct Tls {
+    /// With the client CA of mutual TLS when `--tls-client-ca` is given.
     pub server: ServerTlsConfig,
-    /// `--tls-ca`, else the certificate itself (self-signed).
-    pub ca: PathBuf,
+    /// For the spawned workers: `--tls-ca`, else the certificate itself (self-signed), and
+    /// under mutual TLS `--tls-worker-cert` and `--tls-worker-key`.
+    pub workers: ClientTlsFiles,
 }
 
 /// A command line that does not make a coordinator; the message names the flag or file
@@ -124,6 +127,13 @@ pub enum ConfigError {
 
     #[error(transparent)]
     Tls(#[from] TlsError),
+
+    #[error(
+        "--tls-client-ca refuses workers without a certificate from that CA, so the workers \
+         this coordinator spawns need one: give --tls-worker-cert and --tls-worker-key, or \
+         --external-workers when every worker comes from outside"
+    )]
+    NoWorkerCertificate,
 }
 
 impl TryFrom<Args> for Config {
@@ -162,11 +172,36 @@ impl Config {
         };
         check_run_id(&run_id)?;
         let listen = parse_listen(&args.listen).ok_or(ConfigError::Listen { text: args.listen })?;
+        let local_workers = if args.spawn_local {
+            LocalWorkers::Now
+        } else if args.external_workers {
+            LocalWorkers::Never
+        } else {
+            LocalWorkers::AfterGrace(Duration::from_secs(args.grace_secs))
+        };
         let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(Tls {
-                server: tls::server_config(cert, key)?,
-                ca: args.tls_ca.clone().unwrap_or_else(|| cert.clone()),
-            }),
+            (Some(cert), Some(key)) => {
+                let identity = match (&args.tls_worker_cert, &args.tls_worker_key) {
+                    (Some(cert), Some(key)) => Some(IdentityFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ => None,
+                };
+                if args.tls_client_ca.is_some()
+                    && identity.is_none()
+                    && local_workers != LocalWorkers::Never
+                {
+                    return Err(ConfigError::NoWorkerCertificate);
+                }
+                Some(Tls {
+                    server: tls::server_config(cert, key, args.tls_client_ca.as_deref())?,
+                    workers: ClientTlsFiles {
+                        ca: Some(args.tls_ca.clone().unwrap_or_else(|| cert.clone())),
+                        identity,
+                    },
+                })
+            }
             // Clap requires the two together.
             _ => None,
         };
@@ -181,13 +216,7 @@ impl Config {
             run_id,
             max_steps: args.max_steps,
             listen,
-            local_workers: if args.spawn_local {
-                LocalWorkers::Now
-            } else if args.external_workers {
-                LocalWorkers::Never
-            } else {
-                LocalWorkers::AfterGrace(Duration::from_secs(args.grace_secs))
-            },
+            local_workers,
             worker_bin: args.worker_bin.unwrap_or_else(default_worker_bin),
             heartbeat_interval: Duration::from_millis(args.heartbeat_ms.into()),
             heartbeat_deadline: Duration::from_millis(args.heartbeat_deadline_ms.into()),
@@ -439,9 +468,43 @@ mod tests {
             &path("key.pem"),
         ];
         let config = with(&tls).unwrap();
-        assert_eq!(config.tls.unwrap().ca, dir.path().join("cert.pem"));
+        assert_eq!(
+            config.tls.unwrap().workers,
+            ClientTlsFiles {
+                ca: Some(dir.path().join("cert.pem")),
+                identity: None
+            }
+        );
         let config = with(&[&tls[..], &["--tls-ca", &path("token")]].concat()).unwrap();
-        assert_eq!(config.tls.unwrap().ca, dir.path().join("token"));
+        assert_eq!(
+            config.tls.unwrap().workers.ca,
+            Some(dir.path().join("token"))
+        );
+
+        // Mutual TLS: the workers it spawns get a certificate, or it has none to spawn.
+        let client_ca = ["--tls-client-ca", &path("cert.pem")];
+        let worker = [
+            "--tls-worker-cert",
+            &path("cert.pem"),
+            "--tls-worker-key",
+            &path("key.pem"),
+        ];
+        let config = with(&[&tls[..], &client_ca, &worker].concat()).unwrap();
+        assert_eq!(
+            config.tls.unwrap().workers.identity,
+            Some(IdentityFiles {
+                cert: dir.path().join("cert.pem"),
+                key: dir.path().join("key.pem"),
+            })
+        );
+        let e = with(&[&tls[..], &client_ca].concat()).unwrap_err();
+        assert!(matches!(e, ConfigError::NoWorkerCertificate), "{e:?}");
+        assert!(e.to_string().contains("--tls-worker-cert"), "{e}");
+        let config = with(&[&tls[..], &client_ca, &["--external-workers"]].concat()).unwrap();
+        assert_eq!(config.tls.unwrap().workers.identity, None);
+        let bad_ca = ["--tls-client-ca", &path("key.der"), "--external-workers"];
+        let e = with(&[&tls[..], &bad_ca].concat()).unwrap_err();
+        assert!(e.to_string().contains("client CA certificate"), "{e}");
         let e = with(&[
             "--tls-cert",
             &path("cert.pem"),

@@ -209,7 +209,11 @@ pub async fn run(config: Config, telemetry: &mut Telemetry) -> Result<Outcome, S
         coordinator_url: server.url.clone(),
         devices: Vec::new(),
         token: config.token.clone(),
-        tls_ca: config.tls.as_ref().map(|tls| tls.ca.clone()),
+        tls: config
+            .tls
+            .as_ref()
+            .map(|tls| tls.workers.clone())
+            .unwrap_or_default(),
         telemetry: telemetry.args().clone(),
     };
     let (local, exits) = LocalSlots::new(spec, config.workers);

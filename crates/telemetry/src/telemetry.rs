@@ -93,6 +93,21 @@ impl Telemetry {
     where
         W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
     {
+        Self::init_filtered(service, args, writer, style, "info")
+    }
+
+    /// [`Telemetry::init`] with another filter than `info` where `RUST_LOG` is unset (e.g.
+    /// `info,some::module=debug`, for a library's debug lines a process always wants).
+    pub fn init_filtered<W>(
+        service: &'static str,
+        args: &TelemetryArgs,
+        writer: W,
+        style: TextStyle,
+        default_filter: &str,
+    ) -> Result<Self, TelemetryError>
+    where
+        W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    {
         let tracer = args.traces_on().then(traces::tracer_provider);
         let spans = tracer.as_ref().map(|(provider, _)| {
             tracing_opentelemetry::layer()
@@ -112,7 +127,8 @@ impl Telemetry {
                 .with_writer(writer)
                 .boxed(),
         };
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let filter =
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
         let _ = tracing_subscriber::registry()
             .with(spans)
             .with(log_lines)

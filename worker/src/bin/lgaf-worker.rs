@@ -96,7 +96,7 @@ fn run_rank(cli: &Cli, rank: &node::LocalRank) -> ExitCode {
         collective_bind: rank.collective_bind.clone(),
         collective_host: cli.collective_host.clone(),
         token,
-        tls_ca: cli.connection.tls_ca.clone(),
+        tls: cli.connection.tls(),
     };
     match coordinated::run(args, &mut telemetry) {
         Ok(()) => ExitClass::Success.into(),
@@ -123,7 +123,7 @@ fn run_node(cli: &Cli, ranks: &[node::LocalRank]) -> ExitCode {
         coordinator: cli.connection.coordinator.clone(),
         collective_host: cli.collective_host.clone(),
         token_file: cli.connection.token_file.clone(),
-        tls_ca: cli.connection.tls_ca.clone(),
+        tls: cli.connection.tls(),
         telemetry: cli.telemetry.clone(),
     };
     let supervision = Supervision {

@@ -4,12 +4,12 @@
 //! JSON object of the typed [`JobView`]; a coordinator that cannot be reached or refuses
 //! the token is an error naming its URL and what to do.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use lgaf_proto::auth::{JobToken, TOKEN_ENV};
+use lgaf_proto::tls::ClientTlsFiles;
 use lgaf_proto::v1;
 use serde::Serialize;
 use tokio::runtime::Runtime;
@@ -72,7 +72,7 @@ pub(super) fn status(a: StatusArgs) -> Result<()> {
         &connection.coordinator,
         token,
         &sent,
-        connection.tls_ca.as_deref(),
+        &connection.tls(),
         Arc::new(rt),
     )?;
     let view = JobView::new(&connection.coordinator, &status);
@@ -92,10 +92,10 @@ fn fetch(
     url: &str,
     token: Option<JobToken>,
     sent: &str,
-    tls_ca: Option<&Path>,
+    tls: &ClientTlsFiles,
     rt: Arc<Runtime>,
 ) -> Result<v1::JobStatus, StatusError> {
-    let client = Client::connect_once(url, token, tls_ca, rt).map_err(|e| explain(e, sent))?;
+    let client = Client::connect_once(url, token, tls, rt).map_err(|e| explain(e, sent))?;
     let request = v1::JobStatusRequest {
         api_version: lgaf_proto::API_VERSION,
     };
@@ -682,7 +682,14 @@ mod tests {
             .build()
             .unwrap();
         let started = std::time::Instant::now();
-        let e = fetch(&url, None, "no job token given", None, Arc::new(rt)).unwrap_err();
+        let e = fetch(
+            &url,
+            None,
+            "no job token given",
+            &Default::default(),
+            Arc::new(rt),
+        )
+        .unwrap_err();
         assert!(
             started.elapsed() < std::time::Duration::from_secs(5),
             "{:?}",

@@ -52,8 +52,8 @@ pub struct WorkerArgs {
     pub collective_host: Option<String>,
     /// The job's token, presented on every call.
     pub token: Option<JobToken>,
-    /// The CA certificate (PEM) to verify an `https://` coordinator with.
-    pub tls_ca: Option<std::path::PathBuf>,
+    /// How to verify an `https://` coordinator, and the certificate to present to it.
+    pub tls: lgaf_proto::tls::ClientTlsFiles,
 }
 
 /// Why a worker stopped.
@@ -260,12 +260,7 @@ pub fn run(args: WorkerArgs, telemetry: &mut Telemetry) -> Result<()> {
             .build()
             .map_err(|e| RunError::Other(format!("cannot start the gRPC runtime: {e}")))?,
     );
-    let client = Client::connect(
-        &args.coordinator,
-        args.token.clone(),
-        args.tls_ca.as_deref(),
-        rt.clone(),
-    )?;
+    let client = Client::connect(&args.coordinator, args.token.clone(), &args.tls, rt.clone())?;
     let listener = TcpListener::bind(&args.collective_bind).map_err(|e| {
         RunError::Other(format!(
             "cannot listen on {} for peers: {e}",
