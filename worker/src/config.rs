@@ -240,6 +240,11 @@ pub struct CheckpointConfig {
     pub every_steps: u64,
     /// Committed checkpoints to keep (0: all of them, as in coordinated runs).
     pub keep_last: usize,
+    /// Seconds a coordinated rank gives its checkpoint's uploads from the hand-over; one not
+    /// done by then (the store down or too slow, its retries spent) is abandoned: never
+    /// acknowledged, so never committed, while training goes on and the next checkpoint is
+    /// tried. The last checkpoint of the run is never abandoned. 0: wait however long.
+    pub upload_deadline_secs: u64,
 }
 
 impl Default for CheckpointConfig {
@@ -249,6 +254,7 @@ impl Default for CheckpointConfig {
             run_id: "default".into(),
             every_steps: 1000,
             keep_last: 3,
+            upload_deadline_secs: 600,
         }
     }
 }

@@ -105,7 +105,8 @@ pub struct Trainer {
     /// Ranks other than 0 trace one step in this many (see `lgaf_telemetry::settings`).
     trace_step_every: u64,
     /// Where rank 0 records each step (the run's history in the store); `None` elsewhere.
-    history: Option<HistoryWriter>,
+    /// Shared with the threads that acknowledge checkpoints, which flush it first.
+    history: Option<Arc<HistoryWriter>>,
 }
 
 /// Variables that the optimiser updates, by name, sorted.
@@ -138,12 +139,12 @@ impl Trainer {
             trainer.restore_from_objects(&source, &loaded.manifest, &loaded.objects)?;
         }
         // The run's history goes on from the step it resumed at.
-        trainer.history = Some(HistoryWriter::start(
+        trainer.history = Some(Arc::new(HistoryWriter::start(
             checkpoints.run().clone(),
             Source::Rank0,
             0,
             trainer.step,
-        )?);
+        )?));
         trainer.checkpoints = Some(checkpoints);
         Ok(trainer)
     }
@@ -486,12 +487,17 @@ impl Trainer {
 
     /// Records every step from now on in `history` (rank 0: the run's history).
     pub fn set_history(&mut self, history: HistoryWriter) {
-        self.history = Some(history);
+        self.history = Some(Arc::new(history));
     }
 
     /// The run's history, if this rank writes it.
     pub fn history(&self) -> Option<&HistoryWriter> {
-        self.history.as_ref()
+        self.history.as_deref()
+    }
+
+    /// The run's history, for a thread that flushes it later (a checkpoint's ack).
+    pub fn shared_history(&self) -> Option<Arc<HistoryWriter>> {
+        self.history.clone()
     }
 
     /// Waits until every step recorded so far is in the store: before a checkpoint is

@@ -192,6 +192,9 @@ pub enum StoreError {
     #[error("the background uploader stopped before `{key}` of step {step} was uploaded")]
     UploaderGone { step: u64, key: String },
 
+    #[error("`{key}` of step {step} was still uploading at its deadline")]
+    UploadOverdue { step: u64, key: String },
+
     #[error("a background task of the store failed: {0}")]
     Task(String),
 }

@@ -2,12 +2,20 @@
 //! acts for a run at a time. It is taken with a conditional create, renewed before it
 //! lapses, taken over once it has lapsed or its holder is known to be gone, and released on
 //! a clean exit. A holder that finds it taken over must stop acting at once.
+//!
+//! Renewals and takeovers replace the lease only if it is still the version just read
+//! (`If-Match` on S3), so a renewal racing a takeover, or two takeovers, cannot both
+//! succeed. A backend without conditional replaces (a local directory, whose coordinators
+//! share one machine and see each other's pids) falls back to what it can do: a renewal
+//! writes unconditionally after its read, and a takeover deletes and creates, which two
+//! coordinators doing it in the same instant could both get through.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
 use crate::run::RunStore;
+use crate::store::{ObjectVersion, Replaced};
 
 /// The largest lease read (a lease is a few hundred bytes).
 pub const MAX_LEASE_BYTES: u64 = 64 << 10;
@@ -22,6 +30,19 @@ pub struct Lease {
     pub pid: u32,
     /// Milliseconds since the Unix epoch.
     pub expires_at_ms: u64,
+}
+
+/// What a lease write does where the backend cannot replace conditionally.
+#[derive(Clone, Copy)]
+enum Fallback {
+    /// Writes over it (the lease is ours).
+    Overwrite,
+    /// Deletes it and creates ours (taking over a lapsed one).
+    DeleteAndCreate,
+}
+
+fn lease_bytes(lease: &Lease) -> Bytes {
+    Bytes::from(serde_json::to_vec_pretty(lease).expect("a lease serialises"))
 }
 
 /// What [`RunStore::try_acquire_lease`] found.
@@ -39,90 +60,154 @@ impl RunStore {
         format!("runs/{}/LEASE.json", self.run_id())
     }
 
-    async fn read_lease(&self) -> Result<Option<Lease>> {
+    /// The lease and the version of it that was read; none if there is none.
+    async fn read_lease(&self) -> Result<Option<(Lease, ObjectVersion)>> {
         let key = self.lease_key();
         match self
             .store()
-            .get_at_most(&key, "coordinator lease", MAX_LEASE_BYTES)
+            .get_versioned_at_most(&key, "coordinator lease", MAX_LEASE_BYTES)
             .await
         {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::BadLease {
-                        url: self.store().url().to_string(),
-                        key,
-                        reason: format!("not a lease: {e}"),
-                    })
-            }
+            Ok((bytes, version)) => serde_json::from_slice(&bytes)
+                .map(|lease| Some((lease, version)))
+                .map_err(|e| StoreError::BadLease {
+                    url: self.store().url().to_string(),
+                    key,
+                    reason: format!("not a lease: {e}"),
+                }),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
+    /// Writes `me`'s lease over the `version` read: [`Replaced::Changed`] if it changed
+    /// since. Without conditional replaces, `unconditionally` says what to do instead.
+    async fn replace_lease(
+        &self,
+        me: &Lease,
+        version: &ObjectVersion,
+        unconditionally: Fallback,
+    ) -> Result<Replaced> {
+        let key = self.lease_key();
+        let bytes = lease_bytes(me);
+        match self
+            .store()
+            .put_if_unchanged(&key, bytes.clone(), version)
+            .await?
+        {
+            Replaced::Unsupported => match unconditionally {
+                Fallback::Overwrite => self.store().put(&key, bytes).await.map(|_| Replaced::Done),
+                Fallback::DeleteAndCreate => {
+                    self.store().delete(&key).await?;
+                    match self.store().put_new(&key, bytes).await? {
+                        true => Ok(Replaced::Done),
+                        false => Ok(Replaced::Changed),
+                    }
+                }
+            },
+            replaced => Ok(replaced),
+        }
+    }
+
     /// Takes the lease for `me` if nobody holds it, it has lapsed (`now_ms` past its
-    /// expiry) or `stale` says its holder is gone (e.g. a dead pid on this host). The
-    /// first write is conditional (create-if-absent), so of two coordinators starting
-    /// together exactly one gets it. Taking over a lapsed lease deletes it first: two
-    /// coordinators doing that in the same instant could both succeed, a window the
-    /// conditional create cannot close without conditional deletes.
+    /// expiry) or `stale` says its holder is gone (e.g. a dead pid on this host). Every
+    /// write is conditional (create-if-absent, or replace-if-unchanged for a takeover), so
+    /// of coordinators starting together exactly one gets it (see the module header for a
+    /// backend without conditional replaces).
     pub async fn try_acquire_lease(
         &self,
         me: &Lease,
         now_ms: u64,
         stale: impl Fn(&Lease) -> bool,
     ) -> Result<LeaseAttempt> {
-        let bytes = Bytes::from(serde_json::to_vec_pretty(me).expect("lease serialises"));
-        for _ in 0..2 {
+        for _ in 0..3 {
             if self
                 .store()
-                .put_new(&self.lease_key(), bytes.clone())
+                .put_new(&self.lease_key(), lease_bytes(me))
                 .await?
             {
                 return Ok(LeaseAttempt::Acquired);
             }
-            match self.read_lease().await? {
+            let (held, version) = match self.read_lease().await? {
+                Some(read) => read,
                 // Deleted between our write and our read: try again.
                 None => continue,
-                Some(held) if held.holder == me.holder => {
-                    self.store().put(&self.lease_key(), bytes).await?;
-                    return Ok(LeaseAttempt::Acquired);
-                }
-                Some(held) if held.expires_at_ms < now_ms || stale(&held) => {
-                    tracing::warn!(
-                        run = %self.run_id(),
-                        holder = %held.holder,
-                        host = %held.host,
-                        pid = held.pid,
-                        "taking over the coordinator lease of a coordinator that is gone"
-                    );
-                    self.store().delete(&self.lease_key()).await?;
-                }
-                Some(held) => return Ok(LeaseAttempt::HeldBy(held)),
+            };
+            let fallback = if held.holder == me.holder {
+                Fallback::Overwrite
+            } else if held.expires_at_ms < now_ms || stale(&held) {
+                tracing::warn!(
+                    run = %self.run_id(),
+                    holder = %held.holder,
+                    host = %held.host,
+                    pid = held.pid,
+                    "taking over the coordinator lease of a coordinator that is gone"
+                );
+                Fallback::DeleteAndCreate
+            } else {
+                return Ok(LeaseAttempt::HeldBy(held));
+            };
+            // Changed since the read: someone else renewed or took it; look again.
+            if self.replace_lease(me, &version, fallback).await? == Replaced::Done {
+                return Ok(LeaseAttempt::Acquired);
             }
         }
         match self.read_lease().await? {
-            Some(held) if held.holder != me.holder => Ok(LeaseAttempt::HeldBy(held)),
-            _ => Ok(LeaseAttempt::Acquired),
+            Some((held, _)) if held.holder != me.holder => Ok(LeaseAttempt::HeldBy(held)),
+            Some(_) => Ok(LeaseAttempt::Acquired),
+            None => Err(StoreError::BadLease {
+                url: self.store().url().to_string(),
+                key: self.lease_key(),
+                reason: "it kept changing while this coordinator tried to take it".into(),
+            }),
         }
     }
 
     /// Extends `me`'s lease. Fails if another holder has it (ours lapsed and was taken
-    /// over): the caller must stop acting for the run at once.
+    /// over, also between this read and this write): the caller must stop acting for the
+    /// run at once.
     pub async fn renew_lease(&self, me: &Lease) -> Result<()> {
-        match self.read_lease().await? {
-            Some(held) if held.holder != me.holder => Err(self.lease_held(held)),
-            _ => {
-                let bytes = Bytes::from(serde_json::to_vec_pretty(me).expect("lease serialises"));
-                self.store().put(&self.lease_key(), bytes).await.map(|_| ())
-            }
+        let version = match self.read_lease().await? {
+            Some((held, _)) if held.holder != me.holder => return Err(self.lease_held(held)),
+            Some((_, version)) => version,
+            // Gone (released by hand?): ours to write again, if nobody else has.
+            None => match self
+                .store()
+                .put_new(&self.lease_key(), lease_bytes(me))
+                .await?
+            {
+                true => return Ok(()),
+                false => return Err(self.lease_changed().await),
+            },
+        };
+        match self
+            .replace_lease(me, &version, Fallback::Overwrite)
+            .await?
+        {
+            Replaced::Done => Ok(()),
+            Replaced::Changed | Replaced::Unsupported => Err(self.lease_changed().await),
+        }
+    }
+
+    /// The error of a renewal that found the lease changed under it: the holder now.
+    async fn lease_changed(&self) -> StoreError {
+        match self.read_lease().await {
+            Ok(Some((held, _))) => self.lease_held(held),
+            Ok(None) => StoreError::BadLease {
+                url: self.store().url().to_string(),
+                key: self.lease_key(),
+                reason: "it changed while this coordinator renewed it, and is gone now".into(),
+            },
+            Err(e) => e,
         }
     }
 
     /// Gives the lease up, if `holder` still has it.
     pub async fn release_lease(&self, holder: &str) -> Result<()> {
         match self.read_lease().await? {
-            Some(held) if held.holder == holder => self.store().delete(&self.lease_key()).await,
+            Some((held, _)) if held.holder == holder => {
+                self.store().delete(&self.lease_key()).await
+            }
             _ => Ok(()),
         }
     }

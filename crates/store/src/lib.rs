@@ -11,6 +11,8 @@
 //! Modules:
 //!
 //! - [`store`]: [`Store`], put/get/list/delete of keys, multipart uploads for large objects.
+//! - [`transfer`]: [`TransferSettings`], a store's retries, timeouts and multipart sizes
+//!   (`LGAF_STORE_*`).
 //! - `verify` (private): [`Store::get_verified`], [`Store::verify`] and
 //!   [`Store::download_verified`], which check the size first and hash as the bytes stream
 //!   in, [`STREAM_CHUNK`] at a time.
@@ -38,6 +40,7 @@ pub mod manifest;
 pub mod run;
 pub mod store;
 pub mod time;
+pub mod transfer;
 pub mod uploader;
 mod verify;
 
@@ -53,8 +56,9 @@ pub use run::{
     VerifiedCheckpoint,
 };
 pub use store::{
-    sha256_hex, Listed, ObjectInfo, Store, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE,
-    MIN_PART_SIZE,
+    sha256_hex, Listed, ObjectInfo, ObjectVersion, Replaced, Store, DEFAULT_MULTIPART_THRESHOLD,
+    DEFAULT_PART_SIZE, MIN_PART_SIZE,
 };
+pub use transfer::TransferSettings;
 pub use uploader::{BackgroundUploader, UploadStats, UploadTicket, DEFAULT_MAX_PENDING_BYTES};
 pub use verify::STREAM_CHUNK;

@@ -14,12 +14,13 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, StoreError};
 use crate::local::LocalRoot;
+use crate::transfer::TransferSettings;
 pub use crate::verify::STREAM_CHUNK;
 
 /// Objects at least this large go up as a multipart upload (64 MiB): one PUT of a
@@ -42,6 +43,25 @@ pub struct ObjectInfo {
     pub size: u64,
     /// SHA-256 of the content, lower-case hex.
     pub sha256: String,
+}
+
+/// The version of an object that was read: its ETag, and its version id where the bucket
+/// keeps versions. A conditional replace ([`Store::put_if_unchanged`]) is made against it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// What [`Store::put_if_unchanged`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replaced {
+    /// Written: the object was still at the version given.
+    Done,
+    /// Not written: the object changed (or went) since.
+    Changed,
+    /// Not written: the backend cannot replace conditionally.
+    Unsupported,
 }
 
 /// One entry of [`Store::list`]: the key (relative to the store's root) and its size.
@@ -94,9 +114,10 @@ pub(crate) fn check_key(key: &str) -> Result<Path> {
 }
 
 /// The process's `AWS_*` variables, the S3 settings of [`Store::from_url`].
+/// The process's S3 settings: `AWS_*`, and the retry and timeout settings `LGAF_STORE_*`.
 fn aws_env() -> HashMap<String, String> {
     std::env::vars()
-        .filter(|(k, _)| k.starts_with("AWS_"))
+        .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("LGAF_STORE_"))
         .collect()
 }
 
@@ -179,14 +200,16 @@ impl Store {
     /// Opens `file:///abs/dir`, a plain directory path (created if missing), or
     /// `s3://bucket/prefix` configured by the standard `AWS_*` environment variables
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
-    /// `AWS_ALLOW_HTTP`, ...). For writers (training, the coordinator); readers use
+    /// `AWS_ALLOW_HTTP`, ...); retries, timeouts and multipart sizes by `LGAF_STORE_*`
+    /// ([`crate::transfer`]). For writers (training, the coordinator); readers use
     /// [`Store::from_existing_url`].
     pub fn from_url(url: &str) -> Result<Self> {
         Self::from_url_with_env(url, &aws_env())
     }
 
-    /// Like [`Store::from_url`], but S3 settings come from `env` (same `AWS_*` names) and
-    /// the process environment is not read: tests and multi-tenant callers need that.
+    /// Like [`Store::from_url`], but S3 settings come from `env` (same `AWS_*` and
+    /// `LGAF_STORE_*` names) and the process environment is not read: tests and
+    /// multi-tenant callers need that.
     pub fn from_url_with_env(url: &str, env: &HashMap<String, String>) -> Result<Self> {
         Self::open(url, env, true)
     }
@@ -204,6 +227,7 @@ impl Store {
     }
 
     fn open(url: &str, env: &HashMap<String, String>, create: bool) -> Result<Self> {
+        let transfer = TransferSettings::from_env(url, env)?;
         let mut local = None;
         let (inner, display, prefix): (Arc<dyn ObjectStore>, String, Option<Path>) =
             match parse_url(url)? {
@@ -215,7 +239,11 @@ impl Store {
                     (fs, display, None)
                 }
                 Target::S3 { bucket, prefix } => {
-                    let mut builder = AmazonS3Builder::new();
+                    // First: the AWS_* settings below go into the same client options
+                    // (AWS_ALLOW_HTTP, ...), and setting these after would drop them.
+                    let mut builder = AmazonS3Builder::new()
+                        .with_retry(transfer.retry_config())
+                        .with_client_options(transfer.client_options());
                     for (key, value) in env {
                         if !key.starts_with("AWS_") {
                             continue;
@@ -241,7 +269,7 @@ impl Store {
                     (Arc::new(s3), display, prefix)
                 }
             };
-        Ok(Self {
+        Self {
             inner,
             url: display,
             prefix,
@@ -249,7 +277,8 @@ impl Store {
             multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
             part_size: DEFAULT_PART_SIZE,
             part_concurrency: DEFAULT_PART_CONCURRENCY,
-        })
+        }
+        .with_multipart(transfer.multipart_threshold, transfer.part_size)
     }
 
     /// A store over any backend (tests wrap one to watch what the store asks of it).
@@ -434,6 +463,37 @@ impl Store {
         }
     }
 
+    /// Replaces the object under `key` only if it is still at `since` (S3's `If-Match`):
+    /// of two writers that read the same version, at most one replaces it. A backend
+    /// without conditional replaces (a local directory) writes nothing and says
+    /// [`Replaced::Unsupported`].
+    pub async fn put_if_unchanged(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        since: &ObjectVersion,
+    ) -> Result<Replaced> {
+        let location = self.location(key)?;
+        self.stay_inside("conditional write", key, &location)?;
+        let options = PutOptions {
+            mode: PutMode::Update(UpdateVersion {
+                e_tag: since.e_tag.clone(),
+                version: since.version.clone(),
+            }),
+            ..PutOptions::default()
+        };
+        match self
+            .inner
+            .put_opts(&location, PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(Replaced::Done),
+            Err(object_store::Error::Precondition { .. }) => Ok(Replaced::Changed),
+            Err(object_store::Error::NotImplemented { .. }) => Ok(Replaced::Unsupported),
+            Err(e) => Err(self.backend_err("conditional write", key, e)),
+        }
+    }
+
     /// Reads the whole object under `key`. For objects listed in a manifest use
     /// [`Store::get_verified`] or [`Store::verify`], which check the size before reading.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
@@ -458,6 +518,17 @@ impl Store {
     /// at most `limit` bytes: its size is checked first, so a huge object where a small one
     /// belongs is refused ([`StoreError::TooLarge`]) without being read.
     pub async fn get_at_most(&self, key: &str, what: &'static str, limit: u64) -> Result<Bytes> {
+        Ok(self.get_versioned_at_most(key, what, limit).await?.0)
+    }
+
+    /// [`Store::get_at_most`], with the version read, for a later
+    /// [`Store::put_if_unchanged`].
+    pub async fn get_versioned_at_most(
+        &self,
+        key: &str,
+        what: &'static str,
+        limit: u64,
+    ) -> Result<(Bytes, ObjectVersion)> {
         let too_large = |size: u64| StoreError::TooLarge {
             url: self.url.clone(),
             key: key.to_string(),
@@ -474,10 +545,15 @@ impl Store {
         if result.meta.size > limit {
             return Err(too_large(result.meta.size));
         }
-        result
+        let version = ObjectVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        let bytes = result
             .bytes()
             .await
-            .map_err(|e| self.backend_err("download", key, e))
+            .map_err(|e| self.backend_err("download", key, e))?;
+        Ok((bytes, version))
     }
 
     /// Size of the object under `key` without reading it; [`StoreError::NotFound`] if absent.

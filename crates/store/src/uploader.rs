@@ -115,6 +115,27 @@ impl UploadTicket {
         }))
     }
 
+    /// [`UploadTicket::wait`], but only until `deadline`: an upload still going on then is
+    /// [`StoreError::UploadOverdue`] (it goes on in the background; what it writes is not
+    /// this caller's any more).
+    pub fn wait_until(mut self, deadline: Instant) -> Result<ObjectInfo> {
+        if let Some(result) = self.result.take() {
+            return result;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.reply.recv_timeout(left) {
+            Ok(result) => result,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(StoreError::UploadOverdue {
+                step: self.step,
+                key: self.key,
+            }),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(StoreError::UploaderGone {
+                step: self.step,
+                key: self.key,
+            }),
+        }
+    }
+
     /// The result if the upload has finished, without blocking; it stays in the ticket, so
     /// a later [`UploadTicket::wait`] returns it.
     pub fn try_wait(&mut self) -> Option<&Result<ObjectInfo>> {
@@ -442,5 +463,42 @@ mod tests {
         assert_eq!(uploader.pending_bytes(), 0);
         let stats = uploader.stats();
         assert_eq!((stats.submitted, stats.completed), (6, 6));
+    }
+
+    #[test]
+    fn a_ticket_waited_for_until_a_deadline_is_overdue_after_it_and_done_before() {
+        let ticket = |reply| UploadTicket {
+            step: 7,
+            key: "part.bin".into(),
+            stall: Duration::ZERO,
+            reply,
+            result: None,
+        };
+        let (sender, reply) = std_mpsc::sync_channel(1);
+        let started = Instant::now();
+        let e = ticket(reply)
+            .wait_until(started + Duration::from_millis(50))
+            .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(matches!(&e, StoreError::UploadOverdue { step: 7, key } if key == "part.bin"));
+        assert_eq!(
+            e.to_string(),
+            "`part.bin` of step 7 was still uploading at its deadline"
+        );
+        drop(sender);
+
+        let (sender, reply) = std_mpsc::sync_channel(1);
+        let info = ObjectInfo {
+            key: "part.bin".into(),
+            size: 1,
+            sha256: "00".into(),
+        };
+        sender.send(Ok(info.clone())).unwrap();
+        // Already done: the deadline having passed does not matter.
+        assert_eq!(ticket(reply).wait_until(started).unwrap(), info);
+        let (sender, reply) = std_mpsc::sync_channel::<Result<ObjectInfo>>(1);
+        drop(sender);
+        let e = ticket(reply).wait_until(Instant::now() + Duration::from_secs(5));
+        assert!(matches!(e, Err(StoreError::UploaderGone { step: 7, .. })));
     }
 }

@@ -69,6 +69,8 @@ async fn commit_refuses_an_object_that_was_not_uploaded() {
 async fn one_coordinator_holds_the_lease_at_a_time() {
     let dir = TempDir::new("lease");
     lease(&run_in(&dir, "run-a")).await;
+    // No conditional replaces on a local directory: said, and nothing written.
+    replace_if_unchanged(run_in(&dir, "run-b").store(), false).await;
 }
 
 #[tokio::test]

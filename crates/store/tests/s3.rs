@@ -63,6 +63,11 @@ fn s3_against_moto_server() {
         set_aside(&run("aside")).await;
         job_state(&run("job")).await;
         lease(&run("lease")).await;
+        replace_if_unchanged(&open("cas"), true).await;
+        // Separate clients, as separate coordinators have.
+        let racers: Vec<RunStore> = (0..4).map(|_| run("race")).collect();
+        let rounds = lease_race(&racers, 20).await;
+        eprintln!("moto lease races (4 coordinators): {rounds:?} won by exactly one");
         let out = std::env::temp_dir().join(format!("lgaf-s3-{}-out", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out).unwrap();

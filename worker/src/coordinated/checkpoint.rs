@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lgaf_proto::v1::{self, CheckpointObject};
@@ -14,6 +14,7 @@ use tracing::{info, info_span, warn};
 
 use super::{Result, RunError};
 use crate::coordinator_client::Client;
+use crate::error::WorkerError;
 use crate::trainer::Trainer;
 
 /// The thread that acknowledges one checkpoint once its uploads are done.
@@ -81,22 +82,44 @@ pub(super) fn save(
     let generation = joined.generation;
     let epoch = step / joined.steps_per_epoch.max(1);
     let client = client.clone_handle();
+    // The run's last checkpoint is what the job ends on: it waits however long it takes.
+    let deadline_secs = trainer.config().checkpoint.upload_deadline_secs;
+    let deadline = (deadline_secs > 0 && step < joined.total_steps)
+        .then(|| started + Duration::from_secs(deadline_secs));
+    let history = trainer.shared_history();
     Ok(std::thread::spawn(move || {
-        let mut acked = Vec::new();
-        for ticket in tickets {
-            let info = ticket.wait()?;
-            acked.push(CheckpointObject {
-                key: info.key,
-                size: info.size,
-                sha256: info.sha256,
-            });
-        }
+        // Every step up to this checkpoint is in the run's history before it can be
+        // committed: rank 0 acknowledges only after flushing it (here, off the training
+        // thread, which a slow or absent store would otherwise hold up).
+        let uploaded = wait_for_uploads(tickets, deadline).and_then(|objects| {
+            if let Some(history) = &history {
+                history.flush_and_wait()?;
+            }
+            Ok(objects)
+        });
         // Acks go in step order: a later one overtaking an earlier (either may be waiting
         // out refusals for rate) would commit first, and the earlier would then be refused
         // as older than the last commit.
         if let Some(earlier) = earlier {
             joined_ack(earlier)?;
         }
+        let acked = match (uploaded, deadline) {
+            (Ok(acked), _) => acked,
+            (Err(e), Some(_)) => {
+                // Never acknowledged, so never committed: the coordinator drops it when a
+                // later checkpoint commits. Whatever of it reaches the store is not listed
+                // in any manifest, so nothing ever loads it.
+                warn!(
+                    step,
+                    error = %e,
+                    "checkpoint abandoned: its uploads failed (after the store's retries) or \
+                     were not done within checkpoint.upload_deadline_secs ({deadline_secs} s); \
+                     training goes on and the next checkpoint is tried"
+                );
+                return Ok(());
+            }
+            (Err(e), None) => return Err(RunError::Worker(e)),
+        };
         let ack = v1::CheckpointAckRequest {
             api_version: API_VERSION,
             worker_id,
@@ -116,6 +139,29 @@ pub(super) fn save(
         }
         Ok(())
     }))
+}
+
+/// The objects of a checkpoint once every upload is done; otherwise the first failure, or
+/// [`lgaf_store::StoreError::UploadOverdue`] for one still going at `deadline`.
+fn wait_for_uploads(
+    tickets: Vec<UploadTicket>,
+    deadline: Option<Instant>,
+) -> Result<Vec<CheckpointObject>, WorkerError> {
+    tickets
+        .into_iter()
+        .map(|ticket| {
+            let info = match deadline {
+                Some(deadline) => ticket.wait_until(deadline),
+                None => ticket.wait(),
+            }
+            .map_err(WorkerError::from)?;
+            Ok(CheckpointObject {
+                key: info.key,
+                size: info.size,
+                sha256: info.sha256,
+            })
+        })
+        .collect()
 }
 
 /// The outcome of an ack thread.

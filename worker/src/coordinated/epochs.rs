@@ -76,9 +76,6 @@ pub(super) fn train(
                     let _checkpoint =
                         info_span!(parent: &generation_span, "checkpoint", step).entered();
                     let stall_started = Instant::now();
-                    // Every step up to this checkpoint is in the history before it can be
-                    // committed (rank 0 acknowledges only after this).
-                    trainer.flush_history()?;
                     let handle = checkpoint::save(trainer, &uploader, client, id, joined, earlier)
                         .map_err(|e| match e {
                             // A peer lost while the parts were gathered (a broadcast): that

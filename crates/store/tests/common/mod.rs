@@ -581,6 +581,101 @@ pub async fn lease(run: &RunStore) {
     );
 }
 
+/// Conditional replaces: a write against the version read lands once; a second against
+/// the same (now stale) version is refused, as is one against an object that is gone.
+/// `conditional`: the backend supports them (S3); otherwise each says so and writes nothing.
+pub async fn replace_if_unchanged(store: &Store, conditional: bool) {
+    use lgaf_store::Replaced;
+    let key = "cas/object.json";
+    store.put(key, Bytes::from_static(b"v1")).await.unwrap();
+    let (bytes, v1) = store
+        .get_versioned_at_most(key, "test object", 64)
+        .await
+        .unwrap();
+    assert_eq!(&bytes[..], b"v1");
+    let first = store
+        .put_if_unchanged(key, Bytes::from_static(b"v2"), &v1)
+        .await
+        .unwrap();
+    if !conditional {
+        assert_eq!(first, Replaced::Unsupported);
+        assert_eq!(&store.get(key).await.unwrap()[..], b"v1");
+        return;
+    }
+    assert_eq!(first, Replaced::Done);
+    assert_eq!(
+        store
+            .put_if_unchanged(key, Bytes::from_static(b"v3"), &v1)
+            .await
+            .unwrap(),
+        Replaced::Changed
+    );
+    assert_eq!(&store.get(key).await.unwrap()[..], b"v2");
+    store.delete(key).await.unwrap();
+    assert_eq!(
+        store
+            .put_if_unchanged(key, Bytes::from_static(b"v4"), &v1)
+            .await
+            .unwrap(),
+        Replaced::Changed
+    );
+}
+
+/// Coordinators racing for one run's lease, `rounds` times each way: `racers` stores (one
+/// per coordinator, each its own client) try at the same instant to take a fresh lease,
+/// then a lapsed one; each time exactly one gets it, and a renewal of the lapsed holder
+/// fails. For a backend with conditional replaces only (see `lgaf_store::lease`).
+pub async fn lease_race(racers: &[RunStore], rounds: usize) -> (usize, usize) {
+    let lease = |i: usize, until: u64| Lease {
+        holder: format!("coord-{i}"),
+        host: "race".into(),
+        pid: 1,
+        expires_at_ms: until,
+    };
+    let mut won = (0, 0);
+    for round in 0..rounds {
+        let run = &racers[0];
+        let _ = run.store().delete(&run.lease_key()).await;
+        // Fresh: nobody holds it.
+        let attempts = futures::future::join_all(racers.iter().enumerate().map(|(i, r)| {
+            let me = lease(i, 1_000);
+            async move { r.try_acquire_lease(&me, 0, |_| false).await.unwrap() }
+        }))
+        .await;
+        let winners: Vec<usize> = (0..racers.len())
+            .filter(|&i| attempts[i] == LeaseAttempt::Acquired)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}, fresh lease: {attempts:?}");
+        won.0 += 1;
+        // Lapsed (now 2_000 is past its 1_000): all but the holder race to take it over.
+        let holder = winners[0];
+        let attempts =
+            futures::future::join_all(racers.iter().enumerate().filter(|&(i, _)| i != holder).map(
+                |(i, r)| {
+                    let me = lease(i, 10_000);
+                    async move { (i, r.try_acquire_lease(&me, 2_000, |_| false).await.unwrap()) }
+                },
+            ))
+            .await;
+        let takers: Vec<usize> = attempts
+            .iter()
+            .filter(|(_, a)| *a == LeaseAttempt::Acquired)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(takers.len(), 1, "round {round}, lapsed lease: {attempts:?}");
+        won.1 += 1;
+        let lost = racers[holder]
+            .renew_lease(&lease(holder, 3_000))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&lost, StoreError::LeaseHeld { holder: h, .. } if h.holder == format!("coord-{}", takers[0])),
+            "{lost}"
+        );
+    }
+    won
+}
+
 /// Streamed verification and download: the content checked without being kept, an
 /// object written to a file only once it verifies, and an object that has grown past its
 /// listed size reported by size (no body read) with nothing written.

@@ -55,6 +55,12 @@ impl Moto {
         moto
     }
 
+    /// The server's port (for a proxy in front of it); not every includer needs it.
+    #[allow(dead_code)]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
