@@ -10,9 +10,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// The environment variable naming the CA certificate (PEM) workers trust.
 pub const TLS_CA_ENV: &str = "LGAF_TLS_CA";
-/// The environment variables naming the certificate and key (PEM) a worker presents to a
+/// The environment variable naming the certificate (PEM) a worker presents to a
 /// coordinator that asks for one (mutual TLS).
 pub const TLS_CLIENT_CERT_ENV: &str = "LGAF_TLS_CLIENT_CERT";
+/// The environment variable naming the private key (PEM) of that certificate.
 pub const TLS_CLIENT_KEY_ENV: &str = "LGAF_TLS_CLIENT_KEY";
 
 /// A certificate and its private key, as PEM files.

@@ -240,10 +240,11 @@ pub struct CheckpointConfig {
     pub every_steps: u64,
     /// Committed checkpoints to keep (0: all of them, as in coordinated runs).
     pub keep_last: usize,
-    /// Seconds a coordinated rank gives its checkpoint's uploads from the hand-over; one not
-    /// done by then (the store down or too slow, its retries spent) is abandoned: never
-    /// acknowledged, so never committed, while training goes on and the next checkpoint is
-    /// tried. The last checkpoint of the run is never abandoned. 0: wait however long.
+    /// Seconds a coordinated rank gives its checkpoint's uploads (and rank 0 the run's
+    /// history) from the hand-over; one not done by then or failed after the store's retries
+    /// is abandoned: never acknowledged, so never committed, while training goes on and the
+    /// next checkpoint is tried. The last checkpoint of the run is never abandoned. 0: no
+    /// limit; at most a week ([`bounds::MAX_UPLOAD_DEADLINE_SECS`]).
     pub upload_deadline_secs: u64,
 }
 
@@ -466,6 +467,13 @@ impl TrainConfig {
             Closed(MAX_CLIP_GRAD_NORM),
         )?;
 
+        int_in(
+            "checkpoint.upload_deadline_secs",
+            self.checkpoint.upload_deadline_secs,
+            0,
+            MAX_UPLOAD_DEADLINE_SECS,
+        )?;
+
         let e = &self.eval;
         int_in(
             "eval.identities",
@@ -524,6 +532,9 @@ pub mod bounds {
     pub const MAX_LR_STEPS: usize = 64;
     /// `optim.clip_grad_norm` (0: off): any finite norm; a bound keeps NaN and inf out.
     pub const MAX_CLIP_GRAD_NORM: f64 = 1e9;
+    /// `checkpoint.upload_deadline_secs` (0: no limit): a week; a checkpoint not up by
+    /// then is not coming, and the bound keeps the deadline's instant from overflowing.
+    pub const MAX_UPLOAD_DEADLINE_SECS: u64 = 7 * 24 * 3600;
     /// `data.augment.{brightness,contrast,saturation}`: factors come from [1 - s, 1 + s];
     /// at 4 a pixel above 51 already saturates (AdaFace uses 0.5).
     pub const MAX_JITTER_STRENGTH: f64 = 4.0;

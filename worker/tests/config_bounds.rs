@@ -232,6 +232,10 @@ fn every_section_is_swept() {
             &["optim.clip_grad_norm", "NaN"],
         ),
         (
+            "[checkpoint]\nupload_deadline_secs = 604801",
+            &["checkpoint.upload_deadline_secs", "604801"],
+        ),
+        (
             "[optim]\nclip_grad_norm = -1.0",
             &["optim.clip_grad_norm", "-1"],
         ),

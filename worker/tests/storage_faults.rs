@@ -45,7 +45,7 @@ fn train(dir: &Path, run: &str, env: &HashMap<String, String>, during: impl FnOn
         .args(["--config", &dir.join("train.toml").display().to_string()])
         .args(["--store", &store_url(), "--run-id", run])
         .args(["--workers", "2", "--spawn-local"])
-        // Renewed every 10 s: it outlasts a 30 s outage (a 30 s lease would lapse in it).
+        // Renewed every 20 s: it outlasts a 30 s outage (a 30 s lease would lapse in it).
         .args(["--lease-secs", "60"])
         .envs(env)
         .env("NO_COLOR", "1")
@@ -203,17 +203,25 @@ fn storage_faults_during_checkpoint_uploads_lose_nothing_and_change_nothing() {
         match name {
             "down-30s" => {
                 assert!(!abandoned.is_empty(), "{name}: nothing abandoned:\n{log}");
+                assert!(
+                    !log.contains("it has lapsed") && !log.contains("lost its lease"),
+                    "{name}: the lease did not outlast the outage:\n{log}"
+                );
                 assert!(retries(&log) > 0, "{name}: no retries logged:\n{log}");
             }
             "slow-down-503" => {
-                assert_eq!(injected.slow_downs - before.slow_downs, 12, "{name}");
+                let answered = injected.slow_downs - before.slow_downs;
+                assert!((1..=12).contains(&answered), "{name}: {answered} answered");
                 assert!(log.contains("503"), "{name}: no 503 retried:\n{log}");
             }
             "reset-in-multipart" => {
                 assert_eq!(injected.resets - before.resets, 1, "{name}");
                 assert!(retries(&log) > 0, "{name}: no retries logged:\n{log}");
             }
-            _ => {}
+            _ => {
+                // Every checkpoint went through the cap: at 1 MB/s that is seconds.
+                assert!(injected.bytes_up - before.bytes_up > 1_000_000, "{name}");
+            }
         }
         table.push(format!(
             "{name:<20} retries logged {:>3}  abandoned {abandoned:?}  committed {committed:?}",

@@ -172,7 +172,9 @@ impl Tenure {
                 self.until_ms = lease.expires_at_ms;
                 Renewal::Renewed
             }
-            Err(e @ StoreError::LeaseHeld { .. }) => Renewal::Lost(e),
+            Err(e @ (StoreError::LeaseHeld { .. } | StoreError::LeaseLost { .. })) => {
+                Renewal::Lost(e)
+            }
             // Judged after the failed call, which may have taken a while.
             Err(e) if clock.now_ms() >= self.until_ms => Renewal::Lapsed(e),
             Err(e) => Renewal::Failed(e),
@@ -239,6 +241,12 @@ mod tests {
             pid,
             term: Duration::from_secs(2),
         }
+    }
+
+    /// Writes `lease` as another coordinator's, held from now on.
+    async fn plant(run: &RunStore, lease: &Lease) {
+        let attempt = run.try_acquire_lease(lease, 0, never_gone).await.unwrap();
+        assert_eq!(attempt, LeaseAttempt::Acquired);
     }
 
     fn never_gone(_: &Lease) -> bool {
@@ -319,7 +327,7 @@ mod tests {
             term: Duration::from_secs(3600),
             ..holder("dead", dead_pid())
         };
-        run.renew_lease(&dead.lease_at(START_MS)).await.unwrap();
+        plant(&run, &dead.lease_at(START_MS)).await;
         let clock = FakeClock::new(None);
         let here = lgaf_proto::this_host_name();
         let me = holder("me", std::process::id());
@@ -338,7 +346,7 @@ mod tests {
             host: "node-7".into(),
             ..holder("other-coordinator", 4242)
         };
-        run.renew_lease(&other.lease_at(START_MS)).await.unwrap();
+        plant(&run, &other.lease_at(START_MS)).await;
         let clock = FakeClock::new(Some((run.clone(), other)));
         let e = acquire_lease(&run, &holder("me", std::process::id()), &clock, never_gone)
             .await
@@ -361,9 +369,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = run_store(&dir);
         let lapsed = holder("lapsed", 4242);
-        run.renew_lease(&lapsed.lease_at(START_MS - 10_000))
-            .await
-            .unwrap();
+        plant(&run, &lapsed.lease_at(START_MS - 10_000)).await;
         let clock = FakeClock::new(None);
         let me = holder("me", std::process::id());
         acquire_lease(&run, &me, &clock, never_gone).await.unwrap();
@@ -376,7 +382,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = run_store(&dir);
         let silent = holder("silent", 4242);
-        run.renew_lease(&silent.lease_at(START_MS)).await.unwrap();
+        plant(&run, &silent.lease_at(START_MS)).await;
         let clock = FakeClock::new(None);
         let me = holder("me", std::process::id());
         acquire_lease(&run, &me, &clock, never_gone).await.unwrap();
@@ -426,7 +432,7 @@ mod tests {
         assert!(error_text(&lapsed).contains("not a lease"), "{lapsed:?}");
 
         // The store answers again and nobody took the run meanwhile: held again.
-        std::fs::remove_file(&lease_file).unwrap();
+        std::fs::write(&lease_file, serde_json::to_vec(&acquired).unwrap()).unwrap();
         let back = tenure.renew(&run, &me, &clock).await;
         assert!(matches!(back, Renewal::Renewed), "{back:?}");
 
@@ -455,6 +461,16 @@ mod tests {
             lease_holder(&run).await.as_deref(),
             Some("other-coordinator")
         );
+
+        // A lease that is gone was released by a successor (or removed by hand): not ours
+        // to take back by renewing.
+        std::fs::remove_file(&lease_file).unwrap();
+        let gone = tenure.renew(&run, &me, &clock).await;
+        assert!(
+            matches!(&gone, Renewal::Lost(StoreError::LeaseLost { .. })) && !gone.holds(),
+            "{gone:?}"
+        );
+        assert!(error_text(&gone).contains("is gone"), "{gone:?}");
     }
 
     /// The error a renewal that did not renew carries.

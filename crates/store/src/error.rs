@@ -98,6 +98,18 @@ pub enum StoreError {
         holder: Box<crate::Lease>,
     },
 
+    /// The lease this coordinator held changed under it and is no longer its own (gone, or
+    /// not readable back): it must stop acting for the run.
+    #[error(
+        "the coordinator lease of run `{run}` in {url} {reason}; this coordinator no longer \
+         holds it and stops acting for the run (starting it again takes the lease anew)"
+    )]
+    LeaseLost {
+        url: String,
+        run: String,
+        reason: String,
+    },
+
     #[error("object `{key}` not found in {url}")]
     NotFound { url: String, key: String },
 

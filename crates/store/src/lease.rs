@@ -6,9 +6,10 @@
 //! Renewals and takeovers replace the lease only if it is still the version just read
 //! (`If-Match` on S3), so a renewal racing a takeover, or two takeovers, cannot both
 //! succeed. A backend without conditional replaces (a local directory, whose coordinators
-//! share one machine and see each other's pids) falls back to what it can do: a renewal
-//! writes unconditionally after its read, and a takeover deletes and creates, which two
-//! coordinators doing it in the same instant could both get through.
+//! usually share one machine and see each other's pids) falls back to what it can do: a
+//! renewal writes unconditionally after its read, and a takeover deletes and creates, which
+//! two coordinators doing it in the same instant could both get through. A release is a
+//! read then a delete on every backend (object_store has no conditional delete).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -120,6 +121,8 @@ impl RunStore {
         now_ms: u64,
         stale: impl Fn(&Lease) -> bool,
     ) -> Result<LeaseAttempt> {
+        // Each round that finds the lease changed under it means another coordinator wrote
+        // in between; a few rounds settle who holds it.
         for _ in 0..3 {
             if self
                 .store()
@@ -155,11 +158,7 @@ impl RunStore {
         match self.read_lease().await? {
             Some((held, _)) if held.holder != me.holder => Ok(LeaseAttempt::HeldBy(held)),
             Some(_) => Ok(LeaseAttempt::Acquired),
-            None => Err(StoreError::BadLease {
-                url: self.store().url().to_string(),
-                key: self.lease_key(),
-                reason: "it kept changing while this coordinator tried to take it".into(),
-            }),
+            None => Err(self.lease_lost("kept changing while this coordinator tried to take it")),
         }
     }
 
@@ -170,35 +169,41 @@ impl RunStore {
         let version = match self.read_lease().await? {
             Some((held, _)) if held.holder != me.holder => return Err(self.lease_held(held)),
             Some((_, version)) => version,
-            // Gone (released by hand?): ours to write again, if nobody else has.
-            None => match self
-                .store()
-                .put_new(&self.lease_key(), lease_bytes(me))
-                .await?
-            {
-                true => return Ok(()),
-                false => return Err(self.lease_changed().await),
-            },
+            // Gone: only a successor's release (after taking it over) or a hand removes a
+            // lease, so it is not ours to take back silently.
+            None => return Err(self.lease_lost("is gone")),
         };
         match self
             .replace_lease(me, &version, Fallback::Overwrite)
             .await?
         {
             Replaced::Done => Ok(()),
-            Replaced::Changed | Replaced::Unsupported => Err(self.lease_changed().await),
+            Replaced::Changed | Replaced::Unsupported => self.renewal_refused(me).await,
         }
     }
 
-    /// The error of a renewal that found the lease changed under it: the holder now.
-    async fn lease_changed(&self) -> StoreError {
+    /// A renewal whose conditional write found the lease changed: whoever holds it now.
+    /// It may be this coordinator itself, when its own write landed and object_store sent
+    /// it again after an error, and the second copy found the first.
+    async fn renewal_refused(&self, me: &Lease) -> Result<()> {
         match self.read_lease().await {
-            Ok(Some((held, _))) => self.lease_held(held),
-            Ok(None) => StoreError::BadLease {
-                url: self.store().url().to_string(),
-                key: self.lease_key(),
-                reason: "it changed while this coordinator renewed it, and is gone now".into(),
-            },
-            Err(e) => e,
+            Ok(Some((held, _))) if held == *me => Ok(()),
+            Ok(Some((held, _))) if held.holder != me.holder => Err(self.lease_held(held)),
+            Ok(Some(_)) => Err(self.lease_lost("changed under this coordinator's renewal")),
+            Ok(None) => {
+                Err(self.lease_lost("changed under this coordinator's renewal and is gone"))
+            }
+            Err(e) => Err(self.lease_lost(&format!(
+                "changed under this coordinator's renewal and cannot be read back ({e})"
+            ))),
+        }
+    }
+
+    fn lease_lost(&self, reason: &str) -> StoreError {
+        StoreError::LeaseLost {
+            url: self.store().url().to_string(),
+            run: self.run_id().to_string(),
+            reason: reason.to_string(),
         }
     }
 

@@ -113,8 +113,7 @@ pub(crate) fn check_key(key: &str) -> Result<Path> {
     Path::parse(key).map_err(|e| bad(&e.to_string()))
 }
 
-/// The process's `AWS_*` variables, the S3 settings of [`Store::from_url`].
-/// The process's S3 settings: `AWS_*`, and the retry and timeout settings `LGAF_STORE_*`.
+/// The process's store settings: `AWS_*`, and the retry and timeout settings `LGAF_STORE_*`.
 fn aws_env() -> HashMap<String, String> {
     std::env::vars()
         .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("LGAF_STORE_"))

@@ -29,12 +29,13 @@ use crate::store::{DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MIN_PART_SIZE
 pub const MAX_RETRIES_ENV: &str = "LGAF_STORE_MAX_RETRIES";
 /// Seconds after a request's first try past which it is not tried again (default 180).
 pub const RETRY_TIMEOUT_ENV: &str = "LGAF_STORE_RETRY_TIMEOUT_SECS";
-/// The first pause before a retry, in milliseconds (default 100); it doubles, with jitter.
+/// The first pause before a retry, in milliseconds (default 100); later ones grow, jittered.
 pub const BACKOFF_INIT_ENV: &str = "LGAF_STORE_BACKOFF_INIT_MS";
 /// The longest pause before a retry, in seconds (default 15).
 pub const BACKOFF_MAX_ENV: &str = "LGAF_STORE_BACKOFF_MAX_SECS";
-/// Seconds one request (a whole PUT or part, body included) may take (default 30): more
-/// than the largest part takes at the slowest bandwidth expected.
+/// Seconds one request (body included) may take (default 30): more than the largest single
+/// request takes at the slowest bandwidth expected, that is an object just under the
+/// multipart threshold, or a part.
 pub const REQUEST_TIMEOUT_ENV: &str = "LGAF_STORE_REQUEST_TIMEOUT_SECS";
 /// Seconds to open a connection (default 5).
 pub const CONNECT_TIMEOUT_ENV: &str = "LGAF_STORE_CONNECT_TIMEOUT_SECS";
@@ -94,6 +95,28 @@ impl TransferSettings {
         };
         // A day bounds every duration: far beyond any sensible setting, and far from overflow.
         const DAY: u64 = 24 * 3600;
+        // A misspelt name would otherwise be ignored without a word.
+        let known = [
+            MAX_RETRIES_ENV,
+            RETRY_TIMEOUT_ENV,
+            BACKOFF_INIT_ENV,
+            BACKOFF_MAX_ENV,
+            REQUEST_TIMEOUT_ENV,
+            CONNECT_TIMEOUT_ENV,
+            MULTIPART_THRESHOLD_ENV,
+            PART_SIZE_ENV,
+        ];
+        let mut unknown: Vec<&String> = env
+            .keys()
+            .filter(|k| k.starts_with("LGAF_STORE_") && !known.contains(&k.as_str()))
+            .collect();
+        unknown.sort();
+        if let Some(name) = unknown.first() {
+            return Err(StoreError::InvalidConfig {
+                url: url.to_string(),
+                reason: format!("{name} is not a store setting; known: {}", known.join(", ")),
+            });
+        }
         let mut settings = Self::default();
         if let Some(n) = number(MAX_RETRIES_ENV, 1000)? {
             settings.max_retries = n as usize;
@@ -227,6 +250,7 @@ mod tests {
             (PART_SIZE_ENV, "6442450944"),
             (PART_SIZE_ENV, "1024"),
             (MULTIPART_THRESHOLD_ENV, "0"),
+            ("LGAF_STORE_RETRY_TIMEOUT", "60"),
         ] {
             let e = TransferSettings::from_env("s3://b/p", &env(&[(name, value)])).unwrap_err();
             let text = e.to_string();

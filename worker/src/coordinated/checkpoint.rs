@@ -73,9 +73,10 @@ pub(super) fn save(
             .map(|(key, bytes)| (key, Bytes::from(bytes)))
             .collect(),
     );
+    let handed_over = Instant::now();
     info!(
         step,
-        stall_ms = started.elapsed().as_millis() as u64,
+        stall_ms = (handed_over - started).as_millis() as u64,
         "checkpoint handed to the uploader"
     );
     let worker_id = worker_id.to_string();
@@ -84,8 +85,10 @@ pub(super) fn save(
     let client = client.clone_handle();
     // The run's last checkpoint is what the job ends on: it waits however long it takes.
     let deadline_secs = trainer.config().checkpoint.upload_deadline_secs;
+    // Bounded by the config (a week), so the sum cannot overflow; none: no limit anyway.
     let deadline = (deadline_secs > 0 && step < joined.total_steps)
-        .then(|| started + Duration::from_secs(deadline_secs));
+        .then(|| handed_over.checked_add(Duration::from_secs(deadline_secs)))
+        .flatten();
     let history = trainer.shared_history();
     Ok(std::thread::spawn(move || {
         // Every step up to this checkpoint is in the run's history before it can be
@@ -108,13 +111,16 @@ pub(super) fn save(
             (Err(e), Some(_)) => {
                 // Never acknowledged, so never committed: the coordinator drops it when a
                 // later checkpoint commits. Whatever of it reaches the store is not listed
-                // in any manifest, so nothing ever loads it.
+                // in any manifest, so nothing ever loads it. Any error is abandoned, not
+                // only a missed deadline: the store's settings were proven at the start
+                // (the coordinator's lease, this rank's resume), so what fails mid-run is
+                // the store's health, and the run's last checkpoint still fails loudly.
                 warn!(
                     step,
                     error = %e,
-                    "checkpoint abandoned: its uploads failed (after the store's retries) or \
-                     were not done within checkpoint.upload_deadline_secs ({deadline_secs} s); \
-                     training goes on and the next checkpoint is tried"
+                    "checkpoint abandoned: its uploads or the run's history failed (after the \
+                     store's retries) or were not done within checkpoint.upload_deadline_secs \
+                     ({deadline_secs} s); training goes on and the next checkpoint is tried"
                 );
                 return Ok(());
             }

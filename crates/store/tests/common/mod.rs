@@ -621,18 +621,18 @@ pub async fn replace_if_unchanged(store: &Store, conditional: bool) {
     );
 }
 
-/// Coordinators racing for one run's lease, `rounds` times each way: `racers` stores (one
-/// per coordinator, each its own client) try at the same instant to take a fresh lease,
-/// then a lapsed one; each time exactly one gets it, and a renewal of the lapsed holder
-/// fails. For a backend with conditional replaces only (see `lgaf_store::lease`).
-pub async fn lease_race(racers: &[RunStore], rounds: usize) -> (usize, usize) {
+/// Coordinators racing for one run's lease, `rounds` times: `racers` stores (one per
+/// coordinator, each its own client) try at the same instant to take a fresh lease, and
+/// then, once it has lapsed, the others try to take it over while its holder renews it.
+/// Each time exactly one succeeds, and every other one is told who holds it. For a backend
+/// with conditional replaces only (see `lgaf_store::lease`).
+pub async fn lease_race(racers: &[RunStore], rounds: usize) {
     let lease = |i: usize, until: u64| Lease {
         holder: format!("coord-{i}"),
         host: "race".into(),
         pid: 1,
         expires_at_ms: until,
     };
-    let mut won = (0, 0);
     for round in 0..rounds {
         let run = &racers[0];
         let _ = run.store().delete(&run.lease_key()).await;
@@ -646,34 +646,39 @@ pub async fn lease_race(racers: &[RunStore], rounds: usize) -> (usize, usize) {
             .filter(|&i| attempts[i] == LeaseAttempt::Acquired)
             .collect();
         assert_eq!(winners.len(), 1, "round {round}, fresh lease: {attempts:?}");
-        won.0 += 1;
-        // Lapsed (now 2_000 is past its 1_000): all but the holder race to take it over.
+        // Lapsed (2_000 is past its 1_000): the holder renews it while the others take it.
         let holder = winners[0];
-        let attempts =
+        let renewed_lease = lease(holder, 3_000);
+        let renewal = racers[holder].renew_lease(&renewed_lease);
+        let takeovers =
             futures::future::join_all(racers.iter().enumerate().filter(|&(i, _)| i != holder).map(
                 |(i, r)| {
                     let me = lease(i, 10_000);
                     async move { (i, r.try_acquire_lease(&me, 2_000, |_| false).await.unwrap()) }
                 },
-            ))
-            .await;
-        let takers: Vec<usize> = attempts
+            ));
+        let (renewed, takeovers) = futures::join!(renewal, takeovers);
+        let takers: Vec<usize> = takeovers
             .iter()
             .filter(|(_, a)| *a == LeaseAttempt::Acquired)
             .map(|(i, _)| *i)
             .collect();
-        assert_eq!(takers.len(), 1, "round {round}, lapsed lease: {attempts:?}");
-        won.1 += 1;
-        let lost = racers[holder]
-            .renew_lease(&lease(holder, 3_000))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&lost, StoreError::LeaseHeld { holder: h, .. } if h.holder == format!("coord-{}", takers[0])),
-            "{lost}"
-        );
+        match &renewed {
+            Ok(()) => assert!(
+                takers.is_empty(),
+                "round {round}: renewed, and taken by {takers:?}"
+            ),
+            Err(StoreError::LeaseHeld { holder: h, .. }) => assert_eq!(
+                takers,
+                [h.holder
+                    .trim_start_matches("coord-")
+                    .parse::<usize>()
+                    .unwrap()],
+                "round {round}: {takeovers:?}"
+            ),
+            Err(e) => panic!("round {round}: the holder's renewal failed: {e}"),
+        }
     }
-    won
 }
 
 /// Streamed verification and download: the content checked without being kept, an

@@ -36,7 +36,7 @@ pub enum Fault {
 pub struct Injected {
     /// Connections accepted and passed through.
     pub connections: u64,
-    /// Requests answered with 503.
+    /// Requests answered with 503 (at most the `requests` asked for).
     pub slow_downs: u64,
     /// Connections cut by `ResetInPart`.
     pub resets: u64,
@@ -187,7 +187,6 @@ fn serve(shared: &Arc<Shared>, mut client: TcpStream) {
                         0 => Fault::None,
                         left => Fault::SlowDown { requests: left },
                     };
-                    state.injected.slow_downs += 1;
                     true
                 }
                 _ => false,
@@ -196,15 +195,21 @@ fn serve(shared: &Arc<Shared>, mut client: TcpStream) {
         if !slow_down {
             break;
         }
+        // Counted only once answered (a client gone before then got no 503).
         if answer_slow_down(&mut client).is_err() {
             return;
         }
+        shared.state.lock().unwrap().injected.slow_downs += 1;
     }
     let Ok(server) = TcpStream::connect(shared.upstream) else {
         return;
     };
     {
         let mut state = shared.state.lock().unwrap();
+        // Went down while this connection was being made: it must not slip through.
+        if state.fault == Fault::Down {
+            return;
+        }
         state.injected.connections += 1;
         if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
             state.open.push((c, s));
