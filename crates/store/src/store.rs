@@ -268,16 +268,16 @@ impl Store {
                     (Arc::new(s3), display, prefix)
                 }
             };
-        Self {
+        Ok(Self {
             inner,
             url: display,
             prefix,
             local,
-            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
-            part_size: DEFAULT_PART_SIZE,
+            // Checked by `TransferSettings::from_env`, whose errors name the variables.
+            multipart_threshold: transfer.multipart_threshold,
+            part_size: transfer.part_size,
             part_concurrency: DEFAULT_PART_CONCURRENCY,
-        }
-        .with_multipart(transfer.multipart_threshold, transfer.part_size)
+        })
     }
 
     /// A store over any backend (tests wrap one to watch what the store asks of it).

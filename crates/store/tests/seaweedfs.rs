@@ -4,8 +4,8 @@
 //! own client) taking a fresh lease and a lapsed one at the same instant, many times; every
 //! time exactly one may hold it.
 //!
-//! `make venv-seaweedfs` installs `weed` (`make test-seaweedfs` runs just this); without it
-//! the test prints that it was skipped.
+//! `make test` installs `weed` (`make test-seaweedfs` runs just this); without it the test
+//! prints that it was skipped.
 
 mod common;
 #[path = "support/seaweedfs.rs"]

