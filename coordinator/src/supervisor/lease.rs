@@ -131,14 +131,14 @@ pub async fn acquire_lease(
 pub enum Renewal {
     /// Renewed for another term.
     Renewed,
-    /// Not renewed (the store failed), but the last renewal still holds: renewals come three
-    /// times a term so that one failure does not lose the lease.
-    Failed(StoreError),
+    /// Not renewed (the store failed or did not answer), but the last renewal still holds:
+    /// renewals come three times a term so that one failure does not lose the lease.
+    Failed(RenewalError),
     /// Not renewed, and the last renewal has run out: another coordinator may take the run
     /// at any moment, until a renewal succeeds again.
-    Lapsed(StoreError),
-    /// Another coordinator holds it ([`StoreError::LeaseHeld`]): this one must stop acting
-    /// for the run.
+    Lapsed(RenewalError),
+    /// Another coordinator holds it ([`StoreError::LeaseHeld`]), or it is gone
+    /// ([`StoreError::LeaseLost`]): this one must stop acting for the run.
     Lost(StoreError),
 }
 
@@ -147,6 +147,21 @@ impl Renewal {
     pub fn holds(&self) -> bool {
         matches!(self, Renewal::Renewed | Renewal::Failed(_))
     }
+}
+
+/// Why a renewal did not renew the lease (and did not find it lost).
+#[derive(Debug, thiserror::Error)]
+pub enum RenewalError {
+    #[error(transparent)]
+    Store(StoreError),
+    /// The store took longer than the renewal may: its retries of an outage can take
+    /// minutes, and the next renewal is due before then.
+    #[error(
+        "the store did not answer within {} ms (a renewal waits at most a third of the \
+         lease's term); the next renewal tries again",
+        .0.as_millis()
+    )]
+    NoAnswer(Duration),
 }
 
 /// This process's hold on its lease while it runs: until when the last lease it wrote
@@ -164,20 +179,35 @@ impl Tenure {
         }
     }
 
-    /// Renews the lease of `me` for another term from now, and says whether it still holds.
-    pub async fn renew(&mut self, run: &RunStore, me: &LeaseHolder, clock: &impl Clock) -> Renewal {
+    /// Renews the lease of `me` for another term from now, waiting at most `limit` for
+    /// the store, and says whether it still holds.
+    ///
+    /// A renewal cut off at `limit` may still have reached the store; the next one then
+    /// finds its own lease, which counts as renewed.
+    pub async fn renew(
+        &mut self,
+        run: &RunStore,
+        me: &LeaseHolder,
+        clock: &impl Clock,
+        limit: Duration,
+    ) -> Renewal {
         let lease = me.lease_at(clock.now_ms());
-        match run.renew_lease(&lease).await {
-            Ok(()) => {
+        let failure = match tokio::time::timeout(limit, run.renew_lease(&lease)).await {
+            Ok(Ok(())) => {
                 self.until_ms = lease.expires_at_ms;
-                Renewal::Renewed
+                return Renewal::Renewed;
             }
-            Err(e @ (StoreError::LeaseHeld { .. } | StoreError::LeaseLost { .. })) => {
-                Renewal::Lost(e)
+            Ok(Err(e @ (StoreError::LeaseHeld { .. } | StoreError::LeaseLost { .. }))) => {
+                return Renewal::Lost(e)
             }
-            // Judged after the failed call, which may have taken a while.
-            Err(e) if clock.now_ms() >= self.until_ms => Renewal::Lapsed(e),
-            Err(e) => Renewal::Failed(e),
+            Ok(Err(e)) => RenewalError::Store(e),
+            Err(_) => RenewalError::NoAnswer(limit),
+        };
+        // Judged after the failed call, which may have taken a while.
+        if clock.now_ms() >= self.until_ms {
+            Renewal::Lapsed(failure)
+        } else {
+            Renewal::Failed(failure)
         }
     }
 }
@@ -191,6 +221,8 @@ mod tests {
     use super::*;
 
     const START_MS: u64 = 1_700_000_000_000;
+    /// What a renewal may take in these tests (a local folder answers in milliseconds).
+    const LIMIT: Duration = Duration::from_secs(30);
 
     /// Time that passes only when slept through; while it passes, `renewer` (another
     /// coordinator) renews its lease, as a live one does.
@@ -407,7 +439,7 @@ mod tests {
         let mut tenure = Tenure::new(&acquired);
 
         clock.sleep(Duration::from_millis(1_000)).await;
-        let renewed = tenure.renew(&run, &me, &clock).await;
+        let renewed = tenure.renew(&run, &me, &clock, LIMIT).await;
         assert!(
             matches!(renewed, Renewal::Renewed) && renewed.holds(),
             "{renewed:?}"
@@ -418,13 +450,13 @@ mod tests {
         let lease_file = dir.path().join(run.lease_key());
         std::fs::write(&lease_file, "not a lease").unwrap();
         clock.sleep(Duration::from_millis(1_000)).await;
-        let failed = tenure.renew(&run, &me, &clock).await;
+        let failed = tenure.renew(&run, &me, &clock, LIMIT).await;
         assert!(
             matches!(failed, Renewal::Failed(_)) && failed.holds(),
             "{failed:?}"
         );
         clock.sleep(Duration::from_millis(1_500)).await;
-        let lapsed = tenure.renew(&run, &me, &clock).await;
+        let lapsed = tenure.renew(&run, &me, &clock, LIMIT).await;
         assert!(
             matches!(lapsed, Renewal::Lapsed(_)) && !lapsed.holds(),
             "{lapsed:?}"
@@ -433,7 +465,7 @@ mod tests {
 
         // The store answers again and nobody took the run meanwhile: held again.
         std::fs::write(&lease_file, serde_json::to_vec(&acquired).unwrap()).unwrap();
-        let back = tenure.renew(&run, &me, &clock).await;
+        let back = tenure.renew(&run, &me, &clock, LIMIT).await;
         assert!(matches!(back, Renewal::Renewed), "{back:?}");
 
         // Another coordinator takes it (ours lapsed unseen): lost, naming the other.
@@ -448,7 +480,7 @@ mod tests {
                 .unwrap(),
             LeaseAttempt::Acquired
         ));
-        let lost = tenure.renew(&run, &me, &clock).await;
+        let lost = tenure.renew(&run, &me, &clock, LIMIT).await;
         assert!(
             matches!(&lost, Renewal::Lost(StoreError::LeaseHeld { .. })) && !lost.holds(),
             "{lost:?}"
@@ -465,7 +497,7 @@ mod tests {
         // A lease that is gone was released by a successor (or removed by hand): not ours
         // to take back by renewing.
         std::fs::remove_file(&lease_file).unwrap();
-        let gone = tenure.renew(&run, &me, &clock).await;
+        let gone = tenure.renew(&run, &me, &clock, LIMIT).await;
         assert!(
             matches!(&gone, Renewal::Lost(StoreError::LeaseLost { .. })) && !gone.holds(),
             "{gone:?}"
@@ -473,11 +505,61 @@ mod tests {
         assert!(error_text(&gone).contains("is gone"), "{gone:?}");
     }
 
+    /// A store that takes the connection and never answers (an overloaded S3 endpoint, or
+    /// one retrying an outage for minutes): the renewal gives up at its limit, long before
+    /// the store client's own timeouts, and the lease holds while its term lasts.
+    #[tokio::test]
+    async fn a_renewal_the_store_does_not_answer_gives_up_at_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FakeClock::new(None);
+        let me = holder("me", std::process::id());
+        let acquired = acquire_lease(&run_store(&dir), &me, &clock, never_gone)
+            .await
+            .unwrap();
+        let mut tenure = Tenure::new(&acquired);
+
+        // Connections are taken by the kernel's backlog and never read.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let env = std::collections::HashMap::from([
+            (
+                "AWS_ENDPOINT_URL".to_string(),
+                format!("http://{}", silent.local_addr().unwrap()),
+            ),
+            ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
+            ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
+            ("AWS_REGION".to_string(), "us-east-1".to_string()),
+        ]);
+        let store = Store::from_url_with_env("s3://silent/prefix", &env).unwrap();
+        let silent_run = RunStore::new(store, "r1").unwrap();
+
+        let started = std::time::Instant::now();
+        let limit = Duration::from_millis(300);
+        let failed = tenure.renew(&silent_run, &me, &clock, limit).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(failed, Renewal::Failed(RenewalError::NoAnswer(l)) if l == limit),
+            "{failed:?}"
+        );
+        assert!(failed.holds());
+        assert!(took < Duration::from_secs(5), "the renewal took {took:?}");
+        assert!(error_text(&failed).contains("did not answer within 300 ms"));
+
+        // Past the term, the same silence has lapsed the lease.
+        clock.sleep(Duration::from_millis(2_500)).await;
+        let lapsed = tenure.renew(&silent_run, &me, &clock, limit).await;
+        assert!(
+            matches!(lapsed, Renewal::Lapsed(RenewalError::NoAnswer(_))),
+            "{lapsed:?}"
+        );
+    }
+
     /// The error a renewal that did not renew carries.
     fn error_text(renewal: &Renewal) -> String {
         match renewal {
             Renewal::Renewed => String::new(),
-            Renewal::Failed(e) | Renewal::Lapsed(e) | Renewal::Lost(e) => e.to_string(),
+            Renewal::Failed(e) | Renewal::Lapsed(e) => e.to_string(),
+            Renewal::Lost(e) => e.to_string(),
         }
     }
 }

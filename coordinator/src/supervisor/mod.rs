@@ -281,15 +281,32 @@ impl Supervision {
             tokio::time::interval((config.heartbeat_deadline / 10).max(Duration::from_millis(10)));
         liveness.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut lost_workers = self.service.lost_workers();
-        // Renewed three times a lease, so one slow store call does not lose it.
-        let mut renew = tokio::time::interval((config.lease / 3).max(Duration::from_millis(100)));
+        // Renewed three times a lease, so one slow store call does not lose it. A renewal
+        // runs beside the loop (failure detection must not wait on the store, which may
+        // retry an outage for minutes) and gets at most the time to the next one.
+        let renew_every = (config.lease / 3).max(Duration::from_millis(100));
+        let mut renew = tokio::time::interval(renew_every);
         renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
         renew.tick().await;
+        let mut renewing = None;
         loop {
             tokio::select! {
                 _ = self.service.wait_until_over() => return Ended::Over,
                 _ = liveness.tick() => self.service.tick().await,
-                _ = renew.tick() => self.renew_lease().await,
+                _ = renew.tick(), if renewing.is_none() => {
+                    let (run, me, mut tenure) = (self.run.clone(), self.me.clone(), self.tenure);
+                    renewing = Some(Box::pin(async move {
+                        let renewal = tenure.renew(&run, &me, &SystemClock, renew_every).await;
+                        (tenure, renewal)
+                    }));
+                }
+                (tenure, renewal) = async { renewing.as_mut().expect("guarded").await },
+                    if renewing.is_some() =>
+                {
+                    renewing = None;
+                    self.tenure = tenure;
+                    self.lease_renewed(renewal).await;
+                }
                 _ = &mut grace_timer, if !grace_over => {
                     grace_over = true;
                     let registered = self.service.with_job(|j| j.registered_count());
@@ -367,10 +384,10 @@ impl Supervision {
         outcome(ended, service.with_job(|j| j.phase().clone()))
     }
 
-    /// Renews the lease; one taken over by another coordinator fails the job, which must
-    /// stop acting for the run at once. Probes learn first whether it still holds.
-    async fn renew_lease(&mut self) {
-        let renewal = self.tenure.renew(&self.run, &self.me, &SystemClock).await;
+    /// Acts on a renewal of the lease: one taken over by another coordinator fails the
+    /// job, which must stop acting for the run at once. Probes learn first whether it
+    /// still holds.
+    async fn lease_renewed(&mut self, renewal: Renewal) {
         self.health.lease_held(renewal.holds()).await;
         match renewal {
             Renewal::Renewed => {}
