@@ -75,7 +75,7 @@ export LGAF_DOCKER_COMPOSE := $(DOCKER_COMPOSE)
 ROTEL_AGENT = $$($(OTEL_PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/rotel/rotel-agent
 CARGO ?= cargo
 
-.PHONY: all venv venv-mxnet venv-s3 venv-seaweedfs test-seaweedfs venv-otel test-packages deploy-tools build demo ablation test lint clean
+.PHONY: all venv venv-mxnet venv-s3 venv-seaweedfs test-seaweedfs venv-otel test-packages deploy-tools build chaos-tools fuzz fuzz-seeds demo ablation test lint clean
 
 all: build
 
@@ -192,6 +192,10 @@ test-packages:
 
 build: venv
 	$(CARGO) build --release --bins
+
+# What `tests/chaos --storage` needs besides the binaries: moto, and the fault proxy.
+chaos-tools: build venv-s3
+	$(CARGO) build --release -p lgaf-store --example fault_proxy
 
 demo: build
 	./target/release/lgaf demo --workers 2 --out demo-out

@@ -99,7 +99,9 @@ impl FaultProxy {
         self.shared.port
     }
 
-    /// `http://127.0.0.1:<port>`, for `AWS_ENDPOINT_URL`.
+    /// `http://127.0.0.1:<port>`, for `AWS_ENDPOINT_URL` (the `fault_proxy` example
+    /// prints the port instead).
+    #[allow(dead_code)]
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port())
     }
