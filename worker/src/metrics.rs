@@ -45,6 +45,7 @@ pub struct WorkerMetrics {
     checkpoint_upload: Histogram<f64>,
     checkpoint_bytes: Counter<u64>,
     checkpoint_failures: Counter<u64>,
+    checkpoints_abandoned: Counter<u64>,
     heartbeat_latency: Histogram<f64>,
     eval_accuracy: Gauge<f64>,
 }
@@ -138,6 +139,14 @@ impl WorkerMetrics {
                 .u64_counter("lgaf.checkpoint.upload.failures")
                 .with_description("Checkpoint part uploads that failed")
                 .build(),
+            checkpoints_abandoned: meter
+                .u64_counter("lgaf.checkpoint.abandoned")
+                .with_description(
+                    "Checkpoints this rank abandoned (never acknowledged, so never committed): \
+                     their uploads failed after the store's retries or missed \
+                     checkpoint.upload_deadline_secs",
+                )
+                .build(),
             heartbeat_latency: meter
                 .f64_histogram("lgaf.heartbeat.latency")
                 .with_unit("s")
@@ -162,6 +171,7 @@ impl WorkerMetrics {
             &self.loader_bad_records,
             &self.skipped_steps,
             &self.checkpoint_failures,
+            &self.checkpoints_abandoned,
         ] {
             counter.add(0, &labels);
         }
@@ -238,6 +248,10 @@ impl WorkerMetrics {
         if failed > 0 {
             self.checkpoint_failures.add(failed, &labels);
         }
+    }
+
+    pub fn record_checkpoint_abandoned(&self, rank: &Rank) {
+        self.checkpoints_abandoned.add(1, &rank.labels());
     }
 
     pub fn record_heartbeat(&self, rank: &Rank, round_trip: Duration) {

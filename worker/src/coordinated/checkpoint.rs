@@ -12,7 +12,7 @@ use lgaf_proto::API_VERSION;
 use lgaf_store::{BackgroundUploader, BlockingRunStore, UploadTicket};
 use tracing::{info, info_span, warn};
 
-use super::{Result, RunError};
+use super::{Observer, Result, RunError};
 use crate::coordinator_client::Client;
 use crate::error::WorkerError;
 use crate::trainer::Trainer;
@@ -36,7 +36,8 @@ fn stall_upload_at() -> Option<u64> {
 
 /// Serialises this rank's checkpoint parts, hands them to the background uploader (the
 /// step waits only for that hand-over) and returns a thread that acknowledges them once
-/// uploaded, and once `earlier` (the thread of the checkpoint before) has.
+/// uploaded, and once `earlier` (the thread of the checkpoint before) has. A checkpoint it
+/// abandons is counted in `observer`'s metrics.
 pub(super) fn save(
     trainer: &Trainer,
     uploader: &BackgroundUploader,
@@ -44,6 +45,7 @@ pub(super) fn save(
     worker_id: &str,
     joined: &v1::JoinReply,
     earlier: Option<AckThread>,
+    observer: &Observer,
 ) -> Result<AckThread> {
     let step = trainer.steps_done();
     let started = Instant::now();
@@ -90,6 +92,7 @@ pub(super) fn save(
         .then(|| handed_over.checked_add(Duration::from_secs(deadline_secs)))
         .flatten();
     let history = trainer.shared_history();
+    let (metrics, rank) = (observer.metrics.clone(), observer.rank.clone());
     Ok(std::thread::spawn(move || {
         // Every step up to this checkpoint is in the run's history before it can be
         // committed: rank 0 acknowledges only after flushing it (here, off the training
@@ -122,6 +125,7 @@ pub(super) fn save(
                      store's retries) or were not done within checkpoint.upload_deadline_secs \
                      ({deadline_secs} s); training goes on and the next checkpoint is tried"
                 );
+                metrics.record_checkpoint_abandoned(&rank);
                 return Ok(());
             }
             (Err(e), None) => return Err(RunError::Worker(e)),

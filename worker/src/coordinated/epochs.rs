@@ -76,16 +76,17 @@ pub(super) fn train(
                     let _checkpoint =
                         info_span!(parent: &generation_span, "checkpoint", step).entered();
                     let stall_started = Instant::now();
-                    let handle = checkpoint::save(trainer, &uploader, client, id, joined, earlier)
-                        .map_err(|e| match e {
-                            // A peer lost while the parts were gathered (a broadcast): that
-                            // ends the generation, like any failed collective, not the job.
-                            RunError::Worker(failed @ WorkerError::Collective { .. }) => failed,
-                            e => WorkerError::Checkpoint {
-                                path: registered.store_url.clone().into(),
-                                message: e.to_string(),
-                            },
-                        })?;
+                    let handle =
+                        checkpoint::save(trainer, &uploader, client, id, joined, earlier, observer)
+                            .map_err(|e| match e {
+                                // A peer lost while the parts were gathered (a broadcast): that
+                                // ends the generation, like any failed collective, not the job.
+                                RunError::Worker(failed @ WorkerError::Collective { .. }) => failed,
+                                e => WorkerError::Checkpoint {
+                                    path: registered.store_url.clone().into(),
+                                    message: e.to_string(),
+                                },
+                            })?;
                     *last_ack = Some(handle);
                     let metrics = &observer.metrics;
                     metrics.record_checkpoint_stall(&observer.rank, stall_started.elapsed());
