@@ -135,22 +135,26 @@ where
 impl CheckpointCommitter for RunStore {
     /// Writes the manifest with [`RunStore::commit`] (which refuses, naming the object, if
     /// an acknowledged object was not uploaded or has another size), then prunes to the
-    /// facts' `keep_last` (0: keep all). A failed prune is logged, not returned: the
-    /// checkpoint is committed, and the next commit prunes again.
+    /// facts' `keep_last` (0: keep every committed checkpoint). Either way the prune removes
+    /// the folders of older checkpoints that were never committed: abandoned uploads (which
+    /// may land after their rank gave up on them) and those of ended generations. A failed
+    /// prune is logged, not returned: the checkpoint is committed, and the next commit
+    /// prunes again.
     async fn commit(&self, c: CommitRequest) -> Result<String, StoreError> {
         let run = for_run(self, &c.run_id)?;
         let manifest = manifest_of(&c)?;
         without_send_bound(move || async move {
             run.commit(&manifest).await?;
-            if c.keep_last > 0 {
-                let keep = usize::try_from(c.keep_last).unwrap_or(usize::MAX);
-                if let Err(e) = run.prune(keep).await {
-                    warn!(
-                        "checkpoint at step {} committed, but pruning to the last {keep} \
-                         failed: {e}",
-                        c.step
-                    );
-                }
+            let keep = match c.keep_last {
+                0 => usize::MAX,
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            };
+            if let Err(e) = run.prune(keep).await {
+                warn!(
+                    "checkpoint at step {} committed, but pruning the older checkpoints \
+                     failed: {e}",
+                    c.step
+                );
             }
             Ok(run.manifest_key(c.step))
         })
@@ -453,12 +457,15 @@ mod tests {
             .collect();
         assert_eq!(steps, [30, 40]);
         assert!(!dir.path().join("runs/r/ckpt/000000000020").exists());
-        // keep_last 0 keeps everything.
+        // keep_last 0 keeps every committed checkpoint, and removes the objects of an older
+        // one that was never committed (an abandoned upload that landed late).
+        upload(&run, 45, 0, "model.safetensors", b"abandoned").await;
         let objects = objects(&run, 50).await;
         CheckpointCommitter::commit(&run, commit("r", 50, objects, 0))
             .await
             .unwrap();
         assert_eq!(run.committed().await.unwrap().len(), 3);
+        assert!(!dir.path().join("runs/r/ckpt/000000000045").exists());
     }
 
     #[tokio::test]
