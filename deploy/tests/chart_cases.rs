@@ -193,6 +193,10 @@ fn s3_irsa_case_uses_the_service_account_and_no_keys() {
         );
         assert_eq!(env_value(workload, "AWS_ENDPOINT_URL"), None);
         assert_eq!(env_value(workload, "AWS_ALLOW_HTTP"), None);
+        assert_eq!(
+            env_value(workload, "LGAF_STORE_RETRY_TIMEOUT_SECS").as_deref(),
+            Some("180")
+        );
     }
 }
 
@@ -226,6 +230,20 @@ fn s3_keys_case_gives_both_containers_the_keys_secret() {
         );
         // The keys are in no pod spec.
         assert!(!pretty(workload).contains("3Tq9vXr7LmP2sKd8WnYb4HcJ"));
+        // The transfer settings given (0 is a setting, not "unset"), the defaults for the
+        // rest.
+        for (variable, value) in [
+            ("LGAF_STORE_RETRY_TIMEOUT_SECS", "600"),
+            ("LGAF_STORE_REQUEST_TIMEOUT_SECS", "120"),
+            ("LGAF_STORE_MAX_RETRIES", "0"),
+            ("LGAF_STORE_PART_SIZE_BYTES", "16777216"),
+        ] {
+            assert_eq!(
+                env_value(workload, variable).as_deref(),
+                Some(value),
+                "{variable}"
+            );
+        }
     }
 }
 

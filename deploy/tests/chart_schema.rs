@@ -89,6 +89,14 @@ fn the_schema_refuses_wrong_types_unknown_keys_and_bad_enums() {
             &["/config/model/lgf/norm_grad"],
         ),
         (&["--set", "config.extra.key=1"], &["/config", "extra"]),
+        (
+            &["--set", "s3.transfer.partSizeBytes=1048576"],
+            &["/s3/transfer/partSizeBytes"],
+        ),
+        (
+            &["--set", "s3.transfer.retryTimeout=60"],
+            &["/s3/transfer", "retryTimeout"],
+        ),
     ];
     let mut failures = Vec::new();
     for (args, names) in cases {

@@ -108,6 +108,13 @@ app.kubernetes.io/component: {{ .component }}
 - name: AWS_ALLOW_HTTP
   value: "true"
 {{- end }}
+{{- $transfer := .Values.s3.transfer | default dict }}
+{{- range $key, $variable := dict "maxRetries" "LGAF_STORE_MAX_RETRIES" "retryTimeoutSecs" "LGAF_STORE_RETRY_TIMEOUT_SECS" "backoffInitMs" "LGAF_STORE_BACKOFF_INIT_MS" "backoffMaxSecs" "LGAF_STORE_BACKOFF_MAX_SECS" "requestTimeoutSecs" "LGAF_STORE_REQUEST_TIMEOUT_SECS" "connectTimeoutSecs" "LGAF_STORE_CONNECT_TIMEOUT_SECS" "multipartThresholdBytes" "LGAF_STORE_MULTIPART_THRESHOLD_BYTES" "partSizeBytes" "LGAF_STORE_PART_SIZE_BYTES" }}
+{{- if hasKey $transfer $key }}
+- name: {{ $variable }}
+  value: {{ int64 (index $transfer $key) | quote }}
+{{- end }}
+{{- end }}
 - name: LGAF_LOG_FORMAT
   value: {{ .Values.telemetry.logFormat | quote }}
 - name: LGAF_TRACE_STEP_EVERY
