@@ -108,6 +108,10 @@ pub(super) struct PendingCheckpoint {
 enum CheckedAck {
     /// The step is the last committed checkpoint: a retry after a lost reply.
     AlreadyCommitted,
+    /// The step is at or before a checkpoint that an earlier generation committed after
+    /// this one formed (its commit was still being written when it ended): this generation
+    /// retrains it from an older checkpoint, and the ack needs nothing more.
+    Superseded,
     /// The rank acknowledged the step with these very objects before: retries a failed
     /// commit, otherwise changes nothing.
     Repeated,
@@ -210,6 +214,9 @@ impl Job {
             if req.step == last.step && !self.pending.contains_key(&req.step) {
                 return Ok(CheckedAck::AlreadyCommitted);
             }
+            if req.step < last.step && g.start_step < last.step {
+                return Ok(CheckedAck::Superseded);
+            }
             if req.step < last.step {
                 return Err(JobError::precondition(format!(
                     "step {} is older than the last committed checkpoint (step {})",
@@ -277,6 +284,7 @@ impl Job {
     fn record_ack(&mut self, req: &v1::CheckpointAckRequest, checked: CheckedAck) -> bool {
         match checked {
             CheckedAck::AlreadyCommitted => true,
+            CheckedAck::Superseded => false,
             CheckedAck::Repeated => {
                 let p = self.pending.get_mut(&req.step).expect("checked: pending");
                 if matches!(p.status, CommitStatus::Failed(_)) {

@@ -158,3 +158,61 @@ fn checkpoint_acks_are_validated_without_changing_the_job() {
     assert!(matches!(err(&mut job, r), JobError::StaleGeneration { .. }));
     assert_eq!(state(&job), before);
 }
+
+/// A commit that lands after its generation ended (the store was slow, and a rank was lost
+/// meanwhile) still counts: every rank acknowledged it. The next generation, formed before
+/// it landed, resumed from the commit before and retrains past it; its acks of steps the
+/// late commit covers are answered without a second commit, and not refused (which would
+/// fail the job), and its later checkpoints commit as usual.
+#[test]
+fn a_generation_retraining_past_a_late_commit_has_its_acks_answered() {
+    let (mut job, ids) = formed_with(settings(2), true);
+    trained_to(&mut job, 8, 5);
+    for step in [4, 8] {
+        job.checkpoint_ack(&ack(&ids[0], 0, step), 5).unwrap();
+        job.checkpoint_ack(&ack(&ids[1], 1, step), 5).unwrap();
+    }
+    assert_eq!(commits(&job.take_effects()).len(), 2);
+
+    // Rank 1 dies while both commits are being written; generation 2 forms from scratch.
+    assert!(job.local_worker_exited(1, "was killed by SIGKILL", 6));
+    let replacement = register(&mut job, Some(1), 4001);
+    job.join(&rejoin_req(&ids[0], 1), 7).unwrap();
+    let joined = job
+        .join(&join_req(&replacement, facts()), 7)
+        .unwrap()
+        .unwrap();
+    assert_eq!((joined.generation, joined.resume_step), (2, 0));
+    job.commit_done(4, Ok("runs/run/ckpt/000000000004/MANIFEST.json".into()), 8);
+    job.commit_done(8, Ok("runs/run/ckpt/000000000008/MANIFEST.json".into()), 8);
+    assert_eq!(job.last_commit().unwrap().step, 8);
+    job.take_effects();
+
+    let g = job.generation().unwrap().clone();
+    trained_to(&mut job, 12, 9);
+    let ack_in_2 = |id: &String, rank: usize, step: u64| {
+        let mut ack = ack(id, rank as u32, step);
+        ack.generation = 2;
+        ack
+    };
+    for (rank, id) in g.members.iter().enumerate() {
+        // Superseded by the late commit of step 8; step 8 itself is committed.
+        assert!(
+            !job.checkpoint_ack(&ack_in_2(id, rank, 4), 9)
+                .unwrap()
+                .committed
+        );
+        assert!(
+            job.checkpoint_ack(&ack_in_2(id, rank, 8), 9)
+                .unwrap()
+                .committed
+        );
+    }
+    assert!(commits(&job.take_effects()).is_empty());
+    assert_eq!(job.phase(), &JobPhase::Running);
+
+    for (rank, id) in g.members.iter().enumerate() {
+        job.checkpoint_ack(&ack_in_2(id, rank, 12), 10).unwrap();
+    }
+    assert_eq!(commits(&job.take_effects())[0].step, 12);
+}
