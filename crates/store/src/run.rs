@@ -591,10 +591,13 @@ impl RunStore {
     }
 
     /// Deletes committed checkpoints beyond the newest `keep_last` (at least 1), and step
-    /// folders without a valid manifest that are older than the newest committed one
-    /// (interrupted saves; newer ones may be a save in progress and are kept). A manifest is
-    /// deleted before its objects, so an interrupted prune leaves an uncommitted folder,
-    /// never a committed checkpoint with objects missing. Returns what was deleted.
+    /// folders without a manifest that are older than the newest committed one
+    /// (interrupted or abandoned saves; newer ones may be a save in progress and are kept).
+    /// A folder whose manifest exists but cannot be used (damaged, another format, or
+    /// unreadable just now) is kept: it may be a checkpoint, and deleting it is not a
+    /// prune's call. A manifest is deleted before its objects, so an interrupted prune
+    /// leaves an uncommitted folder, never a committed checkpoint with objects missing.
+    /// Returns what was deleted.
     pub async fn prune(&self, keep_last: usize) -> Result<Pruned> {
         if keep_last == 0 {
             return Err(StoreError::InvalidArgument(
@@ -622,10 +625,11 @@ impl RunStore {
             if is_committed && !drop_committed.contains(&step) {
                 continue;
             }
-            if !is_committed && step >= newest {
+            let manifest = self.manifest_key(step);
+            let has_manifest = keys.iter().any(|(k, _)| *k == manifest);
+            if !is_committed && (step >= newest || has_manifest) {
                 continue;
             }
-            let manifest = self.manifest_key(step);
             self.store.delete(&manifest).await?;
             let rest: Vec<String> = keys
                 .iter()

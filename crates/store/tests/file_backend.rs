@@ -109,14 +109,23 @@ async fn prune_keeps_the_last_k() {
     let dir = TempDir::new("prune");
     let run = run_in(&dir, "run-a");
     prune_keeps_last(&run).await;
-    // Deleted checkpoints leave no empty folders behind.
+    // Deleted checkpoints leave no empty folders behind (7 holds the damaged manifest,
+    // kept).
     let left: Vec<String> = std::fs::read_dir(dir.0.join("runs/run-a/ckpt"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert_eq!(left, vec!["000000000040", "000000000050", "000000000060"]);
+    assert_eq!(
+        left,
+        vec![
+            "000000000007",
+            "000000000040",
+            "000000000050",
+            "000000000060"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -338,11 +338,19 @@ pub async fn truncated_manifest(run: &RunStore) {
 }
 
 /// prune keeps the newest K committed checkpoints and a newer uncommitted folder (a save in
-/// progress); it deletes older ones and old interrupted saves.
+/// progress); it deletes older ones and old interrupted saves, and keeps a folder whose
+/// manifest it cannot use (it may be a checkpoint: not a prune's call).
 pub async fn prune_keeps_last(run: &RunStore) {
     run.put_object(5, &shard_key(0), payload(5, 100))
         .await
         .unwrap(); // interrupted save, older than everything committed
+    run.store()
+        .put(
+            &run.object_key(7, MANIFEST),
+            Bytes::from_static(b"not a manifest"),
+        )
+        .await
+        .unwrap(); // a damaged (or, just now, unreadable) manifest
     for step in [10, 20, 30, 40, 50] {
         commit_step(run, step, 2, 100).await;
     }
@@ -371,6 +379,7 @@ pub async fn prune_keeps_last(run: &RunStore) {
         .map(|l| l.key)
         .collect();
     let expected: Vec<String> = [
+        run.object_key(7, MANIFEST),
         run.object_key(40, MANIFEST),
         run.object_key(40, &shard_key(0)),
         run.object_key(40, &shard_key(1)),
