@@ -157,8 +157,8 @@ pub enum RenewalError {
     /// The store took longer than the renewal may: its retries of an outage can take
     /// minutes, and the next renewal is due before then.
     #[error(
-        "the store did not answer within {} ms (a renewal waits at most a third of the \
-         lease's term); the next renewal tries again",
+        "the store did not answer within {} ms (a renewal waits at most until the next \
+         is due); the next renewal tries again",
         .0.as_millis()
     )]
     NoAnswer(Duration),

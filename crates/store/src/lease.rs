@@ -183,13 +183,25 @@ impl RunStore {
     }
 
     /// A renewal whose conditional write found the lease changed: whoever holds it now.
-    /// It may be this coordinator itself, when its own write landed and object_store sent
-    /// it again after an error, and the second copy found the first.
+    /// It may be this coordinator itself: its own write landed and object_store sent it
+    /// again after an error, and the second copy found the first; or an earlier renewal
+    /// that its caller stopped waiting for landed after this one read the lease. The
+    /// holder id is this process's alone, so that lease is ours: written over once more.
     async fn renewal_refused(&self, me: &Lease) -> Result<()> {
         match self.read_lease().await {
             Ok(Some((held, _))) if held == *me => Ok(()),
             Ok(Some((held, _))) if held.holder != me.holder => Err(self.lease_held(held)),
-            Ok(Some(_)) => Err(self.lease_lost("changed under this coordinator's renewal")),
+            Ok(Some((_, version))) => {
+                match self
+                    .replace_lease(me, &version, Fallback::Overwrite)
+                    .await?
+                {
+                    Replaced::Done => Ok(()),
+                    Replaced::Changed | Replaced::Unsupported => {
+                        Err(self.lease_lost("changed twice under this coordinator's renewal"))
+                    }
+                }
+            }
             Ok(None) => {
                 Err(self.lease_lost("changed under this coordinator's renewal and is gone"))
             }
@@ -224,5 +236,46 @@ impl RunStore {
             run: self.run_id().to_string(),
             holder: Box::new(held),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    fn lease(holder: &str, expires_at_ms: u64) -> Lease {
+        Lease {
+            holder: holder.into(),
+            host: "host-a".into(),
+            pid: 7,
+            expires_at_ms,
+        }
+    }
+
+    /// A renewal whose conditional write lost to this coordinator's own earlier renewal
+    /// (one its caller stopped waiting for, landing late) writes over it and holds; one
+    /// that lost to another holder does not.
+    #[tokio::test]
+    async fn a_renewal_that_finds_its_own_earlier_write_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let run = RunStore::new(Store::from_url(&url).unwrap(), "r").unwrap();
+        let earlier = lease("me", 1_000);
+        assert_eq!(
+            run.try_acquire_lease(&earlier, 0, |_| false).await.unwrap(),
+            LeaseAttempt::Acquired
+        );
+        let now = lease("me", 2_000);
+        run.renewal_refused(&now).await.unwrap();
+        assert_eq!(run.read_lease().await.unwrap().unwrap().0, now);
+
+        let other = lease("other", 9_000);
+        run.store()
+            .put(&run.lease_key(), lease_bytes(&other))
+            .await
+            .unwrap();
+        let e = run.renewal_refused(&lease("me", 3_000)).await.unwrap_err();
+        assert!(matches!(e, StoreError::LeaseHeld { .. }), "{e}");
     }
 }
