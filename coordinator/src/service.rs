@@ -40,6 +40,9 @@ pub fn status_of(e: JobError) -> Status {
     }
 }
 
+/// How long saving the job after a change may hold up the call that changed it.
+pub const PERSIST_LIMIT: Duration = Duration::from_secs(10);
+
 /// Wall-clock milliseconds, the `now` the state machine is given.
 pub fn now_ms() -> Millis {
     SystemTime::now()
@@ -406,7 +409,11 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
     /// Writes one manifest and records the outcome in the job.
     async fn commit(&self, c: CommitRequest) -> CommitOutcome {
         let step = c.step;
-        let bytes = c.objects.iter().map(|o| o.size).sum();
+        // Saturating: the sizes are the ranks' word, checked against the store only now.
+        let bytes = c
+            .objects
+            .iter()
+            .fold(0u64, |sum, o| sum.saturating_add(o.size));
         let started = std::time::Instant::now();
         let span = self.shared.observer.commit_span(step);
         let outcome = self
@@ -448,10 +455,19 @@ impl<C: CheckpointCommitter, P: JobStatePersistence> CoordinatorService<C, P> {
         outcome
     }
 
+    /// Saves the job after a change, waiting at most [`PERSIST_LIMIT`]: the handlers and
+    /// the supervisor's clock (failure detection) wait on it, and the store may retry an
+    /// outage for minutes. The job goes on either way; only a coordinator restart would
+    /// miss this state, and the next change saves it again.
     async fn persist_logged(&self) {
-        if let Err(e) = self.persist().await {
-            // The job goes on; only a coordinator restart would miss this state.
-            error!("saving the job state failed: {e}");
+        match tokio::time::timeout(PERSIST_LIMIT, self.persist()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!("saving the job state failed: {e}"),
+            Err(_) => error!(
+                "saving the job state did not finish within {} s (the store is slow or \
+                 away); the next change saves it again",
+                PERSIST_LIMIT.as_secs()
+            ),
         }
     }
 }
