@@ -269,9 +269,14 @@ pub fn resumed_step(saved_step: u64, saved_steps_per_epoch: u64, steps_per_epoch
     if saved_steps_per_epoch == steps_per_epoch || saved_steps_per_epoch == 0 {
         return saved_step;
     }
-    let epoch = saved_step / saved_steps_per_epoch;
-    let within = saved_step % saved_steps_per_epoch;
-    epoch * steps_per_epoch + within * steps_per_epoch / saved_steps_per_epoch
+    // In u128: the step comes from a manifest, and epoch x steps per epoch may not fit.
+    let (step, saved, now) = (
+        u128::from(saved_step),
+        u128::from(saved_steps_per_epoch),
+        u128::from(steps_per_epoch),
+    );
+    let at = step / saved * now + step % saved * now / saved;
+    u64::try_from(at).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -313,5 +318,8 @@ mod resume_tests {
         // Mid-epoch: the fraction rounded down (a few samples are seen again, none skipped).
         assert_eq!(resumed_step(25, 10, 5), 12);
         assert_eq!(resumed_step(25, 10, 3), 7);
+        // A step from a manifest far beyond any run's: no overflow, the largest step.
+        assert_eq!(resumed_step(u64::MAX, 1, 2), u64::MAX);
+        assert_eq!(resumed_step(u64::MAX - 1, 3, 2), (u64::MAX - 1) / 3 * 2 + 1);
     }
 }

@@ -200,8 +200,12 @@ impl Manifest {
         serde_json::from_value(value).map_err(|e| ManifestError(e.to_string()))
     }
 
+    /// The sizes summed (saturating: the sizes come from the store, and a manifest whose
+    /// sum overflows fails verification against the objects anyway).
     pub fn total_bytes(&self) -> u64 {
-        self.objects.iter().map(|o| o.size).sum()
+        self.objects
+            .iter()
+            .fold(0u64, |sum, o| sum.saturating_add(o.size))
     }
 
     pub fn object(&self, key: &str) -> Option<&ManifestObject> {
