@@ -7,6 +7,7 @@
 //! Plain threads and blocking sockets: a handful of connections at a time, and a test
 //! needs nothing from it but to be obviously right.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,8 +51,10 @@ struct State {
     /// Part upload bytes seen since `ResetInPart` was set.
     since_reset_set: u64,
     injected: Injected,
-    /// A handle on both sockets of every open connection, to cut them.
-    open: Vec<(TcpStream, TcpStream)>,
+    /// A handle on both sockets of every open connection, to cut them; each removed when
+    /// its connection ends (a long chaos run makes thousands).
+    open: HashMap<u64, (TcpStream, TcpStream)>,
+    next_connection: u64,
     listener: Option<TcpListener>,
 }
 
@@ -78,7 +81,8 @@ impl FaultProxy {
                 fault: Fault::None,
                 since_reset_set: 0,
                 injected: Injected::default(),
-                open: Vec::new(),
+                open: HashMap::new(),
+                next_connection: 0,
                 listener: Some(listener),
             }),
             upstream,
@@ -111,7 +115,7 @@ impl FaultProxy {
         let mut state = self.shared.state.lock().unwrap();
         let cut = matches!(fault, Fault::Down | Fault::SlowDown { .. });
         if cut {
-            for (client, server) in state.open.drain(..) {
+            for (_, (client, server)) in state.open.drain() {
                 let _ = client.shutdown(Shutdown::Both);
                 let _ = server.shutdown(Shutdown::Both);
             }
@@ -154,7 +158,7 @@ impl Drop for FaultProxy {
             let _ = acceptor.join();
         }
         let mut state = self.shared.state.lock().unwrap();
-        for (client, server) in state.open.drain(..) {
+        for (_, (client, server)) in state.open.drain() {
             let _ = client.shutdown(Shutdown::Both);
             let _ = server.shutdown(Shutdown::Both);
         }
@@ -206,17 +210,20 @@ fn serve(shared: &Arc<Shared>, mut client: TcpStream) {
     let Ok(server) = TcpStream::connect(shared.upstream) else {
         return;
     };
-    {
+    let id = {
         let mut state = shared.state.lock().unwrap();
         // Went down while this connection was being made: it must not slip through.
         if state.fault == Fault::Down {
             return;
         }
         state.injected.connections += 1;
+        let id = state.next_connection;
+        state.next_connection += 1;
         if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
-            state.open.push((c, s));
+            state.open.insert(id, (c, s));
         }
-    }
+        id
+    };
     let up = {
         let (shared, from, to) = (
             shared.clone(),
@@ -227,6 +234,7 @@ fn serve(shared: &Arc<Shared>, mut client: TcpStream) {
     };
     pump(shared, server, client, false);
     let _ = up.join();
+    shared.state.lock().unwrap().open.remove(&id);
 }
 
 /// Reads one HTTP request (head and `Content-Length` body) and answers it as S3 does when
