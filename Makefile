@@ -193,6 +193,18 @@ test-packages:
 build: venv
 	$(CARGO) build --release --bins
 
+# Fuzzing (outside `make test`, which replays the kept corpus and findings): every target of
+# fuzz/ for FUZZ_SECONDS each, with libFuzzer under cargo-fuzz on the nightly toolchain.
+FUZZ_SECONDS ?= 600
+fuzz: venv
+	@cargo +nightly --version >/dev/null 2>&1 || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	fuzz/run-all $(FUZZ_SECONDS)
+
+# Writes every target's seeds (made with the project's own writers) into fuzz/corpus/.
+fuzz-seeds: venv
+	$(CARGO) run --release -p lgaf-fuzzing --example write_seeds
+
 # What `tests/chaos --storage` needs besides the binaries: moto, and the fault proxy.
 chaos-tools: build venv-s3
 	$(CARGO) build --release -p lgaf-store --example fault_proxy

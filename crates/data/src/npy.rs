@@ -77,6 +77,11 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError> {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_f32(&bytes, path)
+}
+
+/// [`read_f32`] on bytes already read; `path` names them in errors.
+pub fn parse_f32(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError> {
     let invalid = |field: &'static str, reason: String| DataError::Npy {
         path: path.to_path_buf(),
         field,

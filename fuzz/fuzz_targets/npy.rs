@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    (lgaf_fuzzing::target("npy").expect("a target of lgaf-fuzzing").run)(data)
+});
