@@ -604,23 +604,50 @@ impl RunStore {
                 "prune(keep_last = 0) would delete every checkpoint; keep at least 1".into(),
             ));
         }
-        let committed: Vec<u64> = self
-            .valid_manifests()
-            .await?
+        // One listing; manifests are read newest first and only as far as needed: the
+        // newest `keep_last` valid ones, then the older ones (each one to delete). A prune
+        // after every commit so reads about `keep_last` manifests, not the whole run's.
+        let folders = self.step_folders().await?;
+        let with_manifest: Vec<u64> = folders
             .iter()
-            .map(|m| m.step)
+            .filter(|(step, keys)| {
+                let manifest = self.manifest_key(**step);
+                keys.iter().any(|(k, _)| *k == manifest)
+            })
+            .map(|(step, _)| *step)
             .collect();
-        let Some(&newest) = committed.last() else {
+        let mut kept = 0usize;
+        let mut newest = None;
+        let mut drop_committed = HashSet::new();
+        let mut committed = HashSet::new();
+        for &step in with_manifest.iter().rev() {
+            match self.manifest(step).await {
+                Ok(_) => {
+                    committed.insert(step);
+                    newest = newest.or(Some(step));
+                    if kept < keep_last {
+                        kept += 1;
+                    } else {
+                        drop_committed.insert(step);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    run = %self.run_id,
+                    step,
+                    error = %e,
+                    "skipping a checkpoint whose manifest cannot be used"
+                ),
+            }
+            // Keeping every committed one: the newest valid manifest is all a prune needs.
+            if keep_last == usize::MAX && newest.is_some() {
+                break;
+            }
+        }
+        let Some(newest) = newest else {
             return Ok(Pruned::default());
         };
-        let drop_committed: HashSet<u64> = committed
-            .iter()
-            .take(committed.len().saturating_sub(keep_last))
-            .copied()
-            .collect();
-        let committed: HashSet<u64> = committed.into_iter().collect();
         let mut pruned = Pruned::default();
-        for (step, keys) in self.step_folders().await? {
+        for (step, keys) in folders {
             let is_committed = committed.contains(&step);
             if is_committed && !drop_committed.contains(&step) {
                 continue;
