@@ -140,8 +140,49 @@ pub fn to_bytes(
         })
         .collect::<Result<_>>()?;
     let views = tensors.iter().map(|(name, t)| (*name, t));
-    let meta = (!metadata.is_empty()).then(|| metadata.clone());
-    safetensors::serialize(views, meta).map_err(|e| file_err(e.to_string()))
+    let bytes = safetensors::serialize(views, None).map_err(|e| file_err(e.to_string()))?;
+    if metadata.is_empty() {
+        return Ok(bytes);
+    }
+    with_sorted_metadata(&bytes, metadata).map_err(file_err)
+}
+
+/// `bytes` (safetensors without metadata) with `metadata` in the header, its keys sorted.
+///
+/// safetensors writes `__metadata__` from a `HashMap`, in an order that differs between
+/// processes (and between maps), so the same tensors gave different bytes, hence another
+/// checksum: a checkpoint object written again by another process no longer matched the
+/// manifest that listed the first. The header is written again here; the data section is
+/// unchanged (its offsets count from its own start), and the header is padded with spaces
+/// to 8 bytes as safetensors pads it.
+fn with_sorted_metadata(
+    bytes: &[u8],
+    metadata: &HashMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
+    let unreadable = |what: &str| format!("safetensors wrote a header this cannot read: {what}");
+    let (len, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| unreadable("shorter than 8 bytes"))?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| unreadable("length"))?;
+    let (header, data) = rest
+        .split_at_checked(len)
+        .ok_or_else(|| unreadable("length past the end"))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| unreadable(&e.to_string()))?;
+    let sorted: std::collections::BTreeMap<&String, &String> = metadata.iter().collect();
+    let mut entries = serde_json::Map::new();
+    entries.insert(
+        "__metadata__".into(),
+        serde_json::to_value(sorted).map_err(|e| e.to_string())?,
+    );
+    entries.extend(header);
+    let mut header = serde_json::to_vec(&entries).map_err(|e| e.to_string())?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(data);
+    Ok(out)
 }
 
 /// Reads all tensors of a safetensors file onto the CPU, keeping their dtypes.
@@ -479,6 +520,36 @@ mod header {
 
 #[cfg(test)]
 mod tests {
+    /// The same tensors and metadata give the same bytes whichever map (and process)
+    /// holds the metadata: a checkpoint object written again matches its manifest.
+    #[test]
+    fn the_bytes_do_not_depend_on_the_metadata_maps_order() {
+        let named = vec![
+            (
+                "a.weight".to_string(),
+                Tensor::from_slice(&[1.0f32, 2.0, 3.0]),
+            ),
+            ("b.bias".to_string(), Tensor::from_slice(&[4i64])),
+        ];
+        let name = Path::new("m.safetensors");
+        let pairs: Vec<(String, String)> = (0..6)
+            .map(|i| (format!("key{i}"), format!("value {i}")))
+            .collect();
+        let first = to_bytes(&named, &pairs.iter().cloned().collect(), name).unwrap();
+        for _ in 0..20 {
+            // A new map: another hash seed, so another iteration order.
+            let metadata: HashMap<String, String> = pairs.iter().rev().cloned().collect();
+            assert_eq!(to_bytes(&named, &metadata, name).unwrap(), first);
+        }
+        let (tensors, metadata) = from_bytes_with_metadata(&first, name).unwrap();
+        assert_eq!(metadata, pairs.into_iter().collect());
+        assert_eq!(tensors.len(), 2);
+        assert!(tensors[0].1.equal(&named[0].1));
+        // The header is padded to 8 bytes, as safetensors pads it.
+        let len = u64::from_le_bytes(first[..8].try_into().unwrap());
+        assert_eq!(len % 8, 0);
+    }
+
     use super::*;
     use tch::nn::Init;
     use tch::Device;
