@@ -309,32 +309,45 @@ impl RunStore {
     /// The steps whose folder holds a `MANIFEST.json`, usable or not, ascending: every
     /// checkpoint that was committed, including those whose manifest is now damaged.
     pub async fn manifest_steps(&self) -> Result<Vec<u64>> {
-        let folders = self.step_folders().await?;
-        Ok(folders
-            .iter()
-            .filter(|(step, keys)| {
-                let manifest = self.manifest_key(**step);
-                keys.iter().any(|(k, _)| *k == manifest)
-            })
-            .map(|(step, _)| *step)
-            .collect())
+        Ok(self.steps_with_manifest(&self.step_folders().await?))
     }
 
-    /// Manifests that parse and check, ascending by step. A manifest that does not (cut
-    /// short, another format) is logged and left out: it cannot be loaded either.
-    async fn valid_manifests(&self) -> Result<Vec<Manifest>> {
-        let steps = self.manifest_steps().await?;
-        let mut manifests = Vec::with_capacity(steps.len());
-        for step in steps {
-            match self.manifest(step).await {
-                Ok(manifest) => manifests.push(manifest),
-                Err(e) => tracing::warn!(
+    /// The steps among `folders` whose folder holds its manifest, ascending.
+    fn steps_with_manifest(&self, folders: &BTreeMap<u64, Vec<(String, u64)>>) -> Vec<u64> {
+        folders
+            .iter()
+            .filter(|(step, keys)| self.holds_manifest(**step, keys))
+            .map(|(step, _)| *step)
+            .collect()
+    }
+
+    fn holds_manifest(&self, step: u64, keys: &[(String, u64)]) -> bool {
+        let manifest = self.manifest_key(step);
+        keys.iter().any(|(k, _)| *k == manifest)
+    }
+
+    /// The manifest of `step` if it parses and checks; one that does not (cut short,
+    /// another format, unreadable) is logged and `None`: it cannot be loaded either.
+    async fn usable_manifest(&self, step: u64) -> Option<Manifest> {
+        match self.manifest(step).await {
+            Ok(manifest) => Some(manifest),
+            Err(e) => {
+                tracing::warn!(
                     run = %self.run_id,
                     step,
                     error = %e,
                     "skipping a checkpoint whose manifest cannot be used"
-                ),
+                );
+                None
             }
+        }
+    }
+
+    /// Manifests that parse and check, ascending by step ([`Self::usable_manifest`]).
+    async fn valid_manifests(&self) -> Result<Vec<Manifest>> {
+        let mut manifests = Vec::new();
+        for step in self.manifest_steps().await? {
+            manifests.extend(self.usable_manifest(step).await);
         }
         Ok(manifests)
     }
@@ -608,35 +621,19 @@ impl RunStore {
         // newest `keep_last` valid ones, then the older ones (each one to delete). A prune
         // after every commit so reads about `keep_last` manifests, not the whole run's.
         let folders = self.step_folders().await?;
-        let with_manifest: Vec<u64> = folders
-            .iter()
-            .filter(|(step, keys)| {
-                let manifest = self.manifest_key(**step);
-                keys.iter().any(|(k, _)| *k == manifest)
-            })
-            .map(|(step, _)| *step)
-            .collect();
         let mut kept = 0usize;
         let mut newest = None;
         let mut drop_committed = HashSet::new();
         let mut committed = HashSet::new();
-        for &step in with_manifest.iter().rev() {
-            match self.manifest(step).await {
-                Ok(_) => {
-                    committed.insert(step);
-                    newest = newest.or(Some(step));
-                    if kept < keep_last {
-                        kept += 1;
-                    } else {
-                        drop_committed.insert(step);
-                    }
+        for step in self.steps_with_manifest(&folders).into_iter().rev() {
+            if self.usable_manifest(step).await.is_some() {
+                committed.insert(step);
+                newest = newest.or(Some(step));
+                if kept < keep_last {
+                    kept += 1;
+                } else {
+                    drop_committed.insert(step);
                 }
-                Err(e) => tracing::warn!(
-                    run = %self.run_id,
-                    step,
-                    error = %e,
-                    "skipping a checkpoint whose manifest cannot be used"
-                ),
             }
             // Keeping every committed one: the newest valid manifest is all a prune needs.
             if keep_last == usize::MAX && newest.is_some() {
@@ -652,11 +649,10 @@ impl RunStore {
             if is_committed && !drop_committed.contains(&step) {
                 continue;
             }
-            let manifest = self.manifest_key(step);
-            let has_manifest = keys.iter().any(|(k, _)| *k == manifest);
-            if !is_committed && (step >= newest || has_manifest) {
+            if !is_committed && (step >= newest || self.holds_manifest(step, &keys)) {
                 continue;
             }
+            let manifest = self.manifest_key(step);
             self.store.delete(&manifest).await?;
             let rest: Vec<String> = keys
                 .iter()
