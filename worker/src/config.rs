@@ -246,6 +246,13 @@ pub struct CheckpointConfig {
     /// next checkpoint is tried. The last checkpoint of the run is never abandoned. 0: no
     /// limit; at most a week ([`bounds::MAX_UPLOAD_DEADLINE_SECS`]).
     pub upload_deadline_secs: u64,
+    /// Live recovery (coordinated runs of more than one rank): each rank also keeps the
+    /// replica of the next rank's classifier shard and every rank keeps rank 0's buffers,
+    /// so when ranks are lost the next generation can start from the survivors' state at
+    /// the step they reached instead of the last checkpoint. Costs one more shard of
+    /// centres and momentum per rank, its share of the classifier's work, and a broadcast
+    /// of the buffers each step. false: recovery is always from the last checkpoint.
+    pub live_recovery: bool,
 }
 
 impl Default for CheckpointConfig {
@@ -256,6 +263,7 @@ impl Default for CheckpointConfig {
             every_steps: 1000,
             keep_last: 3,
             upload_deadline_secs: 600,
+            live_recovery: true,
         }
     }
 }

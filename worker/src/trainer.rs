@@ -44,6 +44,25 @@ pub fn classifier_object(rank: i64) -> String {
 /// One rank's checkpoint objects as (key, bytes), and the run state (rank 0 only).
 pub type CheckpointParts = (Vec<(String, Vec<u8>)>, Option<RunState>);
 
+/// The run state among a [`LiveState`]'s objects (a checkpoint keeps it in its manifest).
+pub const RUN_STATE_OBJECT: &str = "run-state.json";
+
+/// What one rank holds of the run after a generation ended under it
+/// ([`Trainer::live_state`]): with the other survivors', enough to start the next
+/// generation at `step` instead of at the last checkpoint.
+#[derive(Clone, Debug)]
+pub struct LiveState {
+    /// Steps completed.
+    pub step: u64,
+    /// The world size of the generation it trained in.
+    pub world_size: u32,
+    /// The ranks (of that generation) whose classifier shards it holds.
+    pub shards: Vec<u32>,
+    /// Checkpoint objects by key: the network, its momentum, those shards, and
+    /// [`RUN_STATE_OBJECT`].
+    pub objects: HashMap<String, Bytes>,
+}
+
 /// One step's numbers.
 #[derive(Clone, Debug)]
 pub struct StepReport {
@@ -89,6 +108,10 @@ pub struct Trainer {
     vs: VarStore,
     model: Lgaf,
     pfc: PartialFc,
+    /// The replica of the next rank's shard (`checkpoint.live_recovery`, more than one
+    /// rank): updated every step from the same global batch and softmax statistics, so a
+    /// lost rank's centres survive in memory on the rank before it.
+    ward: Option<PartialFc>,
     sgd: Sgd,
     scaler: GradScaler,
     /// The checkpoints of a single-process run; `None` for a rank of a coordinated run,
@@ -202,15 +225,20 @@ impl Trainer {
             });
         }
         let classes = source.num_classes() as i64;
-        let mut pfc = PartialFc::new(
-            ClassRange::of_rank(classes, rank, world),
-            cfg.model.embedding_size,
-            cfg.loss.sample_rate,
-            cfg.loss.margin()?,
-            cfg.train.seed,
-            device,
-        );
+        let margin = cfg.loss.margin()?;
+        let shard = |rank| {
+            PartialFc::new(
+                ClassRange::of_rank(classes, rank, world),
+                cfg.model.embedding_size,
+                cfg.loss.sample_rate,
+                margin,
+                cfg.train.seed,
+                device,
+            )
+        };
+        let mut pfc = shard(rank);
         pfc.set_collective(group.collective());
+        let ward = (world > 1 && cfg.checkpoint.live_recovery).then(|| shard((rank + 1) % world));
         if world > 1 {
             broadcast_from_rank0(&vs, &group)?;
         }
@@ -222,6 +250,7 @@ impl Trainer {
             vs,
             model,
             pfc,
+            ward,
             sgd,
             scaler: GradScaler::default(),
             checkpoints: None,
@@ -245,7 +274,6 @@ impl Trainer {
         state: &RunState,
         model: &HashMap<String, Tensor>,
         optimizer: &HashMap<String, Tensor>,
-        centres: (Tensor, Tensor),
     ) -> Result<()> {
         let fail = |message: String| WorkerError::Checkpoint {
             path: source.to_path_buf(),
@@ -281,19 +309,6 @@ impl Trainer {
         self.sgd
             .load_momentum(optimizer)
             .map_err(|m| fail(format!("optimizer.safetensors: {m}")))?;
-        for (name, src, dst) in [
-            ("weight", &centres.0, &self.pfc.weight),
-            ("momentum", &centres.1, &self.pfc.momentum),
-        ] {
-            if src.size() != dst.size() {
-                return Err(fail(format!(
-                    "classifier `{name}` has shape {:?}, expected {:?}",
-                    src.size(),
-                    dst.size()
-                )));
-            }
-            tch::no_grad(|| dst.shallow_clone().copy_(src));
-        }
         self.scaler.scale = state.loss_scale;
         self.scaler.good_steps = state.loss_scale_good_steps;
         Ok(())
@@ -308,52 +323,94 @@ impl Trainer {
     pub fn checkpoint_objects(&self) -> Result<CheckpointParts> {
         self.sync_buffers_from_rank0()?;
         let rank = self.group.rank();
-        let mut objects = Vec::new();
+        let mut objects = vec![self.shard_object(&self.pfc, rank)?];
         let mut state = None;
         if rank == 0 {
-            let mut model: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-            model.sort_by(|a, b| a.0.cmp(&b.0));
-            let meta = HashMap::from([
-                ("arch".to_string(), self.cfg.model.arch.name().to_string()),
-                (
-                    "fusion".to_string(),
-                    self.cfg.model.fusion.name().to_string(),
-                ),
-            ]);
-            let name = Path::new(MODEL_OBJECT);
-            objects.push((
-                MODEL_OBJECT.to_string(),
-                weights::to_bytes(&model, &meta, name)?,
-            ));
-            let momentum = self.sgd.named_momentum();
-            let name = Path::new(OPTIMIZER_OBJECT);
-            objects.push((
-                OPTIMIZER_OBJECT.to_string(),
-                weights::to_bytes(&momentum, &HashMap::new(), name)?,
-            ));
-            state = Some(RunState::new(
-                self.layout.data_world_size(),
-                self.sampler.steps_per_epoch(),
-                self.scaler.scale,
-                self.scaler.good_steps,
-                serde_json::to_value(&self.cfg).expect("config serialises"),
-            ));
+            objects.splice(0..0, self.network_objects()?);
+            state = Some(self.run_state());
         }
-        let range = self.pfc.range();
+        Ok((objects, state))
+    }
+
+    /// What this rank holds of the run at the current step, for the next generation when
+    /// this one ended under it (live recovery): the network, its momentum and the run state
+    /// (the same on every rank: rank 0's buffers are taken every step), its own classifier
+    /// shard and its replica of the next rank's. No collective call: the group may be dead.
+    /// `None` without live recovery (no replica, and the buffers are not rank 0's).
+    pub fn live_state(&self) -> Result<Option<LiveState>> {
+        let Some(ward) = &self.ward else {
+            return Ok(None);
+        };
+        let (rank, world) = (self.group.rank(), self.group.world_size());
+        let ward_rank = (rank + 1) % world;
+        let mut objects: HashMap<String, Bytes> = self
+            .network_objects()?
+            .into_iter()
+            .chain([
+                self.shard_object(&self.pfc, rank)?,
+                self.shard_object(ward, ward_rank)?,
+            ])
+            .map(|(k, v)| (k, Bytes::from(v)))
+            .collect();
+        let state = serde_json::to_vec(&self.run_state()).expect("run state serialises");
+        objects.insert(RUN_STATE_OBJECT.to_string(), Bytes::from(state));
+        Ok(Some(LiveState {
+            step: self.step,
+            world_size: world as u32,
+            shards: vec![rank as u32, ward_rank as u32],
+            objects,
+        }))
+    }
+
+    /// The network (`model.safetensors`, the spec's layout) and its momentum.
+    fn network_objects(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut model: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        model.sort_by(|a, b| a.0.cmp(&b.0));
+        let meta = HashMap::from([
+            ("arch".to_string(), self.cfg.model.arch.name().to_string()),
+            (
+                "fusion".to_string(),
+                self.cfg.model.fusion.name().to_string(),
+            ),
+        ]);
+        let momentum = self.sgd.named_momentum();
+        Ok(vec![
+            (
+                MODEL_OBJECT.to_string(),
+                weights::to_bytes(&model, &meta, Path::new(MODEL_OBJECT))?,
+            ),
+            (
+                OPTIMIZER_OBJECT.to_string(),
+                weights::to_bytes(&momentum, &HashMap::new(), Path::new(OPTIMIZER_OBJECT))?,
+            ),
+        ])
+    }
+
+    /// The centres of `shard` as rank `rank`'s classifier object, with their global class
+    /// range in the header, so a run on another world size can re-cut them.
+    fn shard_object(&self, shard: &PartialFc, rank: i64) -> Result<(String, Vec<u8>)> {
+        let range = shard.range();
         let key = classifier_object(rank);
         let meta = HashMap::from([
             ("class_start".to_string(), range.start.to_string()),
             ("class_len".to_string(), range.len.to_string()),
         ]);
         let centres = vec![
-            ("momentum".to_string(), self.pfc.momentum.shallow_clone()),
-            ("weight".to_string(), self.pfc.weight.shallow_clone()),
+            ("momentum".to_string(), shard.momentum.shallow_clone()),
+            ("weight".to_string(), shard.weight.shallow_clone()),
         ];
-        objects.push((
-            key.clone(),
-            weights::to_bytes(&centres, &meta, Path::new(&key))?,
-        ));
-        Ok((objects, state))
+        let bytes = weights::to_bytes(&centres, &meta, Path::new(&key))?;
+        Ok((key, bytes))
+    }
+
+    fn run_state(&self) -> RunState {
+        RunState::new(
+            self.layout.data_world_size(),
+            self.sampler.steps_per_epoch(),
+            self.scaler.scale,
+            self.scaler.good_steps,
+            serde_json::to_value(&self.cfg).expect("config serialises"),
+        )
     }
 
     /// Resumes from the committed checkpoint of `manifest`, named `source` in messages:
@@ -365,6 +422,47 @@ impl Trainer {
         &mut self,
         source: &str,
         manifest: &Manifest,
+        objects: &HashMap<String, Bytes>,
+    ) -> Result<()> {
+        self.restore(source, manifest.step, &manifest.state, objects)?;
+        info!(
+            checkpoint = source,
+            saved_step = manifest.step,
+            saved_world_size = manifest.world_size,
+            step = self.step,
+            "resumed from checkpoint"
+        );
+        Ok(())
+    }
+
+    /// Takes over the state that the survivors of a generation held at `step`
+    /// ([`Trainer::live_state`]), gathered in `objects` (the keys of
+    /// [`Trainer::objects_to_resume`] and [`RUN_STATE_OBJECT`]); `source` names it in errors.
+    pub fn restore_live(
+        &mut self,
+        source: &str,
+        step: u64,
+        objects: &HashMap<String, Bytes>,
+    ) -> Result<()> {
+        let fail = |message: String| WorkerError::Checkpoint {
+            path: PathBuf::from(source),
+            message,
+        };
+        let state = objects
+            .get(RUN_STATE_OBJECT)
+            .ok_or_else(|| fail(format!("{RUN_STATE_OBJECT} is missing")))?;
+        let state: RunState = serde_json::from_slice(state)
+            .map_err(|e| fail(format!("{RUN_STATE_OBJECT} does not parse: {e}")))?;
+        self.restore(source, step, &state, objects)
+    }
+
+    /// The body of both resumes: everything from `objects` saved at `saved_step` under
+    /// `state`, the centres re-cut to this rank's range (and its replica's).
+    fn restore(
+        &mut self,
+        source: &str,
+        saved_step: u64,
+        state: &RunState,
         objects: &HashMap<String, Bytes>,
     ) -> Result<()> {
         let path = std::path::PathBuf::from(source);
@@ -382,17 +480,18 @@ impl Trainer {
         };
         let model = tensors(MODEL_OBJECT)?;
         let optimizer = tensors(OPTIMIZER_OBJECT)?;
-        let centres = self.recut_centres(&path, objects)?;
-        self.restore_parts(&path, &manifest.state, &model, &optimizer, centres)?;
-        let spe = manifest.state.steps_per_epoch;
-        self.step = lgaf_proto::resumed_step(manifest.step, spe, self.steps_per_epoch());
-        info!(
-            checkpoint = source,
-            saved_step = manifest.step,
-            saved_world_size = manifest.world_size,
-            step = self.step,
-            "resumed from checkpoint"
-        );
+        let centres = self.recut_centres(&path, objects, self.pfc.range())?;
+        let ward_centres = match &self.ward {
+            Some(ward) => Some(self.recut_centres(&path, objects, ward.range())?),
+            None => None,
+        };
+        self.restore_parts(&path, state, &model, &optimizer)?;
+        load_centres(&self.pfc, centres).map_err(fail)?;
+        if let (Some(ward), Some(centres)) = (&self.ward, ward_centres) {
+            load_centres(ward, centres).map_err(fail)?;
+        }
+        let spe = state.steps_per_epoch;
+        self.step = lgaf_proto::resumed_step(saved_step, spe, self.steps_per_epoch());
         Ok(())
     }
 
@@ -401,12 +500,12 @@ impl Trainer {
         &self,
         source: &std::path::Path,
         objects: &HashMap<String, Bytes>,
+        want: ClassRange,
     ) -> Result<(Tensor, Tensor)> {
         let fail = |message: String| WorkerError::Checkpoint {
             path: source.to_path_buf(),
             message,
         };
-        let want = self.pfc.range();
         let mut pieces: Vec<(i64, Tensor, Tensor)> = Vec::new();
         for (key, bytes) in objects
             .iter()
@@ -444,7 +543,8 @@ impl Trainer {
             .all(|ok| ok);
         if covered != want.len || !contiguous {
             return Err(fail(format!(
-                "the classifier shards cover {covered} of classes {}..{} (this rank's range)",
+                "the classifier shards cover {covered} of classes {}..{} (a range this rank \
+                 holds)",
                 want.start,
                 want.end()
             )));
@@ -472,13 +572,19 @@ impl Trainer {
     }
 
     /// The object keys this rank needs to resume from a checkpoint saved by
-    /// `saved_world_size` ranks: the network, its momentum and the overlapping shards.
+    /// `saved_world_size` ranks: the network, its momentum and the shards that overlap its
+    /// class range or its replica's.
     pub fn objects_to_resume(&self, saved_world_size: i64, num_classes: i64) -> Vec<String> {
-        let want = self.pfc.range();
+        let wanted: Vec<ClassRange> = std::iter::once(self.pfc.range())
+            .chain(self.ward.as_ref().map(PartialFc::range))
+            .collect();
         let mut keys = vec![MODEL_OBJECT.to_string(), OPTIMIZER_OBJECT.to_string()];
         for r in 0..saved_world_size {
             let range = ClassRange::of_rank(num_classes, r, saved_world_size);
-            if range.start < want.end() && want.start < range.end() {
+            if wanted
+                .iter()
+                .any(|want| range.start < want.end() && want.start < range.end())
+            {
                 keys.push(classifier_object(r));
             }
         }
@@ -594,9 +700,13 @@ impl Trainer {
 
         let n = batch.labels.len();
         let collective = self.group.collective();
+        // The forward pass moves the buffers (BatchNorm statistics, LGF's averages): a step
+        // that fails puts them back, so this rank's state stays that of `self.step`, which
+        // is what it offers the next generation.
+        let buffers_before = self.ward.is_some().then(|| self.buffers().snapshot());
         let mut phases = PhaseTimes::default();
         let phase_started = Instant::now();
-        let (out, fwd, exchange) = {
+        let (out, fwd, ward_fwd, exchange) = {
             let _s = info_span!("forward").entered();
             let mut images = images_to_tensor(&batch.images, n, IMAGE_SIZE, self.device);
             if self.device.is_cuda() && self.cfg.train.channels_last {
@@ -613,18 +723,26 @@ impl Trainer {
                     &out.kappa,
                     &labels,
                 );
-                let fwd = self.pfc.forward(&exchange.global, &exchange.labels);
-                (out, fwd, Some(exchange))
+                let fwd = self
+                    .pfc
+                    .forward(&exchange.global, &exchange.labels, self.step);
+                let ward_fwd = self.ward.as_ref().map(|ward| {
+                    ward.forward_replica(&exchange.global, &exchange.labels, self.step, &fwd.stats)
+                });
+                (out, fwd, ward_fwd, Some(exchange))
             } else {
-                let fwd = self.pfc.forward(&out.kappa, &labels);
-                (out, fwd, None)
+                let fwd = self.pfc.forward(&out.kappa, &labels, self.step);
+                (out, fwd, None, None)
             }
         };
         phases.forward = phase_started.elapsed();
         let phase_started = Instant::now();
         {
             let _s = info_span!("backward").entered();
-            (&fwd.surrogate * loss_scale).backward();
+            (&fwd.shard.surrogate * loss_scale).backward();
+            if let Some(ward_fwd) = &ward_fwd {
+                (&ward_fwd.surrogate * loss_scale).backward();
+            }
             if let Some(exchange) = &exchange {
                 // The head's gradient of this rank's embeddings, summed over the ranks'
                 // class ranges, back into this rank's graph.
@@ -644,10 +762,18 @@ impl Trainer {
         } else {
             0
         };
+        if self.ward.is_some() {
+            // Every rank's buffers become rank 0's each step, so any survivor holds the
+            // ones a checkpoint would save (its own BatchNorm statistics never reach one).
+            self.buffers().broadcast_from_rank0(collective.as_ref());
+        }
         phases.all_reduce = phase_started.elapsed();
         let phase_started = Instant::now();
         if let Err(failed) = self.group.check() {
             self.sgd.zero_grad();
+            if let Some(saved) = buffers_before {
+                self.buffers().restore(&saved);
+            }
             return Err(WorkerError::Collective {
                 step: self.step + 1,
                 message: failed.to_string(),
@@ -658,7 +784,7 @@ impl Trainer {
             let finite = !scaled || {
                 GradScaler::all_finite(&[
                     self.sgd.flat_grads().shallow_clone(),
-                    fwd.sampled_weight.grad(),
+                    fwd.shard.sampled_weight.grad(),
                 ])
             };
             let apply = if scaled {
@@ -672,7 +798,10 @@ impl Trainer {
                 self.sgd.step(lr, multiplier);
                 let o = &self.cfg.optim;
                 self.pfc
-                    .step(&fwd, lr, o.momentum, o.weight_decay, loss_scale);
+                    .step(&fwd.shard, lr, o.momentum, o.weight_decay, loss_scale);
+                if let (Some(ward), Some(ward_fwd)) = (self.ward.as_mut(), &ward_fwd) {
+                    ward.step(ward_fwd, lr, o.momentum, o.weight_decay, loss_scale);
+                }
             }
             self.sgd.zero_grad();
             !apply
@@ -713,26 +842,19 @@ impl Trainer {
         if self.group.world_size() == 1 {
             return Ok(());
         }
-        let collective = self.group.collective();
-        let mut buffers: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| !t.requires_grad())
-            .collect();
-        buffers.sort_by(|a, b| a.0.cmp(&b.0));
-        tch::no_grad(|| {
-            for (_, t) in &buffers {
-                let root = collective.broadcast(t, 0);
-                t.shallow_clone().copy_(&root);
-            }
-        });
+        self.buffers()
+            .broadcast_from_rank0(self.group.collective().as_ref());
         self.group
             .check()
             .map_err(|failed| WorkerError::Collective {
                 step: self.step,
                 message: failed.to_string(),
             })
+    }
+
+    /// The model's buffers (variables no optimiser updates), by name.
+    fn buffers(&self) -> Buffers {
+        Buffers::of(&self.vs)
     }
 
     /// Commits a checkpoint of everything a resume needs (single-process runs; a rank of
@@ -875,4 +997,78 @@ fn broadcast_from_rank0(vs: &VarStore, group: &Group) -> Result<()> {
         step: 0,
         message: failed.to_string(),
     })
+}
+
+/// The model's buffers (BatchNorm running statistics, LGF's feature-norm averages): the
+/// variables that the forward pass updates and no optimiser does, sorted by name so every
+/// rank lists them in the same order.
+struct Buffers(Vec<Tensor>);
+
+impl Buffers {
+    fn of(vs: &VarStore) -> Self {
+        let mut named: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        Self(named.into_iter().map(|(_, t)| t).collect())
+    }
+
+    fn snapshot(&self) -> Vec<Tensor> {
+        self.0.iter().map(Tensor::copy).collect()
+    }
+
+    fn restore(&self, saved: &[Tensor]) {
+        tch::no_grad(|| {
+            for (t, s) in self.0.iter().zip(saved) {
+                t.shallow_clone().copy_(s);
+            }
+        });
+    }
+
+    /// Rank 0's values on every rank, in one broadcast per kind (a model has hundreds of
+    /// small buffers; one call each would pay the collective's latency hundreds of times).
+    /// Under a failed collective each keeps its own value.
+    fn broadcast_from_rank0(&self, collective: &dyn lgaf_model::collective::Collective) {
+        let mut kinds: Vec<Kind> = Vec::new();
+        for t in &self.0 {
+            if !kinds.contains(&t.kind()) {
+                kinds.push(t.kind());
+            }
+        }
+        tch::no_grad(|| {
+            for kind in kinds {
+                let members: Vec<&Tensor> = self.0.iter().filter(|t| t.kind() == kind).collect();
+                let flat: Vec<Tensor> = members.iter().map(|t| t.reshape([-1])).collect();
+                let root = collective.broadcast(&Tensor::cat(&flat, 0), 0);
+                let mut offset = 0;
+                for t in members {
+                    let n = t.numel() as i64;
+                    t.shallow_clone()
+                        .copy_(&root.narrow(0, offset, n).reshape(t.size()));
+                    offset += n;
+                }
+            }
+        });
+    }
+}
+
+/// Copies re-cut `centres` (weight, momentum) into `shard`, or says which has the wrong
+/// shape.
+fn load_centres(shard: &PartialFc, centres: (Tensor, Tensor)) -> Result<(), String> {
+    for (name, src, dst) in [
+        ("weight", &centres.0, &shard.weight),
+        ("momentum", &centres.1, &shard.momentum),
+    ] {
+        if src.size() != dst.size() {
+            return Err(format!(
+                "classifier `{name}` has shape {:?}, expected {:?}",
+                src.size(),
+                dst.size()
+            ));
+        }
+        tch::no_grad(|| dst.shallow_clone().copy_(src));
+    }
+    Ok(())
 }

@@ -168,6 +168,10 @@ fn peer_entry() {
             var("LGAF_DP_STEPS").parse().unwrap(),
             Batches::Halves,
         ),
+        "live" => live_state_after(
+            Group::Host(host.clone()),
+            var("LGAF_DP_STEPS").parse().unwrap(),
+        ),
         "train_shards" => train_steps(
             Group::Host(host.clone()),
             var("LGAF_DP_STEPS").parse().unwrap(),
@@ -210,15 +214,15 @@ fn peer_pfc(host: Arc<HostCollective>, sample_rate: f64) -> Vec<(String, Tensor)
     let kappa = &local * 1.0;
     let layout = DataLayout::new(rank as u32, world as u32, world as u32, PER_RANK as usize);
     let exchange = EmbeddingExchange::gather(host.as_ref(), &layout, &kappa, &local_labels);
-    let fwd = pfc.forward(&exchange.global, &exchange.labels);
-    fwd.surrogate.backward();
+    let fwd = pfc.forward(&exchange.global, &exchange.labels, 0);
+    fwd.shard.surrogate.backward();
     let grad = exchange.local_grad(host.as_ref()).unwrap();
     (kappa * grad.detach()).sum(Kind::Float).backward();
     vec![
         ("loss".into(), fwd.loss.reshape([1])),
         ("embedding_grad".into(), local.grad()),
-        ("weight_grad".into(), fwd.sampled_weight.grad()),
-        ("sampled".into(), &fwd.sampled + range.start),
+        ("weight_grad".into(), fwd.shard.sampled_weight.grad()),
+        ("sampled".into(), &fwd.shard.sampled + range.start),
     ]
 }
 
@@ -379,6 +383,34 @@ fn train_steps(group: Group, steps: u64, batches: Batches) -> Vec<(String, Tenso
             .map(|(name, t)| (format!("synced.{name}"), t)),
     );
     out.push(("losses".into(), Tensor::from_slice(&losses)));
+    out
+}
+
+/// Trains `steps` steps with live recovery and sampled negatives; returns the objects of
+/// this rank's [`Trainer::live_state`] (their bytes) and the shards it holds.
+fn live_state_after(group: Group, steps: u64) -> Vec<(String, Tensor)> {
+    let (rank, world) = (group.rank() as usize, group.world_size() as usize);
+    let mut cfg = train_config(GLOBAL_BATCH / world);
+    cfg.loss.sample_rate = 0.5;
+    cfg.checkpoint.live_recovery = true;
+    let mut trainer = Trainer::with_group(cfg.clone(), group).unwrap();
+    for step in 0..steps {
+        let batch = batch_for(step, rank, world, Batches::Halves, &cfg);
+        trainer.train_step(&batch, Duration::ZERO).unwrap();
+    }
+    let live = trainer.live_state().unwrap().expect("live recovery is on");
+    assert_eq!(live.step, steps);
+    let shards: Vec<i64> = live.shards.iter().map(|&r| i64::from(r)).collect();
+    let mut out: Vec<(String, Tensor)> = live
+        .objects
+        .iter()
+        // One i64 per byte: the tensor file holds no u8 tensors.
+        .map(|(key, bytes)| {
+            let bytes = Tensor::from_slice(bytes.as_ref()).to_kind(Kind::Int64);
+            (key.clone(), bytes)
+        })
+        .collect();
+    out.push(("shards".into(), Tensor::from_slice(&shards)));
     out
 }
 
@@ -588,5 +620,37 @@ fn three_ranks_holding_four_data_shards_train_the_global_batch_of_four() {
             (a - b).abs() < 1e-3 * b,
             "step {step}: loss {a} on 3 ranks holding 4 shards vs {b} on 1"
         );
+    }
+}
+
+/// Live recovery's premise: every rank's replica of the next rank's classifier shard is
+/// that rank's own shard bit for bit (negatives sampled), and the network, its momentum,
+/// its buffers and the run state are the same bytes on every rank, so any survivor can
+/// stand in for a lost rank.
+#[test]
+fn every_rank_holds_the_next_ranks_shard_and_the_same_network_bit_for_bit() {
+    let _one = one_test();
+    let world = 3;
+    let dir = out_dir("live");
+    let ranks = run_group("live", world, &dir, &[("LGAF_DP_STEPS", "4".into())]);
+    let key = |r: usize| format!("classifier/rank-{r:05}.safetensors");
+    for (rank, objects) in ranks.iter().enumerate() {
+        let next = (rank + 1) % world;
+        let shards = Vec::<i64>::try_from(&objects["shards"]).unwrap();
+        assert_eq!(shards, vec![rank as i64, next as i64]);
+        assert!(
+            objects[&key(next)].equal(&ranks[next][&key(next)]),
+            "rank {rank}'s replica of shard {next} differs from rank {next}'s own"
+        );
+        for shared in [
+            "model.safetensors",
+            "optimizer.safetensors",
+            "run-state.json",
+        ] {
+            assert!(
+                objects[shared].equal(&ranks[0][shared]),
+                "{shared} of rank {rank} differs from rank 0's"
+            );
+        }
     }
 }

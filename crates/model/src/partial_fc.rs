@@ -37,11 +37,19 @@ impl ClassRange {
     }
 }
 
-/// What one forward pass of the classifier leaves for the backward pass and the update.
+/// The softmax's statistics over every rank's class range for one step: row maxima and
+/// denominators [B, 1], all-reduced, so they are the same bits on every rank. A replica of
+/// another rank's shard ([`PartialFc::forward_replica`]) needs them and nothing else from
+/// that rank.
 #[derive(Debug)]
-pub struct PfcForward {
-    /// Mean cross-entropy over the global batch (detached scalar).
-    pub loss: Tensor,
+pub struct SoftmaxStats {
+    pub row_max: Tensor,
+    pub denom: Tensor,
+}
+
+/// What scoring the batch against one shard leaves for the backward pass and its update.
+#[derive(Debug)]
+pub struct ShardForward {
     /// `sum(logits * dloss/dlogits)`: backpropagating it gives the exact loss gradient to
     /// the embeddings and to `sampled_weight`, with no custom autograd function.
     pub surrogate: Tensor,
@@ -51,10 +59,23 @@ pub struct PfcForward {
     pub sampled_weight: Tensor,
 }
 
+/// What one forward pass of this rank's classifier leaves.
+#[derive(Debug)]
+pub struct PfcForward {
+    /// Mean cross-entropy over the global batch (detached scalar).
+    pub loss: Tensor,
+    /// This rank's shard: what its backward pass and update need.
+    pub shard: ShardForward,
+    /// The step's global softmax statistics, for a replica of another rank's shard.
+    pub stats: SoftmaxStats,
+}
+
 pub struct PartialFc {
     range: ClassRange,
     sample_rate: f64,
     margin: CombinedMargin,
+    /// Keys the negatives drawn each step (with the step and the range).
+    seed: u64,
     /// Centres of this rank's classes [len, D], fp32.
     pub weight: Tensor,
     /// SGD momentum of the centres, same shape.
@@ -102,6 +123,7 @@ impl PartialFc {
             range,
             sample_rate,
             margin,
+            seed,
             weight,
             momentum,
             collective: Arc::new(SingleProcess),
@@ -122,8 +144,41 @@ impl PartialFc {
     }
 
     /// Scores the global batch `embeddings` [B, D] (not yet normalised, requires grad) with
-    /// `labels` [B] (global class ids) against this rank's centres.
-    pub fn forward(&self, embeddings: &Tensor, labels: &Tensor) -> PfcForward {
+    /// `labels` [B] (global class ids) against this rank's centres, at training step `step`
+    /// (which keys the negatives drawn). Collective: every rank calls it for the same step.
+    pub fn forward(&self, embeddings: &Tensor, labels: &Tensor, step: u64) -> PfcForward {
+        let (shard, loss, stats) = self.score(embeddings, labels, step, None);
+        PfcForward {
+            loss: loss.expect("scoring without given statistics computes the loss"),
+            shard,
+            stats,
+        }
+    }
+
+    /// What [`PartialFc::forward`] on the rank that owns this shard computes for its
+    /// update, computed here from the same global batch and that step's `stats`, with no
+    /// collective call: a rank keeps a replica of a peer's shard up to date with it, bit for
+    /// bit (the same operations on the same bits), so the shard outlives its owner.
+    pub fn forward_replica(
+        &self,
+        embeddings: &Tensor,
+        labels: &Tensor,
+        step: u64,
+        stats: &SoftmaxStats,
+    ) -> ShardForward {
+        self.score(&embeddings.detach(), labels, step, Some(stats))
+            .0
+    }
+
+    /// The shared body of [`PartialFc::forward`] and [`PartialFc::forward_replica`]: the
+    /// loss (only when the statistics are reduced here) and the statistics used.
+    fn score(
+        &self,
+        embeddings: &Tensor,
+        labels: &Tensor,
+        step: u64,
+        given: Option<&SoftmaxStats>,
+    ) -> (ShardForward, Option<Tensor>, SoftmaxStats) {
         let device = self.weight.device();
         let labels = labels.to_device(device).to_kind(Kind::Int64);
         let in_range = labels
@@ -131,7 +186,7 @@ impl PartialFc {
             .logical_and(&labels.lt(self.range.end()));
         let local = (&labels - self.range.start).where_self(&in_range, &labels.full_like(-1));
 
-        let (sampled, local) = self.sample(&local, &in_range);
+        let (sampled, local) = self.sample(&local, &in_range, step);
         let sampled_weight = if self.sample_rate >= 1.0 {
             self.weight.detach()
         } else {
@@ -139,25 +194,29 @@ impl PartialFc {
         }
         .set_requires_grad(true);
 
-        let (margin_logits, loss, grad_logits) = crate::amp::fp32(|| {
+        let (margin_logits, loss, grad_logits, stats) = crate::amp::fp32(|| {
             let emb = embeddings.to_kind(Kind::Float);
             let norm_emb = normalize(&emb);
             let norm_w = normalize(&sampled_weight);
             let logits = self.margin.logits(&norm_emb.matmul(&norm_w.tr()), &local);
-            let (loss, grad) = tch::no_grad(|| self.softmax_cross_entropy(&logits, &local));
-            (logits, loss, grad)
+            let (loss, grad, stats) =
+                tch::no_grad(|| self.softmax_cross_entropy(&logits, &local, given));
+            (logits, loss, grad, stats)
         });
-        PfcForward {
-            loss,
+        let shard = ShardForward {
             surrogate: (margin_logits * grad_logits).sum(Kind::Float),
             sampled,
             sampled_weight,
-        }
+        };
+        (shard, loss, stats)
     }
 
     /// Keeps every positive class plus uniformly drawn negatives (PartialFC_V2's rule) and
     /// remaps local labels into the sampled set. Without sampling: all rows, labels as given.
-    fn sample(&self, local: &Tensor, in_range: &Tensor) -> (Tensor, Tensor) {
+    /// The negatives' scores come from a stream keyed by (seed, step, first class of the
+    /// range), not libtorch's generator: a replica of this shard on another rank draws the
+    /// same ones, and so does a rank that took the shard over.
+    fn sample(&self, local: &Tensor, in_range: &Tensor, step: u64) -> (Tensor, Tensor) {
         let device = self.weight.device();
         if self.sample_rate >= 1.0 {
             return (
@@ -169,7 +228,7 @@ impl PartialFc {
         let (positives, _, _) = positives.unique_dim(0, true, false, false);
         let num_sample = self.num_sample();
         let sampled = if num_sample > positives.size()[0] {
-            let mut score = Tensor::rand([self.range.len], (Kind::Float, device));
+            let mut score = self.negative_scores(step).to_device(device);
             let _ = score.index_fill_(0, &positives, 2.0);
             let (_, index) = score.topk(num_sample, 0, true, false);
             index.sort(0, false).0
@@ -180,30 +239,72 @@ impl PartialFc {
         (sampled, remapped.where_self(in_range, &local.full_like(-1)))
     }
 
-    /// Distributed softmax cross-entropy: returns (mean loss, dloss/dlogits). Rows whose
-    /// target lives on another rank contribute their denominator here and their target there.
-    fn softmax_cross_entropy(&self, logits: &Tensor, local: &Tensor) -> (Tensor, Tensor) {
+    /// One uniform score in [0, 1) per centre of the range for `step` (24-bit floats, so
+    /// every value is exact and ties are as rare as in `torch.rand`).
+    fn negative_scores(&self, step: u64) -> Tensor {
+        let mut rng = SplitMix64::new(
+            self.seed
+                ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ (self.range.start as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+        );
+        let scores: Vec<f32> = (0..self.range.len)
+            .map(|_| (rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32)
+            .collect();
+        Tensor::from_slice(&scores)
+    }
+
+    /// Distributed softmax cross-entropy: returns (mean loss, dloss/dlogits, the global
+    /// statistics). Rows whose target lives on another rank contribute their denominator
+    /// here and their target there. With `given` statistics (a replica's step) nothing is
+    /// reduced and no loss is computed.
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Tensor,
+        local: &Tensor,
+        given: Option<&SoftmaxStats>,
+    ) -> (Option<Tensor>, Tensor, SoftmaxStats) {
         let batch = logits.size()[0] as f64;
-        let row_max = self
-            .collective
-            .all_reduce_max(&logits.amax(&[1i64][..], true));
-        let exp = (logits - &row_max).exp();
-        let denom =
-            self.collective
-                .all_reduce_sum(&exp.sum_dim_intlist(&[1i64][..], true, None::<Kind>));
+        let (row_max, exp, denom) = match given {
+            Some(stats) => {
+                let exp = (logits - &stats.row_max).exp();
+                (
+                    stats.row_max.shallow_clone(),
+                    exp,
+                    stats.denom.shallow_clone(),
+                )
+            }
+            None => {
+                let row_max = self
+                    .collective
+                    .all_reduce_max(&logits.amax(&[1i64][..], true));
+                let exp = (logits - &row_max).exp();
+                let denom = self.collective.all_reduce_sum(&exp.sum_dim_intlist(
+                    &[1i64][..],
+                    true,
+                    None::<Kind>,
+                ));
+                (row_max, exp, denom)
+            }
+        };
         let prob = exp / &denom;
 
         let has_target = local.ge(0);
         let index = local.clamp_min(0).unsqueeze(1);
-        let target_logit = logits
-            .gather(1, &index, false)
-            .where_self(&has_target.unsqueeze(1), &row_max.zeros_like());
-        let target_logit = self.collective.all_reduce_sum(&target_logit);
-        let loss = (denom.log() + &row_max - target_logit).mean(Kind::Float);
+        let loss = given.is_none().then(|| {
+            let target_logit = logits
+                .gather(1, &index, false)
+                .where_self(&has_target.unsqueeze(1), &row_max.zeros_like());
+            let target_logit = self.collective.all_reduce_sum(&target_logit);
+            (denom.log() + &row_max - target_logit).mean(Kind::Float)
+        });
 
         let one_hot = prob.zeros_like().scatter_value(1, &index, 1.0)
             * has_target.unsqueeze(1).to_kind(Kind::Float);
-        (loss, (prob - one_hot) / batch)
+        (
+            loss,
+            (prob - one_hot) / batch,
+            SoftmaxStats { row_max, denom },
+        )
     }
 
     /// SGD with momentum and weight decay on the sampled centres only (PyTorch's update
@@ -211,7 +312,7 @@ impl PartialFc {
     /// loss scale under fp16).
     pub fn step(
         &mut self,
-        fwd: &PfcForward,
+        fwd: &ShardForward,
         lr: f64,
         momentum: f64,
         weight_decay: f64,
@@ -354,8 +455,8 @@ mod tests {
     #[test]
     fn full_rate_equals_plain_softmax_cross_entropy() {
         let (pfc, emb, labels) = setup(1.0, 20);
-        let fwd = pfc.forward(&emb, &labels);
-        fwd.surrogate.backward();
+        let fwd = pfc.forward(&emb, &labels, 0);
+        fwd.shard.surrogate.backward();
         let ours_grad = emb.grad().copy();
 
         // Reference: the same margin logits through libtorch's cross-entropy and autograd.
@@ -371,6 +472,7 @@ mod tests {
         // Centres of norm ~0.03 are normalised: their gradients are ~30x larger, and so is
         // the rounding.
         assert!(fwd
+            .shard
             .sampled_weight
             .grad()
             .allclose(&w.grad(), 1e-4, 1e-5, false));
@@ -382,7 +484,7 @@ mod tests {
         assert_eq!(pfc.num_sample(), 10);
         let local = labels.shallow_clone();
         let in_range = labels.ge(0);
-        let (sampled, remapped) = pfc.sample(&local, &in_range);
+        let (sampled, remapped) = pfc.sample(&local, &in_range, 0);
         assert_eq!(sampled.size(), vec![10]);
         // Sorted, unique, and the remapped label points back at the true class.
         let s = Vec::<i64>::try_from(&sampled).unwrap();
@@ -390,17 +492,17 @@ mod tests {
         let back = sampled.index_select(0, &remapped);
         assert!(back.equal(&labels));
         // The loss over the sampled centres is finite and updates only those rows.
-        let fwd = pfc.forward(&emb, &labels);
-        fwd.surrogate.backward();
+        let fwd = pfc.forward(&emb, &labels, 0);
+        fwd.shard.surrogate.backward();
         let before = pfc.weight.copy();
         let mut pfc = pfc;
-        pfc.step(&fwd, 0.1, 0.9, 5e-4, 1.0);
+        pfc.step(&fwd.shard, 0.1, 0.9, 5e-4, 1.0);
         let changed = (&pfc.weight - before)
             .abs()
             .sum_dim_intlist(&[1i64][..], false, None::<Kind>)
             .gt(0.0);
         let changed_rows = Vec::<i64>::try_from(changed.nonzero().flatten(0, -1)).unwrap();
-        let used = Vec::<i64>::try_from(&fwd.sampled).unwrap();
+        let used = Vec::<i64>::try_from(&fwd.shard.sampled).unwrap();
         assert!(
             changed_rows.iter().all(|r| used.contains(r)),
             "{changed_rows:?} vs {used:?}"
@@ -419,7 +521,7 @@ mod tests {
     #[test]
     fn too_many_positives_keeps_just_the_positives() {
         let (pfc, _, labels) = setup(0.05, 40); // num_sample 2 < 5 distinct positives
-        let (sampled, _) = pfc.sample(&labels, &labels.ge(0));
+        let (sampled, _) = pfc.sample(&labels, &labels.ge(0), 0);
         assert_eq!(
             Vec::<i64>::try_from(&sampled).unwrap(),
             vec![0, 3, 9, 11, 17]
@@ -429,23 +531,60 @@ mod tests {
     #[test]
     fn step_follows_pytorch_sgd() {
         let (mut pfc, emb, labels) = setup(1.0, 20);
-        let fwd = pfc.forward(&emb, &labels);
-        fwd.surrogate.backward();
-        let grad = fwd.sampled_weight.grad().copy();
+        let fwd = pfc.forward(&emb, &labels, 0);
+        fwd.shard.surrogate.backward();
+        let grad = fwd.shard.sampled_weight.grad().copy();
         let w0 = pfc.weight.copy();
-        pfc.step(&fwd, 0.1, 0.9, 5e-4, 2.0);
+        pfc.step(&fwd.shard, 0.1, 0.9, 5e-4, 2.0);
         let g = grad / 2.0 + &w0 * 5e-4;
         assert!(pfc.momentum.allclose(&g, 1e-6, 1e-8, false));
         let w1 = &w0 - &g * 0.1;
         assert!(pfc.weight.allclose(&w1, 1e-6, 1e-8, false));
         // A second step, unscaled (the gradient is then updated in place): momentum
         // carries the first step's direction.
-        let fwd = pfc.forward(&emb, &labels);
-        fwd.surrogate.backward();
-        let grad = fwd.sampled_weight.grad().copy();
-        pfc.step(&fwd, 0.1, 0.9, 5e-4, 1.0);
+        let fwd = pfc.forward(&emb, &labels, 0);
+        fwd.shard.surrogate.backward();
+        let grad = fwd.shard.sampled_weight.grad().copy();
+        pfc.step(&fwd.shard, 0.1, 0.9, 5e-4, 1.0);
         let m = g * 0.9 + grad + &w1 * 5e-4;
         assert!(pfc.momentum.allclose(&m, 1e-6, 1e-8, false));
         assert!(pfc.weight.allclose(&(w1 - m * 0.1), 1e-6, 1e-8, false));
+    }
+
+    /// A replica fed the step's statistics updates its copy of the shard to the same bits
+    /// as the owner does, step after step, sampling included.
+    #[test]
+    fn a_replica_follows_its_shard_bit_for_bit() {
+        for sample_rate in [1.0, 0.3] {
+            let (mut owner, emb, labels) = setup(sample_rate, 40);
+            let (mut replica, _, _) = setup(sample_rate, 40);
+            for step in 0..4 {
+                let emb = (&emb * (step as f64 + 1.0))
+                    .detach()
+                    .set_requires_grad(true);
+                let fwd = owner.forward(&emb, &labels, step);
+                fwd.shard.surrogate.backward();
+                let copy = replica.forward_replica(&emb, &labels, step, &fwd.stats);
+                copy.surrogate.backward();
+                assert!(copy.sampled.equal(&fwd.shard.sampled));
+                owner.step(&fwd.shard, 0.1, 0.9, 5e-4, 1.0);
+                replica.step(&copy, 0.1, 0.9, 5e-4, 1.0);
+                assert!(
+                    replica.weight.equal(&owner.weight),
+                    "rate {sample_rate} step {step}"
+                );
+                assert!(replica.momentum.equal(&owner.momentum));
+            }
+        }
+    }
+
+    #[test]
+    fn negatives_depend_on_the_step_and_the_range_not_on_libtorch() {
+        let (pfc, _, labels) = setup(0.25, 40);
+        let draw = |step| pfc.sample(&labels, &labels.ge(0), step).0;
+        let first = draw(3);
+        tch::manual_seed(99);
+        assert!(draw(3).equal(&first));
+        assert!(!draw(4).equal(&first));
     }
 }

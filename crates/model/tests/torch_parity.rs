@@ -236,8 +236,8 @@ fn check_parity(case: &Case, dir: &Path) {
     tch::no_grad(|| {
         pfc.weight.copy_(centres);
     });
-    let f = pfc.forward(&out.kappa, labels);
-    f.surrogate.backward();
+    let f = pfc.forward(&out.kappa, labels, 0);
+    f.shard.surrogate.backward();
     close(
         "train_loss",
         &f.loss.reshape([1]),
@@ -260,7 +260,7 @@ fn check_parity(case: &Case, dir: &Path) {
     }
     close(
         "grad_centres",
-        &f.sampled_weight.grad(),
+        &f.shard.sampled_weight.grad(),
         &expected["grad_centres"],
         GRAD_RTOL,
     );
