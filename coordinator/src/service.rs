@@ -500,10 +500,21 @@ fn log_effect(effect: &Effect) {
             steps_per_epoch,
             total_steps,
             resume_step,
+            live,
+            not_live,
         } => {
-            let from = match resume_step {
-                0 => String::new(),
-                s => format!(", resuming from the checkpoint at step {s}"),
+            let from = match (live, resume_step) {
+                (Some(live), _) => format!(
+                    ", resuming from the state of generation {}'s survivors at step {} (live \
+                     recovery: nothing read from the store)",
+                    live.source_generation, live.step
+                ),
+                (None, 0) => String::new(),
+                (None, s) => format!(", resuming from the checkpoint at step {s}"),
+            };
+            let from = match not_live {
+                Some(why) => format!("{from}; not from the survivors: {why}"),
+                None => from,
             };
             let shards = if data_world_size > world_size {
                 format!(" holding the job's {data_world_size} data shards")
@@ -545,11 +556,12 @@ fn log_effect(effect: &Effect) {
             (0, Some(restart)) => warn!("{reason}; restart {restart} of {max_restarts}"),
             (n, Some(restart)) => warn!(
                 "generation {n} ended: {reason}; restart {restart} of {max_restarts}: the next \
-                 generation resumes from the last committed checkpoint"
+                 generation resumes from its survivors' state, or else from the last \
+                 committed checkpoint"
             ),
             (n, None) => info!(
-                "generation {n} ended: {reason}; the next generation resumes from that \
-                 checkpoint"
+                "generation {n} ended: {reason}; the next generation resumes from its ranks' \
+                 state, or else from that checkpoint"
             ),
         },
         Effect::WorkerLost { worker_id, .. } => warn!("worker {worker_id} is lost"),

@@ -184,6 +184,7 @@ async fn malformed_requests_get_their_codes_and_change_nothing() {
             worker_id: id.clone(),
             facts: None,
             left_generation: 0,
+            live: None,
         })
         .await
         .unwrap_err();
@@ -199,6 +200,7 @@ async fn malformed_requests_get_their_codes_and_change_nothing() {
             worker_id: id.clone(),
             facts: Some(other),
             left_generation: 0,
+            live: None,
         })
         .await
         .unwrap_err();
@@ -321,6 +323,7 @@ async fn join_answers_deadline_exceeded_while_the_generation_is_incomplete() {
         worker_id: a.id.clone(),
         facts: Some(facts()),
         left_generation: 0,
+        live: None,
     };
     let started = Instant::now();
     let e = a.client.clone().join(req()).await.unwrap_err();
@@ -341,6 +344,7 @@ async fn join_answers_deadline_exceeded_while_the_generation_is_incomplete() {
         worker_id: w.id.clone(),
         facts: Some(facts()),
         left_generation: 0,
+        live: None,
     });
     r.set_timeout(Duration::from_millis(600));
     let started = Instant::now();
@@ -372,6 +376,7 @@ async fn nccl_id_long_polls_until_rank0_publishes() {
         worker_id: id,
         facts: Some(facts()),
         left_generation: 0,
+        live: None,
     };
     let (j0, j1) = tokio::join!(c0.join(join(id0.clone())), c1.join(join(id1.clone())));
     let (j0, j1) = (j0.unwrap().into_inner(), j1.unwrap().into_inner());

@@ -34,6 +34,7 @@ async fn two_waiting_joins_do_not_wake_each_other() {
         worker_id: id.into(),
         facts: Some(facts()),
         left_generation: 0,
+        live: None,
     };
     let (ja, jb) = (join(&a.id), join(&b.id));
     let before = cpu_ticks();

@@ -653,6 +653,11 @@ impl Trainer {
         self.device
     }
 
+    /// The collective group this rank trains in.
+    pub fn group(&self) -> &Group {
+        &self.group
+    }
+
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }
@@ -753,6 +758,13 @@ impl Trainer {
                 }
             }
         }
+        if self.ward.is_some() {
+            // Every rank's buffers become rank 0's each step, so any survivor holds the
+            // ones a checkpoint would save (its own BatchNorm statistics never reach one).
+            // Before the gradients' all-reduce: a broadcast can complete on its root and
+            // fail elsewhere, and the step's last exchange decides which ranks complete it.
+            self.buffers().broadcast_from_rank0(collective.as_ref());
+        }
         phases.backward = phase_started.elapsed();
         let phase_started = Instant::now();
         let allreduce_bytes = if self.group.world_size() > 1 {
@@ -762,11 +774,6 @@ impl Trainer {
         } else {
             0
         };
-        if self.ward.is_some() {
-            // Every rank's buffers become rank 0's each step, so any survivor holds the
-            // ones a checkpoint would save (its own BatchNorm statistics never reach one).
-            self.buffers().broadcast_from_rank0(collective.as_ref());
-        }
         phases.all_reduce = phase_started.elapsed();
         let phase_started = Instant::now();
         if let Err(failed) = self.group.check() {

@@ -4,7 +4,10 @@
 //! and the run ends exactly as an uninterrupted one; workers whose coordinator is killed
 //! stop by themselves within the deadline; a checkpoint half uploaded by a worker killed
 //! in the middle is never used; an elastic job continues on fewer workers when a
-//! lost one is not replaced, and grows back when a worker comes.
+//! lost one is not replaced, and grows back when a worker comes. Live recovery: a rank
+//! killed between checkpoints costs only the step in flight (the next generation starts
+//! from the survivors' state), also when a rank dies in the transfer of that state, and
+//! losing every rank falls back to the last checkpoint.
 
 use std::path::Path;
 use std::process::{Child, Command};
@@ -156,6 +159,44 @@ fn long_epoch() -> String {
 /// checkpoint every 2 steps.
 fn short_epochs() -> String {
     tiny_config(8, 6, 2)
+}
+
+/// 480 images, 8 a rank on 3 ranks: 20 steps an epoch, 40 in all, checkpoints only at the
+/// epochs' ends, so faults in the middle of an epoch fall between checkpoints.
+fn rare_checkpoints() -> String {
+    tiny_config(40, 2, 0)
+}
+
+/// [`short_epochs`] without live recovery: every generation starts from a checkpoint.
+fn short_epochs_from_checkpoints() -> String {
+    short_epochs() + "live_recovery = false\n"
+}
+
+/// The step the survivors of `generation` kept (every one the same), and the step the
+/// next generation started from them at, from the log.
+fn live_recovery_of(log: &str, generation: u64) -> (Vec<u64>, Option<u64>) {
+    let kept: Vec<u64> = log
+        .lines()
+        .filter(|l| {
+            l.contains("kept this rank's state")
+                && l.contains(&format!("generation={generation} step="))
+        })
+        .map(|l| field(l, " step="))
+        .collect();
+    let marker = format!("resuming from the state of generation {generation}'s survivors at step ");
+    let resumed = log.find(&marker).map(|at| field(&log[at..], &marker));
+    (kept, resumed)
+}
+
+/// The number after `name` in `line`.
+fn field(line: &str, name: &str) -> u64 {
+    let at = line.find(name).expect("field in line") + name.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -363,12 +404,32 @@ fn an_elastic_job_goes_on_with_fewer_workers_and_grows_back_at_a_checkpoint() {
         log.contains("restart 1 of 3") && !log.contains("restart 2 of"),
         "{log}"
     );
+    // Both through live recovery: the smaller generation starts from the two survivors'
+    // state, the larger from the smaller one's ranks (the newcomer receives it).
+    for (generation, formed) in [
+        (1, "2 ranks holding the job's 3 data shards"),
+        (2, "3 ranks"),
+    ] {
+        let (kept, resumed) = live_recovery_of(&log, generation);
+        let resumed = resumed.unwrap_or_else(|| panic!("not live after {generation}:\n{log}"));
+        assert!(kept.iter().all(|&k| k == resumed), "{log}");
+        assert!(
+            log.contains(&format!(
+                "generation {} formed: {formed}, cpu backend, 4 steps per epoch, 48 steps, \
+                 resuming from the state of generation {generation}'s survivors at step \
+                 {resumed}",
+                generation + 1
+            )),
+            "{log}"
+        );
+    }
     export(&dir, "elastic", 48);
 }
 
 #[test]
 fn a_checkpoint_half_uploaded_by_a_killed_worker_is_never_used() {
-    let dir = work_dir("faults", "upload-kill", &short_epochs());
+    // Without live recovery, so that the generation after must take a checkpoint.
+    let dir = work_dir("faults", "upload-kill", &short_epochs_from_checkpoints());
     let mut straight = Run::start(&dir, "straight", 3, &[]);
     let status = wait_exit(&mut straight.coordinator, Duration::from_secs(300));
     assert!(status.success(), "{}", straight.log());
@@ -413,4 +474,106 @@ fn a_checkpoint_half_uploaded_by_a_killed_worker_is_never_used() {
     // Step 6 was trained again and committed properly this time.
     assert!(folder.join("MANIFEST.json").is_file());
     assert_same_network(&dir, "straight", "upload-kill", 24);
+}
+
+#[test]
+fn a_rank_killed_between_checkpoints_costs_only_the_step_in_flight() {
+    let dir = work_dir("faults", "live", &rare_checkpoints());
+    let mut straight = Run::start(&dir, "straight", 3, &[]);
+    let status = wait_exit(&mut straight.coordinator, Duration::from_secs(300));
+    assert!(status.success(), "{}", straight.log());
+
+    let mut run = Run::start(&dir, "live", 3, &[]);
+    run.wait_for("step 6/", Duration::from_secs(300));
+    kill(run.worker_pid(1), Signal::SIGKILL).unwrap();
+    run.wait_for("generation 2 formed", Duration::from_secs(120));
+    let status = wait_exit(&mut run.coordinator, Duration::from_secs(300));
+    let log = run.finish_log(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+
+    // Both survivors kept the step they completed, and generation 2 started there: of the
+    // steps trained, only the one in flight is trained again. Nothing came from the store
+    // (the only checkpoints are at the epochs' ends, 20 and 40).
+    let (kept, resumed) = live_recovery_of(&log, 1);
+    assert_eq!(kept.len(), 2, "{log}");
+    assert!(
+        kept.iter().all(|&k| Some(k) == resumed),
+        "{kept:?} {resumed:?}\n{log}"
+    );
+    let resumed = resumed.unwrap();
+    assert!((6..20).contains(&resumed), "{log}");
+    assert!(!log.contains("resumed from checkpoint"), "{log}");
+    assert!(log.contains("step 40/40 epoch 1"), "{log}");
+    assert_same_network(&dir, "straight", "live", 40);
+    assert_history_complete(&store_url(&dir), "live", 40);
+}
+
+#[test]
+fn a_rank_dying_in_the_state_transfer_leaves_the_survivors_state_for_the_next_try() {
+    let dir = work_dir("faults", "live-transfer", &rare_checkpoints());
+    let mut straight = Run::start(&dir, "straight", 3, &[]);
+    let status = wait_exit(&mut straight.coordinator, Duration::from_secs(300));
+    assert!(status.success(), "{}", straight.log());
+
+    let mut run = Run::without_local_workers(&dir, "live-transfer", 3, &[]);
+    let lost = [run.worker(0), run.worker(1), run.worker(2)][2];
+    run.wait_for("step 6/", Duration::from_secs(300));
+    kill(lost, Signal::SIGKILL).unwrap();
+    run.wait_for("generation 1 ended", Duration::from_secs(60));
+    // The replacement exits right after the transfer's first broadcast: generation 2 fails
+    // in the middle of it.
+    run.worker_with(2, &[(FAILPOINT_ENV, "exit-in-live-transfer")]);
+    run.wait_for("exiting in the live transfer", Duration::from_secs(120));
+    run.wait_for("generation 2 ended", Duration::from_secs(60));
+    run.wait_for("is lost and forgotten", Duration::from_secs(30));
+    // The survivors trained no step in generation 2 (they may have received the whole
+    // state before the newcomer died, the senders' broadcasts being done): they offer their
+    // state at the same step again, and generation 3 starts from it.
+    run.worker(2);
+    let status = wait_exit(&mut run.coordinator, Duration::from_secs(300));
+    let log = run.log();
+    assert!(status.success(), "{log}");
+    let (kept, resumed) = live_recovery_of(&log, 1);
+    let resumed = resumed.expect("generation 2 started from generation 1's survivors");
+    assert!(kept.iter().all(|&k| k == resumed), "{log}");
+    let third = log
+        .lines()
+        .find(|l| l.contains("generation 3 formed"))
+        .unwrap_or_else(|| panic!("no generation 3:\n{log}"));
+    assert!(
+        third.contains("resuming from the state of generation ")
+            && third.ends_with(&format!(
+                "survivors at step {resumed} (live recovery: nothing read from the store)"
+            )),
+        "{third}"
+    );
+    assert!(!log.contains("resumed from checkpoint"), "{log}");
+    assert_same_network(&dir, "straight", "live-transfer", 40);
+}
+
+#[test]
+fn losing_every_rank_falls_back_to_the_last_checkpoint() {
+    let dir = work_dir("faults", "live-all", &rare_checkpoints());
+    let mut straight = Run::start(&dir, "straight", 3, &[]);
+    let status = wait_exit(&mut straight.coordinator, Duration::from_secs(300));
+    assert!(status.success(), "{}", straight.log());
+
+    let mut run = Run::start(&dir, "live-all", 3, &[]);
+    run.wait_for("checkpoint at step 20 committed", Duration::from_secs(300));
+    run.wait_for("step 23/", Duration::from_secs(300));
+    for slot in 0..3 {
+        kill(run.worker_pid(slot), Signal::SIGKILL).unwrap();
+    }
+    let status = wait_exit(&mut run.coordinator, Duration::from_secs(300));
+    let log = run.finish_log(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(
+            "resuming from the checkpoint at step 20; not from the survivors: no rank of \
+             generation 1 offered its state"
+        ),
+        "{log}"
+    );
+    assert_same_network(&dir, "straight", "live-all", 40);
+    assert_history_complete(&store_url(&dir), "live-all", 40);
 }

@@ -92,6 +92,7 @@ fn write_history(store: &Path, run_id: &str) {
         generation: 1,
         world_size: 4,
         resume_step: 0,
+        live: false,
         time: now(),
     });
     let rank0 = HistoryWriter::start(run.clone(), Source::Rank0, 1, 0).unwrap();
@@ -127,6 +128,7 @@ fn write_history(store: &Path, run_id: &str) {
         generation: 2,
         world_size: 3,
         resume_step: 60,
+        live: false,
         time: formed,
     });
     coordinator.record(Recovery {

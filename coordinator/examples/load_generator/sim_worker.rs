@@ -302,6 +302,7 @@ impl SimWorker {
             worker_id: registered.worker_id.clone(),
             facts: Some(self.swarm.facts),
             left_generation,
+            live: None,
         };
         loop {
             let reply = self

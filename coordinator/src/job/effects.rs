@@ -4,7 +4,7 @@
 
 use lgaf_proto::Device;
 
-use super::{Backend, CommitRequest, JobPhase, Millis};
+use super::{Backend, CommitRequest, JobPhase, LiveSource, Millis};
 
 /// Rank 0's latest training numbers.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -46,8 +46,12 @@ pub enum Effect {
         backend: Backend,
         steps_per_epoch: u64,
         total_steps: u64,
-        /// The committed checkpoint the ranks start from (0: from scratch).
+        /// The committed checkpoint the ranks start from (0: from scratch, or `live`).
         resume_step: u64,
+        /// Set when the ranks start from the survivors' state instead (live recovery).
+        live: Option<LiveSource>,
+        /// Why a generation that followed an ended one did not start from its survivors.
+        not_live: Option<String>,
     },
     /// A generation ended; the next forms when enough workers join.
     GenerationEnded {

@@ -6,10 +6,12 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{Backend, Effect, Job, JobPhase, Millis, Schedule, Worker, WorkerPhase};
+use super::live::ResumeFrom;
+use super::{Backend, Effect, Job, JobPhase, LiveSource, Millis, Schedule, Worker, WorkerPhase};
 
-/// One formation of ranks that train together, from a committed checkpoint (or from
-/// scratch) until the job ends or a loss or growth ends it.
+/// One formation of ranks that train together, from a committed checkpoint, from scratch,
+/// or from the survivors of the one before (live recovery), until the job ends or a loss
+/// or growth ends it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generation {
     pub number: u64,
@@ -21,13 +23,16 @@ pub struct Generation {
     /// NCCL: the unique id rank 0 published.
     pub nccl_id: Option<Vec<u8>>,
     pub schedule: Schedule,
-    /// The committed checkpoint the generation starts from (0: from scratch): the step
-    /// its folder is named by, which the workers load.
+    /// The committed checkpoint the generation starts from (0: from scratch, or from
+    /// `live`): the step its folder is named by, which the workers load.
     pub resume_step: u64,
     /// The first step this generation trains after: `resume_step` mapped to this world
     /// size's steps per epoch (`lgaf_proto::resumed_step`); equal on the same world size.
     pub start_step: u64,
     pub resume_manifest: String,
+    /// Set when it starts from the survivors' state at `start_step` instead.
+    #[serde(default)]
+    pub live: Option<LiveSource>,
     pub formed_at: Millis,
     /// Why it ended, once it has: its members must join the next one.
     #[serde(default, deserialize_with = "end_or_reason")]
@@ -136,20 +141,28 @@ impl Job {
         let ids: Vec<String> = members.iter().map(|w| w.id.clone()).collect();
         let world_size = ids.len() as u32;
         let number = self.generation.as_ref().map_or(1, |g| g.number + 1);
-        let (resume_step, resume_manifest, start_step) = match &self.last_commit {
-            Some(c) => (
+        let (live, not_live) = match self.resume_from(&members) {
+            ResumeFrom::Live(live) => (Some(live), None),
+            ResumeFrom::Checkpoint { not_live } => (None, not_live),
+        };
+        let (resume_step, resume_manifest, start_step) = match (&live, &self.last_commit) {
+            (Some(live), _) => (0, String::new(), live.step),
+            (None, Some(c)) => (
                 c.stored_step(),
                 c.manifest.clone(),
                 lgaf_proto::resumed_step(c.step, c.steps_per_epoch, schedule.steps_per_epoch),
             ),
-            None => (0, String::new(), 0),
+            (None, None) => (0, String::new(), 0),
         };
-        if let Some(c) = self.last_commit.as_mut() {
-            // From here on steps count in this world size's numbering; the checkpoint
-            // itself is still loaded from its folder (`resume_step`).
-            c.folder_step = resume_step;
-            c.step = start_step;
-            c.steps_per_epoch = schedule.steps_per_epoch;
+        if live.is_none() {
+            self.lineage = number;
+            if let Some(c) = self.last_commit.as_mut() {
+                // From here on steps count in this world size's numbering; the checkpoint
+                // itself is still loaded from its folder (`resume_step`).
+                c.folder_step = resume_step;
+                c.step = start_step;
+                c.steps_per_epoch = schedule.steps_per_epoch;
+            }
         }
         for (rank, id) in ids.iter().enumerate() {
             let w = self.workers.get_mut(id).expect("member");
@@ -159,6 +172,8 @@ impl Job {
             // Where every rank starts.
             w.step = start_step;
             w.planned_to = start_step;
+            // Taken or passed over: either way the next generation needs a new one.
+            w.offer = None;
         }
         self.generation = Some(Generation {
             number,
@@ -170,6 +185,7 @@ impl Job {
             resume_step,
             start_step,
             resume_manifest,
+            live: live.clone(),
             formed_at: now,
             ended: None,
         });
@@ -183,6 +199,8 @@ impl Job {
             steps_per_epoch: schedule.steps_per_epoch,
             total_steps: schedule.total_steps,
             resume_step,
+            live,
+            not_live,
         });
         self.effects.push(Effect::Persist);
     }

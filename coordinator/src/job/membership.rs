@@ -8,7 +8,8 @@ use lgaf_proto::{v1, Device};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Effect, Facts, Generation, Job, JobError, JobPhase, LossCost, Millis, Result, Schedule,
+    Effect, Facts, Generation, Job, JobError, JobPhase, LiveOffer, LiveSource, LossCost, Millis,
+    Result, Schedule,
 };
 
 /// The collective the ranks of a generation use, derived from the workers' devices: all
@@ -99,6 +100,9 @@ pub struct Worker {
     /// trained (or checkpointed) a step past this.
     #[serde(default)]
     pub planned_to: u64,
+    /// What it holds in memory from the generation it left, as its last Join said.
+    #[serde(default)]
+    pub offer: Option<LiveOffer>,
 }
 
 /// [`Worker::device`] in snapshots: the string of the protocol, as before it was parsed.
@@ -284,6 +288,7 @@ impl Job {
                 released: false,
                 was_rank: false,
                 planned_to: 0,
+                offer: None,
             },
         );
         self.effects.push(Effect::WorkerRegistered {
@@ -317,6 +322,12 @@ impl Job {
             .ok_or_else(|| JobError::invalid("facts", "missing"))?;
         let facts = Facts::from(facts);
         facts.validate()?;
+        let newest = self.generation.as_ref().map_or(0, |g| g.number);
+        let offer = req
+            .live
+            .as_ref()
+            .map(|o| LiveOffer::from_request(o, newest))
+            .transpose()?;
         let worker = self
             .workers
             .get(id)
@@ -384,6 +395,7 @@ impl Job {
         worker.last_seen = now;
         if worker.phase == WorkerPhase::Registered {
             worker.phase = WorkerPhase::Joined;
+            worker.offer = offer;
         }
         self.try_form(now);
         Ok(self.assignment(id))
@@ -401,6 +413,7 @@ impl Job {
             peers: g.peers.clone(),
             resume_step: g.resume_step,
             resume_manifest: g.resume_manifest.clone(),
+            live: g.live.as_ref().map(LiveSource::to_proto),
             total_steps: g.schedule.total_steps,
             steps_per_epoch: g.schedule.steps_per_epoch,
             collective_timeout_ms: self.settings.collective_timeout_ms,

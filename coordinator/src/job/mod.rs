@@ -30,6 +30,8 @@
 //! - `membership`: [`Worker`]s, Register and Join, the membership check of every request;
 //! - `generations`: forming a [`Generation`], losing workers and ending generations, the
 //!   clock ([`Job::tick`]);
+//! - `live`: live recovery, the survivors' [`LiveOffer`]s and the choice between them and
+//!   the last checkpoint;
 //! - `training`: what a formed generation's ranks ask for: the NCCL id and epoch plans;
 //! - `progress`: heartbeats, progress reports and the [`v1::JobStatus`] operators see;
 //! - `checkpoints`: checkpoint acks and commits;
@@ -46,6 +48,7 @@ mod effects;
 mod errors;
 mod finish;
 mod generations;
+mod live;
 mod membership;
 mod progress;
 mod schedule;
@@ -56,6 +59,7 @@ pub use checkpoints::{CheckpointObject, CommitError, CommitRequest, CommittedChe
 pub use effects::{Effect, Progress};
 pub use errors::JobError;
 pub use generations::{Generation, GenerationEnd};
+pub use live::{LiveOffer, LiveSource};
 pub use membership::{Backend, Worker, WorkerPhase};
 pub use progress::JobGauges;
 pub use schedule::{Facts, Schedule, ScheduleError};
@@ -148,7 +152,8 @@ pub struct JobSnapshot {
 ///   job; every later worker must have the same facts;
 /// - once the phase is over (finished or failed) it never changes, and every worker that
 ///   calls is told STOP;
-/// - `last_commit` is the newest committed checkpoint, and every generation forms from it.
+/// - `last_commit` is the newest committed checkpoint; every generation forms from it, or
+///   from its survivors' state at a step not older than it (`live`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
     settings: JobSettings,
@@ -170,6 +175,10 @@ pub struct Job {
     /// Set when a generation ends: when the next may form with fewer than `world_size`.
     #[serde(default)]
     reform: Option<Reform>,
+    /// The generation that last started from a checkpoint or from scratch: live states of
+    /// earlier generations lie on another trajectory and are not taken (see `live`).
+    #[serde(default)]
+    lineage: u64,
     /// Transient: rank 0's numbers for status and logs, not worth persisting.
     #[serde(skip)]
     progress: Option<Progress>,
@@ -206,6 +215,7 @@ impl Job {
             last_commit: None,
             restarts: 0,
             reform: None,
+            lineage: 0,
             progress: None,
             effects: Vec::new(),
         })

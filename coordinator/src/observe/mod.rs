@@ -146,8 +146,11 @@ impl JobObserver {
                 generation,
                 world_size,
                 resume_step,
+                live,
                 ..
             } => {
+                // The step its ranks train from: the checkpoint's, or the survivors'.
+                let resume_step = live.as_ref().map_or(*resume_step, |l| l.step);
                 let span = info_span!(
                     parent: &self.job,
                     "generation",
@@ -159,7 +162,8 @@ impl JobObserver {
                 self.record(GenerationFormed {
                     generation: *generation,
                     world_size: *world_size,
-                    resume_step: *resume_step,
+                    resume_step,
+                    live: live.is_some(),
                     time: history::now(),
                 });
                 // Formed: whatever failure came before is recovered from.
@@ -310,6 +314,8 @@ mod tests {
                 steps_per_epoch: 3,
                 total_steps: 9,
                 resume_step: 0,
+                live: None,
+                not_live: None,
             };
             observer.effect(&formed(1));
             let first = observer.generation_trace(1);

@@ -200,6 +200,7 @@ impl TestWorker {
                 worker_id: self.id.clone(),
                 facts: Some(facts),
                 left_generation: 0,
+                live: None,
             };
             match self.client.join(req).await {
                 Ok(r) => {

@@ -172,6 +172,7 @@ fn formed(session: &mut Session) -> Vec<String> {
             worker_id: id.clone(),
             facts: Some(facts()),
             left_generation: 0,
+            live: None,
         };
         session.send(Op::Join, &join);
     }
@@ -289,6 +290,7 @@ pub fn session_with_a_lost_worker() -> Session {
         worker_id: ranks[0].clone(),
         facts: Some(facts()),
         left_generation: 1,
+        live: None,
     };
     // Its Join long poll is answered and made again until the elastic grace has passed.
     for _ in 0..8 {

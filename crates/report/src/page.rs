@@ -259,11 +259,16 @@ fn badge_style(event: &Event) -> String {
 fn describe(event: &Event) -> String {
     match event {
         Event::GenerationFormed(g) => format!(
-            "generation {} formed with {} worker{}, from step {}",
+            "generation {} formed with {} worker{}, from step {}{}",
             g.generation,
             g.world_size,
             if g.world_size == 1 { "" } else { "s" },
-            g.resume_step
+            g.resume_step,
+            if g.live {
+                " (the survivors' state)"
+            } else {
+                ""
+            }
         ),
         Event::GenerationEnded(g) => format!("generation {} ended: {}", g.generation, g.reason),
         Event::WorkerRegistered(w) => format!("worker {} registered from {}", w.worker_id, w.host),

@@ -81,6 +81,7 @@ pub(crate) fn sample() -> History {
             generation: 1,
             world_size: 4,
             resume_step: 0,
+            live: false,
             time: at(2.0),
         }
         .into(),
@@ -186,6 +187,7 @@ pub(crate) fn sample() -> History {
             generation: 2,
             world_size: 3,
             resume_step: 120,
+            live: false,
             time: at(78.0),
         }
         .into(),

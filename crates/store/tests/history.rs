@@ -243,6 +243,7 @@ fn two_sources(rt: &Runtime, run: &RunStore) {
         generation: 1,
         world_size: 2,
         resume_step: 0,
+        live: false,
         time: now(),
     });
     tick();
@@ -271,6 +272,7 @@ fn two_sources(rt: &Runtime, run: &RunStore) {
         generation: 2,
         world_size: 1,
         resume_step: 4,
+        live: false,
         time: now(),
     });
     tick();

@@ -17,7 +17,7 @@ use tonic::metadata::MetadataMap;
 use tracing::{info, info_span};
 
 use super::heartbeat::Heartbeat;
-use super::{checkpoint, epochs, Membership, Observer, Result, RunError, WorkerArgs};
+use super::{checkpoint, epochs, live, Membership, Observer, Result, RunError, WorkerArgs};
 use crate::config::TrainConfig;
 use crate::coordinator_client::Client;
 use crate::data_parallel::{Group, HostCollective, NcclCollective};
@@ -45,8 +45,9 @@ pub(super) fn train(
     let facts = facts(&cfg)?;
     let join_span = info_span!("join", left_generation = member.generation);
     propagation::set_parent(&join_span, &observer.job_trace);
+    let offer = member.live.as_ref().map(live::Held::offer);
     let (joined, generation_trace) =
-        join_span.in_scope(|| join(client, registered, facts, member.generation))?;
+        join_span.in_scope(|| join(client, registered, facts, member.generation, offer))?;
     drop(join_span);
     member.generation = joined.generation;
     let registered = &member.registered;
@@ -91,7 +92,12 @@ pub(super) fn train(
         )));
     }
     let store = BlockingRunStore::from_url(&registered.store_url, &registered.run_id)?;
-    if joined.resume_step > 0 {
+    if let Some(plan) = &joined.live {
+        info_span!("live_resume", step = plan.step).in_scope(|| {
+            live::receive(&mut trainer, member.live.as_ref(), plan, facts.num_classes)
+        })?;
+        heartbeat.record_step(trainer.steps_done());
+    } else if joined.resume_step > 0 {
         info_span!("resume", step = joined.resume_step).in_scope(|| {
             checkpoint::resume(&mut trainer, &store, joined.resume_step, facts.num_classes)
         })?;
@@ -99,6 +105,9 @@ pub(super) fn train(
         // run that saved it, which may have had other steps per epoch).
         heartbeat.record_step(trainer.steps_done());
     }
+    // The trainer holds the run's state now: what was kept of an earlier generation is
+    // superseded (until this generation started, a failed transfer could still use it).
+    member.live = None;
     if joined.rank == 0 {
         // Rank 0 writes the run's steps, going on from where this generation resumed.
         let history = HistoryWriter::start(
@@ -110,15 +119,20 @@ pub(super) fn train(
         .map_err(crate::WorkerError::from)?;
         trainer.set_history(history);
     }
-    epochs::train(
+    let outcome = epochs::train(
         &mut trainer,
         client,
-        registered,
+        &member.registered,
         &joined,
         &store,
         heartbeat,
         observer,
-    )
+    );
+    if outcome.as_ref().is_err_and(RunError::ends_generation_only) {
+        // A failed step leaves the trainer at the last completed one: offer that.
+        member.live = live::Held::keep(&trainer, joined.generation);
+    }
+    outcome
 }
 
 /// What the coordinator checks every worker agrees on before it forms a generation.
@@ -146,12 +160,14 @@ fn join(
     registered: &v1::RegisterReply,
     facts: TrainingFacts,
     left_generation: u64,
+    live: Option<v1::LiveOffer>,
 ) -> Result<(v1::JoinReply, MetadataMap)> {
     let join = v1::JoinRequest {
         api_version: API_VERSION,
         worker_id: registered.worker_id.clone(),
         facts: Some(facts),
         left_generation,
+        live,
     };
     let (generation_trace, joined, _) = loop {
         let reply = client.rt.block_on(client.send_for_response(

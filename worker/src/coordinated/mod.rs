@@ -6,8 +6,10 @@
 //! collective group, resume, and train epoch by epoch ([`epochs`]) while the heartbeat
 //! thread ([`heartbeat`]) keeps the coordinator informed and watches it; checkpoint parts
 //! are uploaded in the background and acknowledged in step order ([`checkpoint`]). When a
-//! generation ends under the rank (a peer lost, the group failed), it joins the next, which
-//! resumes from the last committed checkpoint.
+//! generation ends under the rank (a peer lost, the group failed), it keeps its state in
+//! memory and offers it with its next Join ([`live`]): the next generation starts from the
+//! survivors' state when together they hold all of it, else from the last committed
+//! checkpoint.
 //!
 //! The trainer is synchronous; gRPC calls block on a small tokio runtime held by the
 //! [`Client`]. What one generation needs to know of the others (the generation left, for
@@ -17,6 +19,7 @@ mod checkpoint;
 mod epochs;
 mod generation;
 mod heartbeat;
+mod live;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -236,6 +239,9 @@ struct Membership {
     /// The generation this worker is in, or last was (0 before the first Join): the next
     /// Join names it as the one left, and Finish reports it.
     generation: u64,
+    /// What it kept of a generation that ended under it, offered with the next Join
+    /// (live recovery); dropped once a generation has started from anything.
+    live: Option<live::Held>,
 }
 
 /// What this worker tells about itself besides its calls: its metrics, and the trace
@@ -294,6 +300,7 @@ pub fn run(args: WorkerArgs, telemetry: &mut Telemetry) -> Result<()> {
     let mut member = Membership {
         registered,
         generation: 0,
+        live: None,
     };
 
     // One generation after another until the job is over for this worker.

@@ -53,6 +53,12 @@ fn an_elastic_job_continues_with_fewer_ranks_after_the_grace_period() {
         steps_per_epoch: 10,
         total_steps: 30,
         resume_step: 4,
+        live: None,
+        not_live: Some(
+            "no rank of generation 1 offered its state (none survived, or \
+             checkpoint.live_recovery is off)"
+                .into()
+        ),
     }));
     // Two ranks hold the three data shards; the schedule is the full job's.
     let reply = job.join(&rejoin_req(&ids[1], 1), 50_001).unwrap().unwrap();

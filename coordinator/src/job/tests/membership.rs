@@ -43,6 +43,8 @@ fn ranks_follow_registration_order_without_slots() {
         steps_per_epoch: 10,
         total_steps: 30,
         resume_step: 0,
+        live: None,
+        not_live: None,
     }));
     assert!(effects.contains(&Effect::Persist));
 }

@@ -7,6 +7,7 @@ mod checkpoints;
 mod elastic;
 mod finish;
 mod generations;
+mod live;
 mod membership;
 mod progress;
 mod resume;
@@ -79,6 +80,7 @@ fn join_req(id: &str, facts: v1::TrainingFacts) -> v1::JoinRequest {
         worker_id: id.into(),
         facts: Some(facts),
         left_generation: 0,
+        live: None,
     }
 }
 

@@ -53,6 +53,8 @@ fn a_resumed_job_hands_out_its_checkpoint_and_continues_the_schedule() {
         steps_per_epoch: 10,
         total_steps: 30,
         resume_step: 16,
+        live: None,
+        not_live: None,
     }));
     assert_eq!(
         job.status(3).step,

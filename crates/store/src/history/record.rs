@@ -156,6 +156,9 @@ pub struct GenerationFormed {
     pub generation: u64,
     pub world_size: u32,
     pub resume_step: u64,
+    /// From the survivors' state in memory (live recovery), not a checkpoint.
+    #[serde(default)]
+    pub live: bool,
     pub time: Time,
 }
 
@@ -523,6 +526,7 @@ mod tests {
                 generation: 2,
                 world_size: 4,
                 resume_step: 100,
+                live: false,
                 time,
             }
             .into(),
