@@ -489,6 +489,9 @@ fn log_effect(effect: &Effect) {
                  {wanted}"
             );
         }
+        Effect::OfferIgnored { worker_id, reason } => {
+            warn!("worker {worker_id}'s offer of its state was ignored: {reason}");
+        }
         Effect::WorkerRefused { worker_id, reason } => {
             warn!("worker {worker_id} refused and forgotten: {reason}");
         }

@@ -113,6 +113,8 @@ pub struct Trainer {
     /// lost rank's centres survive in memory on the rank before it.
     ward: Option<PartialFc>,
     sgd: Sgd,
+    /// The model's buffers (variables no optimiser updates), sorted by name.
+    buffers: Buffers,
     scaler: GradScaler,
     /// The checkpoints of a single-process run; `None` for a rank of a coordinated run,
     /// whose checkpoints the coordinator commits.
@@ -244,6 +246,7 @@ impl Trainer {
         }
         let sgd = Sgd::new(trainable(&vs), cfg.optim.momentum, cfg.optim.weight_decay);
         let grad_bytes = sgd.flat_grads().numel() as u64 * 4;
+        let buffers = Buffers::of(&vs);
         Ok(Self {
             cfg,
             device,
@@ -252,6 +255,7 @@ impl Trainer {
             pfc,
             ward,
             sgd,
+            buffers,
             scaler: GradScaler::default(),
             checkpoints: None,
             source,
@@ -333,9 +337,10 @@ impl Trainer {
     }
 
     /// What this rank holds of the run at the current step, for the next generation when
-    /// this one ended under it (live recovery): the network, its momentum and the run state
-    /// (the same on every rank: rank 0's buffers are taken every step), its own classifier
-    /// shard and its replica of the next rank's. No collective call: the group may be dead.
+    /// this one ended under it (live recovery): the network and its momentum (the same
+    /// bytes on every rank: rank 0's buffers are taken every step), the run state (the
+    /// same but for the config's device), its own classifier shard and its replica of the
+    /// next rank's. No collective call: the group may be dead.
     /// `None` without live recovery (no replica, and the buffers are not rank 0's).
     pub fn live_state(&self) -> Result<Option<LiveState>> {
         let Some(ward) = &self.ward else {
@@ -690,8 +695,9 @@ impl Trainer {
         let started = Instant::now();
         let spe = self.sampler.steps_per_epoch() as f64;
         let lr = learning_rate(&self.cfg.optim, self.step as f64 / spe);
-        // Dropout and class sampling draw from libtorch's generator: seeding it per step
-        // (and rank) makes a resumed run draw what the uninterrupted run drew.
+        // Dropout draws from libtorch's generator: seeding it per step (and rank) makes a
+        // resumed run draw what the uninterrupted run drew. (Partial FC's negatives come
+        // from their own keyed stream.)
         let rank = self.group.rank() as u64;
         tch::manual_seed(
             (self.cfg.train.seed
@@ -774,6 +780,21 @@ impl Trainer {
         } else {
             0
         };
+        // Under loss scaling every rank must skip or apply the same steps (the scaler is
+        // part of the state every survivor offers, and the replica follows its owner only
+        // if both apply the step): one rank's overflow, in any shard, skips it everywhere.
+        let finite = !scaled || {
+            let local = GradScaler::all_finite(&[
+                self.sgd.flat_grads().shallow_clone(),
+                fwd.shard.sampled_weight.grad(),
+                ward_fwd
+                    .as_ref()
+                    .map_or_else(Tensor::new, |w| w.sampled_weight.grad()),
+            ]);
+            let overflow =
+                Tensor::from_slice(&[f32::from(u8::from(!local))]).to_device(self.device);
+            collective.all_reduce_max(&overflow).double_value(&[0]) == 0.0
+        };
         phases.all_reduce = phase_started.elapsed();
         let phase_started = Instant::now();
         if let Err(failed) = self.group.check() {
@@ -788,12 +809,6 @@ impl Trainer {
         }
         let skipped = {
             let _s = info_span!("optimizer").entered();
-            let finite = !scaled || {
-                GradScaler::all_finite(&[
-                    self.sgd.flat_grads().shallow_clone(),
-                    fwd.shard.sampled_weight.grad(),
-                ])
-            };
             let apply = if scaled {
                 self.scaler.update(finite)
             } else {
@@ -859,9 +874,8 @@ impl Trainer {
             })
     }
 
-    /// The model's buffers (variables no optimiser updates), by name.
-    fn buffers(&self) -> Buffers {
-        Buffers::of(&self.vs)
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
     /// Commits a checkpoint of everything a resume needs (single-process runs; a rank of

@@ -36,6 +36,9 @@ pub enum Effect {
     },
     /// For the logs: a worker was refused at Join and forgotten, freeing its place.
     WorkerRefused { worker_id: String, reason: String },
+    /// For the logs: a Join's live-recovery offer could not be a rank's state of this job
+    /// and was ignored (the worker joined without it).
+    OfferIgnored { worker_id: String, reason: String },
     /// A generation formed: long-polling Joins can answer.
     GenerationFormed {
         generation: u64,

@@ -164,6 +164,10 @@ impl Job {
                 c.steps_per_epoch = schedule.steps_per_epoch;
             }
         }
+        for w in self.workers.values_mut() {
+            // Taken or passed over: either way the next generation needs new ones.
+            w.offer = None;
+        }
         for (rank, id) in ids.iter().enumerate() {
             let w = self.workers.get_mut(id).expect("member");
             w.rank = Some(rank as u32);
@@ -172,8 +176,6 @@ impl Job {
             // Where every rank starts.
             w.step = start_step;
             w.planned_to = start_step;
-            // Taken or passed over: either way the next generation needs a new one.
-            w.offer = None;
         }
         self.generation = Some(Generation {
             number,
@@ -388,6 +390,7 @@ impl Job {
             GenerationEnd::ToGrow(_) => None,
         };
         let reason = end.reason().to_string();
+        self.retire_failed_live_source();
         let ended = match self.generation.as_mut() {
             Some(g) if g.ended.is_none() => {
                 g.ended = Some(end);

@@ -103,6 +103,25 @@ pub(super) enum ResumeFrom {
 }
 
 impl Job {
+    /// When the running generation started from survivors' state and ends before any rank
+    /// trained past it (the transfer failed, or the first step), that source is not taken
+    /// again: the same offers would most likely fail the same way, each time spending a
+    /// restart. States of later generations stay eligible.
+    pub(super) fn retire_failed_live_source(&mut self) {
+        let Some(g) = self.generation.as_ref().filter(|g| g.ended.is_none()) else {
+            return;
+        };
+        let Some(live) = &g.live else { return };
+        let progressed = g
+            .members
+            .iter()
+            .filter_map(|id| self.workers.get(id))
+            .any(|w| w.step > g.start_step);
+        if !progressed {
+            self.lineage = self.lineage.max(live.source_generation + 1);
+        }
+    }
+
     /// Where a generation of `members` (by new rank) starts: from the newest complete
     /// group of their offers when it is not older than the last committed checkpoint,
     /// else from that checkpoint, saying why.
@@ -153,7 +172,17 @@ impl Job {
                 })
             });
         let committed = self.last_commit.as_ref().map_or(0, |c| c.step);
+        let total = self.schedule.map_or(u64::MAX, |s| s.total_steps);
         match complete {
+            // The run's last step must end on its committed checkpoint, which a generation
+            // starting there would never write.
+            Some(live) if live.step >= total && committed < live.step => ResumeFrom::Checkpoint {
+                not_live: Some(format!(
+                    "the survivors completed the run's last step ({}), whose checkpoint was not \
+                     committed",
+                    live.step
+                )),
+            },
             Some(live) if live.step >= committed => ResumeFrom::Live(live),
             Some(live) => ResumeFrom::Checkpoint {
                 not_live: Some(format!(
@@ -163,7 +192,7 @@ impl Job {
                 )),
             },
             None => ResumeFrom::Checkpoint {
-                not_live: Some(incomplete(&groups, &stale)),
+                not_live: Some(incomplete(&groups, &stale, self.lineage)),
             },
         }
     }
@@ -174,6 +203,7 @@ impl Job {
 fn incomplete(
     groups: &BTreeMap<(u64, u64, u32), Vec<(u32, &LiveOffer)>>,
     stale: &[String],
+    lineage: u64,
 ) -> String {
     let mut parts: Vec<String> = groups
         .iter()
@@ -197,7 +227,9 @@ fn incomplete(
         .collect();
     if !stale.is_empty() {
         parts.push(format!(
-            "offers from before the last start from a checkpoint were ignored: {}",
+            "offers of generations before {} were ignored (before the last start from a \
+             checkpoint, or a transfer from them failed): {}",
+            lineage,
             stale.join(", ")
         ));
     }

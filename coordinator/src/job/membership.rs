@@ -323,11 +323,23 @@ impl Job {
         let facts = Facts::from(facts);
         facts.validate()?;
         let newest = self.generation.as_ref().map_or(0, |g| g.number);
-        let offer = req
+        // An offer that cannot be a rank's state here (say it names a generation this job
+        // has not had) costs the worker nothing but the offer: it joins as a newcomer.
+        let offer = match req
             .live
             .as_ref()
             .map(|o| LiveOffer::from_request(o, newest))
-            .transpose()?;
+        {
+            Some(Err(e)) => {
+                self.effects.push(Effect::OfferIgnored {
+                    worker_id: id.to_string(),
+                    reason: e.to_string(),
+                });
+                None
+            }
+            Some(Ok(offer)) => Some(offer),
+            None => None,
+        };
         let worker = self
             .workers
             .get(id)
@@ -395,6 +407,9 @@ impl Job {
         worker.last_seen = now;
         if worker.phase == WorkerPhase::Registered {
             worker.phase = WorkerPhase::Joined;
+        }
+        if worker.phase == WorkerPhase::Joined {
+            // Its latest word on what it holds (each long poll repeats it).
             worker.offer = offer;
         }
         self.try_form(now);

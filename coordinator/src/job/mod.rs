@@ -175,8 +175,9 @@ pub struct Job {
     /// Set when a generation ends: when the next may form with fewer than `world_size`.
     #[serde(default)]
     reform: Option<Reform>,
-    /// The generation that last started from a checkpoint or from scratch: live states of
-    /// earlier generations lie on another trajectory and are not taken (see `live`).
+    /// Live states of generations before this one are not taken (see `live`): it is the
+    /// generation that last started from a checkpoint or from scratch (earlier states lie on
+    /// another trajectory), or the one after a source whose transfer failed.
     #[serde(default)]
     lineage: u64,
     /// Transient: rank 0's numbers for status and logs, not worth persisting.
@@ -290,7 +291,8 @@ impl Job {
         }
     }
 
-    /// The step the job resumed from (0: from scratch), once its generation has formed.
+    /// The checkpoint the current generation resumed from (0: from scratch, or from its
+    /// survivors' state: `Generation::live`), once it has formed.
     pub fn resume_step(&self) -> u64 {
         self.generation.as_ref().map_or(0, |g| g.resume_step)
     }

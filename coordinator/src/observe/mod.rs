@@ -258,6 +258,7 @@ impl JobObserver {
                 }
             }
             Effect::WorkerRefused { .. }
+            | Effect::OfferIgnored { .. }
             | Effect::NcclIdPublished { .. }
             | Effect::Commit(_)
             | Effect::Persist => {}

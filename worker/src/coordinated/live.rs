@@ -117,7 +117,9 @@ pub(super) fn receive(
         "the state of generation {}'s survivors at step {}",
         plan.source_generation, plan.step
     );
-    trainer.restore_live(&source, plan.step, &objects)?;
+    trainer
+        .restore_live(&source, plan.step, &objects)
+        .map_err(|e| RunError::LiveTransfer(Box::new(e)))?;
     info!(
         step = plan.step,
         source_generation = plan.source_generation,

@@ -73,6 +73,10 @@ pub enum RunError {
     /// The coordinator ended this rank's generation (a peer was lost): join the next.
     #[error("the generation ended: {0}")]
     GenerationOver(String),
+    /// The survivors' state, received whole, could not be restored: the generation fails
+    /// (the coordinator then takes a checkpoint), not the rank.
+    #[error("the survivors' state could not be taken over: {0}")]
+    LiveTransfer(Box<crate::WorkerError>),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
     /// The heartbeat says the job is over, not how; [`settle`] asks the coordinator.
@@ -133,6 +137,7 @@ impl RunError {
             | RunError::Store(_)
             | RunError::Collective(_)
             | RunError::GenerationOver(_)
+            | RunError::LiveTransfer(_)
             | RunError::Other(_) => ExitClass::Retryable,
         }
     }
@@ -143,6 +148,7 @@ impl RunError {
         matches!(
             self,
             RunError::GenerationOver(_)
+                | RunError::LiveTransfer(_)
                 | RunError::Collective(_)
                 | RunError::Worker(crate::WorkerError::Collective { .. })
         )
