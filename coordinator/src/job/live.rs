@@ -91,6 +91,9 @@ impl LiveSource {
     }
 }
 
+/// Offers by (step, generation, world size), each with the new rank that made it.
+type OfferGroups<'a> = BTreeMap<(u64, u64, u32), Vec<(u32, &'a LiveOffer)>>;
+
 /// Where the next generation starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum ResumeFrom {
@@ -138,7 +141,7 @@ impl Job {
             };
         }
         // Offers of one generation at one step, and the new ranks that made them.
-        let mut groups: BTreeMap<(u64, u64, u32), Vec<(u32, &LiveOffer)>> = BTreeMap::new();
+        let mut groups: OfferGroups = BTreeMap::new();
         let mut stale = Vec::new();
         for (rank, w) in members.iter().enumerate() {
             let Some(offer) = &w.offer else { continue };
@@ -201,7 +204,7 @@ impl Job {
 /// Why no group of offers holds every shard, in words: for each group, the shards it
 /// lacks (their owner and the rank holding their replica were both lost).
 fn incomplete(
-    groups: &BTreeMap<(u64, u64, u32), Vec<(u32, &LiveOffer)>>,
+    groups: &OfferGroups,
     stale: &[String],
     lineage: u64,
 ) -> String {
