@@ -316,18 +316,19 @@ fn the_rendered_job_trains_replaces_a_lost_pod_and_commits_its_checkpoint() {
     // Served over the chart's TLS certificate, which the workers verified with its CA.
     assert!(output.contains("listening on https://"), "{output}");
 
-    // The replacement took the lost pod's slot (its completion index) and the job resumed
-    // from the committed checkpoint with it; the job is not elastic, so it could finish
-    // only so.
+    // The replacement took the lost pod's slot (its completion index) and the job went on
+    // with it from the survivor's state (live recovery: the survivor holds its own
+    // classifier shard and its replica of the lost rank's); the job is not elastic, so it
+    // could finish only so.
     assert!(
         output.contains("(cpu, slot 1): ")
             && output.contains("is replaced by a new worker in its slot 1")
-            && output.contains("resuming from the checkpoint at step"),
+            && output.contains("resuming from the state of generation 1's survivors at step"),
         "{}",
         logs(&[&coordinator, &lost, &workers[1]])
     );
     assert!(
-        workers[1].output().contains("resumed from checkpoint"),
+        workers[1].output().contains("resumed from the survivors' state"),
         "{}",
         workers[1].output()
     );

@@ -45,16 +45,20 @@ fn form(job: &mut Job, ids: &[String], offers: [v1::LiveOffer; 2]) -> (Effect, V
     }
     job.join(&join_req(&ids[2], facts()), 21_000).unwrap();
     assert_eq!(job.phase(), &JobPhase::Running);
-    let formed = job
-        .take_effects()
-        .into_iter()
-        .find(|e| matches!(e, Effect::GenerationFormed { .. }))
-        .expect("a generation formed");
+    let formed = formed_effect(job);
     let replies = ids
         .iter()
         .map(|id| job.join(&join_req(id, facts()), 21_001).unwrap().unwrap())
         .collect();
     (formed, replies)
+}
+
+/// The effect of the generation that just formed.
+fn formed_effect(job: &mut Job) -> Effect {
+    job.take_effects()
+        .into_iter()
+        .find(|e| matches!(e, Effect::GenerationFormed { .. }))
+        .expect("a generation formed")
 }
 
 fn not_live(effect: &Effect) -> String {
@@ -144,11 +148,7 @@ fn no_offer_after_a_loss_says_so() {
         job.join(&rejoin_req(id, 1), 21_000).unwrap();
     }
     job.join(&join_req(&ids[2], facts()), 21_000).unwrap();
-    let formed = job
-        .take_effects()
-        .into_iter()
-        .find(|e| matches!(e, Effect::GenerationFormed { .. }))
-        .unwrap();
+    let formed = formed_effect(&mut job);
     assert!(not_live(&formed).contains("no rank of generation 1 offered its state"));
 }
 
@@ -173,11 +173,7 @@ fn offers_from_before_a_start_from_the_checkpoint_are_ignored() {
     job.join(&rejoin_with(&ids[1], stale[1].clone()), 30_002)
         .unwrap();
     job.join(&rejoin_req(&ids[2], 2), 30_002).unwrap();
-    let formed = job
-        .take_effects()
-        .into_iter()
-        .find(|e| matches!(e, Effect::GenerationFormed { .. }))
-        .expect("generation 3 formed");
+    let formed = formed_effect(&mut job);
     let why = not_live(&formed);
     assert!(
         why.contains("offers of generations before 2 were ignored") && why.contains(&ids[0]),
@@ -252,11 +248,7 @@ fn a_source_whose_transfer_failed_is_not_taken_again() {
         job.join(&again, 22_000).unwrap();
     }
     job.join(&rejoin_req(&ids[2], 2), 22_000).unwrap();
-    let formed = job
-        .take_effects()
-        .into_iter()
-        .find(|e| matches!(e, Effect::GenerationFormed { .. }))
-        .expect("generation 3 formed");
+    let formed = formed_effect(&mut job);
     let why = not_live(&formed);
     assert!(
         why.contains("offers of generations before 2 were ignored"),
