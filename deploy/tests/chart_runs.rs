@@ -328,7 +328,9 @@ fn the_rendered_job_trains_replaces_a_lost_pod_and_commits_its_checkpoint() {
         logs(&[&coordinator, &lost, &workers[1]])
     );
     assert!(
-        workers[1].output().contains("resumed from the survivors' state"),
+        workers[1]
+            .output()
+            .contains("resumed from the survivors' state"),
         "{}",
         workers[1].output()
     );

@@ -203,11 +203,7 @@ impl Job {
 
 /// Why no group of offers holds every shard, in words: for each group, the shards it
 /// lacks (their owner and the rank holding their replica were both lost).
-fn incomplete(
-    groups: &OfferGroups,
-    stale: &[String],
-    lineage: u64,
-) -> String {
+fn incomplete(groups: &OfferGroups, stale: &[String], lineage: u64) -> String {
     let mut parts: Vec<String> = groups
         .iter()
         .map(|(&(step, generation, world), group)| {
