@@ -12,16 +12,7 @@ fn elastic_after_a_loss() -> (Job, Vec<String>) {
         ..settings(3)
     };
     let (mut job, ids) = formed_with(elastic, false);
-    trained_to(&mut job, 4, 3);
-    for (rank, id) in ids.iter().enumerate() {
-        job.checkpoint_ack(&ack(id, rank as u32, 4), 3).unwrap();
-    }
-    job.commit_done(4, Ok("runs/run/ckpt/000000000004/MANIFEST.json".into()), 5);
-    job.heartbeat(&heartbeat_req(&ids[0], 1), 15_000).unwrap();
-    job.heartbeat(&heartbeat_req(&ids[1], 1), 15_000).unwrap();
-    assert!(job.expire_silent(20_000));
-    assert_eq!(job.phase(), &JobPhase::Waiting);
-    job.take_effects();
+    lose_rank_2_after_a_commit_at_4(&mut job, &ids, 4);
     (job, ids)
 }
 

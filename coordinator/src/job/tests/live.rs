@@ -8,14 +8,7 @@ use super::*;
 /// replacement has registered (not joined). Ids by rank, the replacement's last.
 fn after_a_loss() -> (Job, Vec<String>) {
     let (mut job, mut ids) = formed(3);
-    trained_to(&mut job, 8, 3);
-    for (rank, id) in ids.iter().enumerate() {
-        job.checkpoint_ack(&ack(id, rank as u32, 4), 3).unwrap();
-    }
-    job.commit_done(4, Ok("runs/run/ckpt/000000000004/MANIFEST.json".into()), 5);
-    job.heartbeat(&heartbeat_req(&ids[0], 1), 15_000).unwrap();
-    job.heartbeat(&heartbeat_req(&ids[1], 1), 15_000).unwrap();
-    assert!(job.expire_silent(20_000));
+    lose_rank_2_after_a_commit_at_4(&mut job, &ids, 8);
     ids[2] = register(&mut job, None, 4010);
     job.take_effects();
     (job, ids)
@@ -51,6 +44,14 @@ fn form(job: &mut Job, ids: &[String], offers: [v1::LiveOffer; 2]) -> (Effect, V
         .map(|id| job.join(&join_req(id, facts()), 21_001).unwrap().unwrap())
         .collect();
     (formed, replies)
+}
+
+/// The survivors join again offering nothing, and the replacement joins.
+fn form_without_offers(job: &mut Job, ids: &[String]) {
+    for id in &ids[..2] {
+        job.join(&rejoin_req(id, 1), 21_000).unwrap();
+    }
+    job.join(&join_req(&ids[2], facts()), 21_000).unwrap();
 }
 
 /// The effect of the generation that just formed.
@@ -144,10 +145,7 @@ fn a_state_older_than_the_last_checkpoint_is_not_taken() {
 #[test]
 fn no_offer_after_a_loss_says_so() {
     let (mut job, ids) = after_a_loss();
-    for id in &ids[..2] {
-        job.join(&rejoin_req(id, 1), 21_000).unwrap();
-    }
-    job.join(&join_req(&ids[2], facts()), 21_000).unwrap();
+    form_without_offers(&mut job, &ids);
     let formed = formed_effect(&mut job);
     assert!(not_live(&formed).contains("no rank of generation 1 offered its state"));
 }
@@ -156,10 +154,7 @@ fn no_offer_after_a_loss_says_so() {
 fn offers_from_before_a_start_from_the_checkpoint_are_ignored() {
     let (mut job, ids) = after_a_loss();
     // Generation 2 starts from the checkpoint (no offers): a new lineage.
-    for id in &ids[..2] {
-        job.join(&rejoin_req(id, 1), 21_000).unwrap();
-    }
-    job.join(&join_req(&ids[2], facts()), 21_000).unwrap();
+    form_without_offers(&mut job, &ids);
     assert_eq!(job.generation().unwrap().number, 2);
     // It loses a rank too; the survivors offer what they held of generation 1.
     for id in &ids {

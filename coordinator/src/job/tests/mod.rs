@@ -211,6 +211,21 @@ fn heartbeat_req(id: &str, generation: u64) -> v1::HeartbeatRequest {
     }
 }
 
+/// Trains `job`'s generation 1 to `trained` with a checkpoint committed at step 4, then
+/// loses rank 2 at t = 20 000 (ranks 0 and 1 heard from at 15 000), effects drained.
+fn lose_rank_2_after_a_commit_at_4(job: &mut Job, ids: &[String], trained: u64) {
+    trained_to(job, trained, 3);
+    for (rank, id) in ids.iter().enumerate() {
+        job.checkpoint_ack(&ack(id, rank as u32, 4), 3).unwrap();
+    }
+    job.commit_done(4, Ok("runs/run/ckpt/000000000004/MANIFEST.json".into()), 5);
+    job.heartbeat(&heartbeat_req(&ids[0], 1), 15_000).unwrap();
+    job.heartbeat(&heartbeat_req(&ids[1], 1), 15_000).unwrap();
+    assert!(job.expire_silent(20_000));
+    assert_eq!(job.phase(), &JobPhase::Waiting);
+    job.take_effects();
+}
+
 fn rejoin_req(id: &str, left: u64) -> v1::JoinRequest {
     v1::JoinRequest {
         left_generation: left,
