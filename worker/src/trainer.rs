@@ -320,12 +320,15 @@ impl Trainer {
 
     /// This rank's part of a checkpoint at the current step, as (object key, bytes), and
     /// (on rank 0) the run state for the manifest. Collective: every rank calls it at the
-    /// same step (BatchNorm buffers are first taken from rank 0). Rank 0 writes the network
-    /// (`model.safetensors`, the spec's layout) and its momentum; every rank writes its
-    /// centres, `classifier/rank-RRRRR.safetensors`, with their global class range in the
-    /// header, so a run on another world size can re-cut them.
+    /// same step (BatchNorm buffers are first taken from rank 0, unless live recovery took
+    /// them at every step already). Rank 0 writes the network (`model.safetensors`, the
+    /// spec's layout) and its momentum; every rank writes its centres,
+    /// `classifier/rank-RRRRR.safetensors`, with their global class range in the header, so
+    /// a run on another world size can re-cut them.
     pub fn checkpoint_objects(&self) -> Result<CheckpointParts> {
-        self.sync_buffers_from_rank0()?;
+        if self.ward.is_none() {
+            self.sync_buffers_from_rank0()?;
+        }
         let rank = self.group.rank();
         let mut objects = vec![self.shard_object(&self.pfc, rank)?];
         let mut state = None;
